@@ -1,0 +1,84 @@
+"""Multi-process set-up and small cross-process helpers."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+
+
+def _on_tpu_pod() -> bool:
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Calls `jax.distributed.initialize` when needed; returns whether it did.
+
+  Explicit flags (all three, or none) win; otherwise a multi-host TPU pod is detected from its
+  environment and initialized automatically. Single-process runs do nothing. Must run before
+  any other JAX call touches the devices.
+  """
+  given = [coordinator_address is not None, num_processes is not None, process_id is not None]
+  if any(given) and not all(given):
+    raise ValueError("--coordinator_address, --num_processes and --process_id go together; got "
+                     f"{coordinator_address!r}, {num_processes!r}, {process_id!r}.")
+  if all(given):
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id {process_id} is not in [0, {num_processes}).")
+    if num_processes == 1:
+      return False
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif _on_tpu_pod():
+    jax.distributed.initialize()
+  else:
+    return False
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
+
+
+def is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (no-op in a single process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any (a collective: call on all processes)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+  return bool(np.any(flags))
+
+
+def broadcast_from_primary(value: Any) -> Any:
+  """Process 0's value of a small pytree of numbers, on every process."""
+  if jax.process_count() == 1:
+    return value
+  return multihost_utils.broadcast_one_to_all(value)
+
+
+def allgather_json(obj: Any) -> list[Any]:
+  """Every process's JSON-serialisable `obj`, as a list indexed by process (a collective)."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+  lengths = multihost_utils.process_allgather(np.asarray([data.size], np.int32))
+  padded = np.zeros((int(np.max(lengths)),), np.uint8)
+  padded[:data.size] = data
+  gathered = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode("utf-8"))
+          for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1))]

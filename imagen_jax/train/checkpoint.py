@@ -1,0 +1,199 @@
+"""Orbax checkpoints of the train state, the data iterator and the config; preemption.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data,config}`. Orbax writes each step to a
+`<step>.orbax-checkpoint-tmp-*` directory and renames it when every process has finished
+(atomic commit); uncommitted directories are never listed as steps and are deleted when a
+manager is created.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import uuid
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from imagen_jax.parallel import multihost
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("state", "data", "config")
+
+
+def check_writable(workdir: str | os.PathLike) -> epath.Path:
+  """Creates `<workdir>/checkpoints` and writes a probe file, or raises a clear error now."""
+  path = epath.Path(workdir) / CHECKPOINT_DIR
+  probe = path / f".write_probe_{jax.process_index()}_{uuid.uuid4().hex}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(
+        f"The workdir {str(workdir)!r} is not writable ({type(e).__name__}: {e}); "
+        "checkpoints could not be saved. Fix the path or permissions before training.") from e
+  return path
+
+
+def abstract_of(tree: Any) -> Any:
+  """ShapeDtypeStructs carrying each array's sharding (the restore target)."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class PreemptionWatcher:
+  """SIGTERM sets a flag (checked by the loop each step) instead of killing the process."""
+
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    self._event = threading.Event()
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):  # noqa: ARG002 (signal handler signature)
+    logging.warning("Received signal %d: will checkpoint at the current step and exit.", signum)
+    self._event.set()
+
+  @property
+  def requested(self) -> bool:
+    return self._event.is_set()
+
+  def request(self) -> None:
+    self._event.set()
+
+  def close(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+
+class Checkpointer:
+  """Wraps `ocp.CheckpointManager` for the train state + iterator state + config."""
+
+  def __init__(self, workdir: str | os.PathLike, *, every_steps: int, keep: int,
+               async_save: bool = True, read_only: bool = False):
+    self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    self._every = max(int(every_steps), 1)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep), create=not read_only,
+        cleanup_tmp_directories=not read_only, enable_async_checkpointing=bool(async_save),
+        read_only=read_only)
+    self._mngr = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    """Every `every_steps` steps (no save at step 0 or 1 by default)."""
+    return step > 0 and step % self._every == 0
+
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax/JAX preemption sync point (TPU and multi-process runs with the service on)."""
+    return self._mngr.reached_preemption(step)
+
+  def save(self, step: int, state: Any, *, data_state: Any = None, config: dict | None = None,
+           force: bool = False) -> bool:
+    """Starts a (possibly async) save; a collective, call on every process.
+
+    `data_state` is this process's iterator state; every process's state is gathered and stored
+    as `{"process_count": n, "states": [...]}`.
+    """
+    if not force and not self.should_save(step):
+      return False
+    if step in self._mngr.all_steps():
+      return False
+    data = {"process_count": jax.process_count(),
+            "states": multihost.allgather_json(data_state)}
+    saved = self._mngr.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data),
+        config=ocp.args.JsonSave(config or {})))
+    if saved:
+      logging.info("Checkpoint for step %d started (%s).", step, self.directory)
+    return saved
+
+  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, Any]:
+    """Returns `(state, this process's data state or None)` at `step` (default: latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return out.state, _own_data_state(out.data)
+
+  def restore_params(self, step: int | None, abstract_params: Any) -> Any:
+    """Only `state.params` (for `config.init_from`); other items are not read."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    item = {"params": abstract_params}
+    restored = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return restored.state["params"]
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def _own_data_state(data: Any) -> Any:
+  if not data or not data.get("states"):
+    return None
+  states = data["states"]
+  if data.get("process_count") != jax.process_count():
+    logging.warning("Checkpoint has iterator states of %s processes, this run has %d; the data "
+                    "iterators start fresh.", data.get("process_count"), jax.process_count())
+    return None
+  return states[jax.process_index()]
+
+
+def _checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
+  """A read-only Checkpointer for `path` = a workdir, its `checkpoints/` dir, or a step dir."""
+  p = epath.Path(path)
+  step = None
+  if p.name.isdigit() and p.parent.exists():
+    step, p = int(p.name), p.parent
+  if (p / CHECKPOINT_DIR).exists():
+    p = p / CHECKPOINT_DIR
+  workdir = p.parent if p.name == CHECKPOINT_DIR else p
+  if p.name != CHECKPOINT_DIR:
+    raise FileNotFoundError(f"No {CHECKPOINT_DIR}/ directory at {path!r}.")
+  return Checkpointer(workdir, every_steps=1, keep=1, read_only=True), step
+
+
+def restore_or_initialize(ckpt: Checkpointer, config: Any, abstract_state: Any,
+                          init_fn: Callable[[], Any]) -> tuple[Any, Any, str]:
+  """Resume order: workdir latest -> `config.resume_from` -> `config.init_from` -> scratch.
+
+  Returns `(state, data_state or None, description)`. `init_fn()` builds a fresh sharded state.
+  """
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, abstract_state)
+    return state, data_state, f"resumed from {ckpt.directory} step {latest}"
+  resume_from = config.get("resume_from") if hasattr(config, "get") else None
+  if resume_from:
+    other, step = _checkpointer_at(resume_from)
+    state, data_state = other.restore(step, abstract_state)
+    other.close()
+    return state, data_state, f"resumed from {resume_from} step {int(jax.device_get(state.step))}"
+  state = init_fn()
+  init_from = config.get("init_from") if hasattr(config, "get") else None
+  if init_from:
+    other, step = _checkpointer_at(init_from)
+    params = other.restore_params(step, abstract_of(state.params))
+    other.close()
+    state = state.replace(params=params, ema_params=jax.tree.map(lambda x: x.copy(), params))
+    return state, None, f"params from {init_from}; fresh optimizer state"
+  return state, None, "from scratch"

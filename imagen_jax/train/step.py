@@ -1,0 +1,83 @@
+"""The pure training step, shared by the jit (pjit) path and the pmap wrapper."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from imagen_jax.train import optim
+from imagen_jax.train.state import TrainState
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+NONFINITE_POLICIES = ("skip", "halt")
+
+
+def _bad_examples(batch: dict) -> jax.Array:
+  """Number of examples with a non-finite value in any floating batch entry."""
+  bad = None
+  for value in jax.tree.leaves(batch):
+    if not jnp.issubdtype(value.dtype, jnp.floating) or value.ndim == 0:
+      continue
+    row_bad = ~jnp.all(jnp.isfinite(value.reshape(value.shape[0], -1)), axis=1)
+    bad = row_bad if bad is None or bad.shape != row_bad.shape else bad | row_bad
+  return jnp.zeros((), jnp.int32) if bad is None else jnp.sum(bad).astype(jnp.int32)
+
+
+def train_step_body(state: TrainState, batch: dict, *, loss_fn: LossFn,
+                    tx: optax.GradientTransformation, lr_schedule: optax.Schedule | None,
+                    ema_decay: float, ema_warmup: bool,
+                    reduce_fn: Callable[[Any], Any] = lambda x: x,
+                    rng_fold: Callable[[jax.Array], jax.Array] = lambda r: r,
+                    ) -> tuple[TrainState, dict]:
+  """One optimizer step. `reduce_fn` averages grads and metrics across data-parallel replicas
+  (identity under jit, where XLA does it; `lax.pmean` in the pmap wrapper)."""
+  rng = rng_fold(jax.random.fold_in(state.rng, state.step))
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+  loss, aux, grads = reduce_fn((loss, aux, grads))
+  bad = reduce_fn(_bad_examples(batch).astype(jnp.float32))
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  updates, new_opt = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  decay = optim.ema_decay_at(state.step, ema_decay, ema_warmup)
+  new_ema = optim.ema_update(state.ema_params, new_params, decay)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      ema_params=keep(new_ema, state.ema_params),
+      opt_state=keep(new_opt, state.opt_state),
+      skipped=state.skipped + jnp.where(finite, 0, 1).astype(state.skipped.dtype),
+  )
+  metrics = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
+  metrics.update(
+      loss=jnp.asarray(loss, jnp.float32),
+      grad_norm=grad_norm.astype(jnp.float32),
+      ema_decay=decay,
+      nonfinite=jnp.where(finite, 0.0, 1.0),
+      skipped_total=new_state.skipped.astype(jnp.float32),
+      bad_examples=bad,
+  )
+  if lr_schedule is not None:
+    metrics["lr"] = optim.lr_at(lr_schedule, state.step)
+  return new_state, metrics
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_decay: float,
+                    ema_warmup: bool = True, nonfinite: str = "skip",
+                    lr_schedule: optax.Schedule | None = None,
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+  """Pure `train_step(state, batch) -> (state, metrics)`; jit it with shardings.
+
+  A step whose loss or grad norm is non-finite leaves params, EMA and optimizer state unchanged
+  and sets `metrics["nonfinite"] = 1` under both policies; with `"halt"` the loop raises when it
+  reads the metrics (no host sync inside the step).
+  """
+  if nonfinite not in NONFINITE_POLICIES:
+    raise ValueError(f"nonfinite={nonfinite!r}; expected one of {NONFINITE_POLICIES}.")
+  return functools.partial(train_step_body, loss_fn=loss_fn, tx=tx, lr_schedule=lr_schedule,
+                           ema_decay=float(ema_decay), ema_warmup=bool(ema_warmup))

@@ -1,0 +1,442 @@
+"""The shapes world: the embedded default dataset, generated on the fly.
+
+A scene is 1-3 flat objects on a plain grey background. Each object has a
+shape (circle, square, triangle), one of six well separated colours, a size
+(small/large) and, optionally, an absolute place (left, right, top, bottom,
+centre); a scene may also hold relations between two of its objects ("left
+of", "right of", "above", "below"). Everything a caption names is stored in
+the `Scene`, and `shapes_score.score` checks exactly those facts, so the world
+measures text-image alignment without any pretrained model.
+
+API (pinned in DESIGN.md)::
+
+  scene = sample_scene(rng, split="train")   # np.random.Generator or int seed
+  text = caption(scene)                       # varied English, deterministic
+  image = render(scene, 64)                   # uint8 [64, 64, 3]
+  result = score(image, scene)                # {"colour": .., "accuracy": ..}
+
+Geometry lives in normalised image coordinates ([0, 1]^2, x to the right, y
+down), so a 32x32 and a 128x128 render of one scene agree. Rendering is a
+vectorised numpy rasterisation with analytic anti-aliasing: per pixel, the
+coverage is clip(0.5 - d, 0, 1) where d is the signed distance (in pixels) from
+the pixel centre to the shape's boundary. This is the box-filtered coverage of
+a straight edge (what supersampling converges to) at the cost of one distance
+evaluation per pixel, so a 32x32 scene renders in tens of microseconds.
+
+Held-out combinations: `HELDOUT` lists (colour, shape) pairs that
+`split="train"` never produces and `split="heldout"` always includes (at least
+one object), so the demo can measure accuracy on captions never seen in
+training. Each held-out colour and shape still appears in training, in other
+combinations. `split="all"` samples every combination.
+"""
+
+import dataclasses
+import random
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+# Colours sit near the corners of the RGB cube and the background at its
+# centre, so every pair is >= ~150 apart (Euclidean, 0-255 scale).
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 40, 210),
+    "yellow": (235, 215, 30),
+    "cyan": (30, 200, 220),
+    "purple": (180, 30, 200),
+}
+BACKGROUND = (128, 128, 128)
+SHAPES = ("circle", "square", "triangle")
+# Object extent (side of its bounding square) as a fraction of the image side.
+SIZES = {"small": 0.2, "large": 0.38}
+PLACES = ("left", "right", "top", "bottom", "centre")
+RELATIONS = ("left of", "right of", "above", "below")
+HELDOUT = (("purple", "triangle"), ("yellow", "circle"), ("cyan", "square"))
+SPLITS = ("train", "heldout", "all")
+
+_BORDER = 0.03     # min distance from an object's box to the image edge
+_GAP = 0.07        # min gap between two objects' boxes
+_PLACE_BAND = 0.32  # left/right/top/bottom centres lie within this of an edge
+_INVERSE = {"left of": "right of", "right of": "left of",
+            "above": "below", "below": "above"}
+_DIRECTION = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0),
+              "above": (0.0, -1.0), "below": (0.0, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Object:
+  """One object; (x, y) is the centre of its bounding square, normalised."""
+  shape: str
+  colour: str
+  size: str
+  x: float
+  y: float
+  place: Optional[str] = None  # the absolute place the caption states
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+  """`objects[subject]` is `relation` `objects[reference]`."""
+  subject: int
+  relation: str
+  reference: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  objects: tuple[Object, ...]
+  relations: tuple[Relation, ...] = ()
+  style: int = 0  # picks the caption's phrasing
+  # Indices of objects described together ("two green triangles ...").
+  groups: tuple[tuple[int, ...], ...] = ()
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Scene":
+    return cls(
+        objects=tuple(Object(**o) for o in d["objects"]),
+        relations=tuple(Relation(**r) for r in d.get("relations", ())),
+        style=int(d.get("style", 0)),
+        groups=tuple(tuple(g) for g in d.get("groups", ())))
+
+
+# ----------------------------------------------------------------------------
+# Geometry predicates (shared with the scorer).
+
+
+def place_holds(place: str, x: float, y: float) -> bool:
+  """Whether an object centred at normalised (x, y) is at `place`."""
+  if place == "left":
+    return x < 0.4
+  if place == "right":
+    return x > 0.6
+  if place == "top":
+    return y < 0.4
+  if place == "bottom":
+    return y > 0.6
+  if place == "centre":
+    return abs(x - 0.5) < 0.15 and abs(y - 0.5) < 0.15
+  raise ValueError(f"unknown place {place!r}")
+
+
+def relation_holds(relation: str, a: tuple[float, float],
+                   b: tuple[float, float]) -> bool:
+  """Whether centre `a` is `relation` centre `b` (dominant axis decides)."""
+  dx, dy = a[0] - b[0], a[1] - b[1]
+  if relation in ("left of", "right of"):
+    return abs(dx) > abs(dy) and (dx < 0) == (relation == "left of")
+  if relation in ("above", "below"):
+    return abs(dy) > abs(dx) and (dy < 0) == (relation == "above")
+  raise ValueError(f"unknown relation {relation!r}")
+
+
+# ----------------------------------------------------------------------------
+# Sampling.
+
+
+def _as_rng(rng) -> np.random.Generator:
+  if isinstance(rng, np.random.Generator):
+    return rng
+  return np.random.default_rng(rng)
+
+
+def _combos(split: str, used_colours: set[str]) -> list[tuple[str, str]]:
+  out = []
+  for colour in COLOURS:
+    if colour in used_colours:
+      continue
+    for shape in SHAPES:
+      heldout = (colour, shape) in HELDOUT
+      if split == "train" and heldout:
+        continue
+      if split == "heldout_only" and not heldout:
+        continue
+      out.append((colour, shape))
+  return out
+
+
+def _pick_identities(rng, n: int, split: str) -> list[tuple[str, str, str]]:
+  """n (colour, shape, size) triples with distinct colours."""
+  forced = int(rng.integers(n)) if split == "heldout" else -1
+  used, out = set(), []
+  for i in range(n):
+    sub = "heldout_only" if i == forced else (
+        "all" if split == "all" else "train")
+    combos = _combos(sub, used)
+    colour, shape = combos[int(rng.integers(len(combos)))]
+    used.add(colour)
+    size = ("small", "large")[int(rng.integers(2))]
+    out.append((colour, shape, size))
+  return out
+
+
+def _centre_range(size: str) -> tuple[float, float]:
+  half = SIZES[size] / 2
+  return _BORDER + half, 1.0 - _BORDER - half
+
+
+def _sample_at_place(rng, place: Optional[str], size: str,
+                     loose: bool = False) -> tuple[float, float]:
+  lo, hi = _centre_range(size)
+  # Singles sit in the middle band of their side; `loose` (pairs) may use all
+  # of it so that two objects fit.
+  mlo, mhi = (lo, hi) if loose else (max(lo, 0.3), min(hi, 0.7))
+  u = lambda a, b: float(rng.uniform(a, max(a, b)))
+  if place is None:
+    return u(lo, hi), u(lo, hi)
+  if place == "left":
+    return u(lo, _PLACE_BAND), u(mlo, mhi)
+  if place == "right":
+    return u(1 - _PLACE_BAND, hi), u(mlo, mhi)
+  if place == "top":
+    return u(mlo, mhi), u(lo, _PLACE_BAND)
+  if place == "bottom":
+    return u(mlo, mhi), u(1 - _PLACE_BAND, hi)
+  if place == "centre":
+    return u(0.44, 0.56), u(0.44, 0.56)
+  raise ValueError(f"unknown place {place!r}")
+
+
+def _fits(objs: Sequence[Object], gap: float = _GAP) -> bool:
+  for o in objs:
+    lo, hi = _centre_range(o.size)
+    if not (lo - 1e-9 <= o.x <= hi + 1e-9 and lo - 1e-9 <= o.y <= hi + 1e-9):
+      return False
+  for i, a in enumerate(objs):
+    for b in objs[i + 1:]:
+      need = (SIZES[a.size] + SIZES[b.size]) / 2 + gap
+      if abs(a.x - b.x) < need and abs(a.y - b.y) < need:
+        return False
+  return True
+
+
+def _sample_related(rng, relation: str, size_a: str, size_b: str,
+                    ref: tuple[float, float]) -> tuple[float, float]:
+  """A centre for an object that is `relation` the object centred at ref."""
+  dx, dy = _DIRECTION[relation]
+  base = (SIZES[size_a] + SIZES[size_b]) / 2 + _GAP
+  dist = float(rng.uniform(base, base + 0.3))
+  perp = float(rng.uniform(-0.35, 0.35)) * dist
+  return ref[0] + dx * dist + dy * perp, ref[1] + dy * dist + dx * perp
+
+
+def _layout_single(rng, ids):
+  (c, s, z), = ids
+  place = PLACES[int(rng.integers(len(PLACES)))]
+  x, y = _sample_at_place(rng, place, z)
+  return (Object(s, c, z, x, y, place),), (), ()
+
+
+def _layout_relation(rng, ids):
+  (ca, sa, za), (cb, sb, zb) = ids
+  relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
+  xb, yb = _sample_at_place(rng, None, zb)
+  xa, ya = _sample_related(rng, relation, za, zb, (xb, yb))
+  objs = (Object(sa, ca, za, xa, ya), Object(sb, cb, zb, xb, yb))
+  return objs, (Relation(0, relation, 1),), ()
+
+
+def _layout_absolute(rng, ids):
+  places = rng.permutation(len(PLACES))[:len(ids)]
+  objs = []
+  for (c, s, z), p in zip(ids, places):
+    x, y = _sample_at_place(rng, PLACES[int(p)], z)
+    objs.append(Object(s, c, z, x, y, PLACES[int(p)]))
+  return tuple(objs), (), ()
+
+
+def _layout_pair(rng, ids):
+  (c, s, z), = ids
+  place = PLACES[int(rng.integers(4))]  # not "centre": no room for two
+  objs = tuple(Object(s, c, z, *_sample_at_place(rng, place, z, loose=True),
+                      place) for _ in range(2))
+  return objs, (), ((0, 1),)
+
+
+def _layout_relation_plus(rng, ids):
+  objs, rels, _ = _layout_relation(rng, ids[:2])
+  (c, s, z), = ids[2:]
+  place = PLACES[int(rng.integers(len(PLACES)))]
+  x, y = _sample_at_place(rng, place, z)
+  return objs + (Object(s, c, z, x, y, place),), rels, ()
+
+
+# (layout, number of distinct identities, number of objects, weight)
+_LAYOUTS = (
+    (_layout_single, 1, 1, 0.3),
+    (_layout_relation, 2, 2, 0.25),
+    (_layout_absolute, 2, 2, 0.15),
+    (_layout_pair, 1, 2, 0.1),
+    (_layout_absolute, 3, 3, 0.1),
+    (_layout_relation_plus, 3, 3, 0.1),
+)
+
+
+def sample_scene(rng: Union[np.random.Generator, int, Sequence[int]],
+                 split: str = "train", *, max_objects: int = 3) -> Scene:
+  """Samples a random scene; deterministic given the generator / seed.
+
+  Args:
+    rng: a `np.random.Generator` (advanced in place) or a seed for one.
+    split: "train" never uses a `HELDOUT` (colour, shape) combination,
+      "heldout" always has at least one object with one, "all" is unrestricted.
+    max_objects: 1, 2 or 3; limits the scene layouts used.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if not 1 <= max_objects <= 3:
+    raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects}")
+  rng = _as_rng(rng)
+  layouts = [l for l in _LAYOUTS if l[2] <= max_objects]
+  cumulative = np.cumsum([l[3] for l in layouts])
+  pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1],
+                             side="right"))
+  layout, n_ids, _, _ = layouts[min(pick, len(layouts) - 1)]
+  while True:
+    ids = _pick_identities(rng, n_ids, split)
+    for _ in range(20):  # retry the geometry, then the identities (sizes)
+      objs, rels, groups = layout(rng, ids)
+      if _fits(objs, gap=_GAP if not groups else 2 * _GAP):
+        style = int(rng.integers(2**31))
+        return Scene(objs, rels, style, groups)
+
+
+# ----------------------------------------------------------------------------
+# Captions.
+
+_PLACE_WORDS = {
+    "left": ("on the left", "on the left side", "at the left"),
+    "right": ("on the right", "on the right side", "at the right"),
+    "top": ("at the top", "near the top", "at the top of the image"),
+    "bottom": ("at the bottom", "near the bottom", "at the bottom of the image"),
+    "centre": ("in the centre", "in the middle", "in the center"),
+}
+_RELATION_WORDS = {
+    "left of": ("to the left of", "left of"),
+    "right of": ("to the right of", "right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+}
+
+
+def _noun(o: Object, plural: bool = False) -> str:
+  return f"{o.size} {o.colour} {o.shape}{'s' if plural else ''}"
+
+
+def _phrase(r: random.Random, o: Object) -> str:
+  """'a large red circle on the left' (place only when the scene states it)."""
+  text = f"a {_noun(o)}"
+  if o.place is not None:
+    text += " " + r.choice(_PLACE_WORDS[o.place])
+  return text
+
+
+def _relation_phrase(r: random.Random, scene: Scene, rel: Relation,
+                     clause: bool) -> str:
+  a, b = scene.objects[rel.subject], scene.objects[rel.reference]
+  relation = rel.relation
+  if r.random() < 0.5:  # say it the other way round
+    a, b, relation = b, a, _INVERSE[relation]
+  words = r.choice(_RELATION_WORDS[relation])
+  verb = " is" if clause and r.random() < 0.5 else ""
+  return f"a {_noun(a)}{verb} {words} a {_noun(b)}"
+
+
+def _join(parts: list[str]) -> str:
+  if len(parts) == 1:
+    return parts[0]
+  return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def caption(scene: Scene) -> str:
+  """Describes everything `score` checks, in one of several phrasings."""
+  r = random.Random(scene.style)
+  in_relation = {i for rel in scene.relations
+                 for i in (rel.subject, rel.reference)}
+  grouped = {i for g in scene.groups for i in g}
+  there_is = len(scene.objects) > 1 and not scene.groups and r.random() < 0.25
+  parts = [_relation_phrase(r, scene, rel, clause=not there_is)
+           for rel in scene.relations]
+  for group in scene.groups:
+    o = scene.objects[group[0]]
+    text = f"two {_noun(o, plural=True)}"
+    if o.place is not None:
+      text += r.choice(("", ", both")) + " " + r.choice(_PLACE_WORDS[o.place])
+    parts.append(text)
+  singles = [i for i in range(len(scene.objects))
+             if i not in in_relation and i not in grouped]
+  for i in singles:
+    parts.append(_phrase(r, scene.objects[i]))
+  text = _join(parts)
+  if len(scene.objects) == 1 and r.random() < 0.5:
+    o = scene.objects[0]
+    text = r.choice((
+        f"there is {text}",
+        f"a picture of {text}",
+        f"{text} on a grey background",
+        f"{r.choice(_PLACE_WORDS[o.place])}, a {_noun(o)}",
+    ))
+  elif there_is:
+    text = "there is " + text
+  return text
+
+
+# ----------------------------------------------------------------------------
+# Rendering.
+
+
+def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray,
+                     half: float) -> np.ndarray:
+  """Signed distance (normalised units, <0 inside) for a shape at the origin.
+
+  Circles are exact; squares and triangles use the max over their edges'
+  half-planes, exact inside and along edges, slightly short near corners.
+  """
+  if shape == "circle":
+    return np.sqrt(dx * dx + dy * dy) - half
+  if shape == "square":
+    return np.maximum(np.abs(dx), np.abs(dy)) - half
+  if shape == "triangle":  # apex up, base down; spans [-half, half]^2
+    k = 1.0 / np.sqrt(5.0)
+    side = (2.0 * np.abs(dx) - (dy + half)) * k
+    return np.maximum(side, dy - half)
+  raise ValueError(f"unknown shape {shape!r}")
+
+
+def shape_coverage(shape: str, height: int, width: int) -> np.ndarray:
+  """Float coverage [height, width] of `shape` stretched over the whole box."""
+  xs = (np.arange(width) + 0.5) / width - 0.5
+  ys = (np.arange(height) + 0.5) / height - 0.5
+  d = _signed_distance(shape, xs[None, :], ys[:, None], 0.5)
+  return np.clip(0.5 - d * min(height, width), 0.0, 1.0)
+
+
+def render(scene: Scene, size: int) -> np.ndarray:
+  """Draws `scene` anti-aliased as a uint8 [size, size, 3] image."""
+  size = int(size)
+  if size < 1:
+    raise ValueError(f"size must be positive, got {size}")
+  img = np.empty((size, size, 3), np.float32)
+  img[...] = BACKGROUND
+  for o in scene.objects:
+    half = SIZES[o.size] / 2
+    x0 = max(int(np.floor((o.x - half) * size)) - 1, 0)
+    x1 = min(int(np.ceil((o.x + half) * size)) + 1, size)
+    y0 = max(int(np.floor((o.y - half) * size)) - 1, 0)
+    y1 = min(int(np.ceil((o.y + half) * size)) + 1, size)
+    dx = (np.arange(x0, x1, dtype=np.float32) + 0.5) / size - o.x
+    dy = (np.arange(y0, y1, dtype=np.float32) + 0.5) / size - o.y
+    d = _signed_distance(o.shape, dx[None, :], dy[:, None], half)
+    cov = np.clip(0.5 - d * size, 0.0, 1.0)[..., None]
+    window = img[y0:y1, x0:x1]
+    window += cov * (np.asarray(COLOURS[o.colour], np.float32) - window)
+  return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def score(image: np.ndarray, scene: Scene) -> dict:
+  """Checks an image against its scene; see `shapes_score.score`."""
+  from imagen_jax.data import shapes_score
+  return shapes_score.score(image, scene)

@@ -1,0 +1,300 @@
+"""`TextEncoder` and `load_text_encoder`: a frozen T5 encoder ready to use.
+
+    enc = load_text_encoder("byt5-tiny-random")          # built-in, no files
+    enc = load_text_encoder("/ckpts/t5-v1_1-xxl", dtype=jnp.bfloat16, mesh=mesh)
+    emb, mask = enc.encode(["a red circle", ""])   # float32 [2, L, D], bool [2, L]
+
+Inside a larger jitted function use the pure ``enc.encode_fn(enc.params, ids,
+mask)`` (params passed as an argument, never closed over) with ids from
+``enc.tokenize``. ``enc.identity`` is a stable hash of everything that
+determines the embeddings (architecture, weights, tokenizer vocabulary,
+max_length, compute dtype); the embedding cache keys on it.
+"""
+
+import hashlib
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from imagen_jax.text import builtin
+from imagen_jax.text import checkpoints
+from imagen_jax.text import t5
+from imagen_jax.text import tokenizers
+
+# Checkpoints' default caption length (imagen-pytorch's; DeepFloyd IF uses 77).
+DEFAULT_MAX_LENGTH = 256
+# Params smaller than this stay replicated when a mesh is given.
+MIN_SHARD_BYTES = 1 << 20
+
+
+def param_sharding(shape: Sequence[int], mesh: Mesh, axis: str | None,
+                   min_bytes: int = MIN_SHARD_BYTES) -> NamedSharding:
+  """FSDP-style: shard the largest dimension divisible by the axis size."""
+  n = mesh.shape[axis] if axis in mesh.axis_names else 1
+  spec = [None] * len(shape)
+  if n > 1 and int(np.prod(shape)) * 4 >= min_bytes:
+    dims = sorted(range(len(shape)), key=lambda i: -shape[i])
+    for i in dims:
+      if shape[i] % n == 0:
+        spec[i] = axis
+        break
+  return NamedSharding(mesh, P(*spec))
+
+
+def _auto_mesh(mesh: Mesh | None) -> Mesh | None:
+  # Auto axis types let jit propagate the params' FSDP sharding through the
+  # encoder without per-op sharding annotations.
+  if mesh is None:
+    return None
+  return Mesh(mesh.devices, mesh.axis_names)
+
+
+class TextEncoder:
+  """A frozen T5 encoder with its tokenizer.
+
+  Attributes:
+    module: the `t5.T5Encoder` Flax module.
+    params: its parameter tree (float32, on device, sharded if a mesh was given).
+    config: the `t5.T5Config`.
+    tokenizer: the tokenizer (None if the checkpoint had none: then only
+      `encode_ids` works).
+    max_length: L, the padded caption length in tokens.
+    dim: D, the embedding width.
+    identity: stable hash string for cache keys.
+    num_truncated: running count of captions truncated by `tokenize`.
+  """
+
+  def __init__(self, *, config: t5.T5Config, params: Any,
+               tokenizer: tokenizers.Tokenizer | None, max_length: int,
+               dtype: Any = jnp.float32, weights_digest: str,
+               source: str, mesh: Mesh | None = None,
+               batch_axes: Sequence[str] | None = None, precision: Any = None):
+    self.config = config
+    self.params = params
+    self.tokenizer = tokenizer
+    self.max_length = int(max_length)
+    self.dtype = jnp.dtype(dtype)
+    self.source = source
+    self.mesh = _auto_mesh(mesh)
+    if self.mesh is not None and batch_axes is None:
+      batch_axes = tuple(self.mesh.axis_names)
+    self.batch_axes = tuple(batch_axes or ())
+    self.module = t5.T5Encoder(config, dtype=self.dtype,
+                               param_dtype=jnp.float32, precision=precision)
+    self.encode_fn = t5.make_encode_fn(self.module)
+    self.num_truncated = 0
+    self.identity = _identity(config, weights_digest, tokenizer,
+                              self.max_length, self.dtype)
+    if self.mesh is None:
+      self._jitted = jax.jit(self.encode_fn)
+      self._batch_multiple = 1
+    else:
+      batch = NamedSharding(self.mesh, P(self.batch_axes or None))
+      self._batch_sharding = batch
+      self._jitted = jax.jit(self.encode_fn, out_shardings=(batch, batch))
+      self._batch_multiple = int(np.prod(
+          [self.mesh.shape[a] for a in self.batch_axes]))
+
+  @property
+  def dim(self) -> int:
+    return self.config.d_model
+
+  def __repr__(self):
+    return (f"TextEncoder({self.source!r}, d_model={self.dim}, "
+            f"layers={self.config.num_layers}, max_length={self.max_length}, "
+            f"dtype={self.dtype.name}, identity={self.identity!r})")
+
+  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int32 [B, L], mask bool [B, L])`` padded to ``max_length``."""
+    if self.tokenizer is None:
+      raise ValueError(
+          f"{self.source}: no tokenizer (expected spiece.model or "
+          "tokenizer.json beside the checkpoint); pass tokenizer=PATH to "
+          "load_text_encoder or use encode_ids")
+    result = tokenizers.tokenize(self.tokenizer, texts, self.max_length)
+    self.num_truncated += result.num_truncated
+    return result.ids, result.mask
+
+  def _padded_batch(self, b: int) -> int:
+    size = 1
+    while size < b:
+      size *= 2
+    m = self._batch_multiple
+    return -(-size // m) * m
+
+  def encode_ids(self, ids, mask) -> tuple[jax.Array, jax.Array]:
+    """Encodes token ids: ``(emb float32 [B, L, D], mask bool [B, L])``.
+
+    The batch is padded up to a power of two (and a multiple of the mesh's
+    batch shards) so the jitted encoder compiles once per bucket, not once per
+    batch size. Padding rows are dropped from the result.
+    """
+    ids = np.asarray(ids, np.int32)
+    mask = np.asarray(mask, bool)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+      raise ValueError(f"ids {ids.shape} and mask {mask.shape} must both be "
+                       "[batch, length]")
+    b, length = ids.shape
+    if b == 0:
+      return (jnp.zeros((0, length, self.dim), jnp.float32),
+              jnp.zeros((0, length), bool))
+    pad = self._padded_batch(b) - b
+    if pad:
+      ids = np.concatenate([ids, np.zeros((pad, length), np.int32)])
+      mask = np.concatenate([mask, np.zeros((pad, length), bool)])
+    if self.mesh is None:
+      ids_d, mask_d = jax.device_put(ids), jax.device_put(mask)
+    else:
+      ids_d = jax.device_put(ids, self._batch_sharding)
+      mask_d = jax.device_put(mask, self._batch_sharding)
+    emb, mask_out = self._jitted(self.params, ids_d, mask_d)
+    if pad:
+      emb, mask_out = emb[:b], mask_out[:b]
+    return emb, mask_out
+
+  def encode(self, texts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+    """Tokenizes and encodes captions: ``(emb float32 [B, L, D], mask bool [B, L])``.
+
+    Positions past each caption's ``</s>`` are zero in ``emb`` and False in
+    ``mask``.
+    """
+    ids, mask = self.tokenize(texts)
+    return self.encode_ids(ids, mask)
+
+
+def _identity(config, weights_digest, tokenizer, max_length, dtype) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps({
+      "format": "imagen_jax.text.TextEncoder/v1",
+      "config": config.to_dict(),
+      "max_length": max_length,
+      "dtype": jnp.dtype(dtype).name,
+      "tokenizer": tokenizer.identity if tokenizer is not None else None,
+  }, sort_keys=True).encode())
+  h.update(weights_digest.encode())
+  return "t5-" + h.hexdigest()[:32]
+
+
+def _placer(mesh: Mesh | None, param_axis: str | None):
+  mesh = _auto_mesh(mesh)
+
+  def place(name, arr):
+    del name
+    if mesh is None:
+      return jax.device_put(arr)
+    return jax.device_put(arr, param_sharding(arr.shape, mesh, param_axis))
+
+  return place
+
+
+def _byte_tokenizer_declared(dirs) -> bool:
+  for d in dirs:
+    for name in ("tokenizer_config.json", checkpoints.CONFIG_FILE):
+      f = d / name
+      if f.is_file():
+        try:
+          if json.loads(f.read_text()).get("tokenizer_class") == "ByT5Tokenizer":
+            return True
+        except (OSError, json.JSONDecodeError, AttributeError):
+          pass
+  return False
+
+
+def _find_tokenizer(dirs, tokenizer_arg):
+  if tokenizer_arg is not None:
+    return tokenizers.load_tokenizer(tokenizer_arg)
+  dirs = [d for d in dirs if d.is_dir()]
+  tok = tokenizers.find_tokenizer(dirs)
+  if tok is None and _byte_tokenizer_declared(dirs):
+    tok = tokenizers.ByteTokenizer()
+  return tok
+
+
+def load_text_encoder(path_or_name, *, max_length: int | None = None,
+                      dtype: Any = jnp.float32, tokenizer: str | None = None,
+                      mesh: Mesh | None = None, param_axis: str | None = "fsdp",
+                      batch_axes: Sequence[str] | None = None,
+                      precision: Any = None) -> TextEncoder:
+  """Loads a frozen T5 encoder; never touches the network.
+
+  Args:
+    path_or_name: a built-in name (``"byt5-tiny-random"``), a Hugging Face T5
+      directory (or a diffusers pipeline directory with ``text_encoder/``), or
+      a t5x/Orbax checkpoint directory; see `checkpoints` for the layouts.
+    max_length: caption length L in tokens (default: the built-in's, else 256).
+    dtype: compute dtype of the matmuls (params stay float32).
+    tokenizer: a tokenizer file/directory or ``"byte"``, overriding the one
+      found beside the checkpoint.
+    mesh: if given, params are placed sharded over ``param_axis`` (largest
+      divisible dimension of each param over 1 MiB) and `encode` shards the
+      batch over ``batch_axes`` (default: all mesh axes).
+    precision: matmul precision (e.g. ``"highest"`` for float32 parity on
+      accelerators).
+  """
+  place = _placer(mesh, param_axis)
+  hasher = hashlib.sha256()
+  spec = builtin.get(str(path_or_name))
+  if spec is not None:
+    flat = builtin.random_params(spec.config, spec.seed, lambda n, a: a)
+    for name, arr in flat.items():
+      hasher.update(f"{name}:{arr.shape}".encode())
+      hasher.update(memoryview(arr).cast("B"))
+    params = checkpoints.unflatten({n: place(n, a) for n, a in flat.items()})
+    return TextEncoder(
+        config=spec.config, params=params,
+        tokenizer=tokenizers.load_tokenizer(tokenizer or spec.tokenizer),
+        max_length=max_length or spec.max_length, dtype=dtype,
+        weights_digest=hasher.hexdigest(), source=str(path_or_name),
+        mesh=mesh, batch_axes=batch_axes, precision=precision)
+
+  path = pathlib.Path(path_or_name).expanduser()
+  if not path.is_dir():
+    raise FileNotFoundError(
+        f"{path}: not a checkpoint directory and not a built-in encoder name "
+        f"(built-ins: {sorted(builtin.BUILTINS)})")
+  model_dir = path
+  if (not (path / checkpoints.CONFIG_FILE).is_file()
+      and (path / "text_encoder" / checkpoints.CONFIG_FILE).is_file()):
+    model_dir = path / "text_encoder"  # diffusers pipeline layout
+  config_file = model_dir / checkpoints.CONFIG_FILE
+  t5x_dir = checkpoints.find_t5x_checkpoint(path)
+
+  if config_file.is_file() and (t5x_dir is None or _has_hf_weights(model_dir)):
+    config = checkpoints.config_from_hf(config_file)
+    source = checkpoints.hf_weight_source(model_dir)
+    mapping = checkpoints.hf_mapping(config, source)
+    tok_dirs = [model_dir, path, path / "tokenizer", model_dir.parent]
+  elif t5x_dir is not None:
+    source = checkpoints.t5x_source(t5x_dir)
+    config_files = [d / checkpoints.CONFIG_FILE
+                    for d in checkpoints.iter_hf_config_dirs(t5x_dir)]
+    config_files = [f for f in config_files if f.is_file()]
+    config = (checkpoints.config_from_hf(config_files[0]) if config_files
+              else checkpoints.config_from_t5x(source))
+    mapping = checkpoints.t5x_mapping(config, source)
+    tok_dirs = list(checkpoints.iter_hf_config_dirs(t5x_dir))
+    if path not in tok_dirs:
+      tok_dirs.append(path)
+  else:
+    checkpoints.hf_weight_source(model_dir)  # Raises "no weights found".
+    raise AssertionError("unreachable")
+
+  params = checkpoints.read_params(source, mapping, place, hasher)
+  return TextEncoder(
+      config=config, params=params,
+      tokenizer=_find_tokenizer(tok_dirs, tokenizer),
+      max_length=max_length or DEFAULT_MAX_LENGTH, dtype=dtype,
+      weights_digest=hasher.hexdigest(), source=str(path), mesh=mesh,
+      batch_axes=batch_axes, precision=precision)
+
+
+def _has_hf_weights(d: pathlib.Path) -> bool:
+  names = ("model.safetensors", "model.safetensors.index.json",
+           "pytorch_model.bin", "pytorch_model.bin.index.json")
+  return (any((d / n).is_file() for n in names)
+          or any(d.glob("model-*-of-*.safetensors")))

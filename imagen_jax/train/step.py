@@ -38,7 +38,7 @@ def train_step_body(state: TrainState, batch: dict, *, loss_fn: LossFn,
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
   loss, aux, grads = reduce_fn((loss, aux, grads))
   bad = reduce_fn(_bad_examples(batch).astype(jnp.float32))
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   updates, new_opt = tx.update(grads, state.opt_state, state.params)

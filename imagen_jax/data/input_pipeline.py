@@ -1,0 +1,365 @@
+"""Per-process input iterators for every cascade stage; checkpointable.
+
+Entry point: `create_input_iterator(input_config, *, global_batch_size,
+resolution, lowres_resolution=None, seed, ...)`. The iterator yields this
+process's share of each global batch as a numpy dict (docs/interfaces.md):
+
+* `image` uint8 [b, H, W, 3] (H = W = resolution, or `crop_size`);
+* `lowres` uint8 [b, h, w, 3] for super-resolution stages: `image`
+  downsampled to `lowres_resolution` (scaled like the crop when cropping);
+* `caption` object array of str [b];
+* `drop_text` bool [b]: caption dropout for classifier-free guidance; the
+  trainer gives these examples the null text (zero embedding, empty mask);
+* `text_emb` [b, L, D], `text_mask` bool [b, L] when a `text_cache` (any
+  object with `get_many(captions) -> (emb, mask)`) is passed; rows are not
+  nulled here, `drop_text` says which to null.
+
+`input_config` fields read (ml_collections.ConfigDict or dict; defaults):
+  dataset           "shapes" | "tfds:<name>" | "folder" | "coco_json" (shapes)
+  split             TFDS split, or the shapes split "train"|"heldout"|"all"
+                    ("train")
+  data_dir          TFDS data_dir (None)
+  download          let TFDS download and prepare the dataset (False)
+  fields            {"image": path, "caption": path}: TFDS feature paths
+                    ("captions/text") or manifest keys; default per dataset
+  path              folder root (folder) or image folder (coco_json)
+  manifest          JSONL/CSV manifest for "folder" (None: sidecar .txt files)
+  annotations       COCO captions_*.json for "coco_json"
+  max_objects       shapes world: objects per scene, 1-3 (3)
+  cond_drop_prob    caption dropout probability (0.1)
+  crop              "centre" | "random" square crop after resizing ("centre")
+  crop_size         train on random crop_size crops of the full-resolution
+                    image, e.g. 256 for the 256->1024 stage (None)
+  random_flip       horizontal flips; off because captions say left/right
+  resize_method     "area" | "bilinear" | "bicubic" | "lanczos" ("area")
+  shuffle           shuffle finite datasets, a new permutation per epoch (True)
+  num_epochs        stop after this many passes (None: repeat forever)
+  num_workers       background threads decoding/preprocessing (2; 0 = inline)
+  prefetch_batches  batches prepared ahead (2)
+
+Design (why not grain or tf.data): ordering is a pure function of the seed.
+The global stream is position g = 0, 1, 2, ...: a finite dataset of N records
+reads record perm_e[g mod N] with e = g // N and perm_e a fresh seeded
+permutation per epoch; the shapes world renders scene g. Process p of P reads
+positions g = k * P + p for its k = 0, 1, ..., so the processes' reads are
+disjoint and their union per step is exactly the one-process stream. Every
+example's randomness (scene, caption choice, crop, dropout) comes from a
+generator seeded with (seed, g), so it does not depend on the number of
+workers, the prefetch depth or where a run was restarted. The iterator state
+is then just the next k and the skip count (a tiny JSON dict for the training
+checkpoint); restoring it replays exactly the batches an uninterrupted run
+would have produced. Threads (PIL decoding and resizing release the GIL) with
+an ordered prefetch queue keep loading off the training thread. grain offers
+the same guarantees with more machinery (worker processes whose state
+depends on their count, filter semantics for skipped records whose count is
+not exposed); the infinite procedural source and the skip counter are simpler
+this way, and nothing needs TensorFlow except building TFDS's coco_captions.
+"""
+
+import collections
+import concurrent.futures
+import logging
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from imagen_jax.data import preprocess as preprocess_lib
+
+_STATE_VERSION = 1
+
+
+class InputIterator:
+  """Deterministic, resumable, sharded iterator over preprocessed batches.
+
+  Args:
+    source: see `sources.py` (`name`, `num_records`, `read(index, rng)`).
+    preprocess: maps (image, rng) to {"image", ["lowres"]}.
+    batch_size: examples per batch on this process.
+    seed: fixes the order and every example's randomness.
+    process_index, process_count: this process's shard of the stream.
+    shuffle: shuffle finite sources (a new permutation every epoch).
+    cond_drop_prob: probability that an example's `drop_text` is True.
+    num_epochs: stop after this many passes over a finite source.
+    num_workers: threads loading examples (0: load on the calling thread).
+    prefetch_batches: how many batches of examples are loaded ahead.
+    text_cache: optional object with `get_many(captions) -> (emb, mask)`.
+  """
+
+  def __init__(self, source, preprocess: Callable[..., dict], *,
+               batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1, shuffle: bool = True,
+               cond_drop_prob: float = 0.1, num_epochs: Optional[int] = None,
+               num_workers: int = 2, prefetch_batches: int = 2,
+               text_cache: Any = None):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in "
+                       f"[0, {process_count})")
+    if not 0.0 <= cond_drop_prob <= 1.0:
+      raise ValueError(f"cond_drop_prob must be in [0, 1], got "
+                       f"{cond_drop_prob}")
+    if source.num_records is not None and source.num_records < 1:
+      raise ValueError(f"{source.name}: the dataset is empty")
+    self.source = source
+    self.preprocess = preprocess
+    self.batch_size = int(batch_size)
+    self.seed = int(seed)
+    self.process_index = int(process_index)
+    self.process_count = int(process_count)
+    self.shuffle = shuffle
+    self.cond_drop_prob = float(cond_drop_prob)
+    self.num_epochs = num_epochs
+    self.text_cache = text_cache
+    self._window = max(1, int(prefetch_batches)) * self.batch_size
+    self._executor = (concurrent.futures.ThreadPoolExecutor(
+        num_workers, thread_name_prefix="input") if num_workers > 0 else None)
+    self._perms: dict[int, np.ndarray] = {}
+    self._pending: collections.deque = collections.deque()
+    self._position = 0  # next local position k to yield
+    self._submitted = 0  # next local position to submit
+    self._num_skipped = 0
+    self._logged_skips = 0
+    self._first_skip = ""
+    self._epoch = 0
+
+  # -- Ordering ---------------------------------------------------------------
+
+  def _global_position(self, k: int) -> int:
+    return k * self.process_count + self.process_index
+
+  def _end(self) -> Optional[int]:
+    """One past the last global position, or None when infinite."""
+    n = self.source.num_records
+    if n is None or self.num_epochs is None:
+      return None
+    return n * int(self.num_epochs)
+
+  def _record(self, g: int) -> tuple[int, int]:
+    n = self.source.num_records
+    if n is None:
+      return 0, g
+    epoch, i = divmod(g, n)
+    if not self.shuffle:
+      return epoch, i
+    perm = self._perms.get(epoch)
+    if perm is None:
+      perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(n)
+      self._perms = {epoch: perm, **{e: p for e, p in self._perms.items()
+                                     if e == epoch - 1}}
+    return epoch, int(perm[i])
+
+  # -- Loading ----------------------------------------------------------------
+
+  def _load(self, k: int, g: int, index: int):
+    rng = np.random.default_rng([self.seed, g])
+    drop = bool(rng.random() < self.cond_drop_prob)
+    try:
+      image, caption = self.source.read(index, rng)
+      example = self.preprocess(image, rng)
+    except preprocess_lib.BadExampleError as e:
+      return e
+    example["caption"] = caption
+    example["drop_text"] = drop
+    return example
+
+  def _fill(self) -> None:
+    end = self._end()
+    while len(self._pending) < self._window:
+      k = self._submitted
+      g = self._global_position(k)
+      if end is not None and g >= end:
+        return
+      epoch, index = self._record(g)
+      if self._executor is None:
+        item = self._load(k, g, index)
+      else:
+        item = self._executor.submit(self._load, k, g, index)
+      self._pending.append((k, epoch, item))
+      self._submitted += 1
+
+  def _next_example(self) -> Optional[dict]:
+    in_a_row = 0
+    while True:
+      self._fill()
+      if not self._pending:
+        return None
+      k, epoch, item = self._pending.popleft()
+      if isinstance(item, concurrent.futures.Future):
+        item = item.result()
+      self._position = k + 1
+      if epoch != self._epoch:
+        self._log_skips()
+        self._epoch = epoch
+      if not isinstance(item, preprocess_lib.BadExampleError):
+        return item
+      self._num_skipped += 1
+      self._first_skip = self._first_skip or str(item)
+      in_a_row += 1
+      if in_a_row >= (self.source.num_records or float("inf")):
+        raise ValueError(f"{self.source.name}: every example is bad "
+                         f"(first: {self._first_skip})")
+
+  def _log_skips(self) -> None:
+    if self._num_skipped > self._logged_skips:
+      logging.warning(
+          "input %s: skipped %d bad example(s) so far (first: %s)",
+          self.source.name, self._num_skipped, self._first_skip)
+      self._logged_skips = self._num_skipped
+
+  # -- Iterator protocol --------------------------------------------------------
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    examples = []
+    while len(examples) < self.batch_size:
+      example = self._next_example()
+      if example is None:
+        self._log_skips()
+        raise StopIteration
+      examples.append(example)
+    batch = {key: np.stack([e[key] for e in examples])
+             for key in examples[0] if key not in ("caption", "drop_text")}
+    batch["caption"] = np.array([e["caption"] for e in examples], dtype=object)
+    batch["drop_text"] = np.array([e["drop_text"] for e in examples], bool)
+    if self.text_cache is not None:
+      emb, mask = self.text_cache.get_many(list(batch["caption"]))
+      batch["text_emb"] = np.asarray(emb)
+      batch["text_mask"] = np.asarray(mask, bool)
+    return batch
+
+  @property
+  def num_skipped(self) -> int:
+    """Bad examples skipped so far (also in the state), for metrics."""
+    return self._num_skipped
+
+  def _identity(self) -> dict:
+    return {"source": self.source.name, "seed": self.seed,
+            "process_index": self.process_index,
+            "process_count": self.process_count}
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position; `set_state` on a fresh iterator resumes."""
+    return {"version": _STATE_VERSION, "position": self._position,
+            "num_skipped": self._num_skipped, **self._identity()}
+
+  def set_state(self, state: dict) -> None:
+    if state.get("version") != _STATE_VERSION:
+      raise ValueError(f"unsupported input state version {state.get('version')}")
+    mismatched = {k: (state.get(k), v) for k, v in self._identity().items()
+                  if state.get(k) != v}
+    if mismatched:
+      raise ValueError("input state is from a different pipeline "
+                       f"(saved, current): {mismatched}")
+    for _, _, item in self._pending:
+      if isinstance(item, concurrent.futures.Future):
+        item.cancel()
+    self._pending.clear()
+    self._position = self._submitted = int(state["position"])
+    self._num_skipped = self._logged_skips = int(state["num_skipped"])
+    self._epoch = self._record(self._global_position(self._position))[0] if (
+        self.source.num_records is not None) else 0
+
+  def close(self) -> None:
+    self._log_skips()
+    if self._executor is not None:
+      self._executor.shutdown(wait=False, cancel_futures=True)
+      self._executor = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _get(config, key: str, default=None):
+  value = config.get(key, default) if config is not None else default
+  return default if value is None else value
+
+
+def make_source(input_config, render_size: int):
+  """The source named by `input_config.dataset` (see the module docstring)."""
+  dataset = _get(input_config, "dataset", "shapes")
+  fields = dict(_get(input_config, "fields", {}) or {})
+  if dataset == "shapes":
+    from imagen_jax.data import sources
+    return sources.ShapesSource(render_size, _get(input_config, "split",
+                                                  "train"),
+                                int(_get(input_config, "max_objects", 3)))
+  if dataset.startswith("tfds:"):
+    from imagen_jax.data import sources
+    return sources.TfdsSource(
+        dataset[len("tfds:"):], split=_get(input_config, "split", "train"),
+        data_dir=_get(input_config, "data_dir"), fields=fields,
+        download=bool(_get(input_config, "download", False)))
+  if dataset == "folder":
+    from imagen_jax.data import folder_source
+    return folder_source.FolderSource(
+        _get(input_config, "path", ""), _get(input_config, "manifest"),
+        image_key=fields.get("image", "image"),
+        caption_key=fields.get("caption", "caption"))
+  if dataset == "coco_json":
+    from imagen_jax.data import folder_source
+    return folder_source.CocoJsonSource(_get(input_config, "annotations"),
+                                        _get(input_config, "path"))
+  raise ValueError(f"unknown input dataset {dataset!r}; expected 'shapes', "
+                   "'tfds:<name>', 'folder' or 'coco_json'")
+
+
+def local_batch_size(global_batch_size: int, process_count: int,
+                     devices_per_process: int) -> int:
+  """global / processes; ValueError unless it divides over all devices."""
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} does not divide "
+                     f"over {process_count} processes")
+  local = global_batch_size // process_count
+  if local % devices_per_process:
+    raise ValueError(
+        f"global batch size {global_batch_size} does not divide over "
+        f"{process_count} processes x {devices_per_process} devices")
+  return local
+
+
+def create_input_iterator(input_config, *, global_batch_size: int,
+                          resolution: int,
+                          lowres_resolution: Optional[int] = None, seed: int,
+                          process_index: Optional[int] = None,
+                          process_count: Optional[int] = None,
+                          devices_per_process: Optional[int] = None,
+                          text_cache: Any = None) -> InputIterator:
+  """This process's iterator for one stage; see the module docstring.
+
+  process_index / process_count / devices_per_process default to JAX's
+  (`jax.process_index()`, `jax.process_count()`, `jax.local_device_count()`).
+  """
+  if process_index is None or process_count is None or (
+      devices_per_process is None):
+    import jax
+    process_index = jax.process_index() if process_index is None else (
+        process_index)
+    process_count = jax.process_count() if process_count is None else (
+        process_count)
+    devices_per_process = jax.local_device_count() if (
+        devices_per_process is None) else devices_per_process
+  batch = local_batch_size(global_batch_size, process_count,
+                           devices_per_process)
+  stage = preprocess_lib.StagePreprocess(
+      resolution=int(resolution),
+      lowres_resolution=lowres_resolution,
+      crop=_get(input_config, "crop", "centre"),
+      crop_size=_get(input_config, "crop_size"),
+      random_flip=bool(_get(input_config, "random_flip", False)),
+      resize_method=_get(input_config, "resize_method", "area"))
+  source = make_source(input_config, render_size=int(resolution))
+  return InputIterator(
+      source, stage, batch_size=batch, seed=seed,
+      process_index=process_index, process_count=process_count,
+      shuffle=bool(_get(input_config, "shuffle", True)),
+      cond_drop_prob=float(_get(input_config, "cond_drop_prob", 0.1)),
+      num_epochs=_get(input_config, "num_epochs"),
+      num_workers=int(_get(input_config, "num_workers", 2)),
+      prefetch_batches=int(_get(input_config, "prefetch_batches", 2)),
+      text_cache=text_cache)

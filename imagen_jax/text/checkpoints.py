@@ -42,11 +42,11 @@ on device before the next is read, so host memory stays near one copy of the
 params plus the largest tensor (well under 2x for T5-XXL's 4.6B encoder).
 """
 
-import hashlib
+import difflib
 import json
 import pathlib
 import re
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -457,18 +457,18 @@ def t5x_mapping(config: t5.T5Config, source: TensorSource) -> Mapping:
 
 def read_params(source: TensorSource, mapping: Mapping,
                 place: Callable[[str, np.ndarray], object],
-                hasher: "hashlib._Hash | None" = None) -> dict:
+                hasher: Any = None) -> dict:
   """Reads, checks, converts (float32) and places every mapped tensor.
 
   Tensors are read one at a time and the host copy is dropped after
   ``place(canonical_name, array)`` returns. Returns the nested param tree.
   """
   keys = set(source.keys())
-  flat = {}
-  for canonical, (key, expected, convert) in mapping.items():
+  # Check every key and shape before reading anything (fail in seconds, not
+  # after reading gigabytes).
+  for canonical, (key, expected, _) in mapping.items():
     if key not in keys:
-      similar = sorted(k for k in keys if k.split(".")[-1] == key.split(".")[-1]
-                       or k.split("/")[-1] == key.split("/")[-1])[:3]
+      similar = difflib.get_close_matches(key, sorted(keys), n=3)
       raise CheckpointError(
           f"{source.where(key)}: missing key {key!r} (expected shape "
           f"{tuple(expected)}); found {len(keys)} keys"
@@ -478,6 +478,9 @@ def read_params(source: TensorSource, mapping: Mapping,
       raise CheckpointError(
           f"{source.where(key)}: key {key!r} has shape {found}, expected "
           f"{tuple(expected)} (for {canonical!r} from the config)")
+  flat = {}
+  # Sorted canonical order, so the hash does not depend on the source format.
+  for canonical, (key, _, convert) in sorted(mapping.items()):
     arr = convert(np.asarray(source.read(key)).astype(np.float32, copy=False))
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if hasher is not None:

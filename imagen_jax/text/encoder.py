@@ -180,14 +180,15 @@ def _identity(config, weights_digest, tokenizer, max_length, dtype) -> str:
   return "t5-" + h.hexdigest()[:32]
 
 
-def _placer(mesh: Mesh | None, param_axis: str | None):
+def _placer(mesh: Mesh | None, param_axis: str | None, min_shard_bytes: int):
   mesh = _auto_mesh(mesh)
 
   def place(name, arr):
     del name
     if mesh is None:
       return jax.device_put(arr)
-    return jax.device_put(arr, param_sharding(arr.shape, mesh, param_axis))
+    sharding = param_sharding(arr.shape, mesh, param_axis, min_shard_bytes)
+    return jax.device_put(arr, sharding)
 
   return place
 
@@ -219,6 +220,7 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
                       dtype: Any = jnp.float32, tokenizer: str | None = None,
                       mesh: Mesh | None = None, param_axis: str | None = "fsdp",
                       batch_axes: Sequence[str] | None = None,
+                      min_shard_bytes: int = MIN_SHARD_BYTES,
                       precision: Any = None) -> TextEncoder:
   """Loads a frozen T5 encoder; never touches the network.
 
@@ -231,17 +233,18 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
     tokenizer: a tokenizer file/directory or ``"byte"``, overriding the one
       found beside the checkpoint.
     mesh: if given, params are placed sharded over ``param_axis`` (largest
-      divisible dimension of each param over 1 MiB) and `encode` shards the
-      batch over ``batch_axes`` (default: all mesh axes).
+      divisible dimension of each param of at least ``min_shard_bytes``;
+      smaller ones are replicated) and `encode` shards the batch over
+      ``batch_axes`` (default: all mesh axes).
     precision: matmul precision (e.g. ``"highest"`` for float32 parity on
       accelerators).
   """
-  place = _placer(mesh, param_axis)
+  place = _placer(mesh, param_axis, min_shard_bytes)
   hasher = hashlib.sha256()
   spec = builtin.get(str(path_or_name))
   if spec is not None:
     flat = builtin.random_params(spec.config, spec.seed, lambda n, a: a)
-    for name, arr in flat.items():
+    for name, arr in sorted(flat.items()):  # As checkpoints.read_params.
       hasher.update(f"{name}:{arr.shape}".encode())
       hasher.update(memoryview(arr).cast("B"))
     params = checkpoints.unflatten({n: place(n, a) for n, a in flat.items()})

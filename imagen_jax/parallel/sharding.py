@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from absl import logging
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -58,16 +59,19 @@ def _apply_fsdp(spec: P, shape: tuple[int, ...], itemsize: int, mesh: Mesh,
   return P(*entries)
 
 
-def _check_divisible(spec: P, shape: tuple[int, ...], mesh: Mesh, where: str) -> None:
-  for dim, entry in enumerate(spec):
+def _drop_indivisible(spec: P, shape: tuple[int, ...], mesh: Mesh, where: str) -> P:
+  """Replicates (with a warning) dims whose rule-given mesh axes do not divide them."""
+  entries = list(spec)
+  for dim, entry in enumerate(entries):
     if entry is None:
       continue
     axes = entry if isinstance(entry, tuple) else (entry,)
     n = int(np.prod([mesh.shape[a] for a in axes]))
     if shape[dim] % n:
-      raise ValueError(
-          f"{where}: dim {dim} of shape {shape} is not divisible by mesh axes {axes} "
-          f"(size {n}); change config.parallel.logical_rules.")
+      logging.warning("%s: dim %d of shape %s is not divisible by mesh axes %s (size %d); "
+                      "replicating it.", where, dim, shape, axes, n)
+      entries[dim] = None
+  return P(*entries)
 
 
 def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[Any] | None,
@@ -88,7 +92,7 @@ def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[Any] | None
     where = jax.tree_util.keystr(path)
     # Drop mesh axes that this mesh does not have (e.g. rules naming 'model').
     spec = P(*[_keep_axes(e, mesh) for e in spec])
-    _check_divisible(spec, leaf.shape, mesh, where)
+    spec = _drop_indivisible(spec, leaf.shape, mesh, where)
     spec = _apply_fsdp(spec, leaf.shape, np.dtype(leaf.dtype).itemsize, mesh, min_fsdp_size_mb)
     out.append(NamedSharding(mesh, spec))
   return jax.tree.unflatten(treedef, out)
@@ -112,10 +116,16 @@ def shape_sharding(leaf: Any, mesh: Mesh, min_fsdp_size_mb: float) -> NamedShard
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any,
-                        params_shardings: Any, mesh: Mesh, min_fsdp_size_mb: float) -> Any:
-  """Param-shaped optimizer leaves follow their param; others use the shape rule."""
+                        abstract_params: Any, params_shardings: Any, mesh: Mesh,
+                        min_fsdp_size_mb: float) -> Any:
+  """Optimizer leaves shaped like their param follow its sharding; other leaves (counts,
+  Adafactor's factored rows/cols) use the shape rule."""
+  def follow(leaf, param, sharding):
+    if tuple(leaf.shape) == tuple(param.shape):
+      return sharding
+    return shape_sharding(leaf, mesh, min_fsdp_size_mb)
   return optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt_state, params_shardings,
+      tx, follow, abstract_opt_state, abstract_params, params_shardings,
       transform_non_params=lambda x: shape_sharding(x, mesh, min_fsdp_size_mb),
       is_leaf=lambda x: isinstance(x, NamedSharding))
 

@@ -140,7 +140,7 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
     p_sh = sharding_lib.param_shardings(boxed, mesh, config.parallel.get("logical_rules"),
                                         float(config.parallel.get("min_fsdp_size_mb", 4.0)))
     opt_sh = sharding_lib.opt_state_shardings(
-        tx, abstract_state.opt_state, p_sh, mesh,
+        tx, abstract_state.opt_state, abstract_state.params, p_sh, mesh,
         float(config.parallel.get("min_fsdp_size_mb", 4.0)))
     state_sh = TrainState(step=rep, params=p_sh, ema_params=p_sh, opt_state=opt_sh, rng=rep,
                           skipped=rep)

@@ -13,7 +13,8 @@ folder.
 (`images[{id, file_name}]`, `annotations[{image_id, caption}]`); each record
 is one image with all its captions, one chosen per epoch.
 
-Images are decoded when read (in the pipeline's worker threads); a corrupt or
+Images are decoded when read (in the pipeline's worker threads), JPEGs at a
+reduced scale when `min_side` (the stage resolution) allows; a corrupt or
 truncated file raises `BadExampleError` and is skipped and counted.
 """
 
@@ -34,8 +35,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif",
 class _FileSource:
   """Records are (image path, captions) pairs decoded on read."""
 
-  def __init__(self, name: str, items: Sequence[tuple[str, Sequence[str]]]):
+  def __init__(self, name: str, items: Sequence[tuple[str, Sequence[str]]],
+               min_side: Optional[int] = None):
     self.name = name
+    self.min_side = min_side
     self._items = list(items)
     self.num_records = len(self._items)
     if not self._items:
@@ -44,7 +47,7 @@ class _FileSource:
   def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray,
                                                                 str]:
     path, captions = self._items[index]
-    image = preprocess.decode_image(path, path)
+    image = preprocess.decode_image(path, path, self.min_side)
     return image, sources.pick_caption(list(captions), rng, path)
 
 
@@ -92,7 +95,8 @@ class FolderSource(_FileSource):
   """Images under a folder with sidecar `.txt` captions or a manifest."""
 
   def __init__(self, path: str, manifest: Optional[str] = None,
-               image_key: str = "image", caption_key: str = "caption"):
+               image_key: str = "image", caption_key: str = "caption",
+               min_side: Optional[int] = None):
     if manifest:
       items = _manifest_items(path, manifest, image_key, caption_key)
       name = f"folder:{manifest}"
@@ -109,13 +113,14 @@ class FolderSource(_FileSource):
           raise ValueError(f"empty caption file {txt} for image {image}")
         items.append((image, captions))
       name = f"folder:{path}"
-    super().__init__(name, items)
+    super().__init__(name, items, min_side)
 
 
 class CocoJsonSource(_FileSource):
   """COCO `captions_*.json` + image folder; one record per image."""
 
-  def __init__(self, annotations: str, image_dir: str):
+  def __init__(self, annotations: str, image_dir: str,
+               min_side: Optional[int] = None):
     with open(annotations, encoding="utf-8") as f:
       data = json.load(f)
     captions = {}
@@ -127,4 +132,4 @@ class CocoJsonSource(_FileSource):
       if not captions.get(img["id"]):
         raise ValueError(f"{annotations}: no caption for image {path}")
       items.append((path, captions[img["id"]]))
-    super().__init__(f"coco_json:{annotations}", items)
+    super().__init__(f"coco_json:{annotations}", items, min_side)

@@ -281,7 +281,11 @@ def _get(config, key: str, default=None):
 
 
 def make_source(input_config, render_size: int):
-  """The source named by `input_config.dataset` (see the module docstring)."""
+  """The source named by `input_config.dataset` (see the module docstring).
+
+  `render_size` is the stage resolution: the shapes world renders at it and
+  file sources may decode JPEGs at a reduced scale that stays above it.
+  """
   dataset = _get(input_config, "dataset", "shapes")
   fields = dict(_get(input_config, "fields", {}) or {})
   if dataset == "shapes":
@@ -300,11 +304,12 @@ def make_source(input_config, render_size: int):
     return folder_source.FolderSource(
         _get(input_config, "path", ""), _get(input_config, "manifest"),
         image_key=fields.get("image", "image"),
-        caption_key=fields.get("caption", "caption"))
+        caption_key=fields.get("caption", "caption"), min_side=render_size)
   if dataset == "coco_json":
     from imagen_jax.data import folder_source
     return folder_source.CocoJsonSource(_get(input_config, "annotations"),
-                                        _get(input_config, "path"))
+                                        _get(input_config, "path"),
+                                        min_side=render_size)
   raise ValueError(f"unknown input dataset {dataset!r}; expected 'shapes', "
                    "'tfds:<name>', 'folder' or 'coco_json'")
 

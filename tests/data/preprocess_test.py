@@ -93,3 +93,12 @@ def test_invalid_stage_arguments():
   with pytest.raises(ValueError):
     preprocess.StagePreprocess(resolution=64, lowres_resolution=16,
                                crop_size=10)
+
+
+def test_decode_jpeg_at_reduced_scale():
+  data = _encode(Image.new("RGB", (640, 480), (0, 90, 200)), "JPEG")
+  full = preprocess.decode_image(data)
+  small = preprocess.decode_image(data, min_side=64)
+  assert full.shape == (480, 640, 3)
+  assert min(small.shape[:2]) >= 64 and small.shape[0] < 480
+  assert np.abs(small.astype(int).mean((0, 1)) - full.mean((0, 1))).max() < 3

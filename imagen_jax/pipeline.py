@@ -1,0 +1,194 @@
+"""StagePipeline: one cascade stage's network plus its diffusion objective.
+
+The network (imagen_jax.models) only maps (x_t, log_snr, text, [lowres]) to a
+prediction. This module owns everything around it that depends on the stage's
+diffusion settings (the role of t5x's BaseModel, without the optimizer):
+
+* ``loss_fn(params, batch, rng)``: caption dropout (nulls dropped rows),
+  noise-conditioning augmentation of the low-res input (SR stages), the
+  diffusion loss with the stage's objective and weighting;
+* ``denoise_fn(...)``: wraps the network and classifier-free guidance into the
+  pure ``denoise_fn(x_t, t)`` that ``diffusion.sample`` takes; the conditional
+  and unconditional halves run as one batched forward pass;
+* ``sample(...)``: the stage's images for given text (and low-res input).
+
+The null (unconditional) text input is an all-zero embedding with an all-False
+mask; networks attend to learned null tokens for it.
+"""
+
+import dataclasses
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from imagen_jax import diffusion
+from imagen_jax import models
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePipeline:
+  """A cascade stage: network + schedule + objective + augmentation."""
+  model: Any
+  schedule: diffusion.Schedule
+  prediction: str = "eps"
+  loss_weighting: str = "none"
+  min_snr_gamma: float = 5.0
+  aug_schedule: Optional[diffusion.Schedule] = None
+  aug_range: Tuple[float, float] = (0.0, 1.0)
+
+  def __post_init__(self):
+    diffusion.process.check_prediction(self.prediction)
+    diffusion.loss_weight(jnp.zeros(1), self.prediction, self.loss_weighting)
+    lo, hi = self.aug_range
+    if not 0.0 <= lo <= hi <= 1.0:
+      raise ValueError(
+          f"aug_range={self.aug_range} must satisfy 0 <= min <= max <= 1")
+
+  # ---------------------------------------------------------------- building
+  @classmethod
+  def from_config(cls, config):
+    """Builds the stage from `config.model` and `config.diffusion`."""
+    m, d = config.model, config.diffusion
+    overrides = dict(m.get("overrides", {}) or {})
+    model = models.get_model(m.name, m.variant, **overrides)
+    sched_kw = dict(log_snr_min=d.get("log_snr_min", -20.0),
+                    log_snr_max=d.get("log_snr_max", 20.0))
+    schedule = diffusion.get_schedule(d.schedule, **sched_kw)
+    aug_schedule = diffusion.get_schedule(d.get("aug_schedule", d.schedule),
+                                          **sched_kw)
+    return cls(model=model, schedule=schedule, prediction=d.prediction,
+               loss_weighting=d.get("loss_weighting", "none"),
+               min_snr_gamma=d.get("min_snr_gamma", 5.0),
+               aug_schedule=aug_schedule,
+               aug_range=tuple(d.get("aug_range", (0.0, 1.0))))
+
+  @property
+  def resolution(self) -> int:
+    return self.model.resolution
+
+  @property
+  def lowres_resolution(self) -> Optional[int]:
+    return self.model.lowres_resolution
+
+  @property
+  def is_super_resolution(self) -> bool:
+    return self.model.lowres_resolution is not None
+
+  def dummy_inputs(self, batch_size, text_len):
+    """Zero inputs of the right shapes, for init / eval_shape / lowering."""
+    r = self.resolution
+    out = dict(image=jnp.zeros((batch_size, r, r, 3), jnp.float32),
+               text_emb=jnp.zeros((batch_size, text_len, self.model.text_dim),
+                                  jnp.float32),
+               text_mask=jnp.ones((batch_size, text_len), bool))
+    if self.is_super_resolution:
+      lr = self.lowres_resolution
+      out["lowres"] = jnp.zeros((batch_size, lr, lr, 3), jnp.float32)
+    return out
+
+  def init(self, rng, batch_size: int = 1, text_len: int = 8):
+    """The network's variables (params boxed with logical axis names)."""
+    b = self.dummy_inputs(batch_size, text_len)
+    zeros = jnp.zeros((batch_size,), jnp.float32)
+    lowres_kw = {}
+    if self.is_super_resolution:
+      lowres_kw = dict(lowres=b["lowres"], lowres_log_snr=zeros)
+    return self.model.init(rng, b["image"], zeros, b["text_emb"],
+                           b["text_mask"], train=False, **lowres_kw)
+
+  # ---------------------------------------------------------------- network
+  def apply(self, params, x_t, t, text_emb, text_mask, *, lowres=None,
+            aug_t=None, train=False):
+    """The network's prediction at times t [B] (and augmentation times)."""
+    kw = {}
+    if self.is_super_resolution:
+      if lowres is None or aug_t is None:
+        raise ValueError("a super-resolution stage needs lowres and aug_t")
+      kw = dict(lowres=lowres, lowres_log_snr=self.aug_schedule.log_snr(aug_t))
+    return self.model.apply({"params": params}, x_t, self.schedule.log_snr(t),
+                            text_emb, text_mask, train=train, **kw)
+
+  # ---------------------------------------------------------------- training
+  def loss_fn(self, params, batch, rng):
+    """Mean diffusion loss of a device batch, and scalar metrics.
+
+    `batch`: `image` float [-1, 1] [B, H, W, 3]; `text_emb` [B, L, D];
+    `text_mask` [B, L] bool; optional `drop_text` [B] bool (those rows get the
+    null text); `lowres` [B, h, w, 3] for SR stages.
+    """
+    text_emb, text_mask = batch["text_emb"], batch["text_mask"]
+    if "drop_text" in batch:
+      text_emb, text_mask = null_text(text_emb, text_mask, batch["drop_text"])
+    aug_rng, loss_rng = jax.random.split(rng)
+    lowres = aug_t = None
+    if self.is_super_resolution:
+      lowres, aug_t = diffusion.augment_lowres(
+          batch["lowres"], aug_rng, schedule=self.aug_schedule,
+          aug_range=self.aug_range)
+
+    def denoise(x_t, t):
+      return self.apply(params, x_t, t, text_emb, text_mask, lowres=lowres,
+                        aug_t=aug_t, train=True)
+
+    per_example, aux = diffusion.diffusion_loss(
+        denoise, batch["image"], loss_rng, schedule=self.schedule,
+        prediction=self.prediction, weighting=self.loss_weighting,
+        min_snr_gamma=self.min_snr_gamma)
+    loss = jnp.mean(per_example)
+    return loss, {"loss": loss, "mse": jnp.mean(aux["mse"])}
+
+  # ---------------------------------------------------------------- sampling
+  def denoise_fn(self, params, text_emb, text_mask, guidance_scale: float = 1.0,
+                 *, lowres=None, aug_t=None):
+    """The guided ``denoise_fn(x_t, t)`` for ``diffusion.sample``.
+
+    With guidance_scale == 1 only the conditional pass runs; otherwise the
+    conditional and unconditional inputs are concatenated along the batch and
+    run as one forward pass, then combined with ``diffusion.cfg``.
+    """
+    if guidance_scale < 0:
+      raise ValueError(f"guidance_scale={guidance_scale} must be >= 0")
+    if guidance_scale == 1.0:
+      return lambda x_t, t: self.apply(params, x_t, t, text_emb, text_mask,
+                                       lowres=lowres, aug_t=aug_t)
+    null_emb, null_mask = null_text(text_emb, text_mask, True)
+    emb2 = jnp.concatenate([text_emb, null_emb])
+    mask2 = jnp.concatenate([text_mask, null_mask])
+    double = lambda a: None if a is None else jnp.concatenate([a, a])
+
+    def guided(x_t, t):
+      pred = self.apply(params, double(x_t), double(t), emb2, mask2,
+                        lowres=double(lowres), aug_t=double(aug_t))
+      cond, uncond = jnp.split(pred, 2)
+      return diffusion.cfg(cond, uncond, guidance_scale)
+
+    return guided
+
+  def sample(self, params, text_emb, text_mask, rng, *, sampler="ddpm",
+             num_steps=64, guidance_scale=1.0, threshold="dynamic",
+             percentile=0.995, max_value=None, lowres=None, aug_level=0.0):
+    """Samples images in [-1, 1] for the given text (and low-res input)."""
+    batch = text_emb.shape[0]
+    aug_rng, sample_rng = jax.random.split(rng)
+    aug_t = None
+    if self.is_super_resolution:
+      if lowres is None:
+        raise ValueError("a super-resolution stage needs a low-res input")
+      lowres, aug_t = diffusion.augment_lowres(
+          lowres, aug_rng, schedule=self.aug_schedule, aug_level=aug_level)
+    fn = self.denoise_fn(params, text_emb, text_mask, guidance_scale,
+                         lowres=lowres, aug_t=aug_t)
+    r = self.resolution
+    return diffusion.sample(
+        fn, (batch, r, r, 3), sample_rng, schedule=self.schedule,
+        sampler=sampler, num_steps=num_steps, prediction=self.prediction,
+        threshold=threshold, percentile=percentile, max_value=max_value)
+
+
+def null_text(text_emb, text_mask, drop):
+  """Replaces the rows where `drop` is True by the null text (zeros, no mask)."""
+  drop = jnp.broadcast_to(jnp.asarray(drop, bool), text_mask.shape[:1])
+  emb = jnp.where(drop[:, None, None], jnp.zeros_like(text_emb), text_emb)
+  mask = jnp.where(drop[:, None], False, text_mask)
+  return emb, mask

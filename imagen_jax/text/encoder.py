@@ -11,6 +11,7 @@ determines the embeddings (architecture, weights, tokenizer vocabulary,
 max_length, compute dtype); the embedding cache keys on it.
 """
 
+import functools
 import hashlib
 import json
 import pathlib
@@ -153,8 +154,8 @@ class TextEncoder:
       ids_d = jax.device_put(ids, self._batch_sharding)
       mask_d = jax.device_put(mask, self._batch_sharding)
     emb, mask_out = self._jitted(self.params, ids_d, mask_d)
-    if pad:
-      emb, mask_out = emb[:b], mask_out[:b]
+    if pad:  # Sliced in a (tiny) jitted function: no implicit transfers.
+      emb, mask_out = _take_rows(b)(emb, mask_out)
     return emb, mask_out
 
   def encode(self, texts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
@@ -165,6 +166,11 @@ class TextEncoder:
     """
     ids, mask = self.tokenize(texts)
     return self.encode_ids(ids, mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _take_rows(b: int):
+  return jax.jit(lambda emb, mask: (emb[:b], mask[:b]))
 
 
 def _identity(config, weights_digest, tokenizer, max_length, dtype) -> str:

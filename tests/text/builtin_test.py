@@ -3,6 +3,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
 from imagen_jax import text
@@ -79,3 +80,10 @@ def test_import_is_light():
                        capture_output=True, text=True, cwd=_REPO,
                        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
   assert out.stdout.strip() == "[]"
+
+
+def test_encode_needs_no_implicit_transfers():
+  enc = text.load_text_encoder("byt5-tiny-random")
+  with jax.transfer_guard("disallow"):
+    emb, mask = enc.encode(["a", "bb", "ccc"])  # Batch 3 pads to 4.
+  assert emb.shape == (3, 64, 64) and mask.shape == (3, 64)

@@ -105,9 +105,9 @@ def stage_defaults():
       cache_dir=placeholder(str)))
 
   c.input = ml_collections.ConfigDict(dict(
-      dataset="shapes", resolution=64, lowres_resolution=placeholder(int),
-      cond_drop_prob=0.1, shuffle_buffer=10_000, num_workers=2,
-      prefetch=2))
+      dataset="shapes", split="train", max_objects=3, resolution=64,
+      lowres_resolution=placeholder(int), cond_drop_prob=0.1, num_workers=2,
+      prefetch_batches=2))
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-4, warmup_steps=0, decay="constant", b1=0.9,

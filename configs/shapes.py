@@ -1,0 +1,96 @@
+r"""The embedded default: a small cascade on the synthetic shapes world.
+
+Two stages, trained one after the other on the CPU by `scripts/demo.py`:
+  stage=base  32x32 base U-Net (`shapes_base32`), text from the built-in,
+              untrained byte-level T5 encoder `byt5-tiny-random`;
+  stage=sr1   32 -> 64 Efficient U-Net (`shapes_sr64`) with noise-conditioning
+              augmentation.
+
+  python scripts/train.py --config configs/shapes.py:stage=base \
+      --workdir /tmp/shapes_base
+  python scripts/train.py --config configs/shapes.py:stage=sr1,runlocal \
+      --workdir /tmp/shapes_sr1
+
+Args (`:k=v,...`): stage (base|sr1), variant (tiny|small), runlocal (shrink to
+test size), steps (0: the stage's default), objects (max objects per scene).
+"""
+
+from imagen_jax import config_lib
+
+_STAGES = {
+    # name: (model, resolution, lowres, steps, batch, lr)
+    "base": ("shapes_base32", 32, None, 3000, 32, 1e-3),
+    "sr1": ("shapes_sr64", 64, 32, 1200, 16, 1e-3),
+}
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, stage="base", variant="tiny",
+                             runlocal=False, steps=0, objects=1)
+  if arg.stage not in _STAGES:
+    raise ValueError(f"Unknown stage {arg.stage!r}; allowed: "
+                     f"{', '.join(_STAGES)}")
+  model, res, lowres, steps, batch, lr = _STAGES[arg.stage]
+  c = config_lib.stage_defaults()
+  c.seed = 0
+  c.total_steps = arg.steps or steps
+  c.batch_size = batch
+  c.log_every_steps = 100
+
+  c.model.name = model
+  c.model.variant = arg.variant
+  c.model.overrides.text_dim = 64          # byt5-tiny-random's d_model
+
+  c.text.encoder = "byt5-tiny-random"
+  c.text.max_length = 64
+
+  c.diffusion.schedule = "cosine"
+  c.diffusion.prediction = "eps"
+  c.diffusion.loss_weighting = "min_snr"
+  c.diffusion.min_snr_gamma = 5.0
+  c.diffusion.aug_range = (0.0, 0.5)
+
+  c.input.dataset = "shapes"
+  c.input.split = "train"                  # held-out colour/shape pairs unseen
+  c.input.max_objects = arg.objects
+  c.input.resolution = res
+  c.input.lowres_resolution = lowres
+  c.input.cond_drop_prob = 0.1
+
+  c.optim.name = "adam"
+  c.optim.lr = lr
+  c.optim.warmup_steps = 100
+  c.optim.decay = "cosine"
+  c.optim.grad_clip_norm = 1.0
+  c.ema.decay = 0.999
+  c.ema.warmup = True
+
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 2
+
+  c.sampling.sampler = "ddpm"
+  c.sampling.num_steps = 64
+  c.sampling.guidance_scale = 3.0
+  c.sampling.threshold = "dynamic"
+  c.sampling.aug_level = 0.0
+
+  if arg.runlocal:
+    c.total_steps = 3
+    c.batch_size = 8
+    c.log_every_steps = 1
+    c.checkpoint.every_steps = 2
+    c.sampling.num_steps = 4
+    c.input.num_workers = 0
+  return c
+
+
+def sweep(add, arg=None):
+  """Guidance-free knobs worth sweeping for the demo's base stage."""
+  del arg
+  for lr in (3e-4, 1e-3):
+    for objects in (1, 2):
+      add(**{"optim.lr": lr, "input.max_objects": objects})
+
+
+def metrics():
+  return ["accuracy", "loss"]

@@ -11,6 +11,7 @@ synthetic world; it knows nothing about language.
 """
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
@@ -40,22 +41,24 @@ BUILTINS = {
 def _init_std(config: t5.T5Config, name: str) -> float | None:
   """T5's initialisation std of a param (transformers' _init_weights); None = ones."""
   d, dkv, h, ff = config.d_model, config.d_kv, config.num_heads, config.d_ff
+  # 1/sqrt(n): IEEE sqrt and division are correctly rounded everywhere (pow
+  # need not be), so the weights are bit-identical across libms.
   if name.endswith("/scale"):
     return None
   if name == "token_embedder/embedding":
     return 1.0
   if name.endswith("rel_embedding"):
-    return d**-0.5
+    return 1.0 / math.sqrt(d)
   if "/attention/query/" in name:
-    return (d * dkv)**-0.5
+    return 1.0 / math.sqrt(d * dkv)
   if "/attention/key/" in name or "/attention/value/" in name:
-    return d**-0.5
+    return 1.0 / math.sqrt(d)
   if "/attention/out/" in name:
-    return (h * dkv)**-0.5
+    return 1.0 / math.sqrt(h * dkv)
   if "/mlp/wo/" in name:
-    return ff**-0.5
+    return 1.0 / math.sqrt(ff)
   if "/mlp/wi" in name:
-    return d**-0.5
+    return 1.0 / math.sqrt(d)
   raise KeyError(name)
 
 
@@ -76,7 +79,7 @@ def random_params(config: t5.T5Config, seed: int,
       arr = np.ones(shape, np.float32)
     else:
       u = rng.uniform(-1.0, 1.0, size=shape)
-      arr = (u * (np.sqrt(3.0) * std)).astype(np.float32)
+      arr = (u * (math.sqrt(3.0) * std)).astype(np.float32)
     flat[name] = place(name, arr)
   return flat
 

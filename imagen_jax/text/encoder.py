@@ -75,6 +75,11 @@ class TextEncoder:
                dtype: Any = jnp.float32, weights_digest: str,
                source: str, mesh: Mesh | None = None,
                batch_axes: Sequence[str] | None = None, precision: Any = None):
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+      raise checkpoints.CheckpointError(
+          f"{source}: tokenizer {getattr(tokenizer, 'path', tokenizer)} has "
+          f"{tokenizer.vocab_size} ids but the model's embedding has only "
+          f"{config.vocab_size} rows (config vocab_size)")
     self.config = config
     self.params = params
     self.tokenizer = tokenizer

@@ -26,6 +26,7 @@ class Tokenizer(Protocol):
   pad_id: int
   eos_id: int
   identity: str  # stable hash of the vocabulary, part of the encoder identity
+  vocab_size: int  # ids produced are < vocab_size
 
   def content_ids(self, texts: Sequence[str]) -> list[list[int]]:
     ...
@@ -48,6 +49,7 @@ class ByteTokenizer:
   eos_id = 1
   offset = 3
   identity = "byt5-bytes-v1"
+  vocab_size = 256 + 3
 
   def content_ids(self, texts):
     return [[b + self.offset for b in t.encode("utf-8")] for t in texts]
@@ -89,6 +91,10 @@ class HFJsonTokenizer:
           f"{pad_token!r} in the vocabulary, found eos={eos}, pad={pad}")
     self.eos_id, self.pad_id = eos, pad
     self.identity = "hfjson-" + _file_hash(self.path)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=False)
 
   def content_ids(self, texts):
     encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)

@@ -1,5 +1,6 @@
 """Tokenizer parity with transformers, truncation counting, empty captions."""
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def spm_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("spm")
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(_CORPUS), model_prefix=str(d / "spiece"),
-      vocab_size=100, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
+      vocab_size=90, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
       bos_id=-1, character_coverage=1.0, minloglevel=2)
   return d
 
@@ -101,3 +102,28 @@ def test_empty_batch_and_bad_input():
 def test_missing_tokenizer_names_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="spiece.model"):
     tokenizers.load_tokenizer(tmp_path)
+
+
+def test_checkpoint_with_tokenizer_encodes_like_pytorch(spm_dir, hf_dirs,
+                                                         t5ref, tmp_path):
+  """End to end: captions -> our tokenizer + encoder == HF tokenizer + torch."""
+  transformers = pytest.importorskip("transformers")
+  from imagen_jax import text  # pylint: disable=import-outside-toplevel
+  path, model = hf_dirs["v1_1"]
+  shutil.copytree(path, tmp_path / "model")
+  shutil.copy(spm_dir / "spiece.model", tmp_path / "model" / "spiece.model")
+  enc = text.load_text_encoder(tmp_path / "model", max_length=24)
+  assert isinstance(enc.tokenizer, tokenizers.SentencePieceTokenizer)
+  hf_tok = transformers.T5Tokenizer.from_pretrained(str(spm_dir))
+  ids, mask = _hf_ids(hf_tok, CAPTIONS, 24)
+  ref = t5ref.reference_outputs(model, ids, mask)
+  emb, out_mask = (np.asarray(a) for a in enc.encode(CAPTIONS))
+  np.testing.assert_array_equal(out_mask, mask)
+  assert np.abs(emb - ref)[mask].max() <= 1e-4
+
+
+def test_tokenizer_larger_than_embedding_is_rejected(hf_dirs, tmp_path):
+  from imagen_jax import text  # pylint: disable=import-outside-toplevel
+  path, _ = hf_dirs["original"]  # vocab_size 99 < 259 byte ids.
+  with pytest.raises(text.CheckpointError, match="259 ids .* only 99 rows"):
+    text.load_text_encoder(path, tokenizer="byte")

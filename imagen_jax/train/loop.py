@@ -175,6 +175,8 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
     ckpt.close()
     writer.close()
     watcher.close()
+    if hasattr(task.iterator, "close"):
+      task.iterator.close()
 
 
 def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_sh, step, ckpt,
@@ -253,7 +255,13 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
   while step < stop_at:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       if batch is None:
-        batch = to_device(next(task.iterator))
+        try:
+          batch = to_device(next(task.iterator))
+        except StopIteration:
+          logging.warning("The input pipeline is exhausted after step %d.", step)
+          if last_saved != step:
+            save(step, force=True)
+          break
       state, m = compiled(state, batch)
       batch = None
     step += 1
@@ -317,5 +325,6 @@ def _write_samples(task, state, mode, step, rng, workdir_path, writer):
 
 def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   """Trains the stage described by `config` in `workdir` (resuming if possible)."""
+  # Imported here so the generic loop (and its tests) need none of the stage's packages.
   from imagen_jax.train import stage_task  # pylint: disable=import-outside-toplevel
   return train(config, workdir, stage_task.build_stage_task)

@@ -1,0 +1,45 @@
+"""The real stage (shapes world, tiny base U-Net, built-in text encoder) through the trainer."""
+import struct
+
+import jax
+import pytest
+from tensorboard.compat.proto import event_pb2
+
+from imagen_jax import config_lib
+from imagen_jax.train import loop
+
+
+def _losses(workdir):
+  out = []
+  for path in sorted(workdir.glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      out += [v.simple_value for v in event.summary.value if v.tag == "loss"]
+  return out
+
+
+def _config(**kw):
+  c = config_lib.stage_defaults()
+  c.model.name, c.model.variant = "shapes_base32", "tiny"
+  c.input.resolution = 32
+  c.batch_size, c.total_steps, c.log_every_steps = 8, 30, 5
+  c.checkpoint.every_steps = 100
+  c.optim.lr = 1e-3
+  c.update_from_flattened_dict(kw)
+  return c
+
+
+def test_stage_resolution_mismatch_fails_before_compiling(tmp_path):
+  with pytest.raises(ValueError, match=r"resolution is 32 but the data resolution .* is 64"):
+    loop.train_and_evaluate(_config(**{"input.resolution": 64}), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_short_shapes_run_loss_falls(tmp_path):
+  state = loop.train_and_evaluate(_config(), str(tmp_path))
+  assert int(jax.device_get(state.step)) == 30
+  losses = _losses(tmp_path)
+  assert len(losses) == 6 and losses[-1] < 0.75 * losses[0], losses

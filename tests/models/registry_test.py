@@ -122,3 +122,22 @@ def test_params_have_logical_axes(name):
   for box in boxes:
     if np.prod(box.value.shape) >= 1024:
       assert any(n is not None for n in box.names)
+
+
+def test_summary_script_reads_a_config_file(tmp_path):
+  config = tmp_path / "stage.py"
+  config.write_text(
+      "import ml_collections\n\n"
+      "def get_config(arg=None):\n"
+      "  c = ml_collections.ConfigDict()\n"
+      "  c.model = dict(name='shapes_sr64', variant=arg, text_dim=96)\n"
+      "  c.text = dict(max_length=12)\n"
+      "  return c\n")
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "scripts" / "summary.py"),
+       f"--config={config}:tiny"],
+      capture_output=True, text=True, check=True, cwd=ROOT, timeout=300)
+  assert "text_dim=96 text_len=12" in out.stdout
+  count = int(re.search(r"^params: (\d+)$", out.stdout, re.M).group(1))
+  assert count == param_count(abstract_variables(
+      get_model("shapes_sr64", "tiny", text_dim=96)))

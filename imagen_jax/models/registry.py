@@ -55,8 +55,7 @@ _BASE64 = {
 # 64->256 SR stage: Efficient U-Net (Fig. A.30). Paper: 600M params; blocks
 # with channels [128, 256, 512, 1024], residual blocks [2, 4, 8, 8], stride 2
 # everywhere (256 -> 16), self-attention + text cross-attention at the lowest
-# level only, 8 heads (= 1024 / 128 channels per head... the paper says 8
-# heads, so per_head_channels = 128 at the 1024-channel level).
+# level only, with 8 attention heads: per_head_channels = 1024 / 8 = 128.
 # Not given: embedding widths. The block table alone gives ~480M; we use the
 # base model's conditioning width (embed_dim = cond_dim = 2048), which gives
 # 563M (within 7% of 600M).
@@ -116,8 +115,9 @@ _SR1024 = {
 # Shapes-world CPU demo, base 32x32: a standard U-Net (Imagen's base model
 # type) with 32 -> 16 -> 8 and attention (self + text) only below 32x32.
 # text_dim defaults to 64 (the built-in text encoders are small); configs set
-# it to the encoder's `.dim`. Sizes keep a 32x32 train step well under a
-# second at batch 32 on two CPU cores.
+# it to the encoder's `.dim`. Measured train step (fwd + bwd + Adam, float32,
+# batch 32, 2 shared CPU cores): tiny 1.2M params ~1.0 s, small 7.7M ~3.7 s.
+# For a faster demo override e.g. channels=16 (~4x fewer FLOPs).
 _SHAPES_BASE32 = {
     "tiny": dict(
         resolution=32, text_dim=64, channels=32, channel_mult=(1, 2, 2),
@@ -131,6 +131,7 @@ _SHAPES_BASE32 = {
 
 # Shapes-world CPU demo, SR 32->64: Efficient U-Net 64 -> 32 -> 16 -> 8, one
 # full-resolution conv each way, attention (self + text) only at 8x8.
+# Measured as above: tiny 0.6M params ~0.5 s, small 4.1M ~1.6 s per step.
 _SHAPES_SR64 = {
     "tiny": dict(
         resolution=64, lowres_resolution=32, text_dim=64, init_channels=16,

@@ -15,7 +15,14 @@ Each step is forward + backward + Adam update (jit, float32), timed with
 block_until_ready after a compile/warm-up step; the median step is reported.
 Also printed: params, forward GFLOPs per image (XLA cost analysis) and the
 compiled step's temp memory. This is a micro-benchmark, not a test: the CPU
-is shared, so expect noise of ~10%.
+is shared, so expect noise of ~10-30%.
+
+Measured (2 shared Xeon cores, JAX 0.10.2, batch 8, defaults), two runs:
+  efficient_unet 3.53M params, 0.69 fwd GFLOPs/img, 120 MiB step temp,
+                 15.4 / 22.3 img/s
+  standard_unet  3.94M params, 2.33 fwd GFLOPs/img, 501 MiB step temp,
+                 5.3 / 6.0 img/s
+  ratio 2.9x / 3.7x (paper: 2-3x); FLOPs ratio 3.4x, memory ratio 4.2x.
 """
 
 import statistics
@@ -23,6 +30,7 @@ import time
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,7 +85,7 @@ def bench(model, batch, steps):
       jnp.ones((1, b["text_emb"].shape[1]), bool),
       lowres=jnp.zeros((1, LOWRES, LOWRES, 3)), lowres_log_snr=jnp.zeros((1,))
   ))()
-  params = jax.tree.map(lambda x: x, variables["params"])
+  params = nn.unbox(variables["params"])
   n_params = sum(x.size for x in jax.tree.leaves(params))
   tx = optax.adam(1e-4)
   opt_state = tx.init(params)

@@ -4,8 +4,9 @@ r"""Prints a network's parameter count and forward GFLOPs, never allocating it.
   python scripts/summary.py --model imagen_base64 --variant paper
 
 With --config, the network is `config.model.name` / `config.model.variant`;
-every other field of `config.model` is passed to `get_model` as an override
-(e.g. `config.model.text_dim`, `config.model.dtype`). The text length is
+the fields of `config.model.overrides` and any other field of `config.model`
+are passed to `get_model` as overrides (e.g. `text_dim`, `dtype`, `remat`;
+dtypes may be strings such as "bfloat16"). The text length is
 `config.text.max_length` when the config has it, else --text_len.
 
 Output lines: `model: ...`, `params: N` (exact), `forward GFLOPs per example:
@@ -38,10 +39,6 @@ _TEXT_LEN = flags.DEFINE_integer("text_len", 128, "Text tokens per example.")
 _BREAKDOWN = flags.DEFINE_bool("breakdown", True, "Per-module param counts.")
 
 
-def _dtype(value):
-  return jnp.dtype(value) if isinstance(value, str) else value
-
-
 def model_from_flags():
   """(model, text_len) from --config or --model/--variant."""
   text_len = _TEXT_LEN.value
@@ -49,9 +46,7 @@ def model_from_flags():
     cfg = _CONFIG.value
     fields = dict(cfg.model)
     name, variant = fields.pop("name"), fields.pop("variant")
-    for key in ("dtype", "param_dtype"):
-      if key in fields:
-        fields[key] = _dtype(fields[key])
+    fields.update(dict(fields.pop("overrides", None) or {}))
     if "text" in cfg and "max_length" in cfg.text:
       text_len = int(cfg.text.max_length)
     return registry.get_model(name, variant, **fields), text_len

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.unet import UNet
@@ -188,7 +189,11 @@ def model_config(name: str, variant: str, **overrides) -> dict[str, Any]:
   if unknown:
     raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; expected "
                      f"some of {sorted(fields)}")
-  return {**table[variant], **overrides}
+  config = {**table[variant], **overrides}
+  for key in ("dtype", "param_dtype"):  # configs may spell dtypes as strings
+    if isinstance(config.get(key), str):
+      config[key] = jnp.dtype(config[key])
+  return config
 
 
 def get_model(name: str, variant: str, **overrides) -> nn.Module:

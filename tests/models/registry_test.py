@@ -85,6 +85,7 @@ def test_overrides_and_errors():
   assert model.text_dim == 256
   assert model.dtype == jnp.bfloat16
   assert model.remat == "block"
+  assert get_model("shapes_sr64", "tiny", dtype="bfloat16").dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="unknown UNet field"):
     get_model("shapes_base32", "tiny", text_dims=256)
   with pytest.raises(ValueError, match="unknown model"):
@@ -130,7 +131,8 @@ def test_summary_script_reads_a_config_file(tmp_path):
       "import ml_collections\n\n"
       "def get_config(arg=None):\n"
       "  c = ml_collections.ConfigDict()\n"
-      "  c.model = dict(name='shapes_sr64', variant=arg, text_dim=96)\n"
+      "  c.model = dict(name='shapes_sr64', variant=arg,\n"
+      "                 overrides=dict(text_dim=96))\n"
       "  c.text = dict(max_length=12)\n"
       "  return c\n")
   out = subprocess.run(

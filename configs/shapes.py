@@ -15,6 +15,7 @@ Args (`:k=v,...`): stage (base|sr1), variant (tiny|small), runlocal (shrink to
 test size), steps (0: the stage's default), objects (max objects per scene).
 """
 
+from imagen_jax import config_check
 from imagen_jax import config_lib
 
 _STAGES = {
@@ -81,7 +82,7 @@ def get_config(arg=None):
     c.checkpoint.every_steps = 2
     c.sampling.num_steps = 4
     c.input.num_workers = 0
-  return c
+  return config_check.validate(c)
 
 
 def sweep(add, arg=None):

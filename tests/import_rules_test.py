@@ -14,6 +14,7 @@ ALLOWED = {
     "data": set(),
     "utils": set(),
     "config_lib": set(),
+    "config_check": {"models", "diffusion", "config_lib"},
     "parallel": set(),
     "pipeline": {"diffusion", "models"},
     "sampling": {"diffusion", "models", "text", "pipeline", "parallel",
@@ -21,7 +22,8 @@ ALLOWED = {
     "evaluation": {"data", "diffusion", "utils", "sampling", "text",
                    "parallel"},
     "train": {"pipeline", "data", "parallel", "evaluation", "diffusion",
-              "models", "text", "config_lib", "utils", "sampling"},
+              "models", "text", "config_lib", "utils", "sampling",
+              "config_check"},
 }
 
 

@@ -230,6 +230,7 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
                jax.devices()[0].device_kind)
 
   history: list[dict] = []
+  final_summary: dict = {}
   first_pending = step
   last_log_time, last_log_step = time.time(), step
   last_saved = ckpt.latest_step()
@@ -286,6 +287,7 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
                        bad_examples=sum(float(h["bad_examples"]) for h in host),
                        **flops_lib.throughput(flops, rate))
         writer.write_scalars(step, summary)
+        final_summary = dict(summary)
         writer.flush()
         metrics_lib.log_console(metrics_lib.console_line(step, total_steps, summary))
 
@@ -302,6 +304,9 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
                      writer)
 
   ckpt.wait()
+  if step == total_steps and multihost.is_primary():  # read by scripts/sweep.py --summarize
+    (workdir_path / "final_metrics.json").write_text(
+        json.dumps({"step": step, **final_summary}, indent=2, default=float))
   if mode == "pmap":
     return pmap_step.unreplicate(state)
   return state
@@ -326,5 +331,7 @@ def _write_samples(task, state, mode, step, rng, workdir_path, writer):
 def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   """Trains the stage described by `config` in `workdir` (resuming if possible)."""
   # Imported here so the generic loop (and its tests) need none of the stage's packages.
+  from imagen_jax import config_check  # pylint: disable=import-outside-toplevel
   from imagen_jax.train import stage_task  # pylint: disable=import-outside-toplevel
+  config_check.validate(config)  # the full stage checks, after command-line overrides
   return train(config, workdir, stage_task.build_stage_task)

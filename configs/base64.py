@@ -1,0 +1,158 @@
+r"""Imagen base stage: 64x64 text-to-image U-Net (Saharia et al. 2022, App. F).
+
+  python scripts/train.py --config configs/base64.py:variant=paper \
+      --config.text.encoder=/ckpt/t5-v1_1-xxl --workdir gs://BUCKET/base64
+  python scripts/train.py --config configs/base64.py:variant=tiny,runlocal \
+      --workdir /tmp/base64_tiny
+
+Args (`:k=v,...`):
+  variant   paper | small | tiny (model size and the run's scale)
+  runlocal  shrink to test size: shapes world, built-in text encoder, 3 steps
+  steps     total steps (0: the variant's default)
+  batch     global batch size (0: the variant's default)
+  data      coco (TFDS coco_captions) | shapes | a folder path (images with
+            .txt captions or a manifest; see imagen_jax/data)
+  encoder   the frozen T5 encoder: a local Hugging Face or t5x directory
+            (default: t5-v1_1-xxl, a directory you provide) or a built-in name
+
+From the paper (`variant=paper`): the 2B U-Net (models/registry.py), frozen
+T5-XXL text embeddings, batch 2048, Adafactor with lr 1e-4 after 10k linear
+warm-up steps (constant afterwards), 2.5M steps, the cosine noise schedule,
+10% caption dropout for classifier-free guidance, EMA 0.9999, dynamic
+thresholding at the 99.5th percentile. Ours (the paper does not say):
+gradient clipping at 1.0, 128 text tokens, bfloat16 compute, the FSDP axis
+size, the sampler step count and the default guidance weight (the paper
+sweeps the guidance weight).
+"""
+
+from imagen_jax import config_check
+from imagen_jax import config_lib
+
+T5_XXL = "t5-v1_1-xxl"
+T5_XXL_DIM = 4096
+BUILTIN_ENCODER = "byt5-tiny-random"
+BUILTIN_DIM = 64
+
+# variant: global batch, total steps, warm-up steps, FSDP axis size, dtype.
+_SIZES = {
+    "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=8,
+                  dtype="bfloat16"),
+    "small": dict(batch=64, steps=300_000, warmup=10_000, fsdp=1,
+                  dtype="bfloat16"),
+    "tiny": dict(batch=8, steps=2_000, warmup=100, fsdp=1, dtype="float32"),
+}
+
+
+def _dataset(c, data):
+  """Points `c.input` at COCO (TFDS), the shapes world or a local folder."""
+  if data == "coco":
+    c.input.dataset = "tfds:coco_captions"
+    c.input.split = "train"
+  elif data == "shapes":
+    c.input.dataset = "shapes"
+    c.input.split = "train"
+  else:
+    c.input.dataset = "folder"
+    c.input.path = data
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
+                             batch=0, data="coco", encoder="")
+  if arg.variant not in _SIZES:
+    raise ValueError(f"Unknown variant {arg.variant!r}; allowed: "
+                     f"{', '.join(_SIZES)}")
+  size = _SIZES[arg.variant]
+  tiny_text = arg.variant == "tiny" or arg.runlocal
+  c = config_lib.stage_defaults()
+  c.seed = 0
+  c.total_steps = arg.steps or size["steps"]
+  c.batch_size = arg.batch or size["batch"]
+  c.log_every_steps = 100
+  c.sample_every_steps = 0
+  c.nonfinite = "skip" if arg.variant == "paper" else "halt"
+
+  c.model.name = "imagen_base64"
+  c.model.variant = arg.variant
+  c.model.overrides.text_dim = BUILTIN_DIM if tiny_text else T5_XXL_DIM
+  c.model.overrides.dtype = size["dtype"]
+
+  c.text.encoder = arg.encoder or (BUILTIN_ENCODER if tiny_text else T5_XXL)
+  c.text.max_length = 64 if tiny_text else 128
+
+  c.diffusion.schedule = "cosine"          # the base model's schedule
+  c.diffusion.prediction = "eps"
+  c.diffusion.loss_weighting = "none"
+  c.diffusion.aug_schedule = "cosine"      # unused: no low-res input
+  c.diffusion.aug_range = (0.0, 1.0)
+
+  c.input.path = ""
+  _dataset(c, arg.data)
+  c.input.resolution = 64
+  c.input.lowres_resolution = None
+  c.input.cond_drop_prob = 0.1             # 10% caption dropout (CFG)
+  c.input.crop = "centre"
+  c.input.random_flip = False
+
+  c.optim.name = "adafactor"               # Adafactor for the base model
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = size["warmup"]
+  c.optim.decay = "constant"
+  c.optim.b1 = 0.9
+  c.optim.grad_clip_norm = 1.0
+  c.ema.decay = 0.9999
+  c.ema.warmup = True
+
+  c.parallel.mode = "pjit"
+  c.parallel.mesh = (("data", -1), ("fsdp", size["fsdp"]))
+
+  c.checkpoint.every_steps = 5_000 if arg.variant == "paper" else 1_000
+  c.checkpoint.keep = 3
+
+  c.sampling.sampler = "ddpm"
+  c.sampling.num_steps = 256
+  c.sampling.guidance_scale = 5.0
+  c.sampling.threshold = "dynamic"
+  c.sampling.percentile = 0.995
+  c.sample_prompts = ("A brown corgi wearing a red bowtie.",
+                      "A photo of a raccoon reading a book in a library.")
+
+  # COCO FID-30K (the paper's zero-shot protocol) and CLIP score; entries are
+  # read by imagen_jax.evaluation (`type` names the evaluator).
+  c.evals.fid_30k = dict(type="fid", log_steps=100_000, num_samples=30_000,
+                         dataset="tfds:coco_captions", split="validation")
+  c.evals.clip_score = dict(type="clip_score", log_steps=100_000,
+                            num_samples=30_000,
+                            dataset="tfds:coco_captions", split="validation")
+
+  if arg.runlocal:
+    _dataset(c, "shapes")
+    c.input.max_objects = 1
+    c.total_steps = arg.steps or 3
+    c.batch_size = arg.batch or 8
+    c.log_every_steps = 1
+    c.checkpoint.every_steps = 2
+    c.checkpoint.keep = 1
+    c.optim.warmup_steps = 1
+    c.parallel.mesh = (("data", -1), ("fsdp", 1))
+    c.model.overrides.dtype = "float32"
+    c.sampling.num_steps = 4
+    c.sample_prompts = ()
+    c.input.num_workers = 0
+    c.input.prefetch_batches = 1
+    for name in c.evals:
+      c.evals[name].log_steps = 0
+      c.evals[name].num_samples = 8
+  return config_check.validate(c)
+
+
+def sweep(add, arg=None):
+  """Learning rate x caption dropout (the CFG trade-off), 4 runs."""
+  del arg
+  for lr in (1e-4, 3e-4):
+    for drop in (0.1, 0.2):
+      add(**{"optim.lr": lr, "input.cond_drop_prob": drop})
+
+
+def metrics():
+  return ["fid_30k", "clip_score", "loss"]

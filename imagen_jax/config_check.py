@@ -1,0 +1,267 @@
+"""`validate(config)`: cheap checks of a stage config, before anything is built.
+
+Every `configs/*.py:get_config` ends with `validate(c)`, and the stage trainer
+(`train.loop.train_and_evaluate`) calls it again after command-line overrides.
+Each error names the offending field, e.g.
+
+  config.input.resolution=32 but model imagen_base64/paper has resolution 64
+
+Checked: the model name, variant and overrides (through the registry); the
+resolution chain (input resolution and low-res resolution against the model,
+divisibility by the network's downsampling, the `crop_size` crop); positive
+step counts and batch size; batch size against the fixed data mesh axes;
+known schedule, prediction, loss weighting, sampler, threshold, optimizer and
+decay names; the noise-augmentation range; the parallel mode and mesh; the
+caption dropout probability and the input dataset form; the evals entries.
+
+Nothing here allocates arrays or imports the training stack (STYLE.md §1:
+this module may import only `models`, `diffusion` and `config_lib`).
+"""
+
+import math
+from typing import Any
+
+from imagen_jax import diffusion
+from imagen_jax.diffusion import losses as diffusion_losses
+from imagen_jax.models import registry
+
+# Mirrors of names owned by imagen_jax.train (which this module may not
+# import); tests/configs/config_check_test.py asserts they stay equal.
+OPTIMIZERS = ("adam", "adamw", "adafactor")
+DECAYS = ("cosine", "constant")
+NONFINITE_POLICIES = ("skip", "halt")
+PARALLEL_MODES = ("pjit", "pmap")
+DATA_AXES = ("data", "fsdp")
+DATASETS = ("shapes", "folder", "coco_json")  # plus "tfds:<name>"
+
+
+class ConfigError(ValueError):
+  """A config field has a bad value; the message names the field."""
+
+
+def _get(group: Any, key: str, default: Any = None) -> Any:
+  if group is None:
+    return default
+  value = group.get(key, default) if hasattr(group, "get") else getattr(
+      group, key, default)
+  return default if value is None else value
+
+
+def _one_of(field: str, value: Any, allowed) -> None:
+  if value not in allowed:
+    raise ConfigError(f"config.{field}={value!r}; expected one of "
+                      f"{', '.join(map(str, allowed))}")
+
+
+def _positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
+  try:
+    ok = int(value) >= 0 if allow_zero else int(value) > 0
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    what = "non-negative" if allow_zero else "positive"
+    raise ConfigError(f"config.{field}={value!r} must be a {what} integer")
+
+
+def model_fields(config: Any) -> dict:
+  """The registry's field dict for `config.model` (name, variant, overrides)."""
+  m = config.model
+  name, variant = _get(m, "name", ""), _get(m, "variant", "")
+  if name not in registry.model_names():
+    raise ConfigError(f"config.model.name={name!r}; expected one of "
+                      f"{', '.join(registry.model_names())}")
+  if variant not in registry.variants(name):
+    raise ConfigError(f"config.model.variant={variant!r} for model {name}; "
+                      f"expected one of {', '.join(registry.variants(name))}")
+  overrides = dict(_get(m, "overrides", {}) or {})
+  try:
+    return registry.model_config(name, variant, **overrides)
+  except ValueError as e:
+    raise ConfigError(f"config.model.overrides: {e}") from None
+
+
+def _downsampling(fields: dict) -> int:
+  if "strides" in fields:
+    strides = fields["strides"]
+    if isinstance(strides, int):
+      strides = (strides,) * len(fields.get("channels", (1,)))
+    return int(math.prod(int(s) for s in strides))
+  if "channel_mult" in fields:
+    return 2 ** (len(fields["channel_mult"]) - 1)
+  return 1
+
+
+def _check_model_and_input(config: Any) -> None:
+  fields = model_fields(config)
+  label = f"{config.model.name}/{config.model.variant}"
+  res, lowres = int(fields["resolution"]), fields.get("lowres_resolution")
+  inp = config.input
+  data_res = _get(inp, "resolution")
+  if data_res is not None and int(data_res) != res:
+    raise ConfigError(f"config.input.resolution={data_res} but model {label} "
+                      f"has resolution {res}")
+  data_lowres = _get(inp, "lowres_resolution")
+  if lowres is None and data_lowres is not None:
+    raise ConfigError(f"config.input.lowres_resolution={data_lowres} but model "
+                      f"{label} is not a super-resolution stage")
+  if lowres is not None and data_lowres is not None and int(
+      data_lowres) != int(lowres):
+    raise ConfigError(f"config.input.lowres_resolution={data_lowres} but model "
+                      f"{label} takes a {lowres}x{lowres} low-res input")
+  if lowres is not None and not 0 < int(lowres) < res:
+    raise ConfigError(f"config.model: {label} has lowres_resolution {lowres} "
+                      f"not below its resolution {res}")
+  down = _downsampling(fields)
+  size = _get(inp, "crop_size") or res
+  size_field = "config.input.crop_size" if _get(inp, "crop_size") else (
+      "config.input.resolution")
+  if not 0 < int(size) <= res:
+    raise ConfigError(f"{size_field}={size} must be in (0, {res}] for model "
+                      f"{label}")
+  if int(size) % down:
+    raise ConfigError(f"{size_field}={size} is not divisible by {down}, the "
+                      f"total downsampling of model {label}")
+  if lowres is not None and (int(size) * int(lowres)) % res:
+    raise ConfigError(f"{size_field}={size}: the low-res crop "
+                      f"{size} x {lowres} / {res} is not an integer")
+
+
+def _check_input(inp: Any) -> None:
+  dataset = _get(inp, "dataset", "shapes")
+  if not (dataset in DATASETS or (isinstance(dataset, str)
+                                  and dataset.startswith("tfds:")
+                                  and len(dataset) > len("tfds:"))):
+    raise ConfigError(f"config.input.dataset={dataset!r}; expected one of "
+                      f"{', '.join(DATASETS)} or 'tfds:<name>'")
+  if dataset == "folder" and not _get(inp, "path"):
+    raise ConfigError("config.input.path must name the image folder when "
+                      "config.input.dataset='folder'")
+  if dataset == "coco_json" and not (_get(inp, "path") and
+                                     _get(inp, "annotations")):
+    raise ConfigError("config.input.path and config.input.annotations must be "
+                      "set when config.input.dataset='coco_json'")
+  p = float(_get(inp, "cond_drop_prob", 0.1))
+  if not 0.0 <= p <= 1.0:
+    raise ConfigError(f"config.input.cond_drop_prob={p} must be in [0, 1]")
+  if dataset == "shapes":
+    n = int(_get(inp, "max_objects", 3))
+    if not 1 <= n <= 3:
+      raise ConfigError(f"config.input.max_objects={n} must be in [1, 3]")
+
+
+def _check_diffusion(d: Any) -> None:
+  _one_of("diffusion.schedule", _get(d, "schedule"), diffusion.SCHEDULES)
+  _one_of("diffusion.aug_schedule", _get(d, "aug_schedule", "cosine"),
+          diffusion.SCHEDULES)
+  _one_of("diffusion.prediction", _get(d, "prediction"), diffusion.PREDICTIONS)
+  _one_of("diffusion.loss_weighting", _get(d, "loss_weighting", "none"),
+          diffusion_losses.WEIGHTINGS)
+  if float(_get(d, "min_snr_gamma", 5.0)) <= 0:
+    raise ConfigError(f"config.diffusion.min_snr_gamma="
+                      f"{_get(d, 'min_snr_gamma')} must be positive")
+  lo, hi = float(_get(d, "log_snr_min", -20.)), float(_get(d, "log_snr_max",
+                                                           20.))
+  if not lo < hi:
+    raise ConfigError(f"config.diffusion.log_snr_min={lo} must be below "
+                      f"config.diffusion.log_snr_max={hi}")
+  aug = tuple(_get(d, "aug_range", (0.0, 1.0)))
+  if len(aug) != 2 or not 0.0 <= float(aug[0]) <= float(aug[1]) <= 1.0:
+    raise ConfigError(f"config.diffusion.aug_range={aug} must be (min, max) "
+                      "with 0 <= min <= max <= 1")
+
+
+def _check_sampling(s: Any) -> None:
+  if s is None:
+    return
+  _one_of("sampling.sampler", _get(s, "sampler", "ddpm"), diffusion.SAMPLERS)
+  _one_of("sampling.threshold", _get(s, "threshold", "dynamic"),
+          diffusion.THRESHOLDS)
+  _positive("sampling.num_steps", _get(s, "num_steps", 1))
+  p = float(_get(s, "percentile", 0.995))
+  if not 0.0 < p <= 1.0:
+    raise ConfigError(f"config.sampling.percentile={p} must be in (0, 1]")
+  if float(_get(s, "guidance_scale", 1.0)) < 0:
+    raise ConfigError(f"config.sampling.guidance_scale="
+                      f"{_get(s, 'guidance_scale')} must be >= 0")
+  level = float(_get(s, "aug_level", 0.0))
+  if not 0.0 <= level <= 1.0:
+    raise ConfigError(f"config.sampling.aug_level={level} must be in [0, 1]")
+
+
+def _check_optim(o: Any, ema: Any) -> None:
+  _one_of("optim.name", _get(o, "name"), OPTIMIZERS)
+  _one_of("optim.decay", _get(o, "decay", "cosine"), DECAYS)
+  if not float(_get(o, "lr", 0.0)) > 0:
+    raise ConfigError(f"config.optim.lr={_get(o, 'lr')} must be positive")
+  _positive("optim.warmup_steps", _get(o, "warmup_steps", 0), allow_zero=True)
+  if _get(o, "name") == "adam" and float(_get(o, "weight_decay", 0.0)):
+    raise ConfigError("config.optim.weight_decay is set for optim.name='adam';"
+                      " use 'adamw'")
+  if float(_get(o, "grad_clip_norm", 0.0)) < 0:
+    raise ConfigError(f"config.optim.grad_clip_norm="
+                      f"{_get(o, 'grad_clip_norm')} must be >= 0")
+  decay = float(_get(ema, "decay", 0.9999))
+  if not 0.0 <= decay < 1.0:
+    raise ConfigError(f"config.ema.decay={decay} must be in [0, 1)")
+
+
+def _check_parallel(config: Any) -> None:
+  par = config.parallel
+  _one_of("parallel.mode", _get(par, "mode"), PARALLEL_MODES)
+  mesh = _get(par, "mesh", ())
+  if not mesh:
+    raise ConfigError("config.parallel.mesh is empty; expected e.g. "
+                      "(('data', -1), ('fsdp', 1))")
+  names, fixed = [], 1
+  for entry in mesh:
+    if len(entry) != 2 or not isinstance(entry[0], str):
+      raise ConfigError(f"config.parallel.mesh entry {tuple(entry)!r} is not "
+                        "a (name, size) pair")
+    name, size = entry[0], int(entry[1])
+    if name in names:
+      raise ConfigError(f"config.parallel.mesh names axis {name!r} twice")
+    if size == 0 or size < -1:
+      raise ConfigError(f"config.parallel.mesh axis {name!r} has size {size};"
+                        " sizes are positive or -1")
+    names.append(name)
+    if name in DATA_AXES and size > 0:
+      fixed *= size
+  if [int(s) for _, s in mesh].count(-1) > 1:
+    raise ConfigError("config.parallel.mesh has more than one -1 axis")
+  if int(config.batch_size) % fixed:
+    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible"
+                      f" by the fixed data-parallel mesh axes (product {fixed}"
+                      " of the 'data'/'fsdp' sizes in config.parallel.mesh)")
+
+
+def _check_evals(evals: Any) -> None:
+  for name in (evals or {}):
+    entry = evals[name]
+    if not _get(entry, "type"):
+      raise ConfigError(f"config.evals.{name}.type is missing")
+    _positive(f"evals.{name}.log_steps", _get(entry, "log_steps", 0),
+              allow_zero=True)
+
+
+def validate(config: Any) -> Any:
+  """Raises `ConfigError` (a ValueError) naming the first bad field; returns
+  `config` so a config file can end with `return config_check.validate(c)`."""
+  for key in ("total_steps", "batch_size", "log_every_steps"):
+    _positive(key, config[key])
+  _positive("checkpoint.every_steps", _get(config.checkpoint, "every_steps"),
+            allow_zero=True)
+  _positive("checkpoint.keep", _get(config.checkpoint, "keep", 1))
+  _one_of("nonfinite", _get(config, "nonfinite", "halt"), NONFINITE_POLICIES)
+  if not _get(config.text, "encoder"):
+    raise ConfigError("config.text.encoder is empty; give a T5 checkpoint "
+                      "directory or a built-in name (byt5-tiny-random)")
+  if _get(config.text, "max_length") is not None:
+    _positive("text.max_length", config.text.max_length)
+  _check_model_and_input(config)
+  _check_input(config.input)
+  _check_diffusion(config.diffusion)
+  _check_sampling(_get(config, "sampling"))
+  _check_optim(config.optim, _get(config, "ema"))
+  _check_parallel(config)
+  _check_evals(_get(config, "evals"))
+  return config

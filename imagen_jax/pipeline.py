@@ -143,13 +143,12 @@ class StagePipeline:
                  *, lowres=None, aug_t=None):
     """The guided ``denoise_fn(x_t, t)`` for ``diffusion.sample``.
 
-    With guidance_scale == 1 only the conditional pass runs; otherwise the
-    conditional and unconditional inputs are concatenated along the batch and
-    run as one forward pass, then combined with ``diffusion.cfg``.
+    With a Python guidance_scale == 1 only the conditional pass runs;
+    otherwise (including a traced scale, so one compilation serves every
+    scale) the conditional and unconditional inputs are concatenated along the
+    batch and run as one forward pass, then combined with ``diffusion.cfg``.
     """
-    if guidance_scale < 0:
-      raise ValueError(f"guidance_scale={guidance_scale} must be >= 0")
-    if guidance_scale == 1.0:
+    if not is_guided(guidance_scale):
       return lambda x_t, t: self.apply(params, x_t, t, text_emb, text_mask,
                                        lowres=lowres, aug_t=aug_t)
     null_emb, null_mask = null_text(text_emb, text_mask, True)
@@ -184,6 +183,15 @@ class StagePipeline:
         fn, (batch, r, r, 3), sample_rng, schedule=self.schedule,
         sampler=sampler, num_steps=num_steps, prediction=self.prediction,
         threshold=threshold, percentile=percentile, max_value=max_value)
+
+
+def is_guided(guidance_scale) -> bool:
+  """False only for a Python scale of exactly 1; raises for a negative one."""
+  if isinstance(guidance_scale, (int, float)):
+    if guidance_scale < 0:
+      raise ValueError(f"guidance_scale={guidance_scale} must be >= 0")
+    return guidance_scale != 1.0
+  return True
 
 
 def null_text(text_emb, text_mask, drop):

@@ -21,6 +21,8 @@ ALLOWED = {
                  "config_lib", "data", "utils", "train"},
     "evaluation": {"data", "diffusion", "utils", "sampling", "text",
                    "parallel"},
+    "log_filter": set(),
+    "demo": {"sampling", "data", "train", "config_lib"},
     "train": {"pipeline", "data", "parallel", "evaluation", "diffusion",
               "models", "text", "config_lib", "utils", "sampling",
               "config_check"},

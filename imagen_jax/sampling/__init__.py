@@ -1,1 +1,10 @@
+"""Cascade sampling from trained stage workdirs."""
 
+from imagen_jax.sampling.cascade import CascadeSampler
+from imagen_jax.sampling.cascade import check_chain
+from imagen_jax.sampling.cascade import load_stage
+from imagen_jax.sampling.cascade import Stage
+from imagen_jax.sampling.cascade import StageSettings
+from imagen_jax.sampling.cascade import to_uint8
+from imagen_jax.sampling.outputs import labelled_grid
+from imagen_jax.sampling.outputs import write_samples

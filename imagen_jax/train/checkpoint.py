@@ -128,16 +128,28 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return out.state, _own_data_state(out.data)
 
-  def restore_params(self, step: int | None, abstract_params: Any) -> Any:
-    """Only `state.params` (for `config.init_from`); other items are not read."""
+  def restore_params(self, step: int | None, abstract_params: Any, *,
+                     field: str = "params") -> Any:
+    """Only `state.<field>` ("params" or "ema_params"); other items are not read."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    item = {"params": abstract_params}
+    if field not in ("params", "ema_params"):
+      raise ValueError(f"field={field!r}; expected 'params' or 'ema_params'")
+    item = {field: abstract_params}
     restored = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)))
-    return restored.state["params"]
+    return restored.state[field]
+
+  def restore_config(self, step: int | None = None) -> dict:
+    """The config (JSON) saved with checkpoint `step` (default: latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))
+    return out.config
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()
@@ -158,7 +170,7 @@ def _own_data_state(data: Any) -> Any:
   return states[jax.process_index()]
 
 
-def _checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
+def checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
   """A read-only Checkpointer for `path` = a workdir, its `checkpoints/` dir, or a step dir."""
   p = epath.Path(path)
   step = None
@@ -184,14 +196,14 @@ def restore_or_initialize(ckpt: Checkpointer, config: Any, abstract_state: Any,
     return state, data_state, f"resumed from {ckpt.directory} step {latest}"
   resume_from = config.get("resume_from") if hasattr(config, "get") else None
   if resume_from:
-    other, step = _checkpointer_at(resume_from)
+    other, step = checkpointer_at(resume_from)
     state, data_state = other.restore(step, abstract_state)
     other.close()
     return state, data_state, f"resumed from {resume_from} step {int(jax.device_get(state.step))}"
   state = init_fn()
   init_from = config.get("init_from") if hasattr(config, "get") else None
   if init_from:
-    other, step = _checkpointer_at(init_from)
+    other, step = checkpointer_at(init_from)
     params = other.restore_params(step, abstract_of(state.params))
     other.close()
     state = state.replace(params=params, ema_params=jax.tree.map(lambda x: x.copy(), params))

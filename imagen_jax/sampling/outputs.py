@@ -1,0 +1,73 @@
+"""Writing samples: one PNG per image, a labelled grid, a settings JSON."""
+
+import dataclasses
+import json
+import pathlib
+import textwrap
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+
+
+def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[str], *,
+                  columns: Optional[int] = None, cell: int = 128,
+                  label_lines: int = 3) -> np.ndarray:
+  """A grid of uint8 images, each upscaled to `cell` px with its label below."""
+  if len(images) != len(labels):
+    raise ValueError(f"{len(images)} images but {len(labels)} labels")
+  n = len(images)
+  columns = columns or int(np.ceil(np.sqrt(n)))
+  rows = -(-n // columns)
+  line_h, chars = 11, max(8, cell // 6)
+  label_h = label_lines * line_h + 4
+  canvas = Image.new("RGB", (columns * cell, rows * (cell + label_h)),
+                     (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for k, (img, label) in enumerate(zip(images, labels)):
+    r, c = divmod(k, columns)
+    x, y = c * cell, r * (cell + label_h)
+    tile = Image.fromarray(np.asarray(img, np.uint8)).resize(
+        (cell, cell), Image.NEAREST)
+    canvas.paste(tile, (x, y))
+    lines = textwrap.wrap(str(label), chars)[:label_lines]
+    for j, line in enumerate(lines):
+      draw.text((x + 2, y + cell + 2 + j * line_h), line, fill=(0, 0, 0))
+  return np.asarray(canvas)
+
+
+def write_samples(outdir, prompts: Sequence[str], images: np.ndarray,
+                  num_samples: int, settings: dict) -> dict:
+  """Writes `outdir/{prompt:03d}_{sample:02d}.png`, `grid.png`, `samples.json`.
+
+  `images` is [len(prompts) * num_samples, H, W, 3] uint8 ordered prompt-major.
+  Returns the JSON record (settings plus the file list).
+  """
+  outdir = pathlib.Path(outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  files, labels = [], []
+  for k, img in enumerate(images):
+    p, s = divmod(k, num_samples)
+    name = f"{p:03d}_{s:02d}.png"
+    Image.fromarray(img).save(outdir / name)
+    files.append({"file": name, "prompt": prompts[p], "sample": s})
+    labels.append(prompts[p])
+  grid = labelled_grid(images, labels, columns=max(num_samples, min(
+      len(images), 8)) if num_samples > 1 else None)
+  Image.fromarray(grid).save(outdir / "grid.png")
+  record = {**_jsonable(settings), "files": files, "grid": "grid.png"}
+  (outdir / "samples.json").write_text(json.dumps(record, indent=2))
+  return record
+
+
+def _jsonable(x):
+  if dataclasses.is_dataclass(x):
+    return _jsonable(dataclasses.asdict(x))
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.integer, np.floating)):
+    return x.item()
+  return x

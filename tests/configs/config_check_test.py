@@ -1,0 +1,78 @@
+"""config_check.validate: each error names the field; its name tables match their owners."""
+import pathlib
+import sys
+
+import pytest
+
+from imagen_jax import config_check
+from imagen_jax.train import loop
+from imagen_jax.train import optim
+from imagen_jax.train import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import sweep as sweep_lib  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def config(name="sr256", arg="variant=tiny"):
+  return sweep_lib.load_module(ROOT / "configs" / f"{name}.py").get_config(arg)
+
+
+def test_mirrored_names_match_the_trainer():
+  assert config_check.OPTIMIZERS == optim.OPTIMIZERS
+  assert config_check.DECAYS == optim.DECAYS
+  assert config_check.NONFINITE_POLICIES == step_lib.NONFINITE_POLICIES
+  assert config_check.PARALLEL_MODES == loop.MODES
+
+
+BAD = [
+    ("base64", {"input.resolution": 32},
+     r"config.input.resolution=32 but model imagen_base64/tiny has resolution 64"),
+    ("sr256", {"input.lowres_resolution": 32},
+     r"config.input.lowres_resolution=32 but model imagen_sr256/tiny takes a 64x64"),
+    ("base64", {"input.lowres_resolution": 16},
+     r"config.input.lowres_resolution=16 but model imagen_base64/tiny is not a super-res"),
+    ("sr1024", {"input.crop_size": 200}, r"config.input.crop_size=200 is not divisible by 16"),
+    ("sr1024", {"input.crop_size": 2048}, r"config.input.crop_size=2048 must be in"),
+    ("sr256", {"model.name": "imagen_sr512"}, r"config.model.name='imagen_sr512'"),
+    ("sr256", {"model.variant": "huge"}, r"config.model.variant='huge'"),
+    ("sr256", {"model.overrides.text_dimm": 3}, r"config.model.overrides: .*text_dimm"),
+    ("sr256", {"batch_size": 0}, r"config.batch_size=0 must be a positive"),
+    ("sr256", {"total_steps": -1}, r"config.total_steps=-1"),
+    ("sr256", {"diffusion.schedule": "cosin"}, r"config.diffusion.schedule='cosin'"),
+    ("sr256", {"diffusion.aug_schedule": "x"}, r"config.diffusion.aug_schedule='x'"),
+    ("sr256", {"diffusion.prediction": "noise"}, r"config.diffusion.prediction='noise'"),
+    ("sr256", {"diffusion.loss_weighting": "snr"}, r"config.diffusion.loss_weighting='snr'"),
+    ("sr256", {"diffusion.aug_range": (0.5, 0.2)}, r"config.diffusion.aug_range=\(0.5, 0.2\)"),
+    ("sr256", {"diffusion.aug_range": (0.0, 1.5)}, r"config.diffusion.aug_range"),
+    ("sr256", {"sampling.sampler": "euler"}, r"config.sampling.sampler='euler'"),
+    ("sr256", {"sampling.threshold": "clip"}, r"config.sampling.threshold='clip'"),
+    ("sr256", {"optim.name": "sgd"}, r"config.optim.name='sgd'"),
+    ("sr256", {"optim.decay": "linear"}, r"config.optim.decay='linear'"),
+    ("sr256", {"parallel.mode": "shard_map"}, r"config.parallel.mode='shard_map'"),
+    ("sr256", {"parallel.mesh": (("data", 3), ("fsdp", 1))},
+     r"config.batch_size=8 is not divisible"),
+    ("sr256", {"input.cond_drop_prob": 1.5}, r"config.input.cond_drop_prob=1.5"),
+    ("sr256", {"input.dataset": "coco"}, r"config.input.dataset='coco'"),
+    ("sr256", {"input.dataset": "folder"}, r"config.input.path must name"),
+    ("sr256", {"nonfinite": "ignore"}, r"config.nonfinite='ignore'"),
+]
+
+
+@pytest.mark.parametrize("name,overrides,message", BAD,
+                         ids=[f"{n}:{','.join(o)}" for n, o, _ in BAD])
+def test_errors_name_the_field(name, overrides, message):
+  c = config(name, "variant=tiny")
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = c
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    config_check.validate(c)
+
+
+def test_validate_returns_the_config():
+  c = config()
+  assert config_check.validate(c) is c

@@ -25,6 +25,8 @@ size, the sampler step count and the default guidance weight (the paper
 sweeps the guidance weight).
 """
 
+import ml_collections
+
 from imagen_jax import config_check
 from imagen_jax import config_lib
 
@@ -86,7 +88,9 @@ def get_config(arg=None):
   c.diffusion.aug_schedule = "cosine"      # unused: no low-res input
   c.diffusion.aug_range = (0.0, 1.0)
 
-  c.input.path = ""
+  c.input.path = ""                    # dataset=folder: the image folder
+  c.input.manifest = ml_collections.config_dict.placeholder(str)
+  c.input.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
   _dataset(c, arg.data)
   c.input.resolution = 64
   c.input.lowres_resolution = None

@@ -91,7 +91,9 @@ def get_config(arg=None):
   c.diffusion.aug_schedule = "linear"
   c.diffusion.aug_range = (0.0, 1.0)   # training augmentation level ~ U[0, 1]
 
-  c.input.path = ""
+  c.input.path = ""                    # dataset=folder: the image folder
+  c.input.manifest = ml_collections.config_dict.placeholder(str)
+  c.input.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
   _dataset(c, arg.data)
   c.input.resolution = 1024
   c.input.lowres_resolution = 256

@@ -81,7 +81,7 @@ def get_config(arg=None):
   c.model.overrides.dtype = size["dtype"]
 
   c.text.encoder = arg.encoder or (BUILTIN_ENCODER if tiny_text else T5_XXL)
-  c.text.max_length = 64 if tiny_text else 128
+  c.text.max_length = 128               # tokens (T5) or bytes (built-in ByT5)
 
   c.diffusion.schedule = "linear"      # super-resolution stages: linear
   c.diffusion.prediction = "eps"

@@ -43,7 +43,9 @@ def get_config(arg=None):
   c.model.overrides.text_dim = 64          # byt5-tiny-random's d_model
 
   c.text.encoder = "byt5-tiny-random"
-  c.text.max_length = 64
+  # ByT5 counts bytes: the longest captions are 71 / 106 / 142 bytes for
+  # 1 / 2 / 3 objects, plus EOS.
+  c.text.max_length = {1: 80, 2: 112}.get(arg.objects, 160)
 
   c.diffusion.schedule = "cosine"
   c.diffusion.prediction = "eps"

@@ -132,7 +132,8 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str],
              max_length: int) -> TokenizeResult:
   """Pads/truncates to exactly ``max_length`` (content, ``</s>``, pads).
 
-  Logs one warning line per call with the number of truncated captions.
+  Logs a warning line with the number of truncated captions (at most once a
+  minute).
   """
   if isinstance(texts, str):
     raise TypeError("tokenize expects a list of captions, not one string")
@@ -151,7 +152,10 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str],
     ids[row, n] = tokenizer.eos_id
     mask[row, :n + 1] = True
   if num_truncated:
-    logging.warning(
-        "text: truncated %d of %d captions to max_length=%d tokens",
-        num_truncated, len(texts), max_length)
+    # One line per call, at most once a minute (a training run tokenizes
+    # every step); TextEncoder.num_truncated keeps the exact running count.
+    logging.log_every_n_seconds(
+        logging.WARNING,
+        "text: truncated %d of %d captions to max_length=%d tokens (logged at "
+        "most once a minute)", 60, num_truncated, len(texts), max_length)
   return TokenizeResult(ids, mask, num_truncated)

@@ -33,7 +33,7 @@ def _config(**kw):
 
 
 def test_stage_resolution_mismatch_fails_before_compiling(tmp_path):
-  with pytest.raises(ValueError, match=r"resolution is 32 but the data resolution .* is 64"):
+  with pytest.raises(ValueError, match=r"config.input.resolution=64 but model shapes_base32/tiny has resolution 32"):
     loop.train_and_evaluate(_config(**{"input.resolution": 64}), str(tmp_path))
 
 

@@ -1,0 +1,51 @@
+"""The embedded-default job (scripts/demo.py) at test size."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from imagen_jax import demo
+from imagen_jax.data import shapes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_heldout_scenes_and_scorer_reference():
+  scenes = demo.heldout_scenes(24, seed=0, max_objects=1)
+  heldout = {tuple(c) for c in shapes.HELDOUT}
+  for s in scenes:
+    assert any((o.colour, o.shape) in heldout for o in s.objects)
+  chance, ceiling = demo.scorer_reference(scenes, 32)
+  assert ceiling > 0.95
+  assert chance < 0.7
+  table = demo.format_table({"accuracy": {"w=1": 0.5}, "chance": chance,
+                             "ground_truth": ceiling})
+  assert "w=1" in table and f"{chance:.3f}" in table
+
+
+@pytest.mark.slow
+def test_demo_script_end_to_end_and_resume(tmp_path):
+  cmd = [sys.executable, str(ROOT / "scripts/demo.py"),
+         f"--workdir={tmp_path}",
+         "--base_config=configs/shapes.py:stage=base,runlocal",
+         "--sr_config=configs/shapes.py:stage=sr1,runlocal",
+         "--num_eval=4", "--num_steps=2"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                        cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((tmp_path / "demo_results.json").read_text())
+  assert set(record["accuracy"]) == {s.label for s in demo.DEFAULT_SETTINGS}
+  assert all(0.0 <= v <= 1.0 for v in record["accuracy"].values())
+  assert 0.0 < record["chance"] < 1.0 and record["wall_seconds"] > 0
+  assert (tmp_path / "demo_grid.png").exists()
+  first = dict(record["accuracy"])
+  # A rerun resumes: no training, cached samples, the same numbers.
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                        cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  again = json.loads((tmp_path / "demo_results.json").read_text())
+  assert again["accuracy"] == first
+  assert again["train_seconds"] < record["train_seconds"]

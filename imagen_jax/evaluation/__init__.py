@@ -1,1 +1,7 @@
+"""Evaluation: FID Inception features, FID, the COCO FID-30K harness, caption alignment.
 
+Modules: `inception` (Flax FID InceptionV3 + weights + clean resize), `fid` (statistics and
+Fréchet distance), `coco_fid` (the resumable, host-sharded COCO protocol), `alignment`
+(shapes-world caption alignment), `evaluators` (`EVALUATORS` for `config.evals`). Nothing is
+imported here, so `import imagen_jax.evaluation` stays cheap; see docs/evaluation.md.
+"""

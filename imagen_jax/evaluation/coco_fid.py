@@ -231,7 +231,11 @@ class CocoFid:
       if pixels.hexdigest() != d["reference_pixels_sha256"]:
         raise ValueError(f"the reference images of {self.source.name} changed since "
                          f"{self.out_dir}/captions.json was written; use a new output directory")
-      mu, sigma = fid.statistics(np.concatenate(feats))
+      feats = np.concatenate(feats)
+      if len(feats) <= inception.FEATURE_DIM:  # small runs: exact, cheap feature-form FID
+        os.makedirs(self.cache_dir, exist_ok=True)
+        np.save(path[:-4] + "_features.npy", feats)
+      mu, sigma = fid.statistics(feats)
       fid.save_statistics(path, mu, sigma, len(d["indices"]),
                           {"source": self.source.name, "pixels_sha256": d["reference_pixels_sha256"],
                            "inception": self.extractor.identity,
@@ -329,8 +333,12 @@ class CocoFid:
                            f"{k % self.process_count} did not finish it); rerun to resume")
       feats.append(f)
     feats = np.concatenate(feats)
-    mu, sigma = fid.statistics(feats)
-    value = fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    ref_feats = ref_path[:-4] + "_features.npy"
+    if len(feats) <= inception.FEATURE_DIM and os.path.exists(ref_feats):
+      value = fid.frechet_distance_from_features(feats, np.load(ref_feats))
+    else:
+      mu, sigma = fid.statistics(feats)
+      value = fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
     p = self.protocol
     result = {
         "fid": value,

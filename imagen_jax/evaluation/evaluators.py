@@ -99,7 +99,7 @@ class FidEvaluator:
       captions += [c for _, c in pairs]
       feats.append(self.extractor(np.stack([im for im, _ in pairs])))
     self._captions = captions
-    self._ref = fid.statistics(np.concatenate(feats))
+    self._ref = np.concatenate(feats)
 
   def run(self, step: int) -> Iterator[tuple[str, float]]:
     del step
@@ -112,8 +112,7 @@ class FidEvaluator:
       images = np.asarray(self.sample_fn(caps, coco_fid.seed_for_shard(self.seed, k)))
       inception.check_images(images, "sample_fn output")
       feats.append(self.extractor(coco_fid.to_resolution(images, self.resolution)))
-    mu, sigma = fid.statistics(np.concatenate(feats))
-    yield "fid", fid.frechet_distance(mu, sigma, *self._ref)
+    yield "fid", fid.frechet_distance_from_features(np.concatenate(feats), self._ref)
 
 
 EVALUATORS = {

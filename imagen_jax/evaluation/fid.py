@@ -77,6 +77,27 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   return max(value, 0.0)
 
 
+def frechet_distance_from_features(features1, features2) -> float:
+  """`frechet_distance(*statistics(f1), *statistics(f2))`, computed exactly and cheaply for
+  few samples: with centred, 1/sqrt(n-1)-scaled features X1, X2 (sigma = X^T X),
+  tr((sigma1 sigma2)^(1/2)) is the nuclear norm of X1 X2^T (an n1 x n2 matrix), so no D x D
+  decomposition is needed. Falls back to the covariance form when both sets exceed D."""
+  f1 = np.asarray(features1, np.float64)
+  f2 = np.asarray(features2, np.float64)
+  mu1, s1 = statistics(f1)  # validates shapes and finiteness
+  mu2, s2 = statistics(f2)
+  if f1.shape[1] != f2.shape[1]:
+    raise ValueError(f"dimension mismatch: {f1.shape[1]} vs {f2.shape[1]}")
+  if min(f1.shape[0], f2.shape[0]) > f1.shape[1]:
+    return frechet_distance(mu1, s1, mu2, s2)
+  x1 = (f1 - mu1) / np.sqrt(f1.shape[0] - 1)
+  x2 = (f2 - mu2) / np.sqrt(f2.shape[0] - 1)
+  nuclear = float(np.linalg.svd(x1 @ x2.T, compute_uv=False).sum())
+  diff = mu1 - mu2
+  value = float(diff @ diff + np.sum(x1 * x1) + np.sum(x2 * x2) - 2.0 * nuclear)
+  return max(value, 0.0)
+
+
 def save_statistics(path: str, mu, sigma, count: int,
                     metadata: Optional[Mapping[str, str]] = None) -> None:
   """Writes mu/sigma/count (+ JSON metadata) to `path` atomically."""

@@ -13,6 +13,7 @@ that needs them is built.
 import dataclasses
 import hashlib
 import pathlib
+import time
 from typing import Protocol, Sequence
 
 from absl import logging
@@ -20,6 +21,9 @@ import numpy as np
 
 SPIECE_FILE = "spiece.model"
 TOKENIZER_JSON_FILE = "tokenizer.json"
+
+TRUNCATION_WARNING_INTERVAL_S = 60.0
+_last_truncation_warning = [float("-inf")]
 
 
 class Tokenizer(Protocol):
@@ -154,8 +158,10 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str],
   if num_truncated:
     # One line per call, at most once a minute (a training run tokenizes
     # every step); TextEncoder.num_truncated keeps the exact running count.
-    logging.log_every_n_seconds(
-        logging.WARNING,
-        "text: truncated %d of %d captions to max_length=%d tokens (logged at "
-        "most once a minute)", 60, num_truncated, len(texts), max_length)
+    now = time.monotonic()
+    if now - _last_truncation_warning[0] >= TRUNCATION_WARNING_INTERVAL_S:
+      _last_truncation_warning[0] = now
+      logging.warning(
+          "text: truncated %d of %d captions to max_length=%d tokens",
+          num_truncated, len(texts), max_length)
   return TokenizeResult(ids, mask, num_truncated)

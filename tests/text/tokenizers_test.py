@@ -74,7 +74,8 @@ def test_byte_tokenizer_matches_transformers_byt5():
   np.testing.assert_array_equal(res.mask, mask)
 
 
-def test_truncation_is_counted_in_one_warning(caplog):
+def test_truncation_is_counted_in_one_warning(caplog, monkeypatch):
+  monkeypatch.setattr(tokenizers, "_last_truncation_warning", [float("-inf")])
   texts = ["x" * 100, "short", "y" * 20, ""]
   with caplog.at_level(logging.WARNING):
     res = tokenizers.tokenize(tokenizers.ByteTokenizer(), texts, 16)
@@ -84,6 +85,12 @@ def test_truncation_is_counted_in_one_warning(caplog):
   # Truncated rows keep max_length - 1 content ids then </s>.
   assert res.ids[0, -1] == 1 and res.mask[0].all()
   assert res.ids[0, 0] == ord("x") + 3
+  # A second call within the interval counts but does not log again.
+  with caplog.at_level(logging.WARNING):
+    again = tokenizers.tokenize(tokenizers.ByteTokenizer(), texts, 16)
+  assert again.num_truncated == 2
+  lines = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+  assert len(lines) == 1
 
 
 def test_empty_caption_is_eos_only():

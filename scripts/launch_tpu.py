@@ -122,7 +122,9 @@ def train_cmd(target: Target, train_flags: Sequence[str], *, job: str,
               python: str = "python3", detach: bool = False,
               env: Sequence[str] = ()) -> list[str]:
   """`scripts/train.py <train_flags>` on every worker, under nohup, one log per worker."""
-  prefix = ["env", *env] if env else []
+  # Every worker is one process of a pod: jax.distributed.initialize() auto-detects the
+  # rest (imagen_jax.parallel.multihost.DISTRIBUTED_ENV).
+  prefix = ["env", "IMAGEN_JAX_DISTRIBUTED=1", *env]
   train = shlex.join([*prefix, python, "scripts/train.py", *train_flags])
   log, pid = _log_path(job), _pid_path(job)
   remote = (f"mkdir -p {_home(LOG_DIR)} && cd {_home(CODE_DIR)} && "

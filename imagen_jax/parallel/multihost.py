@@ -12,7 +12,15 @@ from jax.experimental import multihost_utils
 
 
 
+# Set by scripts/launch_tpu.py on every worker (as big_vision's BV_JAX_INIT): the
+# environment of a TPU VM shell does not always say that it is one worker of a pod
+# (libtpu finds that out from the VM's metadata), so the launcher says it.
+DISTRIBUTED_ENV = "IMAGEN_JAX_DISTRIBUTED"
+
+
 def _on_tpu_pod() -> bool:
+  if os.environ.get(DISTRIBUTED_ENV, "").lower() in ("1", "true", "yes"):
+    return True
   hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
   return len([h for h in hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
 
@@ -22,7 +30,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """Calls `jax.distributed.initialize` when needed; returns whether it did.
 
   Explicit flags (all three, or none) win; otherwise a multi-host TPU pod is detected from its
-  environment and initialized automatically. Single-process runs do nothing. Must run before
+  environment (`IMAGEN_JAX_DISTRIBUTED=1`, which the TPU launcher sets, or the TPU/Megascale
+  variables) and `jax.distributed.initialize()` auto-configures it. Single-process runs do nothing. Must run before
   any other JAX call touches the devices.
   """
   given = [coordinator_address is not None, num_processes is not None, process_id is not None]

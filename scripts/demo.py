@@ -6,6 +6,7 @@ held-out captions, print caption accuracy per guidance setting.
 Writes DIR/demo_results.json and DIR/demo_grid.png; rerunning resumes.
 Stage configs can be changed like any config, e.g.
   --base_config configs/shapes.py:stage=base,steps=500 --base_config.optim.lr=3e-4
+The cascade is base 16x16 -> sr1 32x32 -> sr2 64x64 (configs/shapes.py).
 """
 from absl import app
 from absl import flags
@@ -16,12 +17,13 @@ from ml_collections import config_flags
 from imagen_jax import demo
 from imagen_jax import log_filter
 
-_BASE = config_flags.DEFINE_config_file(
-    "base_config", "configs/shapes.py:stage=base", "Base stage config.",
-    lock_config=True)
-_SR = config_flags.DEFINE_config_file(
-    "sr_config", "configs/shapes.py:stage=sr1", "SR stage config.",
-    lock_config=True)
+_CONFIGS = {
+    name: config_flags.DEFINE_config_file(
+        f"{name}_config", f"configs/shapes.py:stage={name}",
+        f"Config of the {name} stage.", lock_config=True)
+    for name in ("base", "sr1", "sr2")}
+_NUM_STAGES = flags.DEFINE_integer(
+    "num_stages", 3, "Train and sample the first N stages (1-3).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Demo directory.",
                                required=True)
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Held-out eval captions.")
@@ -32,8 +34,12 @@ def main(argv):
   del argv
   log_filter.quiet_third_party()
   jax.config.update("jax_threefry_partitionable", True)
-  record = demo.run_demo([_BASE.value, _SR.value], _WORKDIR.value,
-                         num_eval=_NUM_EVAL.value, num_steps=_STEPS.value)
+  if not 1 <= _NUM_STAGES.value <= 3:
+    raise app.UsageError(f"--num_stages={_NUM_STAGES.value} must be 1-3")
+  names = list(_CONFIGS)[:_NUM_STAGES.value]
+  record = demo.run_demo([_CONFIGS[n].value for n in names], _WORKDIR.value,
+                         names=names, num_eval=_NUM_EVAL.value,
+                         num_steps=_STEPS.value)
   print(demo.format_table(record))
   print(f"wall time {record['wall_seconds']:.0f}s; results in "
         f"{_WORKDIR.value}/demo_results.json, grid in "

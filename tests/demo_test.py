@@ -31,7 +31,8 @@ def test_demo_script_end_to_end_and_resume(tmp_path):
   cmd = [sys.executable, str(ROOT / "scripts/demo.py"),
          f"--workdir={tmp_path}",
          "--base_config=configs/shapes.py:stage=base,runlocal",
-         "--sr_config=configs/shapes.py:stage=sr1,runlocal",
+         "--sr1_config=configs/shapes.py:stage=sr1,runlocal",
+         "--num_stages=2",
          "--num_eval=4", "--num_steps=2"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                         cwd=ROOT)

@@ -10,6 +10,8 @@ Names and variants:
   imagen_sr1024   paper (~400M), small, tiny    EfficientUNet, 256->1024
   shapes_base32   tiny, small                   UNet, 32x32 (CPU demo)
   shapes_sr64     tiny, small                   EfficientUNet, 32->64 (CPU demo)
+  shapes_base16   tiny, small                   UNet, 16x16 (CPU demo)
+  shapes_sr32     tiny, small                   EfficientUNet, 16->32 (CPU demo)
 
 `paper` sizes follow App. F / Fig. A.30-A.31 of Saharia et al. 2022; `small`
 is a one-accelerator size of the same shape; `tiny` exists for CPU tests.
@@ -148,7 +150,41 @@ _SHAPES_SR64 = {
         embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
 }
 
+# Shapes-world CPU demo, base 16x16: on two CPU cores a 32x32 step costs 4x a
+# 16x16 one while XLA's small-channel convolutions run far below peak, so the
+# demo's base works at 16x16 (16 -> 8 -> 4) with self + text attention at 8x8
+# and 4x4, and super-resolution stages add the detail.
+_SHAPES_BASE16 = {
+    "tiny": dict(
+        resolution=16, text_dim=64, channels=32, channel_mult=(1, 2, 2),
+        num_res_blocks=2, attention_resolutions=(8, 4), per_head_channels=32,
+        embed_dim=128, cond_dim=64, freq_dim=32, num_groups=8),
+    "small": dict(
+        resolution=16, text_dim=64, channels=64, channel_mult=(1, 2, 2),
+        num_res_blocks=2, attention_resolutions=(8, 4), per_head_channels=32,
+        embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
+}
+
+# Shapes-world CPU demo, SR 16->32: Efficient U-Net 32 -> 16 -> 8 -> 4 with
+# attention (self + text) at 4x4 only.
+_SHAPES_SR32 = {
+    "tiny": dict(
+        resolution=32, lowres_resolution=16, text_dim=64, init_channels=16,
+        channels=(16, 32, 64), num_res_blocks=(1, 1, 2), strides=(2, 2, 2),
+        self_attention=(False, False, True),
+        cross_attention=(False, False, True), per_head_channels=32,
+        embed_dim=128, cond_dim=64, freq_dim=32, num_groups=8),
+    "small": dict(
+        resolution=32, lowres_resolution=16, text_dim=64, init_channels=32,
+        channels=(32, 64, 128), num_res_blocks=(1, 2, 4), strides=(2, 2, 2),
+        self_attention=(False, False, True),
+        cross_attention=(False, False, True), per_head_channels=32,
+        embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
+}
+
 _REGISTRY = {
+    "shapes_base16": (UNet, _SHAPES_BASE16),
+    "shapes_sr32": (EfficientUNet, _SHAPES_SR32),
     "imagen_base64": (UNet, _BASE64),
     "imagen_sr256": (EfficientUNet, _SR256),
     "imagen_sr1024": (EfficientUNet, _SR1024),

@@ -54,9 +54,17 @@ def get_config(arg=None):
   c.text.max_length = {1: 80, 2: 112}.get(arg.objects, 160)
 
   c.diffusion.schedule = "cosine"
-  c.diffusion.prediction = "eps"
-  c.diffusion.loss_weighting = "min_snr"
-  c.diffusion.min_snr_gamma = 5.0
+  if lowres is None:
+    c.diffusion.prediction = "eps"
+    c.diffusion.loss_weighting = "min_snr"
+    c.diffusion.min_snr_gamma = 5.0
+  else:
+    # SR stages: v-prediction, unweighted. Its loss weighs the x0 error by
+    # 1 + snr, so even at high noise the network is pushed to read x0 off the
+    # low-res input; eps (or min-SNR) weighs it by snr ~ 0 there, and an SR
+    # stage trained that way ignores its input early in sampling.
+    c.diffusion.prediction = "v"
+    c.diffusion.loss_weighting = "none"
   c.diffusion.aug_range = (0.0, 0.5)
 
   c.input.dataset = "shapes"

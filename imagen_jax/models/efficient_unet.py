@@ -19,6 +19,10 @@ Layout (L levels, channels c_i, strides s_i):
   up_i (reversed): [concat skip_i / sqrt(2)] (not at the deepest level, whose
           input *is* skip_{L-1}), n_i x ResBlock, [attention],
           nearest x s_i + conv3x3 -> c_{i-1} (init_channels for i=0)
+  out_res: ResBlock over concat(up_0 output, in_conv output / sqrt(2)), at
+          full resolution (the full-resolution skip; without it the output
+          is an upsampled low-resolution map, which cannot predict per-pixel
+          noise: an SR stage trained that way samples noise)
   out: GroupNorm, swish, conv3x3 -> out_channels (float32)
 
 Conditioning: time embedding of log_snr + embedding of the augmentation level
@@ -181,6 +185,7 @@ class EfficientUNet(nn.Module):
 
     x = layers.network_input(x_t, lowres, self.dtype)
     x = layers.conv(self.init_channels, name="in_conv", **kw)(x)
+    full_res = x
     skips = []
     for i, (ch, n, s, sa, ca) in enumerate(cfg):
       x = dblock_cls(ch, n, s, sa, ca, name=f"down_{i}", **common)(
@@ -194,5 +199,13 @@ class EfficientUNet(nn.Module):
         skip = None  # the deepest UBlock's input is this skip already
       x = ublock_cls(ch, out_ch, n, s, sa, ca, skip_scale=self.skip_scale,
                      name=f"up_{i}", **common)(x, skip, emb, context, mask)
+    # Full-resolution path: without it the output would be an upsampled
+    # low-resolution feature map that cannot reproduce per-pixel noise (eps)
+    # or the input's finest detail. One ResBlock at init_channels over the
+    # in_conv features (scaled like every skip) keeps it cheap.
+    x = jnp.concatenate([x, full_res * self.skip_scale], -1)
+    x = layers.maybe_remat(layers.ResBlock, self.remat == "block")(
+        self.init_channels, self.num_groups, self.dropout, not train,
+        name="out_res", **kw)(x, emb)
     return layers.output_head(x, self.out_channels, self.num_groups,
                               self.dtype, self.param_dtype, "out")

@@ -25,9 +25,9 @@ from imagen_jax import config_lib
 
 _STAGES = {
     # name: (model, resolution, lowres, steps, batch, lr)
-    "base": ("shapes_base16", 16, None, 2400, 32, 1e-3),
-    "sr1": ("shapes_sr32", 32, 16, 600, 32, 1e-3),
-    "sr2": ("shapes_sr64", 64, 32, 500, 16, 1e-3),
+    "base": ("shapes_base16", 16, None, 1500, 32, 1e-3),
+    "sr1": ("shapes_sr32", 32, 16, 1500, 32, 1e-3),
+    "sr2": ("shapes_sr64", 64, 32, 400, 16, 1e-3),
 }
 
 

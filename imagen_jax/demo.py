@@ -10,7 +10,8 @@
 3. scores every final image against its scene with `shapes.score`, and
    records the scorer's chance level (images of unrelated scenes) and its
    ceiling (ground-truth renders), then writes `workdir/demo_results.json`
-   and `workdir/demo_grid.png`.
+   and `workdir/demo_grid.png`. The base stage's own output (upscaled to the
+   scorer's minimum of 32x32 by pixel repetition) is scored as well.
 
 Each setting's images are cached in `workdir/eval/` so a restart skips them.
 """
@@ -74,40 +75,60 @@ def train_stages(configs: Sequence, workdir: pathlib.Path, names):
 
 
 def evaluate(workdirs, scenes, settings: Sequence[Setting], eval_dir,
-             *, num_steps: int, sampler: str, seed: int = 0):
+             *, num_steps: int, sampler: str, sr_num_steps: int,
+             sr_sampler: str, seed: int = 0):
   """Per setting: cascade images for the scenes' captions and their scores."""
   eval_dir.mkdir(parents=True, exist_ok=True)
   captions = [shapes.caption(s) for s in scenes]
   cascade = sampling.CascadeSampler(
       [sampling.load_stage(w) for w in workdirs], batch_size=32)
-  results, finals = {}, {}
+  results, base_results, finals = {}, {}, {}
   for setting in settings:
     cache = eval_dir / (setting.label.replace(" ", "_").replace(",", "")
                         .replace("(", "").replace(")", "").replace("=", "")
                         + ".npz")
     if cache.exists():
-      images = list(np.load(cache)["images"])
+      with np.load(cache) as saved:
+        images, base = list(saved["images"]), list(saved["base"])
     else:
+      # The setting applies to the base, where the text is decided; SR
+      # stages upsample unguided from a clean (aug_level 0) low-res input.
       stage_settings = [sampling.StageSettings(
           sampler=sampler, num_steps=num_steps,
-          guidance_scale=setting.guidance_scale if i == 0 else 1.0,
-          threshold=setting.threshold if i == 0 else "static")
-                        for i in range(len(workdirs))]
+          guidance_scale=setting.guidance_scale, threshold=setting.threshold)]
+      stage_settings += [sampling.StageSettings(
+          sampler=sr_sampler, num_steps=sr_num_steps, guidance_scale=1.0,
+          threshold="static", aug_level=0.0)] * (len(workdirs) - 1)
       images = cascade.sample(captions, seed=seed, settings=stage_settings,
                               progress=False)
       np.savez(cache, images=np.stack(images[-1]), base=np.stack(images[0]))
-      images = list(images[-1])
+      images, base = list(images[-1]), list(images[0])
     scores = shapes_score.mean_scores(
         [shapes.score(img, sc) for img, sc in zip(images, scenes)])
+    base_scores = shapes_score.mean_scores(
+        [shapes.score(_at_least(img, MIN_SCORE_RES), sc)
+         for img, sc in zip(base, scenes)])
     results[setting.label] = scores
+    base_results[setting.label] = base_scores
     finals[setting.label] = images
-    logging.info("demo: %-20s accuracy %.3f", setting.label,
-                 scores["accuracy"])
-  return results, finals, captions
+    logging.info("demo: %-20s accuracy %.3f (base stage %.3f)", setting.label,
+                 scores["accuracy"], base_scores["accuracy"])
+  return results, base_results, finals, captions
 
 
-def run_demo(configs, workdir, *, names=("base", "sr1"), num_eval: int = 48,
-             num_steps: int = 64, sampler: str = "ddpm",
+MIN_SCORE_RES = 32  # the scorer is specified for renders of >= 32x32
+
+
+def _at_least(image, size):
+  """Nearest-neighbour upscale by an integer factor to at least `size`."""
+  factor = -(-size // image.shape[0])
+  return np.repeat(np.repeat(image, factor, 0), factor, 1)
+
+
+def run_demo(configs, workdir, *, names=("base", "sr1"),
+             num_eval: int = 48, num_steps: int = 24,
+             sampler: str = "dpmpp_2m", sr_num_steps: int = 12,
+             sr_sampler: str = "ddim",
              settings: Sequence[Setting] = DEFAULT_SETTINGS) -> dict:
   """Trains the stages, evaluates, writes demo_results.json and a grid."""
   workdir = pathlib.Path(workdir)
@@ -119,9 +140,10 @@ def run_demo(configs, workdir, *, names=("base", "sr1"), num_eval: int = 48,
   scenes = heldout_scenes(num_eval, seed=1234, max_objects=max_objects)
   final_res = configs[-1].input.resolution
   chance, ceiling = scorer_reference(scenes, final_res)
-  results, finals, captions = evaluate(
+  results, base_results, finals, captions = evaluate(
       [workdir / n for n in names], scenes, settings, workdir / "eval",
-      num_steps=num_steps, sampler=sampler)
+      num_steps=num_steps, sampler=sampler, sr_num_steps=sr_num_steps,
+      sr_sampler=sr_sampler)
   wall = time.perf_counter() - start
 
   cols = min(8, len(scenes))
@@ -137,6 +159,9 @@ def run_demo(configs, workdir, *, names=("base", "sr1"), num_eval: int = 48,
   record = {
       "accuracy": {k: v["accuracy"] for k, v in results.items()},
       "per_attribute": results,
+      "base_stage_accuracy": {k: v["accuracy"]
+                              for k, v in base_results.items()},
+      "base_stage_per_attribute": base_results,
       "chance": chance,
       "ground_truth": ceiling,
       "wall_seconds": wall,
@@ -144,7 +169,13 @@ def run_demo(configs, workdir, *, names=("base", "sr1"), num_eval: int = 48,
       "num_eval_captions": len(scenes),
       "eval_split": "heldout",
       "resolution": final_res,
-      "sampler": sampler, "num_steps": num_steps,
+      "base_sampling": {"sampler": sampler, "num_steps": num_steps},
+      "sr_sampling": {"sampler": sr_sampler, "num_steps": sr_num_steps,
+                      "guidance_scale": 1.0, "aug_level": 0.0},
+      "stages": {n: {"model": f"{c.model.name}/{c.model.variant}",
+                     "steps": int(c.total_steps),
+                     "batch_size": int(c.batch_size)}
+                 for n, c in zip(names, configs)},
       "grid": "demo_grid.png",
   }
   (workdir / "demo_results.json").write_text(json.dumps(record, indent=2))
@@ -152,9 +183,11 @@ def run_demo(configs, workdir, *, names=("base", "sr1"), num_eval: int = 48,
 
 
 def format_table(record) -> str:
-  lines = [f"{'setting':<22} accuracy", "-" * 31]
+  base = record.get("base_stage_accuracy", {})
+  lines = [f"{'setting':<22} cascade  base stage", "-" * 41]
   for label, acc in record["accuracy"].items():
-    lines.append(f"{label:<22} {acc:.3f}")
+    b = f"{base[label]:.3f}" if label in base else "-"
+    lines.append(f"{label:<22} {acc:.3f}    {b}")
   lines.append(f"{'chance (unrelated)':<22} {record['chance']:.3f}")
   lines.append(f"{'ground-truth renders':<22} {record['ground_truth']:.3f}")
   return "\n".join(lines)

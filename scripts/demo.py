@@ -6,7 +6,8 @@ held-out captions, print caption accuracy per guidance setting.
 Writes DIR/demo_results.json and DIR/demo_grid.png; rerunning resumes.
 Stage configs can be changed like any config, e.g.
   --base_config configs/shapes.py:stage=base,steps=500 --base_config.optim.lr=3e-4
-The cascade is base 16x16 -> sr1 32x32 -> sr2 64x64 (configs/shapes.py).
+The default cascade is base 16x16 -> sr1 32x32 (configs/shapes.py); add the
+32 -> 64 stage with --num_stages 3.
 """
 from absl import app
 from absl import flags
@@ -23,11 +24,15 @@ _CONFIGS = {
         f"Config of the {name} stage.", lock_config=True)
     for name in ("base", "sr1", "sr2")}
 _NUM_STAGES = flags.DEFINE_integer(
-    "num_stages", 3, "Train and sample the first N stages (1-3).")
+    "num_stages", 2, "Train and sample the first N stages (1-3): base 16x16,"
+    " sr1 32x32, sr2 64x64.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Demo directory.",
                                required=True)
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Held-out eval captions.")
-_STEPS = flags.DEFINE_integer("num_steps", 64, "Sampler steps per stage.")
+_STEPS = flags.DEFINE_integer("num_steps", 24,
+                              "Base sampler (dpmpp_2m) steps.")
+_SR_STEPS = flags.DEFINE_integer("sr_num_steps", 12,
+                                 "SR sampler (ddim) steps.")
 
 
 def main(argv):
@@ -39,7 +44,8 @@ def main(argv):
   names = list(_CONFIGS)[:_NUM_STAGES.value]
   record = demo.run_demo([_CONFIGS[n].value for n in names], _WORKDIR.value,
                          names=names, num_eval=_NUM_EVAL.value,
-                         num_steps=_STEPS.value)
+                         num_steps=_STEPS.value,
+                         sr_num_steps=_SR_STEPS.value)
   print(demo.format_table(record))
   print(f"wall time {record['wall_seconds']:.0f}s; results in "
         f"{_WORKDIR.value}/demo_results.json, grid in "

@@ -67,6 +67,8 @@ def test_every_name_and_variant_builds_with_attributes():
               "imagen_sr256": (EfficientUNet, 256, 64),
               "imagen_sr1024": (EfficientUNet, 1024, 256),
               "shapes_base32": (UNet, 32, None),
+              "shapes_base16": (UNet, 16, None),
+              "shapes_sr32": (EfficientUNet, 32, 16),
               "shapes_sr64": (EfficientUNet, 64, 32)}
   assert set(model_names()) == set(expected)
   for name, (cls, res, lowres) in expected.items():

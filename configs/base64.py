@@ -30,11 +30,6 @@ import ml_collections
 from imagen_jax import config_check
 from imagen_jax import config_lib
 
-T5_XXL = "t5-v1_1-xxl"
-T5_XXL_DIM = 4096
-BUILTIN_ENCODER = "byt5-tiny-random"
-BUILTIN_DIM = 64
-
 # variant: global batch, total steps, warm-up steps, FSDP axis size, dtype.
 _SIZES = {
     "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=8,
@@ -43,19 +38,6 @@ _SIZES = {
                   dtype="bfloat16"),
     "tiny": dict(batch=8, steps=2_000, warmup=100, fsdp=1, dtype="float32"),
 }
-
-
-def _dataset(c, data):
-  """Points `c.input` at COCO (TFDS), the shapes world or a local folder."""
-  if data == "coco":
-    c.input.dataset = "tfds:coco_captions"
-    c.input.split = "train"
-  elif data == "shapes":
-    c.input.dataset = "shapes"
-    c.input.split = "train"
-  else:
-    c.input.dataset = "folder"
-    c.input.path = data
 
 
 def get_config(arg=None):
@@ -76,10 +58,12 @@ def get_config(arg=None):
 
   c.model.name = "imagen_base64"
   c.model.variant = arg.variant
-  c.model.overrides.text_dim = BUILTIN_DIM if tiny_text else T5_XXL_DIM
+  c.model.overrides.text_dim = (config_lib.BUILTIN_DIM if tiny_text
+                                 else config_lib.T5_XXL_DIM)
   c.model.overrides.dtype = size["dtype"]
 
-  c.text.encoder = arg.encoder or (BUILTIN_ENCODER if tiny_text else T5_XXL)
+  c.text.encoder = arg.encoder or (
+      config_lib.BUILTIN_ENCODER if tiny_text else config_lib.T5_XXL)
   c.text.max_length = 128               # tokens (T5) or bytes (built-in ByT5)
 
   c.diffusion.schedule = "cosine"          # the base model's schedule
@@ -91,7 +75,7 @@ def get_config(arg=None):
   c.input.path = ""                    # dataset=folder: the image folder
   c.input.manifest = ml_collections.config_dict.placeholder(str)
   c.input.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
-  _dataset(c, arg.data)
+  config_lib.set_dataset(c, arg.data)
   c.input.resolution = 64
   c.input.lowres_resolution = None
   c.input.cond_drop_prob = 0.1             # 10% caption dropout (CFG)
@@ -130,7 +114,7 @@ def get_config(arg=None):
                             dataset="tfds:coco_captions", split="validation")
 
   if arg.runlocal:
-    _dataset(c, "shapes")
+    config_lib.set_dataset(c, "shapes")
     c.input.max_objects = 1
     c.total_steps = arg.steps or 3
     c.batch_size = arg.batch or 8

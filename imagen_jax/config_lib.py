@@ -126,3 +126,120 @@ def stage_defaults():
       threshold="dynamic", percentile=0.995, aug_level=0.0))
   c.evals = ml_collections.ConfigDict()
   return c
+
+
+# Imagen's text encoder, and the built-in one that tiny/runlocal runs use.
+T5_XXL = "t5-v1_1-xxl"
+T5_XXL_DIM = 4096
+BUILTIN_ENCODER = "byt5-tiny-random"
+BUILTIN_DIM = 64
+
+
+def set_dataset(c, data):
+  """Points `c.input` at COCO (TFDS), the shapes world or a local folder."""
+  if data == "coco":
+    c.input.dataset = "tfds:coco_captions"
+    c.input.split = "train"
+  elif data == "shapes":
+    c.input.dataset = "shapes"
+    c.input.split = "train"
+  else:
+    c.input.dataset = "folder"
+    c.input.path = data
+
+
+# SR stages, per variant: global batch, total steps, warm-up, FSDP size, dtype.
+SR_SIZES = {
+    "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=4,
+                  dtype="bfloat16"),
+    "small": dict(batch=32, steps=300_000, warmup=10_000, fsdp=1,
+                  dtype="bfloat16"),
+    "tiny": dict(batch=8, steps=2_000, warmup=100, fsdp=1, dtype="float32"),
+}
+
+
+def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
+                     crop_size=None, sampling_steps=128):
+  """The shared body of Imagen's SR stage configs (configs/sr256.py, sr1024.py).
+
+  `arg` comes from `parse_arg(arg, variant=, runlocal=, steps=, batch=, data=,
+  encoder=)`; `crop_size` trains on random crops of the full-resolution
+  target (the 256->1024 stage), `sampling_steps` is the default sampler length.
+  """
+  if arg.variant not in SR_SIZES:
+    raise ValueError(f"Unknown variant {arg.variant!r}; allowed: "
+                     f"{', '.join(SR_SIZES)}")
+  size = SR_SIZES[arg.variant]
+  tiny_text = arg.variant == "tiny" or arg.runlocal
+  c = stage_defaults()
+  c.seed = 0
+  c.total_steps = arg.steps or size["steps"]
+  c.batch_size = arg.batch or size["batch"]
+  c.log_every_steps = 100
+  c.sample_every_steps = 0             # SR stages sample only in the cascade
+  c.nonfinite = "skip" if arg.variant == "paper" else "halt"
+
+  c.model.name = model
+  c.model.variant = arg.variant
+  c.model.overrides.text_dim = BUILTIN_DIM if tiny_text else T5_XXL_DIM
+  c.model.overrides.dtype = size["dtype"]
+
+  c.text.encoder = arg.encoder or (BUILTIN_ENCODER if tiny_text else T5_XXL)
+  c.text.max_length = 128               # tokens (T5) or bytes (built-in ByT5)
+
+  c.diffusion.schedule = "linear"      # super-resolution stages: linear
+  c.diffusion.prediction = "eps"
+  c.diffusion.loss_weighting = "none"
+  c.diffusion.aug_schedule = "linear"
+  c.diffusion.aug_range = (0.0, 1.0)   # training augmentation level ~ U[0, 1]
+
+  c.input.path = ""                    # dataset=folder: the image folder
+  c.input.manifest = ml_collections.config_dict.placeholder(str)
+  c.input.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
+  set_dataset(c, arg.data)
+  c.input.resolution = resolution
+  c.input.lowres_resolution = lowres_resolution
+  c.input.crop_size = ml_collections.config_dict.placeholder(int)
+  if crop_size:
+    c.input.crop_size = crop_size
+  c.input.cond_drop_prob = 0.1
+  c.input.crop = "centre"
+  c.input.random_flip = False
+
+  c.optim.name = "adam"                # Adam for the super-resolution stages
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = size["warmup"]
+  c.optim.decay = "constant"
+  c.optim.grad_clip_norm = 1.0
+  c.ema.decay = 0.9999
+  c.ema.warmup = True
+
+  c.parallel.mode = "pjit"
+  c.parallel.mesh = (("data", -1), ("fsdp", size["fsdp"]))
+
+  c.checkpoint.every_steps = 5_000 if arg.variant == "paper" else 1_000
+  c.checkpoint.keep = 3
+
+  c.sampling.sampler = "ddpm"
+  c.sampling.num_steps = sampling_steps
+  c.sampling.guidance_scale = 5.0
+  c.sampling.threshold = "dynamic"
+  c.sampling.percentile = 0.995
+  c.sampling.aug_level = 0.0
+
+  if arg.runlocal:
+    set_dataset(c, "shapes")
+    c.input.max_objects = 1
+    c.input.crop_size = 64
+    c.total_steps = arg.steps or 3
+    c.batch_size = arg.batch or 8
+    c.log_every_steps = 1
+    c.checkpoint.every_steps = 2
+    c.checkpoint.keep = 1
+    c.optim.warmup_steps = 1
+    c.parallel.mesh = (("data", -1), ("fsdp", 1))
+    c.model.overrides.dtype = "float32"
+    c.sampling.num_steps = 4
+    c.input.num_workers = 0
+    c.input.prefetch_batches = 1
+  return c

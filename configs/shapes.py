@@ -110,4 +110,6 @@ def sweep(add, arg=None):
 
 
 def metrics():
-  return ["accuracy", "loss"]
+  # alignment/accuracy is written when config.evals.alignment is set, e.g.
+  # --config.evals.alignment='{"type": "alignment", "log_steps": 500}'.
+  return ["loss", "alignment/accuracy"]

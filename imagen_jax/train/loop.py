@@ -19,6 +19,7 @@ from etils import epath
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
+from imagen_jax import config_lib
 from imagen_jax.parallel import batch as batch_lib
 from imagen_jax.parallel import mesh as mesh_lib
 from imagen_jax.parallel import multihost
@@ -46,6 +47,8 @@ class TrainTask:
     run outside the gradient (frozen text encoder, caption nulling, uint8 -> [-1, 1]).
   frozen_params: the preprocess's params, already on devices (never in the optimizer).
   sample_fn: optional (ema_params, rng) -> images (uint8 or float in [-1, 1]) [N, H, W, 3].
+  caption_sample_fn: optional (ema_params, captions, seed) -> uint8 images [N, H, W, 3]; what
+    the `config.evals` evaluators (imagen_jax.evaluation.evaluators) sample through.
   """
   init_variables: Callable[[jax.Array], Any]
   loss_fn: step_lib.LossFn
@@ -54,6 +57,7 @@ class TrainTask:
   preprocess: Callable[[Any, dict], dict] | None = None
   frozen_params: Any = None
   sample_fn: Callable[[Any, jax.Array], Any] | None = None
+  caption_sample_fn: Callable[[Any, list, int], np.ndarray] | None = None
 
 
 TaskFactory = Callable[[Any, Mesh, int], TrainTask]
@@ -123,6 +127,7 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
   mesh = mesh_lib.create_mesh(config.parallel.mesh)
   local_batch_size = batch_lib.check_batch_size(int(config.batch_size), mesh)
   task = task_factory(config, mesh, local_batch_size)
+  _check_evals(config, task)
   total_steps = int(config.total_steps)
 
   tx, lr_schedule = optim.make_optimizer(config.optim, total_steps)
@@ -229,6 +234,8 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
                f"{flops:.3g}" if flops else "n/a", flops_lib.peak_tflops() or "n/a",
                jax.devices()[0].device_kind)
 
+  evals, eval_params = _make_evaluators(config, task)
+
   history: list[dict] = []
   final_summary: dict = {}
   first_pending = step
@@ -299,6 +306,16 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
       logging.info("Preempted at step %d: checkpoint saved to %s; exiting.", step, ckpt.directory)
       break
 
+    for name, evaluator, every in evals:
+      if config_lib.itstime(step, every, total_steps):
+        eval_params["params"] = _ema_for_sampling(state, mode)
+        scalars = {f"{name}/{k}": v for k, v in evaluator.run(step)}
+        writer.write_scalars(step, scalars)
+        writer.flush()
+        final_summary.update(scalars)
+        logging.info("eval %s at step %d: %s", name, step,
+                     ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+
     if task.sample_fn is not None and _itstime(step, config.get("sample_every_steps"), total_steps):
       _write_samples(task, state, mode, step, jax.random.fold_in(rng_sample, step), workdir_path,
                      writer)
@@ -312,10 +329,36 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
   return state
 
 
-def _write_samples(task, state, mode, step, rng, workdir_path, writer):
-  ema = state.ema_params
+def _ema_for_sampling(state, mode):
   if mode == "pmap":
-    ema = jax.device_put(pmap_step.unreplicate(ema))
+    return jax.device_put(pmap_step.unreplicate(state.ema_params))
+  return state.ema_params
+
+
+def _check_evals(config, task):
+  if config.get("evals") and task.caption_sample_fn is None:
+    raise ValueError(f"config.evals={list(config.evals)} needs a stage that samples from "
+                     "captions alone (a base stage); evaluate SR stages in the cascade "
+                     "(scripts/eval_fid.py).")
+
+
+def _make_evaluators(config, task):
+  """(`config.evals` -> [(name, evaluator, log_steps)], holder): the evaluators sample with
+  the params the loop puts in `holder["params"]` (the current EMA params)."""
+  if not config.get("evals"):
+    return [], {}
+  _check_evals(config, task)
+  from imagen_jax.evaluation import evaluators  # pylint: disable=import-outside-toplevel
+  holder = {}
+
+  def sample_fn(captions, seed):
+    return task.caption_sample_fn(holder["params"], list(captions), int(seed))
+
+  return evaluators.from_config(config.evals, sample_fn), holder
+
+
+def _write_samples(task, state, mode, step, rng, workdir_path, writer):
+  ema = _ema_for_sampling(state, mode)
   images = np.asarray(jax.device_get(task.sample_fn(ema, rng)))
   if images.dtype != np.uint8:
     images = metrics_lib.to_uint8(images)

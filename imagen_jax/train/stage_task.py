@@ -76,7 +76,8 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.Tra
       init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=encoder.max_length),
       loss_fn=pipe.loss_fn, iterator=iterator, host_to_numeric=host_to_numeric,
       preprocess=preprocess, frozen_params=encoder.params,
-      sample_fn=_make_sample_fn(config, pipe, encoder, mesh))
+      sample_fn=_make_sample_fn(config, pipe, encoder, mesh),
+      caption_sample_fn=_make_caption_sample_fn(config, pipe, encoder, mesh))
 
 
 def _make_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
@@ -96,3 +97,30 @@ def _make_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
 
   jitted = jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
   return lambda params, rng: jitted(params, encoder.params, rng)
+
+
+def _make_caption_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
+  """(ema_params, captions, seed) -> uint8 samples with `config.sampling`, for `config.evals`
+  (base stages only: an SR stage needs a low-res input)."""
+  if pipe.is_super_resolution:
+    return None
+  s = config.sampling
+
+  def sample(params, enc_params, ids, ids_mask, rng):
+    emb, mask = encoder.encode_fn(enc_params, ids, ids_mask)
+    images = pipe.sample(params, emb, mask, rng, sampler=s.sampler, num_steps=int(s.num_steps),
+                         guidance_scale=float(s.guidance_scale), threshold=s.threshold,
+                         percentile=float(s.percentile))
+    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+  jitted = jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
+
+  def caption_sample(params, captions, seed):
+    ids, ids_mask = encoder.tokenize([str(c) for c in captions])
+    rep = sharding_lib.replicated(mesh)
+    ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), rep)
+    out = jitted(params, encoder.params, ids, ids_mask, jax.random.PRNGKey(seed))
+    return np.asarray(jax.device_get(out))
+
+  return caption_sample
+

@@ -43,3 +43,28 @@ def test_short_shapes_run_loss_falls(tmp_path):
   assert int(jax.device_get(state.step)) == 30
   losses = _losses(tmp_path)
   assert len(losses) == 6 and losses[-1] < 0.75 * losses[0], losses
+
+
+def test_config_evals_run_during_training(tmp_path):
+  """`config.evals.alignment` samples held-out captions from the EMA params while training."""
+  import json  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  c = _config(total_steps=2, log_every_steps=1)
+  c.model.name, c.input.resolution = "shapes_base16", 16
+  c.sampling.num_steps, c.sampling.guidance_scale = 2, 3.0
+  c.evals = ml_collections.ConfigDict(
+      {"alignment": dict(type="alignment", log_steps=2, num_samples=4, max_objects=1)})
+  loop.train_and_evaluate(c, str(tmp_path))
+  final = json.loads((tmp_path / "final_metrics.json").read_text())
+  for key in ("alignment/accuracy", "alignment/chance", "alignment/colour"):
+    assert 0.0 <= final[key] <= 1.0, (key, final)
+
+
+def test_config_evals_on_an_sr_stage_fail_before_training(tmp_path):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  c = _config(total_steps=2)
+  c.model.name, c.input.resolution, c.input.lowres_resolution = "shapes_sr32", 32, 16
+  c.evals = ml_collections.ConfigDict(
+      {"alignment": dict(type="alignment", log_steps=2, num_samples=4)})
+  with pytest.raises(ValueError, match="needs a stage that samples from captions alone"):
+    loop.train_and_evaluate(c, str(tmp_path))

@@ -110,6 +110,6 @@ def sweep(add, arg=None):
 
 
 def metrics():
-  # alignment/accuracy is written when config.evals.alignment is set, e.g.
-  # --config.evals.alignment='{"type": "alignment", "log_steps": 500}'.
+  # alignment/accuracy is written when the config sets config.evals.alignment
+  # (dict(type="alignment", log_steps=..., num_samples=...), base stage only).
   return ["loss", "alignment/accuracy"]

@@ -58,7 +58,7 @@ def test_cascade_shapes_and_determinism(workdirs):
                                                   batch_size=8)
   prompts = ["a red circle", "two blue squares on the left", ""]
   a = cascade.sample(prompts, seed=3, progress=False)
-  assert [x.shape for x in a] == [(3, 32, 32, 3), (3, 64, 64, 3)]
+  assert [x.shape for x in a] == [(3, 16, 16, 3), (3, 32, 32, 3)]
   assert all(x.dtype == np.uint8 for x in a)
   b = cascade.sample(prompts, seed=3, progress=False)
   c = cascade.sample(prompts, seed=4, progress=False)
@@ -103,10 +103,10 @@ def test_bad_inputs(workdirs, tmp_path):
 
 
 def test_stages_that_do_not_chain(workdirs, tmp_path):
-  # An SR stage that expects 16x16 input after a 32x32 base.
+  # An SR stage that expects 8x8 input after the 16x16 base.
   config = _load_config("stage=sr1,runlocal")
-  config.model.overrides.lowres_resolution = 16
-  config.input.lowres_resolution = 16
+  config.model.overrides.lowres_resolution = 8
+  config.input.lowres_resolution = 8
   pipe = pipeline_lib.StagePipeline.from_config(config)
   params = meta.unbox(pipe.init(jax.random.PRNGKey(0))["params"])
   state = state_lib.create_train_state(params, optax.adam(1e-3),
@@ -115,6 +115,6 @@ def test_stages_that_do_not_chain(workdirs, tmp_path):
                                async_save=False)
   ckpt.save(1, state, data_state={}, config=config.to_dict(), force=True)
   ckpt.close()
-  with pytest.raises(ValueError, match="do not chain.*32x32.*16x16"):
+  with pytest.raises(ValueError, match="do not chain.*16x16.*8x8"):
     sampling.CascadeSampler.from_workdirs([workdirs[0],
                                            str(tmp_path / "sr16")])

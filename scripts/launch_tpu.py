@@ -127,8 +127,10 @@ def train_cmd(target: Target, train_flags: Sequence[str], *, job: str,
   prefix = ["env", "IMAGEN_JAX_DISTRIBUTED=1", *env]
   train = shlex.join([*prefix, python, "scripts/train.py", *train_flags])
   log, pid = _log_path(job), _pid_path(job)
-  remote = (f"mkdir -p {_home(LOG_DIR)} && cd {_home(CODE_DIR)} && "
-            f"( nohup {train} > {log} 2>&1 < /dev/null & echo $! > {pid} )")
+  # The log is created before the job starts: the backgrounded job opens it only once it
+  # is scheduled, and `tail` must not race it to a missing file.
+  remote = (f"mkdir -p {_home(LOG_DIR)} && cd {_home(CODE_DIR)} && : > {log} && "
+            f"( nohup {train} >> {log} 2>&1 < /dev/null & echo $! > {pid} )")
   if not detach:
     remote += f" && tail -n +1 -f --pid=\"$(cat {pid})\" {log}"
   return ssh_cmd(target, remote)

@@ -33,7 +33,7 @@ def test_demo_script_end_to_end_and_resume(tmp_path):
          "--base_config=configs/shapes.py:stage=base,runlocal",
          "--sr1_config=configs/shapes.py:stage=sr1,runlocal",
          "--num_stages=2",
-         "--num_eval=4", "--num_steps=2"]
+         "--num_eval=4", "--num_steps=2", "--sr_num_steps=2"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                         cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -65,7 +65,9 @@ def get_config(arg=None):
     # stage trained that way ignores its input early in sampling.
     c.diffusion.prediction = "v"
     c.diffusion.loss_weighting = "none"
-  c.diffusion.aug_range = (0.0, 0.5)
+  # Low-res noise augmentation up to t=0.2: with 0.5 the 16->32 stage washed
+  # out small objects (held-out cascade accuracy 0.58 vs 0.71 at w=3).
+  c.diffusion.aug_range = (0.0, 0.2)
 
   c.input.dataset = "shapes"
   c.input.split = "train"                  # held-out colour/shape pairs unseen

@@ -27,6 +27,7 @@ from imagen_jax import diffusion
 from imagen_jax import pipeline as pipeline_lib
 from imagen_jax import text as text_lib
 from imagen_jax.train import checkpoint as ckpt_lib
+from imagen_jax.train.metrics import to_uint8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +118,6 @@ def check_chain(stages: Sequence[Stage]):
           f"{prev.pipeline.resolution}x{prev.pipeline.resolution} but "
           f"{cur.workdir} expects a {cur.pipeline.lowres_resolution}x"
           f"{cur.pipeline.lowres_resolution} low-res input")
-
-
-def to_uint8(images):
-  """[-1, 1] float images -> uint8 [0, 255]."""
-  x = np.asarray(images, np.float32)
-  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class CascadeSampler:

@@ -80,30 +80,8 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.Tra
       caption_sample_fn=_make_caption_sample_fn(config, pipe, encoder, mesh))
 
 
-def _make_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
-  """EMA samples for `config.sample_prompts` (base stages; SR stages need a low-res input,
-  which periodic sampling does not have, so they get none)."""
-  prompts = [str(p) for p in (config.get("sample_prompts") or ())]
-  if not prompts or pipe.is_super_resolution:
-    return None
-  ids, ids_mask = encoder.tokenize(prompts)
-  s = config.sampling
-
-  def sample(params, enc_params, rng):
-    emb, mask = encoder.encode_fn(enc_params, ids, ids_mask)
-    return pipe.sample(params, emb, mask, rng, sampler=s.sampler, num_steps=int(s.num_steps),
-                       guidance_scale=float(s.guidance_scale), threshold=s.threshold,
-                       percentile=float(s.percentile))
-
-  jitted = jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
-  return lambda params, rng: jitted(params, encoder.params, rng)
-
-
-def _make_caption_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
-  """(ema_params, captions, seed) -> uint8 samples with `config.sampling`, for `config.evals`
-  (base stages only: an SR stage needs a low-res input)."""
-  if pipe.is_super_resolution:
-    return None
+def _text_to_image(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
+  """Jitted (params, enc_params, ids, ids_mask, rng) -> uint8 images with `config.sampling`."""
   s = config.sampling
 
   def sample(params, enc_params, ids, ids_mask, rng):
@@ -113,14 +91,32 @@ def _make_caption_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
                          percentile=float(s.percentile))
     return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
-  jitted = jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
+  return jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
+
+
+def _make_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
+  """EMA samples for `config.sample_prompts` (base stages; SR stages need a low-res input,
+  which periodic sampling does not have, so they get none)."""
+  prompts = [str(p) for p in (config.get("sample_prompts") or ())]
+  if not prompts or pipe.is_super_resolution:
+    return None
+  ids, ids_mask = encoder.tokenize(prompts)
+  jitted = _text_to_image(config, pipe, encoder, mesh)
+  return lambda params, rng: jitted(params, encoder.params, ids, ids_mask, rng)
+
+
+def _make_caption_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
+  """(ema_params, captions, seed) -> uint8 samples with `config.sampling`, for `config.evals`
+  (base stages only: an SR stage needs a low-res input)."""
+  if pipe.is_super_resolution:
+    return None
+  jitted = _text_to_image(config, pipe, encoder, mesh)
+  rep = sharding_lib.replicated(mesh)
 
   def caption_sample(params, captions, seed):
     ids, ids_mask = encoder.tokenize([str(c) for c in captions])
-    rep = sharding_lib.replicated(mesh)
     ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), rep)
     out = jitted(params, encoder.params, ids, ids_mask, jax.random.PRNGKey(seed))
     return np.asarray(jax.device_get(out))
 
   return caption_sample
-

@@ -19,5 +19,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["imagen_jax", "imagen_jax.*"]),
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-test.txt")},
+    extras_require={"test": _requirements("requirements-test.txt"),
+                    "bench": _requirements("requirements-bench.txt")},
 )

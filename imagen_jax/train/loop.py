@@ -111,6 +111,34 @@ def _to_global(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(put, tree, shardings)
 
 
+def state_shardings(config: Any, init_variables: Callable[[jax.Array], Any], mesh: Mesh,
+                    tx: Any, init_rng: jax.Array, state_rng: jax.Array):
+  """(init_state(init_rng) -> TrainState, the state's shardings, its abstract value).
+
+  "pjit": params (and EMA params) sharded from their logical axes with FSDP over the mesh,
+  optimizer state like the params it tracks; "pmap": everything replicated.
+  """
+  def init_state(rng):
+    params = meta.unbox(init_variables(rng)["params"])
+    return create_train_state(params, tx, state_rng)
+
+  rep = sharding_lib.replicated(mesh)
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  if config.parallel.mode != "pjit":
+    return init_state, jax.tree.map(lambda _: rep, abstract_state), abstract_state
+  min_fsdp_mb = float(config.parallel.get("min_fsdp_size_mb", 4.0))
+  boxed = jax.eval_shape(init_variables, init_rng)["params"]
+  p_sh = sharding_lib.param_shardings(boxed, mesh, config.parallel.get("logical_rules"),
+                                      min_fsdp_mb)
+  opt_sh = sharding_lib.opt_state_shardings(tx, abstract_state.opt_state, abstract_state.params,
+                                            p_sh, mesh, min_fsdp_mb)
+  logging.info("Largest params and their shardings:\n%s",
+               sharding_lib.describe(p_sh, abstract_state.params))
+  state_sh = TrainState(step=rep, params=p_sh, ema_params=p_sh, opt_state=opt_sh, rng=rep,
+                        skipped=rep)
+  return init_state, state_sh, abstract_state
+
+
 def train(config: Any, workdir: str, task_factory: TaskFactory, *,
           stop_at: int | None = None) -> TrainState:
   """Trains to `config.total_steps` (or `stop_at`, saving there as a preemption would).
@@ -134,25 +162,8 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
   rng = jax.random.PRNGKey(int(config.seed))
   init_rng, state_rng = jax.random.split(rng)
 
-  def init_state(init_rng):
-    params = meta.unbox(task.init_variables(init_rng)["params"])
-    return create_train_state(params, tx, state_rng)
-
-  rep = sharding_lib.replicated(mesh)
-  abstract_state = jax.eval_shape(init_state, init_rng)
-  if mode == "pjit":
-    boxed = jax.eval_shape(task.init_variables, init_rng)["params"]
-    p_sh = sharding_lib.param_shardings(boxed, mesh, config.parallel.get("logical_rules"),
-                                        float(config.parallel.get("min_fsdp_size_mb", 4.0)))
-    opt_sh = sharding_lib.opt_state_shardings(
-        tx, abstract_state.opt_state, abstract_state.params, p_sh, mesh,
-        float(config.parallel.get("min_fsdp_size_mb", 4.0)))
-    state_sh = TrainState(step=rep, params=p_sh, ema_params=p_sh, opt_state=opt_sh, rng=rep,
-                          skipped=rep)
-    logging.info("Largest params and their shardings:\n%s",
-                 sharding_lib.describe(p_sh, abstract_state.params))
-  else:
-    state_sh = jax.tree.map(lambda _: rep, abstract_state)
+  init_state, state_sh, abstract_state = state_shardings(config, task.init_variables, mesh, tx,
+                                                         init_rng, state_rng)
   abstract_sharded = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sh)
   n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract_state.params))

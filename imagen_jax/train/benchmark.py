@@ -1,0 +1,221 @@
+"""Steady-state throughput of one stage: train step, sampler and input pipeline.
+
+What `scripts/benchmark.py` measures on our side. The train step is the trainer's own: the
+state built and sharded by `loop.state_shardings`, `step.make_train_step` with the config's
+optimizer, EMA and non-finite guard, donated state, jitted ("pjit") or pmapped as
+`config.parallel.mode` says. Its batch is synthetic and already on the devices, with the text
+embeddings given (the frozen encoder's cost is not part of the step, as with imagen-pytorch's
+`text_embeds=`); its numbers are random, so the model's weights do not matter for speed.
+
+Timings exclude compilation and a warm-up; each figure is the median over `repeats` timings
+of a block of calls ended by `block_until_ready`.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imagen_jax import pipeline as pipeline_lib
+from imagen_jax.parallel import batch as batch_lib
+from imagen_jax.parallel import mesh as mesh_lib
+from imagen_jax.parallel import pmap_step
+from imagen_jax.parallel import sharding as sharding_lib
+from imagen_jax.train import flops as flops_lib
+from imagen_jax.train import loop
+from imagen_jax.train import optim
+from imagen_jax.train import step as step_lib
+
+
+def median_seconds(call: Callable[[], Any], *, repeats: int, inner: int = 1) -> tuple[float, list]:
+  """(median seconds per call, every timing): `repeats` timings of `inner` calls each."""
+  if repeats < 1 or inner < 1:
+    raise ValueError(f"repeats={repeats} and inner={inner} must be >= 1.")
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = None
+    for _ in range(inner):
+      out = call()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / inner)
+  return statistics.median(times), times
+
+
+def peak_device_memory() -> int | None:
+  """Peak bytes in use on the first local device, where the backend reports it (not CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except  # backends without memory stats
+    return None
+  if not stats:
+    return None
+  peak = stats.get("peak_bytes_in_use")
+  return int(peak) if peak is not None else None
+
+
+def host_peak_rss() -> int:
+  """This process's peak resident memory in bytes (Linux reports KiB)."""
+  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def synthetic_batch(pipe: pipeline_lib.StagePipeline, batch_size: int, text_len: int,
+                    cond_drop_prob: float, seed: int = 0) -> dict[str, np.ndarray]:
+  """A host batch in the loss's format: images in [-1, 1], random text embeddings with
+  random-length masks, `drop_text` at the config's caption-dropout rate, `lowres` for SR."""
+  rng = np.random.default_rng(seed)
+  r = pipe.resolution
+  lengths = rng.integers(1, text_len + 1, size=batch_size)
+  out = {
+      "image": rng.uniform(-1, 1, (batch_size, r, r, 3)).astype(np.float32),
+      "text_emb": rng.standard_normal((batch_size, text_len, pipe.model.text_dim)
+                                      ).astype(np.float32),
+      "text_mask": np.arange(text_len)[None, :] < lengths[:, None],
+      "drop_text": rng.uniform(size=batch_size) < cond_drop_prob,
+  }
+  if pipe.is_super_resolution:
+    lr = pipe.lowres_resolution
+    out["lowres"] = rng.uniform(-1, 1, (batch_size, lr, lr, 3)).astype(np.float32)
+  return out
+
+
+def count_params(tree: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5,
+               warmup: int = 2) -> dict[str, Any]:
+  """Times the trainer's step for `config` at global `batch_size`; a dict of figures."""
+  pipe = pipeline_lib.StagePipeline.from_config(config)
+  mode = config.parallel.mode
+  if mode not in loop.MODES:
+    raise ValueError(f"config.parallel.mode={mode!r}; expected one of {loop.MODES}.")
+  mesh = mesh_lib.create_mesh(config.parallel.mesh)
+  batch_lib.check_batch_size(batch_size, mesh)
+  text_len = int(config.text.max_length)
+  tx, lr_schedule = optim.make_optimizer(config.optim, int(config.total_steps))
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+  init_variables = lambda rng: pipe.init(rng, batch_size=1, text_len=text_len)
+  init_state, state_sh, abstract = loop.state_shardings(config, init_variables, mesh, tx,
+                                                        init_rng, state_rng)
+  state = jax.jit(init_state, out_shardings=state_sh)(init_rng)
+  body = step_lib.make_train_step(pipe.loss_fn, tx, ema_decay=float(config.ema.decay),
+                                  ema_warmup=bool(config.ema.warmup),
+                                  nonfinite=config.nonfinite, lr_schedule=lr_schedule)
+  host = synthetic_batch(pipe, batch_size, text_len,
+                         float(config.input.get("cond_drop_prob", 0.1)), int(config.seed))
+  if mode == "pjit":
+    batch_sh = sharding_lib.batch_sharding(mesh)
+    batch = batch_lib.make_global_batch(host, batch_sh)
+    step_fn = jax.jit(body, in_shardings=(state_sh, batch_sh),
+                      out_shardings=(state_sh, sharding_lib.replicated(mesh)),
+                      donate_argnums=(0,))
+  else:
+    batch = pmap_step.shard_batch(host)
+    step_fn = pmap_step.make_pmap_train_step(body)
+    state = pmap_step.replicate(jax.device_get(state))
+
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  flops = flops_lib.compiled_flops_per_device(compiled)
+
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    return metrics
+
+  for _ in range(warmup):
+    jax.block_until_ready(one_step())
+  seconds, times = median_seconds(one_step, repeats=repeats, inner=inner)
+  loss = float(np.asarray(jax.device_get(one_step()["loss"])).reshape(-1)[0])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f"The benchmarked step's loss is {loss}; the figures would be "
+                             "of a step that skips its update.")
+  out = {
+      "model": f"{config.model.name}/{config.model.variant}",
+      "resolution": pipe.resolution,
+      "lowres_resolution": pipe.lowres_resolution,
+      "dtype": str(jnp.dtype(pipe.model.dtype)),
+      "optimizer": str(config.optim.name),
+      "mode": mode,
+      "mesh": dict(mesh.shape),
+      "devices": jax.device_count(),
+      "device_kind": jax.devices()[0].device_kind,
+      "batch_size": batch_size,
+      "text_len": text_len,
+      "params": count_params(abstract.params),
+      "compile_seconds": compile_s,
+      "step_seconds": seconds,
+      "step_seconds_all": times,
+      "img_per_s": batch_size / seconds,
+      "flops_per_step_per_device": flops,
+      "flops_per_image": flops * jax.device_count() / batch_size if flops else None,
+      "memory_analysis": flops_lib.memory_summary(compiled),
+      "peak_device_memory_bytes": peak_device_memory(),
+      "loss": loss,
+  }
+  out.update(flops_lib.throughput(flops, 1.0 / seconds))
+  return out
+
+
+def sampling(config: Any, *, batch_size: int, num_steps: int, guidance_scale: float,
+             sampler: str = "ddpm", repeats: int = 3) -> dict[str, Any]:
+  """Times whole jitted sampling loops (`num_steps` steps) at guidance 1 (the conditional pass
+  alone) and at `guidance_scale` (conditional + unconditional as one batched pass)."""
+  pipe = pipeline_lib.StagePipeline.from_config(config)
+  text_len = int(config.text.max_length)
+  params = jax.jit(lambda rng: pipe.init(rng, batch_size=1, text_len=text_len)["params"])(
+      jax.random.PRNGKey(0))
+  from flax.core import meta  # pylint: disable=import-outside-toplevel
+  params = meta.unbox(params)
+  host = synthetic_batch(pipe, batch_size, text_len, cond_drop_prob=0.0)
+  emb, mask = jnp.asarray(host["text_emb"]), jnp.asarray(host["text_mask"])
+  lowres = jnp.asarray(host["lowres"]) if "lowres" in host else None
+  threshold = str(config.sampling.get("threshold", "dynamic"))
+  percentile = float(config.sampling.get("percentile", 0.995))
+  out: dict[str, Any] = {"batch_size": batch_size, "num_steps": num_steps, "sampler": sampler,
+                         "threshold": threshold, "guidance_scale": guidance_scale}
+  for name, scale in (("unguided", 1.0), ("guided", float(guidance_scale))):
+    def run(params, rng, scale=scale):
+      return pipe.sample(params, emb, mask, rng, sampler=sampler, num_steps=num_steps,
+                         guidance_scale=scale, threshold=threshold, percentile=percentile,
+                         lowres=lowres)
+    start = time.perf_counter()
+    compiled = jax.jit(run).lower(params, jax.random.PRNGKey(0)).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(params, jax.random.PRNGKey(1)))
+    seconds, _ = median_seconds(lambda: compiled(params, jax.random.PRNGKey(2)), repeats=repeats)
+    out[name] = {"seconds": seconds, "step_seconds": seconds / num_steps,
+                 "img_per_s": batch_size / seconds, "compile_seconds": compile_s}
+  out["guided_over_unguided_step"] = (out["guided"]["step_seconds"]
+                                      / out["unguided"]["step_seconds"])
+  out["peak_device_memory_bytes"] = peak_device_memory()
+  return out
+
+
+def input_pipeline(config: Any, *, batch_size: int, seconds: float = 5.0) -> dict[str, Any]:
+  """Images per second from `config.input` as this process would read them for the stage."""
+  from imagen_jax.data import input_pipeline as input_lib  # pylint: disable=import-outside-toplevel
+  pipe = pipeline_lib.StagePipeline.from_config(config)
+  it = input_lib.create_input_iterator(
+      config.input, global_batch_size=batch_size, resolution=pipe.resolution,
+      lowres_resolution=pipe.lowres_resolution, seed=int(config.seed), process_index=0,
+      process_count=1, devices_per_process=1)
+  try:
+    next(it)  # worker start-up, first decode
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      count += len(next(it)["image"])
+    elapsed = time.perf_counter() - start
+  finally:
+    if hasattr(it, "close"):
+      it.close()
+  return {"dataset": str(config.input.dataset), "batch_size": batch_size,
+          "workers": config.input.get("num_workers"), "img_per_s": count / elapsed}

@@ -51,6 +51,26 @@ def _offline_hf_cache() -> str:
   return root
 
 
+def _datasets_stand_in() -> str | None:
+  """imagen-pytorch's package import reaches `imagen_pytorch.data`, which imports Hugging Face
+  `datasets` for one helper (a user-agent string for URL downloads) that the benchmark never
+  calls. Where `datasets` is missing, that helper alone is provided; returns a note saying so."""
+  try:
+    import datasets.utils.file_utils  # pylint: disable=import-outside-toplevel,unused-import
+    return None
+  except ImportError:
+    pass
+  import types  # pylint: disable=import-outside-toplevel
+  names = ("datasets", "datasets.utils", "datasets.utils.file_utils")
+  modules = {name: types.ModuleType(name) for name in names}
+  modules["datasets.utils.file_utils"].get_datasets_user_agent = (
+      lambda *args, **kwargs: "imagen-pytorch-benchmark")
+  modules["datasets"].utils = modules["datasets.utils"]
+  modules["datasets.utils"].file_utils = modules["datasets.utils.file_utils"]
+  sys.modules.update(modules)
+  return "datasets not installed: imagen_pytorch.data's get_datasets_user_agent stood in"
+
+
 def _median(call, sync, repeats, inner):
   times = []
   for _ in range(repeats):
@@ -74,6 +94,7 @@ def main():
     spec = json.load(f)
 
   _offline_hf_cache()
+  datasets_note = _datasets_stand_in()
   import torch  # pylint: disable=import-outside-toplevel
   import imagen_pytorch  # pylint: disable=import-outside-toplevel
   from ema_pytorch import EMA  # pylint: disable=import-outside-toplevel
@@ -164,6 +185,8 @@ def main():
       "peak_device_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
       "loss": loss,
   }
+  if datasets_note:
+    out["note"] = datasets_note
 
   sb, steps = spec["sample_batch_size"], spec["sample_steps"]
   s_emb, s_mask = text(sb)

@@ -37,7 +37,8 @@ _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 32, "Sampler steps (ancestr
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 5.0, "Guidance weight of the guided run.")
 _INPUT_SECONDS = flags.DEFINE_float("input_seconds", 5.0, "Input pipeline timing window.")
 _ONLY = flags.DEFINE_list("only", ["train", "sample", "input"],
-                          "Which of train, sample, input to measure on our side.")
+                          "Which of train, sample, input to measure on our side (empty: the "
+                          "peer alone).")
 _PEER = flags.DEFINE_enum("peer", "none", ["none", "imagen-pytorch"], "Peer to run beside us.")
 _PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable,
                                    "Python of the peer's environment (requirements-bench.txt).")
@@ -175,7 +176,7 @@ def main(argv):
 
   import jax  # pylint: disable=import-outside-toplevel
   from imagen_jax.train import benchmark  # pylint: disable=import-outside-toplevel
-  result.update(jax=jax.__version__, backend=jax.default_backend(),
+  result.update(xla_flags=os.environ.get("XLA_FLAGS", ""), jax=jax.__version__, backend=jax.default_backend(),
                 device_kind=jax.devices()[0].device_kind, devices=jax.device_count())
   ours = {}
   jobs = {

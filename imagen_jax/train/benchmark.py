@@ -121,9 +121,11 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
     state = pmap_step.replicate(jax.device_get(state))
 
   start = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  lowered = step_fn.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  flops = flops_lib.compiled_flops_per_device(compiled)
+  flops = flops_lib.step_flops_per_device(lowered, compiled,
+                                          jax.device_count() if mode == "pjit" else 1)
 
   holder = {"state": state}
 

@@ -237,11 +237,14 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
 
   batch = to_device(next(task.iterator))
   t0 = time.time()
-  compiled = step_fn.lower(state, batch).compile()
-  flops = flops_lib.compiled_flops_per_device(compiled)
+  lowered = step_fn.lower(state, batch)
+  compiled = lowered.compile()
+  flops = flops_lib.step_flops_per_device(lowered, compiled,
+                                          jax.device_count() if mode == "pjit" else 1)
   logging.info("Compiled the train step in %.1f s; %s", time.time() - t0,
                flops_lib.memory_summary(compiled))
-  logging.info("Step FLOPs per device (XLA cost analysis): %s; peak %s TFLOP/s (%s).",
+  logging.info("Step FLOPs per device (XLA cost analysis, lowered step): %s; "
+               "peak %s TFLOP/s (%s).",
                f"{flops:.3g}" if flops else "n/a", flops_lib.peak_tflops() or "n/a",
                jax.devices()[0].device_kind)
 

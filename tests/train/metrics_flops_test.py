@@ -4,6 +4,7 @@ import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from tensorboard.compat.proto import event_pb2
 
 from imagen_jax.train import flops, metrics
@@ -68,3 +69,28 @@ def test_compiled_flops_per_device():
   n = flops.compiled_flops_per_device(compiled)
   assert n is not None and 0.9 * 2 * 64 * 128 * 32 <= n <= 1.2 * 2 * 64 * 128 * 32
   assert "per device" in flops.memory_summary(compiled)
+
+
+def test_lowered_flops_count_convolutions_analytically():
+  x = jnp.zeros((4, 16, 16, 8))
+  w = jnp.zeros((3, 3, 8, 16))
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  n = flops.lowered_flops(jax.jit(conv).lower(x, w))
+  # VALID padding: 14 x 14 outputs, each 3*3*8 multiply-adds per output channel (XLA does not
+  # count the zero taps of SAME padding).
+  assert n == pytest.approx(2 * 4 * 14 * 14 * 16 * 3 * 3 * 8, rel=0.02)
+
+
+def test_step_flops_split_over_the_partitions():
+  """A data-parallel matmul over the 8 devices: the lowered (global) count split 8 ways equals
+  the compiled per-device program's count."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  f = jax.jit(lambda a, b: a @ b, in_shardings=(sh, rep), out_shardings=sh)
+  lowered = f.lower(jnp.zeros((256, 128)), jnp.zeros((128, 64)))
+  compiled = lowered.compile()
+  per_device = flops.step_flops_per_device(lowered, compiled, jax.device_count())
+  assert per_device == pytest.approx(2 * 256 * 128 * 64 / 8, rel=0.05)
+  assert per_device == pytest.approx(flops.compiled_flops_per_device(compiled), rel=0.1)

@@ -12,15 +12,14 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = ["--config", "configs/shapes.py:stage=base", "--config.model.overrides.channels=16",
-        "--batch", "8", "--repeats", "1", "--inner", "1", "--sample_batch", "2",
+TINY = ["--config", "configs/shapes.py:stage=base", "--batch", "8", "--repeats", "1", "--inner", "1", "--sample_batch", "2",
         "--sample_steps", "2", "--input_seconds", "0.3"]
 
 FAKE_PEER = """#!{python}
 import json, sys
 args = sys.argv[2:]  # argv[1] is the peer script
 spec = json.load(open(args[args.index("--spec") + 1]))
-assert spec["unet"]["dim"] == 16 and spec["batch_size"] == 8, spec
+assert spec["unet"]["dim"] == 32 and spec["batch_size"] == 8, spec
 if {fail}:
     sys.exit("imagen-pytorch exploded")
 json.dump({{"params": 1000, "img_per_s": 2.0, "step_seconds": 4.0, "flops_per_image": 1e9,
@@ -58,7 +57,7 @@ def test_ratios_against_a_peer_with_known_figures(tmp_path):
   assert result["ratio_flops_per_image"] == pytest.approx(ours["train"]["flops_per_image"] / 1e9)
   assert result["ratio_sample_guided_img_per_s"] == pytest.approx(
       ours["sample"]["guided"]["img_per_s"] / 0.25)
-  assert result["peer"]["spec"]["unet"]["dim"] == 16
+  assert result["peer"]["spec"]["unet"]["dim"] == 32  # shapes_base16/tiny's channels
   assert "train img/s" in stdout and "ours/theirs" in stdout
 
 

@@ -82,6 +82,7 @@ def test_train_step_figures_are_consistent(mode):
   assert out["peak_device_memory_bytes"] is None  # the CPU backend reports none
 
 
+@pytest.mark.slow
 def test_train_step_flops_grow_with_the_batch():
   c = _tiny_config()
   small = benchmark.train_step(c, batch_size=8, repeats=1, inner=1, warmup=0)

@@ -6,6 +6,13 @@ set -uo pipefail
 OUT=${1:?usage: cpu_suite.sh OUT_DIR [PEER_PYTHON]}
 PEER=${2:-.venv-peer/bin/python}
 PY=${PYTHON:-python}
+# Our side's XLA flags (measured in BENCHMARKS.md, "Where the CPU time goes"): one virtual
+# device per core, the batch split over them, because jaxlib 0.10.2 runs each YNNPACK
+# convolution on one core; and Eigen's convolutions instead of YNNPACK's, which sample faster.
+# Set XLA_FLAGS yourself to run otherwise (XLA_FLAGS= runs XLA's defaults on one device).
+export XLA_FLAGS=${XLA_FLAGS-"--xla_force_host_platform_device_count=$(nproc) \
+--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"}
+echo "XLA_FLAGS=$XLA_FLAGS"
 mkdir -p "$OUT"
 common=(--config.optim.name=adam --peer imagen-pytorch --peer_python "$PEER" --peer_device cpu
         --repeats 3 --inner 3 --sample_batch 8 --sample_steps 16 --input_seconds 3)

@@ -39,6 +39,10 @@ _INPUT_SECONDS = flags.DEFINE_float("input_seconds", 5.0, "Input pipeline timing
 _ONLY = flags.DEFINE_list("only", ["train", "sample", "input"],
                           "Which of train, sample, input to measure on our side (empty: the "
                           "peer alone).")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "Also trace --profile_steps train steps into this directory "
+    "(jax.profiler, with a Perfetto trace) and print where their time goes.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Train steps traced by --profile.")
 _PEER = flags.DEFINE_enum("peer", "none", ["none", "imagen-pytorch"], "Peer to run beside us.")
 _PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable,
                                    "Python of the peer's environment (requirements-bench.txt).")
@@ -172,16 +176,23 @@ def main(argv):
     print(f"running {_PEER.value} with {_PEER_PYTHON.value} ...", flush=True)
     peer = _run_peer(spec)
     peer["spec"] = spec
-    result["peer"] = peer
+    _write(result, {}, peer)  # kept even if our side is stopped (a timeout) before a figure
 
   import jax  # pylint: disable=import-outside-toplevel
+  result.update(xla_flags=os.environ.get("XLA_FLAGS", ""), jax=jax.__version__)
+  if not _ONLY.value:  # the peer alone: leave the accelerator untouched by JAX
+    _write(result, {}, peer)
+    print(_table(result))
+    print(f"wrote {_JSON.value}")
+    return
   from imagen_jax.train import benchmark  # pylint: disable=import-outside-toplevel
-  result.update(xla_flags=os.environ.get("XLA_FLAGS", ""), jax=jax.__version__, backend=jax.default_backend(),
-                device_kind=jax.devices()[0].device_kind, devices=jax.device_count())
+  result.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+                devices=jax.device_count())
   ours = {}
   jobs = {
       "train": lambda: benchmark.train_step(config, batch_size=batch, repeats=_REPEATS.value,
-                                            inner=_INNER.value),
+                                            inner=_INNER.value, profile_dir=_PROFILE.value,
+                                            profile_steps=_PROFILE_STEPS.value),
       "sample": lambda: benchmark.sampling(config, batch_size=_SAMPLE_BATCH.value,
                                            num_steps=_SAMPLE_STEPS.value,
                                            guidance_scale=_GUIDANCE.value,
@@ -205,6 +216,10 @@ def main(argv):
   print(f"{config.model.name}/{config.model.variant} batch {batch} on "
         f"{result['devices']} x {result['device_kind']} (jax {result['jax']})")
   print(_table(result))
+  if "profile" in ours.get("train", {}):
+    from imagen_jax.train import trace_summary  # pylint: disable=import-outside-toplevel
+    print(f"profile of the train step ({_PROFILE.value}):")
+    print(trace_summary.format_summary(ours["train"]["profile"]))
   print(f"wrote {_JSON.value}")
 
 

@@ -12,6 +12,7 @@ of a block of calls ended by `block_until_ready`.
 """
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -30,6 +31,7 @@ from imagen_jax.train import flops as flops_lib
 from imagen_jax.train import loop
 from imagen_jax.train import optim
 from imagen_jax.train import step as step_lib
+from imagen_jax.train import trace_summary
 
 
 def median_seconds(call: Callable[[], Any], *, repeats: int, inner: int = 1) -> tuple[float, list]:
@@ -89,8 +91,14 @@ def count_params(tree: Any) -> int:
 
 
 def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5,
-               warmup: int = 2) -> dict[str, Any]:
-  """Times the trainer's step for `config` at global `batch_size`; a dict of figures."""
+               warmup: int = 2, profile_dir: str | None = None,
+               profile_steps: int = 3) -> dict[str, Any]:
+  """Times the trainer's step for `config` at global `batch_size`; a dict of figures.
+
+  With `profile_dir`, `profile_steps` more steps are traced there after the timing (so the
+  profiler's overhead is not in the figures) and `out["profile"]` folds the trace by op kind
+  and model scope (`trace_summary`).
+  """
   pipe = pipeline_lib.StagePipeline.from_config(config)
   mode = config.parallel.mode
   if mode not in loop.MODES:
@@ -164,6 +172,13 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
       "loss": loss,
   }
   out.update(flops_lib.throughput(flops, 1.0 / seconds))
+  if profile_dir:
+    hlo_text = compiled.as_text()
+    trace_summary.capture(one_step, profile_steps, profile_dir)
+    with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w") as f:
+      f.write(hlo_text)  # the op names of the trace, for digging further
+    out["profile"] = trace_summary.summarize(profile_dir, hlo_text, steps=profile_steps)
+    out["profile"]["log_dir"] = profile_dir
   return out
 
 

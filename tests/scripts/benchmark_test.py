@@ -61,15 +61,29 @@ def test_ratios_against_a_peer_with_known_figures(tmp_path):
   assert "train img/s" in stdout and "ours/theirs" in stdout
 
 
-def test_a_failing_peer_keeps_our_figures(tmp_path):
+def test_a_failing_peer_keeps_our_figures_and_the_profile(tmp_path):
   result, stdout = _bench(["--only", "train", "--peer", "imagen-pytorch", "--peer_python",
-                           _fake_peer(tmp_path, fail=True)], tmp_path)
+                           _fake_peer(tmp_path, fail=True), "--profile", str(tmp_path / "prof"),
+                           "--profile_steps", "1"], tmp_path)
   assert result["ours"]["train"]["img_per_s"] > 0
+  profile = result["ours"]["train"]["profile"]
+  assert profile["traced_seconds_per_step"] > 0
+  assert "conv_general_dilated" in dict(profile["by_primitive"])
+  assert "UNet/down_0" in dict(profile["by_scope"])
+  assert "profile of the train step" in stdout and "by primitive:" in stdout
   assert "sample" not in result["ours"]
   assert result["peer"]["error"] == "exit status 1"
   assert "imagen-pytorch exploded" in result["peer"]["stderr_tail"]
   assert result["ratio_train_img_per_s"] is None
   assert "imagen-pytorch exploded" in stdout
+
+
+def test_peer_alone_leaves_the_devices_to_it(tmp_path):
+  result, stdout = _bench(["--only=", "--peer", "imagen-pytorch", "--peer_python",
+                           _fake_peer(tmp_path, fail=False)], tmp_path)
+  assert result["ours"] == {} and result["peer"]["img_per_s"] == 2.0
+  assert "devices" not in result  # JAX never initialised a backend
+  assert result["ratio_train_img_per_s"] is None and "train img/s" in stdout
 
 
 def test_bad_only_value_is_named(tmp_path):

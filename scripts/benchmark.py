@@ -163,6 +163,13 @@ def main(argv):
   unknown = sorted(set(_ONLY.value) - set(_PARTS))
   if unknown:
     raise app.UsageError(f"--only {unknown}: expected some of {list(_PARTS)}")
+  if _PROFILE.value:  # before any figure is measured, not after
+    try:
+      os.makedirs(_PROFILE.value, exist_ok=True)
+    except OSError as e:
+      raise app.UsageError(f"--profile {_PROFILE.value!r}: cannot create it ({e})") from e
+    if not os.access(_PROFILE.value, os.W_OK):
+      raise app.UsageError(f"--profile {_PROFILE.value!r}: not writable")
   config = _CONFIG.value
   batch = _BATCH.value or int(config.batch_size)
   result = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(),

@@ -94,6 +94,16 @@ def test_bad_only_value_is_named(tmp_path):
   assert not (tmp_path / "x.json").exists()
 
 
+def test_unusable_profile_dir_is_named_before_measuring(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  proc = subprocess.run([sys.executable, str(ROOT / "scripts/benchmark.py"), *TINY,
+                         "--profile", str(blocker / "prof"), "--json", str(tmp_path / "x.json")],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode != 0 and str(blocker / "prof") in proc.stderr
+  assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.skipif(not os.environ.get("IMAGEN_JAX_PEER_PYTHON"),
                     reason="no imagen-pytorch environment: set IMAGEN_JAX_PEER_PYTHON to the "
                            "python of one made from requirements-bench.txt")

@@ -5,21 +5,38 @@
 # machine with PyPI by `bash benchmarks/fetch_bench_wheels.sh .whl` (imagen-pytorch 2.1.0
 # and its pure dependencies, ml_collections).
 #
-#   bash benchmarks/gpu_recipe.sh OUT_DIR [WHEEL_DIR [all]]   (run from the repository root)
+#   bash benchmarks/gpu_recipe.sh OUT_DIR [WHEEL_DIR [quick|tuned|sr|all]]   (from the repo root)
 #
-# Without `all` it runs the base 64x64 train step and input pipeline beside imagen-pytorch
-# (under 8 minutes); `all` adds sampling and the SR stage (about 12 minutes).
+# The headline is Imagen's base U-Net at one-GPU size (configs/base64.py:variant=small,
+# 135M, 64x64, batch 64). On the first H100 run our train step had not finished compiling
+# after 270 s with XLA's default autotuning, so the phases put a guaranteed figure first:
+#   quick  (default, ~5 min) imagen-pytorch, then ours with --xla_gpu_autotune_level=0
+#          (cuDNN/cuBLAS heuristics, no autotuning): train step, sampling, input pipeline.
+#   tuned  (<= 9.5 min) ours alone with XLA's default flags (autotuned): train step and
+#          sampling, to compare with `quick` on the same machine.
+#   sr     (~4 min) the 64->256 Efficient U-Net beside imagen-pytorch.
+#   all    quick, then sr.
+# Each run is bounded by `timeout`, so a slow one cannot eat the next one's time, and every
+# JSON is written after each part, so a stopped run keeps what it measured.
+# JAX's persistent compilation cache is kept in $IMAGEN_BENCH_CACHE (default
+# .jax_cache_bench in the repository, which git ignores): a rerun of a phase on the same
+# machine skips its compiles. IMAGEN_BENCH_XLA_FLAGS, if set (even empty), replaces the XLA_FLAGS of `quick`.
 #
-# Writes OUT_DIR/{env.txt,base64_small.json,base64_small.log,sr256_small.json,...}; each
-# run is bounded by `timeout` so a slow one cannot eat the next one's time.
+# Writes OUT_DIR/{env.txt,base64_small_autotune0.json,base64_small.json,sr256_small.json}
+# and a .log beside each.
 set -uo pipefail
-OUT=${1:?usage: gpu_recipe.sh OUT_DIR [WHEEL_DIR]}
+OUT=${1:?usage: gpu_recipe.sh OUT_DIR [WHEEL_DIR [quick|tuned|sr|all]]}
 WHL=${2:-.whl}
+PHASE=${3:-quick}
+case "$PHASE" in quick|tuned|sr|all) ;; *)
+  echo "gpu_recipe.sh: unknown phase '$PHASE'; expected quick, tuned, sr or all" >&2; exit 2;;
+esac
 PY=${PYTHON:-python3}
 SITE=${TMPDIR:-/tmp}/imagen_bench_site
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+export JAX_COMPILATION_CACHE_DIR=${IMAGEN_BENCH_CACHE:-$PWD/.jax_cache_bench}
 
 if compgen -G "$WHL/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -50,13 +67,12 @@ for name in ("jax", "jaxlib", "flax", "optax", "torch", "torchvision", "imagen-p
 EOF
 } | tee "$OUT/env.txt"
 
-bench() {  # name, seconds, config, extra flags...
-  local name=$1 limit=$2 config=$3
-  shift 3
-  echo "== $name (at most ${limit}s)"
-  timeout "$limit" "$PY" scripts/benchmark.py --config "$config" --config.optim.name=adam \
-      --peer imagen-pytorch --peer_python "$PY" --json "$OUT/$name.json" "$@" \
-      >"$OUT/$name.log" 2>&1
+bench() {  # name, seconds, XLA_FLAGS, config, extra flags...
+  local name=$1 limit=$2 xla_flags=$3 config=$4
+  shift 4
+  echo "== $name (at most ${limit}s; XLA_FLAGS='$xla_flags')"
+  XLA_FLAGS="$xla_flags" timeout "$limit" "$PY" scripts/benchmark.py --config "$config" \
+      --config.optim.name=adam --json "$OUT/$name.json" "$@" >"$OUT/$name.log" 2>&1
   local status=$?
   echo "exit status $status"
   if [ "$status" -eq 0 ]; then
@@ -66,19 +82,18 @@ bench() {  # name, seconds, config, extra flags...
   fi
 }
 
-# The issue's headline: Imagen's base U-Net at one-GPU size (135M), 64x64, bf16. On the
-# first H100 run (2026-11-26) our train step had not finished compiling after 270 s (170 s
-# with --xla_gpu_enable_triton_gemm=false), so it gets most of the time here; sampling
-# adds two more compiles and is measured only with `all`.
-# IMAGEN_BENCH_XLA_FLAGS (e.g. --xla_gpu_autotune_level=0) is passed to XLA as XLA_FLAGS.
-parts=train,input
-[ "${3:-}" = all ] && parts=train,sample,input
-XLA_FLAGS="${IMAGEN_BENCH_XLA_FLAGS:-}" bench base64_small 440 \
-    configs/base64.py:variant=small,data=shapes --batch 64 --only "$parts" \
-    --sample_batch 16 --sample_steps 32 --repeats 5 --inner 5
+BASE=(configs/base64.py:variant=small,data=shapes --batch 64 --sample_batch 16
+      --sample_steps 32 --repeats 5 --inner 5 --input_seconds 3)
+PEER=(--peer imagen-pytorch --peer_python "$PY" --peer_timeout 150)
+if [ "$PHASE" = quick ] || [ "$PHASE" = all ]; then
+  bench base64_small_autotune0 360 "${IMAGEN_BENCH_XLA_FLAGS---xla_gpu_autotune_level=0}" \
+      "${BASE[@]}" "${PEER[@]}"
+fi
+if [ "$PHASE" = tuned ]; then
+  bench base64_small 570 "" "${BASE[@]}" --only train,sample
+fi
 # The 64->256 Efficient U-Net (SR) at one-GPU size (compiled in 82 s on the H100).
-if [ "${3:-}" = all ]; then
-  XLA_FLAGS="${IMAGEN_BENCH_XLA_FLAGS:-}" bench sr256_small 240 \
-      configs/sr256.py:variant=small,data=shapes --batch 32 \
-      --sample_batch 8 --sample_steps 16 --repeats 3 --inner 3 --input_seconds 3
+if [ "$PHASE" = sr ] || [ "$PHASE" = all ]; then
+  bench sr256_small 240 "" configs/sr256.py:variant=small,data=shapes --batch 32 \
+      --sample_batch 8 --sample_steps 16 --repeats 3 --inner 3 --input_seconds 3 "${PEER[@]}"
 fi

@@ -8,7 +8,9 @@ clipping + optimizer + EMA update, text embeddings passed with `text_embeds=`, n
 median over repeats of a block of steps with the device synchronised; parameter count; FLOPs
 of one step (torch.utils.flop_counter: matmuls and convolutions, forward + backward); peak
 device memory (CUDA); and sampling (imagen-pytorch's ancestral sampler over `sample_steps`
-steps) unguided (cond_scale 1) and guided.
+steps) unguided (cond_scale 1) and guided, unless the spec says `"sample": false`. PEER.json is
+written after the train figures and again after sampling, so a run stopped while sampling
+keeps its train figures.
 
 Needs `pip install -r requirements-bench.txt` (imagen-pytorch 2.1.0 and a torchvision that
 matches torch). Works offline: imagen-pytorch looks up `google/t5-v1_1-base`'s config when it
@@ -187,6 +189,10 @@ def main():
   }
   if datasets_note:
     out["note"] = datasets_note
+  out["host_peak_rss_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+  _write(out, args.out)  # the train figures survive a timeout during sampling
+  if not spec.get("sample", True):
+    return
 
   sb, steps = spec["sample_batch_size"], spec["sample_steps"]
   s_emb, s_mask = text(sb)
@@ -208,10 +214,16 @@ def main():
                                            / sampling["unguided"]["step_seconds"])
   out["sampling"] = sampling
   out["host_peak_rss_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-  with open(args.out, "w") as f:
+  _write(out, args.out)
+
+
+def _write(out: dict, path: str) -> None:
+  """Atomically (write, then rename), so a run stopped mid-write leaves the last whole file."""
+  with open(path + ".tmp", "w") as f:
     json.dump(out, f, indent=2)
+  os.replace(path + ".tmp", path)
   print(json.dumps({k: out[k] for k in ("params", "img_per_s", "step_seconds")}),
-        file=sys.stderr)
+        file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,11 @@ _PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardi
 
 
 def _run_peer(spec: dict) -> dict:
-  """The peer's figures, or {"error": why} (a failed peer must not lose our figures)."""
+  """The peer's figures, or {"error": why} (a failed peer must not lose our figures).
+
+  A peer stopped by --peer_timeout after it wrote its train figures keeps them, with the
+  error beside them.
+  """
   with tempfile.TemporaryDirectory() as tmp:
     spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "peer.json")
     with open(spec_path, "w") as f:
@@ -66,17 +70,23 @@ def _run_peer(spec: dict) -> dict:
            "--out", out_path, "--device", _PEER_DEVICE.value,
            "--threads", str(_PEER_THREADS.value)]
     start = time.time()
+    failure = None
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PEER_TIMEOUT.value,
                             check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-      return {"error": f"{type(e).__name__}: {e}", "command": cmd}
-    if proc.returncode != 0 or not os.path.exists(out_path):
-      return {"error": f"exit status {proc.returncode}", "command": cmd,
-              "stderr_tail": proc.stderr[-4000:]}
+      if proc.returncode != 0:
+        failure = {"error": f"exit status {proc.returncode}", "stderr_tail": proc.stderr[-4000:]}
+    except subprocess.TimeoutExpired:
+      failure = {"error": f"stopped by --peer_timeout={_PEER_TIMEOUT.value}s"}
+    except OSError as e:
+      failure = {"error": f"{type(e).__name__}: {e}"}
+    if not os.path.exists(out_path):
+      return {**(failure or {"error": "the peer wrote no figures"}), "command": cmd}
     with open(out_path) as f:
       result = json.load(f)
     result["wall_seconds"] = time.time() - start
+    if failure:
+      result.update(failure, command=cmd)
     return result
 
 
@@ -179,7 +189,8 @@ def main(argv):
     from imagen_jax.train import peer_spec  # pylint: disable=import-outside-toplevel
     spec = peer_spec.spec(config, batch_size=batch, sample_batch_size=_SAMPLE_BATCH.value,
                           sample_steps=_SAMPLE_STEPS.value, guidance_scale=_GUIDANCE.value,
-                          repeats=_REPEATS.value, inner=_INNER.value)
+                          repeats=_REPEATS.value, inner=_INNER.value,
+                          sample=not _ONLY.value or "sample" in _ONLY.value)
     print(f"running {_PEER.value} with {_PEER_PYTHON.value} ...", flush=True)
     peer = _run_peer(spec)
     peer["spec"] = spec

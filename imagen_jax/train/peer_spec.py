@@ -84,8 +84,10 @@ def _heads(widths: list[int], c: dict[str, Any]) -> int:
 
 
 def spec(config: Any, *, batch_size: int, sample_batch_size: int, sample_steps: int,
-         guidance_scale: float, repeats: int, inner: int) -> dict[str, Any]:
-  """The JSON-able job for `benchmarks/peer_imagen_pytorch.py --spec`."""
+         guidance_scale: float, repeats: int, inner: int, sample: bool = True
+         ) -> dict[str, Any]:
+  """The JSON-able job for `benchmarks/peer_imagen_pytorch.py --spec` (`sample=False`: the
+  train step only)."""
   m, d = config.model, config.diffusion
   model_config = registry.model_config(m.name, m.variant, **dict(m.get("overrides", {}) or {}))
   text_len = int(config.text.max_length)
@@ -120,4 +122,5 @@ def spec(config: Any, *, batch_size: int, sample_batch_size: int, sample_steps: 
       "batch_size": int(batch_size), "text_len": text_len,
       "sample_batch_size": int(sample_batch_size), "sample_steps": int(sample_steps),
       "guidance_scale": float(guidance_scale), "repeats": int(repeats), "inner": int(inner),
+      "sample": bool(sample),
   }

@@ -20,18 +20,22 @@ import json, sys
 args = sys.argv[2:]  # argv[1] is the peer script
 spec = json.load(open(args[args.index("--spec") + 1]))
 assert spec["unet"]["dim"] == 32 and spec["batch_size"] == 8, spec
-if {fail}:
+if "{mode}" == "fail":
     sys.exit("imagen-pytorch exploded")
 json.dump({{"params": 1000, "img_per_s": 2.0, "step_seconds": 4.0, "flops_per_image": 1e9,
            "sampling": {{"unguided": {{"img_per_s": 0.5}}, "guided": {{"img_per_s": 0.25}},
                         "guided_over_unguided_step": 2.0}}}},
           open(args[args.index("--out") + 1], "w"))
+if "{mode}" == "hang":  # its figures are written; then it never finishes
+    import time
+    time.sleep(300)
 """
 
 
-def _fake_peer(tmp_path, fail):
-  path = tmp_path / ("failing_peer" if fail else "fake_peer")
-  path.write_text(FAKE_PEER.format(python=sys.executable, fail=fail))
+def _fake_peer(tmp_path, fail=False, mode=None):
+  mode = mode or ("fail" if fail else "ok")
+  path = tmp_path / f"{mode}_peer"
+  path.write_text(FAKE_PEER.format(python=sys.executable, mode=mode))
   path.chmod(path.stat().st_mode | stat.S_IEXEC)
   return str(path)
 
@@ -72,6 +76,7 @@ def test_a_failing_peer_keeps_our_figures_and_the_profile(tmp_path):
   assert "UNet/down_0" in dict(profile["by_scope"])
   assert "profile of the train step" in stdout and "by primitive:" in stdout
   assert "sample" not in result["ours"]
+  assert result["peer"]["spec"]["sample"] is False  # the peer skips what we skip
   assert result["peer"]["error"] == "exit status 1"
   assert "imagen-pytorch exploded" in result["peer"]["stderr_tail"]
   assert result["ratio_train_img_per_s"] is None
@@ -84,6 +89,15 @@ def test_peer_alone_leaves_the_devices_to_it(tmp_path):
   assert result["ours"] == {} and result["peer"]["img_per_s"] == 2.0
   assert "devices" not in result  # JAX never initialised a backend
   assert result["ratio_train_img_per_s"] is None and "train img/s" in stdout
+  assert result["peer"]["spec"]["sample"] is True
+
+
+def test_a_peer_stopped_by_its_timeout_keeps_the_figures_it_wrote(tmp_path):
+  result, stdout = _bench(["--only=", "--peer", "imagen-pytorch", "--peer_timeout", "5",
+                           "--peer_python", _fake_peer(tmp_path, mode="hang")], tmp_path)
+  assert result["peer"]["img_per_s"] == 2.0
+  assert result["peer"]["error"] == "stopped by --peer_timeout=5s"
+  assert "stopped by --peer_timeout=5s" in stdout
 
 
 def test_bad_only_value_is_named(tmp_path):
@@ -108,7 +122,7 @@ def test_unusable_profile_dir_is_named_before_measuring(tmp_path):
                     reason="no imagen-pytorch environment: set IMAGEN_JAX_PEER_PYTHON to the "
                            "python of one made from requirements-bench.txt")
 def test_real_imagen_pytorch_peer(tmp_path):
-  result, _ = _bench(["--only", "train", "--peer", "imagen-pytorch", "--peer_python",
+  result, _ = _bench(["--only", "train,sample", "--peer", "imagen-pytorch", "--peer_python",
                       os.environ["IMAGEN_JAX_PEER_PYTHON"], "--peer_device", "cpu"], tmp_path)
   peer = result["peer"]
   assert "error" not in peer, peer

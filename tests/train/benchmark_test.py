@@ -71,6 +71,7 @@ def test_train_step_figures_are_consistent(mode):
   assert out["params"] == benchmark.count_params(meta.unbox(params))
   assert out["devices"] == 8 and out["mode"] == mode and out["batch_size"] == 8
   assert len(out["step_seconds_all"]) == 2
+  assert 0 < out["lower_seconds"] < out["compile_seconds"]
   assert out["step_seconds"] == pytest.approx(np.median(out["step_seconds_all"]))
   assert out["img_per_s"] == pytest.approx(8 / out["step_seconds"])
   assert np.isfinite(out["loss"]) and out["loss"] > 0

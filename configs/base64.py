@@ -14,6 +14,8 @@ Args (`:k=v,...`):
             .txt captions or a manifest; see imagen_jax/data)
   encoder   the frozen T5 encoder: a local Hugging Face or t5x directory
             (default: t5-v1_1-xxl, a directory you provide) or a built-in name
+  inception FID Inception weights (pt_inception-2015-12-05 .pth): adds an
+            in-loop FID of the 64x64 samples (evals.fid); none by default
 
 From the paper (`variant=paper`): the 2B U-Net (models/registry.py), frozen
 T5-XXL text embeddings, batch 2048, Adafactor with lr 1e-4 after 10k linear
@@ -42,7 +44,7 @@ _SIZES = {
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
-                             batch=0, data="coco", encoder="")
+                             batch=0, data="coco", encoder="", inception="")
   if arg.variant not in _SIZES:
     raise ValueError(f"Unknown variant {arg.variant!r}; allowed: "
                      f"{', '.join(_SIZES)}")
@@ -105,13 +107,23 @@ def get_config(arg=None):
   c.sample_prompts = ("A brown corgi wearing a red bowtie.",
                       "A photo of a raccoon reading a book in a library.")
 
-  # COCO FID-30K (the paper's zero-shot protocol) and CLIP score; entries are
-  # read by imagen_jax.evaluation (`type` names the evaluator).
-  c.evals.fid_30k = dict(type="fid", log_steps=100_000, num_samples=30_000,
-                         dataset="tfds:coco_captions", split="validation")
-  c.evals.clip_score = dict(type="clip_score", log_steps=100_000,
-                            num_samples=30_000,
-                            dataset="tfds:coco_captions", split="validation")
+  # In-loop FID of the base stage's 64x64 samples, when `inception=` names the
+  # FID Inception weights (docs/evaluation.md): against COCO val2014 captions
+  # and images (data=coco) or the shapes world's held-out split. The paper's
+  # FID-30K is of the whole cascade: scripts/eval_fid.py.
+  if arg.inception:
+    if arg.data not in ("coco", "shapes") and not arg.runlocal:
+      raise ValueError(f"inception={arg.inception!r} needs data=coco or data=shapes "
+                       f"(the FID reference set), got data={arg.data!r}")
+    shapes = arg.data == "shapes" or arg.runlocal
+    c.evals.fid = dict(
+        type="fid", log_steps=100_000 if arg.variant == "paper" else 10_000,
+        num_samples=30_000 if arg.variant == "paper" else 5_000, resolution=64,
+        dataset="shapes" if shapes else "coco",
+        tfds_name=None if shapes else "coco_captions",
+        inception_weights=arg.inception, sample_batch_size=256)
+    if not shapes:
+      c.evals.fid.data_dir = c.input.get_ref("data_dir")
 
   if arg.runlocal:
     config_lib.set_dataset(c, "shapes")
@@ -129,8 +141,9 @@ def get_config(arg=None):
     c.input.num_workers = 0
     c.input.prefetch_batches = 1
     for name in c.evals:
-      c.evals[name].log_steps = 0
+      c.evals[name].log_steps = c.total_steps
       c.evals[name].num_samples = 8
+      c.evals[name].sample_batch_size = 8
   return config_check.validate(c)
 
 
@@ -143,4 +156,4 @@ def sweep(add, arg=None):
 
 
 def metrics():
-  return ["fid_30k", "clip_score", "loss"]
+  return ["loss", "fid/fid"]  # fid/fid: with `inception=`

@@ -25,12 +25,14 @@ from imagen_jax import diffusion
 from imagen_jax.diffusion import losses as diffusion_losses
 from imagen_jax.models import registry
 
-# Mirrors of names owned by imagen_jax.train (which this module may not
-# import); tests/configs/config_check_test.py asserts they stay equal.
+# Mirrors of names owned by imagen_jax.train and imagen_jax.evaluation (which
+# this module may not import); tests/configs/config_check_test.py asserts they
+# stay equal.
 OPTIMIZERS = ("adam", "adamw", "adafactor")
 DECAYS = ("cosine", "constant")
 NONFINITE_POLICIES = ("skip", "halt")
 PARALLEL_MODES = ("pjit", "pmap")
+EVALUATORS = ("alignment", "fid")
 DATA_AXES = ("data", "fsdp")
 DATASETS = ("shapes", "folder", "coco_json")  # plus "tfds:<name>"
 
@@ -239,8 +241,10 @@ def _check_evals(evals: Any) -> None:
     entry = evals[name]
     if not _get(entry, "type"):
       raise ConfigError(f"config.evals.{name}.type is missing")
-    _positive(f"evals.{name}.log_steps", _get(entry, "log_steps", 0),
-              allow_zero=True)
+    if entry["type"] not in EVALUATORS:
+      raise ConfigError(f"config.evals.{name}.type={entry['type']!r} is not an evaluator; "
+                        f"known: {', '.join(EVALUATORS)}")
+    _positive(f"evals.{name}.log_steps", _get(entry, "log_steps", 0))
 
 
 def validate(config: Any) -> Any:

@@ -54,7 +54,7 @@ class FidEvaluator:
 
   dataset="shapes": records are shapes-world scenes of `split` rendered at `resolution`;
   dataset="coco": COCO 2014 val through `annotations` + `image_dir` or `tfds_name`
-  (drawn without replacement, as in `coco_fid`). Captions and reference statistics are
+  (in `data_dir`; drawn without replacement, as in `coco_fid`). Captions and reference statistics are
   made once, on the first run. `inception_weights` is a pytorch-fid .pth / .npz path, or
   "random:SEED" for tests (then the value is not an FID).
   """
@@ -63,7 +63,7 @@ class FidEvaluator:
                seed: int = 0, dataset: str = "shapes", split: str = "heldout",
                max_objects: int = 1, annotations: Optional[str] = None,
                image_dir: Optional[str] = None, tfds_name: Optional[str] = None,
-               tfds_split: str = coco_fid.TFDS_VAL2014_SPLIT,
+               tfds_split: str = coco_fid.TFDS_VAL2014_SPLIT, data_dir: Optional[str] = None,
                inception_weights: Optional[str] = None, inception_image_size: int = 299,
                inception_batch_size: int = 64, sample_batch_size: int = 256):
     if dataset not in ("shapes", "coco"):
@@ -72,7 +72,7 @@ class FidEvaluator:
     self.resolution, self.num_samples, self.seed = int(resolution), int(num_samples), int(seed)
     self.sample_batch_size = int(sample_batch_size)
     self._source_args = (dataset, split, max_objects, annotations, image_dir, tfds_name,
-                         tfds_split)
+                         tfds_split, data_dir)
     kw = dict(batch_size=inception_batch_size, image_size=inception_image_size)
     if inception_weights and inception_weights.startswith("random:"):
       self.extractor = inception.FeatureExtractor.random(int(inception_weights[7:]), **kw)
@@ -82,12 +82,12 @@ class FidEvaluator:
     self._ref = None
 
   def _source(self):
-    dataset, split, max_objects, annotations, image_dir, tfds_name, tfds_split = \
-        self._source_args
+    (dataset, split, max_objects, annotations, image_dir, tfds_name, tfds_split,
+     data_dir) = self._source_args
     if dataset == "shapes":
       from imagen_jax.data import sources  # pylint: disable=import-outside-toplevel
       return sources.ShapesSource(self.resolution, split, max_objects)
-    return coco_fid.open_source(annotations, image_dir, tfds_name, tfds_split)
+    return coco_fid.open_source(annotations, image_dir, tfds_name, tfds_split, data_dir)
 
   def _prepare(self):
     source = self._source()

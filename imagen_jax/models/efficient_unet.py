@@ -118,6 +118,8 @@ class EfficientUNet(nn.Module):
 
   __call__(x_t, log_snr, text_emb, text_mask, *, lowres=None,
   lowres_log_snr=None, train=False) -> float32 prediction shaped like x_t.
+  x_t is `resolution` square or a crop of it (sides divisible by the product
+  of `strides`, `lowres` the matching crop), as the 256->1024 stage trains.
   Per-level fields (`channels`, `num_res_blocks`, `strides`,
   `self_attention`, `cross_attention`) have one entry per level; ints/bools
   broadcast.
@@ -159,9 +161,6 @@ class EfficientUNet(nn.Module):
   @nn.compact
   def __call__(self, x_t, log_snr, text_emb, text_mask, *, lowres=None,
                lowres_log_snr=None, train: bool = False):
-    layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres,
-                           lowres_log_snr)
-    layers.check_remat(self.remat)
     cfg = self.level_config()
     total_stride = 1
     for _, _, s, _, _ in cfg:
@@ -169,6 +168,10 @@ class EfficientUNet(nn.Module):
     if self.resolution % total_stride:
       raise ValueError(f"resolution {self.resolution} is not divisible by the "
                        f"product of strides ({total_stride})")
+    # Fully convolutional (attention has no positions): trains on crops.
+    layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres,
+                           lowres_log_snr, crop_multiple=total_stride)
+    layers.check_remat(self.remat)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     common = dict(per_head_channels=self.per_head_channels,
                   num_groups=self.num_groups, dropout=self.dropout,

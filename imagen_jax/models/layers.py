@@ -34,7 +34,7 @@ Conditioning (paper §2.5, App. B.1):
 """
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -382,21 +382,27 @@ def _shape_error(what, expected, got):
 
 
 def validate_inputs(net, x_t, log_snr, text_emb, text_mask, lowres,
-                    lowres_log_snr) -> None:
+                    lowres_log_snr, crop_multiple: Optional[int] = None) -> None:
   """Checks call arguments against a network's attributes (at trace time).
 
   `net` has `resolution`, `lowres_resolution` (None for a base stage),
-  `in_channels`, `lowres_channels` and `text_dim`. Raises ValueError naming
-  the expected and the actual shape.
+  `in_channels`, `lowres_channels` and `text_dim`. x_t is `resolution`
+  square, or, with `crop_multiple` (a fully convolutional network trained on
+  crops, as Imagen's SR stages are), any H x W with sides divisible by it;
+  `lowres` then covers the same crop (sides H and W x lowres_resolution /
+  resolution). Raises ValueError naming the expected and the actual shape.
   """
   name = type(net).__name__
   if x_t.ndim != 4:
     raise _shape_error(f"{name} x_t rank", "[B, H, W, C]", x_t.shape)
-  b = x_t.shape[0]
+  b, h, w = x_t.shape[:3]
   res = net.resolution
-  if x_t.shape[1:3] != (res, res):
-    raise _shape_error(f"{name} x_t image size", f"{res}x{res}",
-                       f"{x_t.shape[1]}x{x_t.shape[2]}")
+  if crop_multiple is None and (h, w) != (res, res):
+    raise _shape_error(f"{name} x_t image size", f"{res}x{res}", f"{h}x{w}")
+  if crop_multiple is not None and (h % crop_multiple or w % crop_multiple):
+    raise _shape_error(f"{name} x_t image size",
+                       f"{res}x{res} or a crop with sides divisible by {crop_multiple}",
+                       f"{h}x{w}")
   if x_t.shape[3] != net.in_channels:
     raise _shape_error(f"{name} x_t channels", net.in_channels, x_t.shape[3])
   if tuple(log_snr.shape) != (b,):
@@ -419,7 +425,10 @@ def validate_inputs(net, x_t, log_snr, text_emb, text_mask, lowres,
   if lowres is None or lowres_log_snr is None:
     raise ValueError(f"{name} is a super-resolution stage ({lr}->{res}): "
                      "lowres and lowres_log_snr are required")
-  expected = (b, lr, lr, net.lowres_channels)
+  if (h * lr) % res or (w * lr) % res:
+    raise _shape_error(f"{name} x_t image size", f"sides that are multiples of "
+                       f"{res // math.gcd(res, lr)} ({lr}->{res})", f"{h}x{w}")
+  expected = (b, h * lr // res, w * lr // res, net.lowres_channels)
   if tuple(lowres.shape) != expected:
     raise _shape_error(f"{name} lowres shape", expected, lowres.shape)
   if tuple(lowres_log_snr.shape) != (b,):

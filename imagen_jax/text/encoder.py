@@ -270,7 +270,9 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
   if not path.is_dir():
     raise FileNotFoundError(
         f"{path}: not a checkpoint directory and not a built-in encoder name "
-        f"(built-ins: {sorted(builtin.BUILTINS)})")
+        f"(built-ins: {sorted(builtin.BUILTINS)}). Point the stage config at a local T5 "
+        "(a Hugging Face directory with config.json + safetensors, or a t5x checkpoint): "
+        "--config.text.encoder=DIR, or the stage config's `encoder=DIR` argument.")
   model_dir = path
   if (not (path / checkpoints.CONFIG_FILE).is_file()
       and (path / "text_encoder" / checkpoints.CONFIG_FILE).is_file()):

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from imagen_jax import config_check
+from imagen_jax.evaluation import evaluators
 from imagen_jax.train import loop
 from imagen_jax.train import optim
 from imagen_jax.train import step as step_lib
@@ -23,6 +24,7 @@ def test_mirrored_names_match_the_trainer():
   assert config_check.DECAYS == optim.DECAYS
   assert config_check.NONFINITE_POLICIES == step_lib.NONFINITE_POLICIES
   assert config_check.PARALLEL_MODES == loop.MODES
+  assert config_check.EVALUATORS == tuple(evaluators.EVALUATORS)
 
 
 BAD = [
@@ -56,6 +58,10 @@ BAD = [
     ("sr256", {"input.dataset": "coco"}, r"config.input.dataset='coco'"),
     ("sr256", {"input.dataset": "folder"}, r"config.input.path must name"),
     ("sr256", {"nonfinite": "ignore"}, r"config.nonfinite='ignore'"),
+    ("base64", {"evals.clip": dict(type="clip_score", log_steps=10)},
+     r"config.evals.clip.type='clip_score' is not an evaluator; known: alignment, fid"),
+    ("base64", {"evals.fid": dict(type="fid", log_steps=0)},
+     r"config.evals.fid.log_steps=0 must be a positive"),
 ]
 
 

@@ -73,6 +73,18 @@ def test_output_shape_dtype_and_finite(name):
   assert out.std() > 1e-3
 
 
+def test_sr_network_runs_on_crops_with_full_size_params():
+  # Imagen's 256->1024 stage trains on crops of the target and samples at full size.
+  model, variables, forward = setup("imagen_sr256")
+  rs = np.random.RandomState(1)
+  args = make_inputs(model)
+  args["x_t"] = rs.randn(BATCH, 64, 48, 3).astype(np.float32)
+  args["lowres"] = rs.randn(BATCH, 16, 12, 3).astype(np.float32)
+  out = np.asarray(forward(variables, args))
+  assert out.shape == (BATCH, 64, 48, 3) and np.isfinite(out).all()
+  assert out.std() > 1e-3
+
+
 @pytest.mark.parametrize("name", ["imagen_base64", "imagen_sr256"])
 def test_padding_tokens_do_not_change_output(name):
   model, _, _ = setup(name)
@@ -163,8 +175,10 @@ def _abstract_init(model, args):
 @pytest.mark.parametrize("name,change,pattern", [
     ("imagen_base64", dict(x_t=(2, 32, 32, 3)),
      r"x_t image size: expected 64x64, got 32x32"),
-    ("imagen_sr256", dict(x_t=(2, 128, 128, 3)),
-     r"x_t image size: expected 256x256, got 128x128"),
+    ("imagen_sr256", dict(x_t=(2, 120, 120, 3)),
+     r"x_t image size: expected 256x256 or a crop with sides divisible by 16, got 120x120"),
+    ("imagen_sr256", dict(x_t=(2, 128, 128, 3)),  # a crop needs the matching low-res crop
+     r"lowres shape: expected \(2, 32, 32, 3\), got \(2, 64, 64, 3\)"),
     ("imagen_base64", dict(x_t=(2, 64, 64, 4)),
      r"x_t channels: expected 3, got 4"),
     ("imagen_base64", dict(text_emb=(2, 6, 48)),

@@ -205,8 +205,9 @@ def test_directory_without_weights(hf_dirs, tmp_path):
 
 
 def test_unknown_name_or_path():
-  with pytest.raises(FileNotFoundError, match="byt5-tiny-random"):
+  with pytest.raises(FileNotFoundError, match="byt5-tiny-random") as e:
     text.load_text_encoder("t5-nonexistent-builtin")
+  assert "t5-nonexistent-builtin" in str(e.value) and "--config.text.encoder=DIR" in str(e.value)
 
 
 def test_unknown_architecture(hf_dirs, tmp_path):

@@ -38,7 +38,8 @@ _GUIDANCE = flags.DEFINE_float("guidance_scale", 5.0, "Guidance weight of the gu
 _INPUT_SECONDS = flags.DEFINE_float("input_seconds", 5.0, "Input pipeline timing window.")
 _ONLY = flags.DEFINE_list("only", ["train", "sample", "input"],
                           "Which of train, sample, input to measure on our side (empty: the "
-                          "peer alone).")
+                          "peer alone). The peer samples only if `sample` is here or this is "
+                          "empty.")
 _PROFILE = flags.DEFINE_string(
     "profile", None, "Also trace --profile_steps train steps into this directory "
     "(jax.profiler, with a Perfetto trace) and print where their time goes.")
@@ -48,7 +49,8 @@ _PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable,
                                    "Python of the peer's environment (requirements-bench.txt).")
 _PEER_DEVICE = flags.DEFINE_string("peer_device", "auto", "auto | cpu | cuda")
 _PEER_THREADS = flags.DEFINE_integer("peer_threads", 0, "torch CPU threads (0: torch default).")
-_PEER_TIMEOUT = flags.DEFINE_integer("peer_timeout", 1800, "Seconds before the peer is stopped.")
+_PEER_TIMEOUT = flags.DEFINE_integer(
+    "peer_timeout", 1800, "Seconds before the peer is stopped (figures it wrote are kept).")
 flags.mark_flags_as_required(["config", "json"])
 
 _PARTS = ("train", "sample", "input")

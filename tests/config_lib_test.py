@@ -29,6 +29,11 @@ def test_itstime():
   assert not any(config_lib.itstime(s, 0, 100) for s in range(1, 101))
 
 
+def test_itstime_every_multiple_and_the_last_step():  # the trainer's logging cadence
+  hits = [s for s in range(1, 103) if config_lib.itstime(s, 25, 102, first=False, drop_close=0)]
+  assert hits == [25, 50, 75, 100, 102]
+
+
 def test_itstime_drops_multiples_close_to_the_end():
   hits = [s for s in range(1, 103) if config_lib.itstime(s, 25, 102)]
   assert hits == [1, 25, 50, 75, 102]

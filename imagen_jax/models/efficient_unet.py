@@ -171,22 +171,12 @@ class EfficientUNet(nn.Module):
     # Fully convolutional (attention has no positions): trains on crops.
     layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres,
                            lowres_log_snr, crop_multiple=total_stride)
-    layers.check_remat(self.remat)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    common = dict(per_head_channels=self.per_head_channels,
-                  num_groups=self.num_groups, dropout=self.dropout,
-                  deterministic=not train,
-                  remat_blocks=self.remat == "block", **kw)
+    kw, common, emb, context, mask, x = layers.network_setup(
+        self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr)
     full = self.remat == "full"
     dblock_cls = layers.maybe_remat(DBlock, full)
     ublock_cls = layers.maybe_remat(UBlock, full)
 
-    emb, context, mask = layers.Conditioning(
-        self.embed_dim, self.cond_dim, self.freq_dim, self.per_head_channels,
-        super_res=self.lowres_resolution is not None, name="cond", **kw)(
-            log_snr, text_emb, text_mask, lowres_log_snr)
-
-    x = layers.network_input(x_t, lowres, self.dtype)
     x = layers.conv(self.init_channels, name="in_conv", **kw)(x)
     full_res = x
     skips = []

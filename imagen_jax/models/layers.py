@@ -436,6 +436,28 @@ def validate_inputs(net, x_t, log_snr, text_emb, text_mask, lowres,
                        lowres_log_snr.shape)
 
 
+def network_setup(net, train: bool, x_t, log_snr, text_emb, text_mask, lowres,
+                  lowres_log_snr):
+  """The start both U-Nets share, called inside their compact `__call__`.
+
+  Returns (kw, common, emb, context, mask, x): `kw` the dtype kwargs; `common`
+  the kwargs of every block (attention heads, norm groups, dropout, remat);
+  the conditioning (`Conditioning`, scope "cond") and the network input (x_t,
+  with the up-sampled low-res image for SR stages).
+  """
+  check_remat(net.remat)
+  kw = dict(dtype=net.dtype, param_dtype=net.param_dtype)
+  common = dict(per_head_channels=net.per_head_channels,
+                num_groups=net.num_groups, dropout=net.dropout,
+                deterministic=not train,
+                remat_blocks=net.remat == "block", **kw)
+  emb, context, mask = Conditioning(
+      net.embed_dim, net.cond_dim, net.freq_dim, net.per_head_channels,
+      super_res=net.lowres_resolution is not None, name="cond", **kw)(
+          log_snr, text_emb, text_mask, lowres_log_snr)
+  return kw, common, emb, context, mask, network_input(x_t, lowres, net.dtype)
+
+
 def network_input(x_t, lowres, dtype):
   """x_t, with the low-res image resized to x_t's size concatenated (SR)."""
   x = x_t.astype(dtype)

@@ -163,27 +163,17 @@ class UNet(nn.Module):
                lowres_log_snr=None, train: bool = False):
     layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres,
                            lowres_log_snr)
-    layers.check_remat(self.remat)
     levels = len(self.channel_mult)
     if self.resolution % 2 ** (levels - 1):
       raise ValueError(f"resolution {self.resolution} is not divisible by "
                        f"2**{levels - 1} ({levels} levels)")
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    common = dict(per_head_channels=self.per_head_channels,
-                  num_groups=self.num_groups, dropout=self.dropout,
-                  deterministic=not train,
-                  remat_blocks=self.remat == "block", **kw)
+    kw, common, emb, context, mask, x = layers.network_setup(
+        self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr)
     full = self.remat == "full"
     down_cls = layers.maybe_remat(DownLevel, full)
     mid_cls = layers.maybe_remat(MidLevel, full)
     up_cls = layers.maybe_remat(UpLevel, full)
 
-    emb, context, mask = layers.Conditioning(
-        self.embed_dim, self.cond_dim, self.freq_dim, self.per_head_channels,
-        super_res=self.lowres_resolution is not None, name="cond", **kw)(
-            log_snr, text_emb, text_mask, lowres_log_snr)
-
-    x = layers.network_input(x_t, lowres, self.dtype)
     x = layers.conv(self.channels * self.channel_mult[0], name="in_conv",
                     **kw)(x)
     skips = [x]

@@ -99,8 +99,9 @@ def _config_dict(config: Any) -> dict:
       else dict(config)
 
 
-def _itstime(step: int, every: int | None, total: int) -> bool:
-  return bool(every) and (step % int(every) == 0 or step == total)
+def _every(step: int, every: int | None, total: int) -> bool:
+  """Logging and sample grids: on every multiple of `every` and on the last step."""
+  return config_lib.itstime(step, every, total, first=False, drop_close=0.0)
 
 
 def _to_global(tree: Any, shardings: Any) -> Any:
@@ -290,7 +291,7 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
     history.append(m)
 
     preempted = watcher.requested if jax.process_count() == 1 else False
-    is_log = _itstime(step, config.log_every_steps, total_steps)
+    is_log = _every(step, config.log_every_steps, total_steps)
     is_ckpt = ckpt.should_save(step) or step == total_steps
     if jax.process_count() > 1 and (is_log or is_ckpt):
       preempted = multihost.any_process(watcher.requested)
@@ -330,7 +331,7 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
         logging.info("eval %s at step %d: %s", name, step,
                      ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
 
-    if task.sample_fn is not None and _itstime(step, config.get("sample_every_steps"), total_steps):
+    if task.sample_fn is not None and _every(step, config.get("sample_every_steps"), total_steps):
       _write_samples(task, state, mode, step, jax.random.fold_in(rng_sample, step), workdir_path,
                      writer)
 

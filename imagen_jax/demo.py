@@ -31,6 +31,19 @@ from imagen_jax.data import shapes_score
 from imagen_jax.train import loop
 
 
+def cpu_device_count(batch_sizes: Sequence[int], cores: int) -> int:
+  """Virtual CPU devices for the demo: one per core, as many as divide every batch.
+
+  XLA:CPU (jaxlib 0.10) runs each convolution on one core, so one device leaves
+  the other cores idle in the convolutions; one device per core makes the
+  data-parallel mesh use them all (BENCHMARKS.md, "Where the CPU time goes").
+  """
+  for n in range(max(1, int(cores)), 0, -1):
+    if all(int(b) % n == 0 for b in batch_sizes):
+      return n
+  return 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
   label: str

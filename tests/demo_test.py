@@ -26,6 +26,14 @@ def test_heldout_scenes_and_scorer_reference():
   assert "w=1" in table and f"{chance:.3f}" in table
 
 
+def test_cpu_device_count_divides_every_batch():
+  assert demo.cpu_device_count([32, 32], cores=2) == 2
+  assert demo.cpu_device_count([32, 32, 16], cores=12) == 8
+  assert demo.cpu_device_count([6], cores=4) == 3
+  assert demo.cpu_device_count([32], cores=1) == 1
+  assert demo.cpu_device_count([7, 32], cores=8) == 1
+
+
 @pytest.mark.slow
 def test_demo_script_end_to_end_and_resume(tmp_path):
   cmd = [sys.executable, str(ROOT / "scripts/demo.py"),

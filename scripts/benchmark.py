@@ -142,6 +142,8 @@ def _table(result: dict) -> str:
       ("guided / unguided step", s.get("guided_over_unguided_step"),
        ps.get("guided_over_unguided_step"), None),
       ("input pipeline img/s", i.get("img_per_s"), None, None),
+      ("state init s (+compile)", t.get("init_seconds"), None, None),
+      ("train step compile s", t.get("compile_seconds"), None, None),
   ]
   head = f"{'':24s} {'imagen_jax':>12s} {'imagen-pytorch':>15s} {'ours/theirs':>12s}"
   lines = [head] + [f"{n:24s} {_fmt(a):>12s} {_fmt(b):>15s} {_fmt(r, '{:.2f}x'):>12s}"

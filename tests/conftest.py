@@ -1,5 +1,15 @@
-"""Test set-up: 8 virtual CPU devices, set before JAX is imported anywhere."""
+"""Test set-up: 8 virtual CPU devices, set before JAX is imported anywhere, and one JAX
+persistent compilation cache for the session.
+
+Many tests build the same tiny stage again (a new jitted function each time, so JAX's
+in-memory cache misses) and several run scripts in subprocesses; an XLA executable
+compiled once is then reused from a fresh directory that lives as long as the session
+(the environment variable reaches the subprocesses too). Set JAX_COMPILATION_CACHE_DIR to
+use another directory, or to an empty string to compile everything afresh.
+"""
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -8,3 +18,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="imagen_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+
+
+def pytest_unconfigure(config):  # noqa: ARG001 (pytest hook signature)
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -112,7 +112,12 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
   init_variables = lambda rng: pipe.init(rng, batch_size=1, text_len=text_len)
   init_state, state_sh, abstract = loop.state_shardings(config, init_variables, mesh, tx,
                                                         init_rng, state_rng)
-  state = jax.jit(init_state, out_shardings=state_sh)(init_rng)
+  start = time.perf_counter()
+  state = jax.block_until_ready(jax.jit(init_state, out_shardings=state_sh)(init_rng, state_rng))
+  init_s = time.perf_counter() - start
+  # The initialiser is a program of its own (a threefry hash per parameter) that can take
+  # as long to compile as the step on a CPU: logged, so a stopped run shows where it was.
+  logging.info("train state initialised in %.1f s (compile included)", init_s)
   body = step_lib.make_train_step(pipe.loss_fn, tx, ema_decay=float(config.ema.decay),
                                   ema_warmup=bool(config.ema.warmup),
                                   nonfinite=config.nonfinite, lr_schedule=lr_schedule)
@@ -166,6 +171,7 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
       "batch_size": batch_size,
       "text_len": text_len,
       "params": count_params(abstract.params),
+      "init_seconds": init_s,  # the state's initialiser: compile + run
       "compile_seconds": compile_s,  # tracing + lowering + XLA compile
       "lower_seconds": lower_s,
       "step_seconds": seconds,

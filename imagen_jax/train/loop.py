@@ -114,17 +114,19 @@ def _to_global(tree: Any, shardings: Any) -> Any:
 
 def state_shardings(config: Any, init_variables: Callable[[jax.Array], Any], mesh: Mesh,
                     tx: Any, init_rng: jax.Array, state_rng: jax.Array):
-  """(init_state(init_rng) -> TrainState, the state's shardings, its abstract value).
+  """(init_state(init_rng, state_rng) -> TrainState, the state's shardings, its abstract value).
 
   "pjit": params (and EMA params) sharded from their logical axes with FSDP over the mesh,
-  optimizer state like the params it tracks; "pmap": everything replicated.
+  optimizer state like the params it tracks; "pmap": everything replicated. Both keys are
+  arguments of `init_state`, not constants in it, so runs that differ only in their seed
+  compile the same initialiser (and share it through JAX's compilation cache).
   """
-  def init_state(rng):
+  def init_state(rng, step_rng):
     params = meta.unbox(init_variables(rng)["params"])
-    return create_train_state(params, tx, state_rng)
+    return create_train_state(params, tx, step_rng)
 
   rep = sharding_lib.replicated(mesh)
-  abstract_state = jax.eval_shape(init_state, init_rng)
+  abstract_state = jax.eval_shape(init_state, init_rng, state_rng)
   if config.parallel.mode != "pjit":
     return init_state, jax.tree.map(lambda _: rep, abstract_state), abstract_state
   min_fsdp_mb = float(config.parallel.get("min_fsdp_size_mb", 4.0))
@@ -178,7 +180,7 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
   try:
     state, data_state, how = ckpt_lib.restore_or_initialize(
         ckpt, config, abstract_sharded,
-        lambda: jax.jit(init_state, out_shardings=state_sh)(init_rng))
+        lambda: jax.jit(init_state, out_shardings=state_sh)(init_rng, state_rng))
     if data_state is not None:
       task.iterator.set_state(data_state)
     step = int(jax.device_get(state.step))

@@ -34,6 +34,7 @@ _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FUSION_KIND = re.compile(r'"kind":"(__\w+)"')
 _CUSTOM_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_SUFFIX = re.compile(r"\.\d+$")
 _WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|pjit|remat|checkpoint)\((.*)\)$")
 
 
@@ -92,11 +93,15 @@ def op_table(hlo_text: str) -> dict[str, dict[str, str]]:
   return ops
 
 
-def split_op_name(op_name: str, scope_depth: int = 2) -> tuple[str, str, str]:
-  """('forward'|'backward', scope, primitive) from a JAX op_name such as
-  'jit(step)/transpose(jvp(UNet))/up_1/attn_0/dot_general'."""
+def parse_op_name(op_name: str) -> tuple[str, tuple[str, ...], str]:
+  """('forward'|'backward', scope components, primitive) from a JAX op_name such as
+  'jit(step)/transpose(jvp(UNet))/up_1/attn_0/dot_general'; ('', (), '') for none.
+
+  Where XLA merged several ops' metadata ("(a/x:b/y:...)") the scope ends in '(merged)'
+  and the primitive is ''.
+  """
   if not op_name:
-    return "", "", ""
+    return "", (), ""
   parts, backward = [], False
   for part in op_name.split("/"):
     if part.startswith(("jit(", "pjit(")):  # a jitted function's name, not a model scope
@@ -107,15 +112,25 @@ def split_op_name(op_name: str, scope_depth: int = 2) -> tuple[str, str, str]:
         break
       backward |= part.startswith("transpose(")
       part = m.group(1)
-    if part.startswith("("):  # XLA merged several ops' metadata: "(a/x:b/y:...)"
-      return ("backward" if backward else "forward"), "/".join(parts + ["(merged)"]), ""
+    if part.startswith("("):
+      return ("backward" if backward else "forward"), (*parts, "(merged)"), ""
     if part:
       parts.append(part)
+  direction = "backward" if backward else "forward"
   if not parts:
-    return ("backward" if backward else "forward"), "", ""
-  primitive = parts[-1]
-  scope = "/".join(parts[:-1][:scope_depth])
-  return ("backward" if backward else "forward"), scope, primitive
+    return direction, (), ""
+  return direction, tuple(parts[:-1]), parts[-1]
+
+
+def split_op_name(op_name: str, scope_depth: int = 2) -> tuple[str, str, str]:
+  """`parse_op_name` with the scope joined to its first `scope_depth` components."""
+  direction, scope, primitive = parse_op_name(op_name)
+  return direction, _join(scope, scope_depth), primitive
+
+
+def _join(scope: tuple[str, ...], depth: int) -> str:
+  """The first `depth` components; a merged op's scope is kept whole, as XLA gave it."""
+  return "/".join(scope if scope[-1:] == ("(merged)",) else scope[:depth])
 
 
 def op_events(trace: dict | list) -> Iterable[tuple[str, float]]:
@@ -149,12 +164,13 @@ def fold(events: Iterable[tuple[str, float]], ops: dict[str, dict[str, str]], *,
   for op, micros in events:
     seconds = micros * 1e-6 / steps
     total += seconds
-    info = ops.get(op) or ops.get(re.sub(r"\.\d+$", "", op)) or {}
-    direction, scope, primitive = split_op_name(info.get("op_name", ""), scope_depth)
-    tables["primitive"][primitive or info.get("opcode") or re.sub(r"[.]\d+$", "", op)] += seconds
+    base = _SUFFIX.sub("", op)  # "fusion.12" -> "fusion"
+    info = ops.get(op) or ops.get(base) or {}
+    direction, parts, primitive = parse_op_name(info.get("op_name", ""))
+    scope, layer = _join(parts, scope_depth), _join(parts, scope_depth + 1)
+    tables["primitive"][primitive or info.get("opcode") or base] += seconds
     tables["pass"][direction or "other"] += seconds
     tables["scope"][scope or "(outside the model)"] += seconds
-    _, layer, _ = split_op_name(info.get("op_name", ""), scope_depth + 1)
     tables["layer"][f"{layer or '(outside the model)'} "
                     f"{primitive or info.get('opcode') or 'unknown'}"] += seconds
     tables["library"][info.get("library") or info.get("opcode") or "unknown"] += seconds

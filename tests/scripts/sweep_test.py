@@ -108,11 +108,18 @@ import importlib.util
 _spec = importlib.util.spec_from_file_location("shapes_cfg", {shapes!r})
 _shapes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_shapes)
-get_config = _shapes.get_config
+
+
+def get_config(arg=None):
+  c = _shapes.get_config(arg)
+  c.checkpoint.every_steps = 3  # one save per run, at its last step
+  return c
 
 def sweep(add, arg=None):
-  for lr in (1e-3, 3e-4):
-    add(**{{"optim.lr": lr}})
+  # Seeds, not learning rates: both runs then compile the same XLA programs, and the
+  # second takes them from the session's compilation cache (tests/conftest.py).
+  for seed in (1, 0):
+    add(**{{"seed": seed}})
 
 def metrics():
   return ["loss"]
@@ -128,15 +135,18 @@ def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeyp
   out = _run(["--config", spec, "--workdir", str(workdir), "--mode", "local"], timeout=900)
   assert out.returncode == 0, out.stdout + out.stderr
   runs = sorted(p.name for p in workdir.iterdir() if p.is_dir())
-  assert runs == ["lr=0.0003", "lr=0.001"]
+  assert runs == ["seed=0", "seed=1"]
   for name in runs:
     final = json.loads((workdir / name / "final_metrics.json").read_text())
     assert final["step"] == 3 and final["loss"] > 0
     info = json.loads((workdir / name / "sweep_run.json").read_text())
-    assert info["overrides"] == {"optim.lr": float(name.split("=")[1])}
+    assert info["overrides"] == {"seed": int(name.split("=")[1])}
     assert (workdir / name / "checkpoints" / "3").is_dir()
-    assert json.loads((workdir / name / "config.json").read_text())["optim"]["lr"] == (
-        info["overrides"]["optim.lr"])
+    assert json.loads((workdir / name / "config.json").read_text())["seed"] == (
+        info["overrides"]["seed"])
+  losses = {n: json.loads((workdir / n / "final_metrics.json").read_text())["loss"]
+            for n in runs}
+  assert losses["seed=0"] != losses["seed=1"]  # the override reached the run
 
   again = _run(["--config", spec, "--workdir", str(workdir), "--mode", "local"])
   assert again.returncode == 0
@@ -147,7 +157,7 @@ def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeyp
   lines = summary.stdout.splitlines()
   assert lines[0] == "Sorted by loss (ascending):"
   header = lines[1].split()
-  assert header[:3] == ["run", "optim.lr", "loss"]
+  assert header[:3] == ["run", "seed", "loss"]
   body = [line.split() for line in lines[3:5]]
   assert sorted(r[0] for r in body) == runs
   losses = [float(r[2]) for r in body]

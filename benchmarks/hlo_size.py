@@ -1,0 +1,121 @@
+r"""How big a stage's train step is for XLA, and where its ops come from.
+
+Lowers four programs for one stage config at a small batch, on one device:
+  init     the train state's initialiser (a threefry hash per parameter tensor);
+  forward  the training loss;
+  grad     the loss and its gradient (forward + backward);
+  step     the trainer's whole step (grad, clipping, optimizer, EMA, non-finite guard);
+and prints for each its StableHLO op count, the convolutions and dot_generals (with how
+many distinct signatures, which is what GPU autotuning sees), the most common ops, and
+with --compile the XLA compile time on this machine.  The differences between the rows
+say what the backward pass and the optimizer add.
+
+  python benchmarks/hlo_size.py --config configs/base64.py:variant=small,data=shapes \
+      --config.optim.name=adam [--batch 2] [--compile] [--json OUT]
+"""
+import collections
+import json
+import re
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (path[:arg]).",
+                                          lock_config=True)
+_BATCH = flags.DEFINE_integer("batch", 2, "Batch the programs are lowered at.")
+_COMPILE = flags.DEFINE_bool("compile", False, "Also time XLA's compile of each program.")
+_TOP = flags.DEFINE_integer("top", 8, "Most common ops listed per program.")
+_JSON = flags.DEFINE_string("json", None, "Also write the figures here.")
+flags.mark_flag_as_required("config")
+
+# "%3 = stablehlo.convolution(...) ... : (tensor<...>, tensor<...>) -> tensor<...>"
+_OP = re.compile(r"^\s*(?:%[\w#:, ]+ = )?\"?(stablehlo|chlo|mhlo)\.([\w.]+)")
+
+
+def op_stats(mlir_text: str, top: int = 8) -> dict:
+  """Op count, convolutions and dot_generals (total and distinct signatures), top ops."""
+  counts = collections.Counter()
+  signatures = {"convolution": set(), "dot_general": set()}
+  for line in mlir_text.splitlines():
+    m = _OP.match(line)
+    if not m:
+      continue
+    name = m.group(2)
+    counts[name] += 1
+    if name in signatures:
+      # The signature: attributes and operand/result types, without SSA names.
+      signatures[name].add(re.sub(r"%[\w#]+", "%", line.split("=", 1)[-1]).strip())
+  return {
+      "ops": sum(counts.values()),
+      "convolutions": counts["convolution"],
+      "distinct_convolutions": len(signatures["convolution"]),
+      "dot_generals": counts["dot_general"],
+      "distinct_dot_generals": len(signatures["dot_general"]),
+      "top": counts.most_common(top),
+  }
+
+
+def main(argv):
+  del argv
+  # pylint: disable=import-outside-toplevel
+  from flax.core import meta
+  from imagen_jax import pipeline as pipeline_lib
+  from imagen_jax.train import benchmark
+  from imagen_jax.train import optim
+  from imagen_jax.train import state as state_lib
+  from imagen_jax.train import step as step_lib
+
+  config = _CONFIG.value
+  pipe = pipeline_lib.StagePipeline.from_config(config)
+  text_len = int(config.text.max_length)
+  tx, lr_schedule = optim.make_optimizer(config.optim, int(config.total_steps))
+  rng = jax.random.PRNGKey(0)
+  init_params = lambda r: meta.unbox(pipe.init(r, batch_size=1, text_len=text_len)["params"])
+  init_state = lambda r: state_lib.create_train_state(init_params(r), tx, r)
+  params = jax.eval_shape(init_params, rng)
+  state = jax.eval_shape(init_state, rng)
+  host = benchmark.synthetic_batch(pipe, _BATCH.value, text_len,
+                                   float(config.input.get("cond_drop_prob", 0.1)))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
+
+  loss = lambda p, b, r: pipe.loss_fn(p, b, r)[0]
+  step = step_lib.make_train_step(pipe.loss_fn, tx, ema_decay=float(config.ema.decay),
+                                  ema_warmup=bool(config.ema.warmup),
+                                  nonfinite=config.nonfinite, lr_schedule=lr_schedule)
+  programs = {
+      "init": (init_state, (rng,)),
+      "forward": (loss, (params, batch, rng)),
+      "grad": (jax.value_and_grad(loss), (params, batch, rng)),
+      "step": (step, (state, batch)),
+  }
+  rows = {}
+  for name, (fn, args) in programs.items():
+    start = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    row = {"lower_seconds": time.perf_counter() - start}
+    row.update(op_stats(lowered.as_text(), _TOP.value))
+    if _COMPILE.value:
+      start = time.perf_counter()
+      lowered.compile()
+      row["compile_seconds"] = time.perf_counter() - start
+    rows[name] = row
+    print(f"{name:8s} {row['ops']:7,d} ops  convolutions {row['convolutions']:4d} "
+          f"({row['distinct_convolutions']} distinct)  dot_generals {row['dot_generals']:4d} "
+          f"({row['distinct_dot_generals']} distinct)  lowered in {row['lower_seconds']:.1f} s"
+          + (f", compiled in {row['compile_seconds']:.1f} s" if _COMPILE.value else ""),
+          flush=True)
+    print("         " + ", ".join(f"{op} {n:,d}" for op, n in row["top"]), flush=True)
+  record = {"model": f"{config.model.name}/{config.model.variant}", "batch": _BATCH.value,
+            "dtype": str(jnp.dtype(pipe.model.dtype)), "optimizer": str(config.optim.name),
+            "backend": jax.default_backend(), "jax": jax.__version__, "programs": rows}
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -78,6 +78,9 @@ def main(argv):
   init_state = lambda r: state_lib.create_train_state(init_params(r), tx, r)
   params = jax.eval_shape(init_params, rng)
   state = jax.eval_shape(init_state, rng)
+  leaves = jax.tree.leaves(params)
+  print(f"{config.model.name}/{config.model.variant}: {sum(x.size for x in leaves):,d} "
+        f"parameters in {len(leaves)} tensors; batch {_BATCH.value}", flush=True)
   host = benchmark.synthetic_batch(pipe, _BATCH.value, text_len,
                                    float(config.input.get("cond_drop_prob", 0.1)))
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
@@ -110,6 +113,7 @@ def main(argv):
           flush=True)
     print("         " + ", ".join(f"{op} {n:,d}" for op, n in row["top"]), flush=True)
   record = {"model": f"{config.model.name}/{config.model.variant}", "batch": _BATCH.value,
+            "params": int(sum(x.size for x in leaves)), "param_tensors": len(leaves),
             "dtype": str(jnp.dtype(pipe.model.dtype)), "optimizer": str(config.optim.name),
             "backend": jax.default_backend(), "jax": jax.__version__, "programs": rows}
   if _JSON.value:

@@ -13,9 +13,7 @@ say what the backward pass and the optimizer add.
   python benchmarks/hlo_size.py --config configs/base64.py:variant=small,data=shapes \
       --config.optim.name=adam [--batch 2] [--compile] [--json OUT]
 """
-import collections
 import json
-import re
 import time
 
 from absl import app
@@ -32,33 +30,6 @@ _TOP = flags.DEFINE_integer("top", 8, "Most common ops listed per program.")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures here.")
 flags.mark_flag_as_required("config")
 
-# "%3 = stablehlo.convolution(...) ... : (tensor<...>, tensor<...>) -> tensor<...>"
-_OP = re.compile(r"^\s*(?:%[\w#:, ]+ = )?\"?(stablehlo|chlo|mhlo)\.([\w.]+)")
-
-
-def op_stats(mlir_text: str, top: int = 8) -> dict:
-  """Op count, convolutions and dot_generals (total and distinct signatures), top ops."""
-  counts = collections.Counter()
-  signatures = {"convolution": set(), "dot_general": set()}
-  for line in mlir_text.splitlines():
-    m = _OP.match(line)
-    if not m:
-      continue
-    name = m.group(2)
-    counts[name] += 1
-    if name in signatures:
-      # The signature: attributes and operand/result types, without SSA names.
-      signatures[name].add(re.sub(r"%[\w#]+", "%", line.split("=", 1)[-1]).strip())
-  return {
-      "ops": sum(counts.values()),
-      "convolutions": counts["convolution"],
-      "distinct_convolutions": len(signatures["convolution"]),
-      "dot_generals": counts["dot_general"],
-      "distinct_dot_generals": len(signatures["dot_general"]),
-      "top": counts.most_common(top),
-  }
-
-
 def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
@@ -66,6 +37,7 @@ def main(argv):
   from imagen_jax import pipeline as pipeline_lib
   from imagen_jax.train import benchmark
   from imagen_jax.train import optim
+  from imagen_jax.train import program_size
   from imagen_jax.train import state as state_lib
   from imagen_jax.train import step as step_lib
 
@@ -100,7 +72,7 @@ def main(argv):
     start = time.perf_counter()
     lowered = jax.jit(fn).lower(*args)
     row = {"lower_seconds": time.perf_counter() - start}
-    row.update(op_stats(lowered.as_text(), _TOP.value))
+    row.update(program_size.op_stats(lowered.as_text(), _TOP.value))
     if _COMPILE.value:
       start = time.perf_counter()
       lowered.compile()

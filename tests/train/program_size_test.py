@@ -1,14 +1,8 @@
-"""benchmarks/hlo_size.py: its StableHLO op counts agree with the jaxpr of the same function."""
-import importlib.util
-import pathlib
-
+"""program_size (benchmarks/hlo_size.py): StableHLO op counts agree with the jaxpr."""
 import jax
 import jax.numpy as jnp
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location("hlo_size", ROOT / "benchmarks" / "hlo_size.py")
-hlo_size = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(hlo_size)
+from imagen_jax.train import program_size
 
 
 def _fn(x, w1, w2, a, b):
@@ -22,7 +16,7 @@ def _fn(x, w1, w2, a, b):
 def test_counts_match_the_jaxpr():
   args = (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)), jnp.ones((1, 1, 4, 4)),
           jnp.ones((3, 5)), jnp.ones((5, 7)))
-  stats = hlo_size.op_stats(jax.jit(_fn).lower(*args).as_text())
+  stats = program_size.op_stats(jax.jit(_fn).lower(*args).as_text())
   eqns = jax.make_jaxpr(_fn)(*args).jaxpr.eqns
   prims = [e.primitive.name for e in eqns]
   assert stats["convolutions"] == prims.count("conv_general_dilated") == 3

@@ -5,9 +5,10 @@ Lowers four programs for one stage config at a small batch, on one device:
   forward  the training loss;
   grad     the loss and its gradient (forward + backward);
   step     the trainer's whole step (grad, clipping, optimizer, EMA, non-finite guard);
-and prints for each its StableHLO op count, the convolutions and dot_generals (with how
-many distinct signatures, which is what GPU autotuning sees), the most common ops, and
-with --compile the XLA compile time on this machine.  The differences between the rows
+and prints for each its StableHLO op count (every call to a jitted helper inlined, as XLA
+does), the convolutions and dot_generals (with how many distinct signatures, which is what
+GPU autotuning sees), the most common ops, and with --compile the XLA compile time on this
+machine.  The differences between the rows
 say what the backward pass and the optimizer add.
 
   python benchmarks/hlo_size.py --config configs/base64.py:variant=small,data=shapes \

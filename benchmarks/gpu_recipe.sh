@@ -39,7 +39,7 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 export JAX_COMPILATION_CACHE_DIR=${IMAGEN_BENCH_CACHE:-$PWD/.jax_cache_bench}
 # Threefry as one CUDA kernel instead of its unrolled 20 rounds per call: the same bits, and a
 # much smaller program for the state's initialiser, which hashes once per parameter tensor
-# (770 of them in base64 small; on CPU that initialiser alone compiles in 37 s).
+# (770 of them in base64 small; on CPU that initialiser alone compiles in ~40 s).
 export JAX_THREEFRY_GPU_KERNEL_LOWERING=${JAX_THREEFRY_GPU_KERNEL_LOWERING:-1}
 
 if compgen -G "$WHL/*.whl" >/dev/null; then

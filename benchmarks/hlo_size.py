@@ -8,8 +8,7 @@ Lowers four programs for one stage config at a small batch, on one device:
 and prints for each its StableHLO op count (every call to a jitted helper inlined, as XLA
 does), the convolutions and dot_generals (with how many distinct signatures, which is what
 GPU autotuning sees), the most common ops, and with --compile the XLA compile time on this
-machine.  The differences between the rows
-say what the backward pass and the optimizer add.
+machine. The differences between the rows say what the backward pass and the optimizer add.
 
   python benchmarks/hlo_size.py --config configs/base64.py:variant=small,data=shapes \
       --config.optim.name=adam [--batch 2] [--compile] [--json OUT]
@@ -31,6 +30,7 @@ _TOP = flags.DEFINE_integer("top", 8, "Most common ops listed per program.")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures here.")
 flags.mark_flag_as_required("config")
 
+
 def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
@@ -51,9 +51,9 @@ def main(argv):
   init_state = lambda r: state_lib.create_train_state(init_params(r), tx, r)
   params = jax.eval_shape(init_params, rng)
   state = jax.eval_shape(init_state, rng)
-  leaves = jax.tree.leaves(params)
-  print(f"{config.model.name}/{config.model.variant}: {sum(x.size for x in leaves):,d} "
-        f"parameters in {len(leaves)} tensors; batch {_BATCH.value}", flush=True)
+  n_params, n_tensors = benchmark.count_params(params), len(jax.tree.leaves(params))
+  print(f"{config.model.name}/{config.model.variant}: {n_params:,d} parameters in "
+        f"{n_tensors} tensors; batch {_BATCH.value}", flush=True)
   host = benchmark.synthetic_batch(pipe, _BATCH.value, text_len,
                                    float(config.input.get("cond_drop_prob", 0.1)))
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
@@ -86,7 +86,7 @@ def main(argv):
           flush=True)
     print("         " + ", ".join(f"{op} {n:,d}" for op, n in row["top"]), flush=True)
   record = {"model": f"{config.model.name}/{config.model.variant}", "batch": _BATCH.value,
-            "params": int(sum(x.size for x in leaves)), "param_tensors": len(leaves),
+            "params": n_params, "param_tensors": n_tensors,
             "dtype": str(jnp.dtype(pipe.model.dtype)), "optimizer": str(config.optim.name),
             "backend": jax.default_backend(), "jax": jax.__version__, "programs": rows}
   if _JSON.value:

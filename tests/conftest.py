@@ -28,3 +28,27 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 def pytest_unconfigure(config):  # noqa: ARG001 (pytest hook signature)
   if _OWN_CACHE:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# -- A real GCS API server (fake-gcs-server) for gs:// tests -----------------------------------
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """One fake-gcs-server for the session (filesystem backend under a temp dir)."""
+  from imagen_jax.storage import emulator  # pylint: disable=import-outside-toplevel
+  server = emulator.GcsEmulator(tmp_path_factory.mktemp("gcs") / "root").start()
+  yield server
+  server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch):
+  """A fresh bucket, `gs://<name>`; the standard emulator variables are set in os.environ
+  (so subprocesses get them too) for the test's duration."""
+  for key, value in gcs_emulator.env.items():
+    monkeypatch.setenv(key, value)
+  return gcs_emulator.create_bucket(f"test-{uuid.uuid4().hex[:12]}")

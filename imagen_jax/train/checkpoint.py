@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from imagen_jax.storage import paths as storage_paths
+
 from imagen_jax.parallel import multihost
 
 CHECKPOINT_DIR = "checkpoints"
@@ -26,7 +28,7 @@ ITEMS = ("state", "data", "config")
 
 def check_writable(workdir: str | os.PathLike) -> epath.Path:
   """Creates `<workdir>/checkpoints` and writes a probe file, or raises a clear error now."""
-  path = epath.Path(workdir) / CHECKPOINT_DIR
+  path = storage_paths.path(workdir) / CHECKPOINT_DIR
   probe = path / f".write_probe_{jax.process_index()}_{uuid.uuid4().hex}"
   try:
     path.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str | os.PathLike, *, every_steps: int, keep: int,
                async_save: bool = True, read_only: bool = False):
-    self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    self.directory = storage_paths.path(workdir) / CHECKPOINT_DIR
     self._every = max(int(every_steps), 1)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep), create=not read_only,
@@ -172,7 +174,7 @@ def _own_data_state(data: Any) -> Any:
 
 def checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
   """A read-only Checkpointer for `path` = a workdir, its `checkpoints/` dir, or a step dir."""
-  p = epath.Path(path)
+  p = storage_paths.path(path)
   step = None
   if p.name.isdigit() and p.parent.exists():
     step, p = int(p.name), p.parent

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from etils import epath
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding
 
@@ -25,6 +24,7 @@ from imagen_jax.parallel import mesh as mesh_lib
 from imagen_jax.parallel import multihost
 from imagen_jax.parallel import pmap_step
 from imagen_jax.parallel import sharding as sharding_lib
+from imagen_jax.storage import paths as storage_paths
 from imagen_jax.train import checkpoint as ckpt_lib
 from imagen_jax.train import flops as flops_lib
 from imagen_jax.train import metrics as metrics_lib
@@ -150,7 +150,7 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
   """
   validate_config(config)
   ckpt_lib.check_writable(workdir)
-  workdir_path = epath.Path(workdir)
+  workdir_path = storage_paths.path(workdir)
   if multihost.is_primary():
     (workdir_path / "config.json").write_text(json.dumps(_config_dict(config), indent=2))
 

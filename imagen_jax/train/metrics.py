@@ -11,10 +11,11 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from imagen_jax.storage import paths as storage_paths
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -28,21 +29,39 @@ class MetricWriter:
 
   Writes TFRecord-framed `Event` protos with tensorboard's `RecordWriter` (its
   `EventFileWriter` would import TensorFlow through `tensorboard.compat`).
+
+  On an object store (`gs://`) an object appears only when its upload is closed, so a
+  long-lived event file would stay invisible for the whole run and be lost with the process.
+  There each `flush()` closes the current file and the next write starts a new one
+  (`rotate`, default: the logdir is remote): TensorBoard reads every event file of a
+  directory, in name order, and the names sort by their creation time. A kill loses at most
+  the events since the last flush (the loop flushes at every log step).
   """
 
-  def __init__(self, logdir: str | os.PathLike, enabled: bool | None = None):
+  def __init__(self, logdir: str | os.PathLike, enabled: bool | None = None,
+               rotate: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.rotate = storage_paths.is_remote(logdir) if rotate is None else rotate
     self._file = self._writer = None
+    self._count = 0
+    self.path = None
     if self.enabled:
-      logdir = epath.Path(logdir)
-      logdir.mkdir(parents=True, exist_ok=True)
-      name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
-      self.path = logdir / name
-      self._file = self.path.open("wb")
-      self._writer = RecordWriter(self._file)
-      self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+      self._logdir = storage_paths.path(logdir)
+      self._logdir.mkdir(parents=True, exist_ok=True)
+      self._open()
+
+  def _open(self) -> None:
+    name = (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+            f".{self._count}")
+    self._count += 1
+    self.path = self._logdir / name
+    self._file = self.path.open("wb")
+    self._writer = RecordWriter(self._file)
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
   def _write(self, event: event_pb2.Event) -> None:
+    if self._writer is None:
+      self._open()
     self._writer.write(event.SerializeToString())
 
   def _add(self, step: int, values: list) -> None:
@@ -73,7 +92,11 @@ class MetricWriter:
     self._add(step, values)
 
   def flush(self) -> None:
-    if self._file is not None:
+    if self._file is None:
+      return
+    if self.rotate:
+      self.close()
+    else:
       self._file.flush()
 
   def close(self) -> None:
@@ -97,7 +120,7 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  epath.Path(path).write_bytes(_png_bytes(image))
+  storage_paths.path(path).write_bytes(_png_bytes(image))
 
 
 def to_uint8(images: Any) -> np.ndarray:

@@ -50,6 +50,10 @@ class _FileSource:
     image = preprocess.decode_image(path, path, self.min_side)
     return image, sources.pick_caption(list(captions), rng, path)
 
+  def captions(self, index: int) -> list[str]:
+    """Every caption of record `index` (no image read), for the text-embedding cache."""
+    return [str(c) for c in self._items[index][1]]
+
 
 def _scan_images(root: str) -> list[str]:
   found = []

@@ -76,6 +76,22 @@ def pick_caption(value: Any, rng: np.random.Generator, name: str) -> str:
   return value
 
 
+def all_captions(value: Any, name: str) -> list[str]:
+  """Every caption in a str/bytes or a sequence of them (what `pick_caption` picks from)."""
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()
+  values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+  out = []
+  for v in values:
+    if isinstance(v, bytes):
+      v = v.decode("utf-8")
+    if not isinstance(v, str):
+      raise TypeError(f"{name}: caption field is {type(v).__name__}, "
+                      "expected str, bytes or a sequence of them")
+    out.append(v)
+  return out
+
+
 # Field mappings that work out of the box, by TFDS dataset name.
 TFDS_FIELDS = {
     "coco_captions": {"image": "image", "caption": "captions/text"},
@@ -120,3 +136,8 @@ class TfdsSource:
     image = preprocess.to_rgb_array(image, label)
     text = pick_caption(get_field(record, self.fields["caption"]), rng, label)
     return image, text
+
+  def captions(self, index: int) -> list[str]:
+    """Every caption of record `index` (for the text-embedding cache; reads the record)."""
+    return all_captions(get_field(self._ds[index], self.fields["caption"]),
+                        f"{self.name}#{index}")

@@ -1,259 +1,197 @@
-r"""Runs scripts/train.py on every worker of a Cloud TPU VM slice (v4, v5e, v5p; multi-host).
+r"""Runs scripts/train.py on every worker of a Cloud TPU VM slice, or writes a GKE JobSet.
 
-  # create a slice, copy this checkout to every worker, install, train
+  # create a slice, copy this checkout to every worker, install into ~/imagen_jax/.venv, train
   python scripts/launch_tpu.py run --tpu my-v4 --zone us-central2-b \
       --create --accelerator_type v4-32 --setup \
       --config configs/base64.py:variant=paper \
       --config.text.encoder=/mnt/t5-v1_1-xxl --workdir gs://BUCKET/base64
+  # the same slice from a queued resource (waits until ACTIVE), over internal IPs
+  python scripts/launch_tpu.py create --tpu my-v5p --zone us-east5-a --accelerator_type v5p-64 \
+      --queued_resource my-v5p-qr --spot --internal_ip
   python scripts/launch_tpu.py logs --tpu my-v4 --zone us-central2-b --job base64
   python scripts/launch_tpu.py kill --tpu my-v4 --zone us-central2-b --job base64
-  python scripts/launch_tpu.py delete --tpu my-v4 --zone us-central2-b
+  python scripts/launch_tpu.py delete --tpu my-v4 --zone us-central2-b [--queued_resource QR]
+  # GKE: a JobSet of 2 v5p-32 slices running the same train command
+  python scripts/launch_tpu.py manifest --accelerator_type v5p-32 --num_slices 2 \
+      --image us-docker.pkg.dev/P/imagen/train:latest --config configs/base64.py:variant=paper \
+      --workdir gs://BUCKET/base64 --manifest_out base64.yaml && kubectl apply -f base64.yaml
 
-Actions: create | setup (copy + install) | copy | install | run | logs | kill | stop |
-delete. `--dry_run` prints every command (the local `tar` and each `gcloud`) and runs
-none. Every worker runs the same `python3 scripts/train.py ...` at once (`gcloud compute
-tpus tpu-vm ssh NAME --zone Z --worker=all --command ...`); `jax.distributed.initialize()`
-finds the other workers by itself, so no process flags are passed. Each worker writes
-its log to `~/imagen_jax_logs/<job>.<hostname>.log` and the process id to
-`~/imagen_jax_logs/<job>.pid`; the job runs under `nohup`, so it survives a dropped ssh
-connection. Without `--detach` the launcher follows the workers' logs (all workers,
-interleaved) and also appends them to `--log_dir/<job>.log` here; `logs` copies every
-worker's own log back. `kill` sends SIGTERM: the trainer saves a checkpoint and exits,
-and the same `run` command resumes. All workers must share `--workdir` (a gs:// path).
-Every argument in a remote command is quoted with shlex.quote.
+Actions: create | wait | setup (copy + install) | copy | install | run | logs | kill | stop |
+delete | manifest. `--dry_run` prints every command and runs none. `run` forwards
+`--config.FIELD=VALUE` overrides and every `--train_flag` to train.py. The commands, what
+runs on the workers and what a stand-in gcloud must do: imagen_jax/launch/tpu_vm.py; the
+JobSet's fields: imagen_jax/launch/gke.py.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import pathlib
-import re
-import shlex
-import subprocess
 import sys
-from typing import Sequence
+
+from absl import app
+from absl import flags
+
+from imagen_jax.launch import gke
+from imagen_jax.launch import tpu_vm
+from imagen_jax.launch import train_command
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CODE_DIR = "imagen_jax"          # on each worker, relative to the home directory
-LOG_DIR = "imagen_jax_logs"
-TARBALL = "imagen_jax_code.tar.gz"
-LIBTPU_RELEASES = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
-# Default TPU VM software versions by accelerator generation (override with --version).
-RUNTIME_VERSIONS = {
-    "v4": "tpu-ubuntu2204-base",
-    "v5litepod": "v2-alpha-tpuv5-lite",   # v5e
-    "v5p": "v2-alpha-tpuv5",
-    "v6e": "v2-alpha-tpuv6e",
-}
-ACTIONS = ("create", "setup", "copy", "install", "run", "logs", "kill", "stop", "delete")
+ACTIONS = ("create", "wait", "setup", "copy", "install", "run", "logs", "kill", "stop",
+           "delete", "manifest")
+
+_TPU = flags.DEFINE_string("tpu", None, "TPU VM (slice) name; a queued resource's node id.")
+_ZONE = flags.DEFINE_string("zone", None, "The slice's zone.")
+_PROJECT = flags.DEFINE_string("project", None, "Google Cloud project (default: gcloud's).")
+_INTERNAL_IP = flags.DEFINE_bool("internal_ip", False, "ssh/scp: --internal-ip.")
+_IAP = flags.DEFINE_bool("tunnel_through_iap", False, "ssh/scp: --tunnel-through-iap.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands, run none.")
+_ACCEL = flags.DEFINE_string("accelerator_type", None, "create/manifest: v4-32, v5litepod-16, "
+                             "v5p-64, v6e-8, ...")
+_VERSION = flags.DEFINE_string("version", None, "create: TPU VM software version.")
+_SPOT = flags.DEFINE_bool("spot", False, "create: a Spot slice.")
+_BEST_EFFORT = flags.DEFINE_bool("best_effort", False, "create --queued_resource: best effort.")
+_QUEUED = flags.DEFINE_string("queued_resource", None, "create/wait/delete: through this "
+                              "queued resource (`gcloud compute tpus queued-resources`).")
+_WAIT_TIMEOUT = flags.DEFINE_float("wait_timeout", 0, "create/wait: seconds to wait for "
+                                   "ACTIVE (0: no limit).")
+_POLL = flags.DEFINE_float("poll_seconds", 30, "create/wait: seconds between state checks.")
+_CREATE = flags.DEFINE_bool("create", False, "run: create the slice first.")
+_SETUP = flags.DEFINE_bool("setup", False, "run: copy the code and install first.")
+_REPO = flags.DEFINE_string("repo", str(REPO), "copy/setup: the checkout to copy.")
+_PYTHON = flags.DEFINE_string("python", "python3", "install: the workers' Python (>= 3.11) "
+                              "that creates ~/imagen_jax/.venv; manifest: the image's Python.")
+_JAX = flags.DEFINE_string("jax_package", "jax[tpu]", "install: the JAX requirement.")
+_CONFIG = flags.DEFINE_string("config", None, "run/manifest: FILE.py[:ARG] (in the repo).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run/manifest: a gs:// path all workers see.")
+_TRAIN_FLAGS = flags.DEFINE_multi_string("train_flag", [], "run/manifest: a train.py flag "
+                                         "passed on verbatim (--num_processes=2).")
+_PROCESS_ID_ENV = flags.DEFINE_string("process_id_env", None, "run: pass --process_id=\"$VAR\" "
+                                      "from this variable of each worker's shell.")
+_JOB = flags.DEFINE_string("job", None, "Name of the job's logs (default: from workdir).")
+_DETACH = flags.DEFINE_bool("detach", False, "run: start and return at once.")
+_ENV = flags.DEFINE_multi_string("env", [], "run/manifest: KEY=VALUE for train.py.")
+_LOG_DIR = flags.DEFINE_string("local_log_dir", None, "run/logs: the log directory here "
+                               "(default tpu_logs/<tpu>).")
+_IMAGE = flags.DEFINE_string("image", None, "manifest: the container image.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "manifest: slices (JobSet replicas).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "manifest: the slice topology (default: "
+                                "from --accelerator_type).")
+_CONTAINER_DIR = flags.DEFINE_string("container_dir", "/imagen_jax", "manifest: the checkout "
+                                     "in the image.")
+_MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 3, "manifest: JobSet restarts.")
+_OUT = flags.DEFINE_string("manifest_out", "-", "manifest: YAML file ('-': stdout).")
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-  tpu: str
-  zone: str
-  project: str | None = None
+def _parse(argv):
+  """absl's flags, with train.py's `--config.FIELD=VALUE` overrides kept out of them."""
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  rest = [argv[0]] + [a for a in argv[1:] if not a.startswith("--config.")]
+  return app.parse_flags_with_usage(rest) + overrides
 
 
-def _gcloud(target: Target, verb: str, *args: str) -> list[str]:
-  cmd = ["gcloud", "compute", "tpus", "tpu-vm", verb, target.tpu, "--zone", target.zone]
-  if target.project:
-    cmd += ["--project", target.project]
-  return cmd + list(args)
+def _train_flags(overrides):
+  if not _CONFIG.value or not _WORKDIR.value:
+    raise app.UsageError("run and manifest need --config FILE.py[:ARG] and --workdir DIR.")
+  if not _WORKDIR.value.startswith("gs://"):
+    print(f"Warning: --workdir {_WORKDIR.value!r} is not a gs:// path; every worker must "
+          "see the same directory.", file=sys.stderr)
+  try:
+    return train_command.train_flags(_CONFIG.value, _WORKDIR.value, overrides,
+                                     _TRAIN_FLAGS.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
-def ssh_cmd(target: Target, remote_command: str, worker: str = "all") -> list[str]:
-  return _gcloud(target, "ssh", f"--worker={worker}", "--command", remote_command)
+def _manifest(overrides) -> None:
+  if not _ACCEL.value or not _IMAGE.value:
+    raise app.UsageError("manifest needs --accelerator_type (e.g. v5p-32) and --image.")
+  argv = train_command.train_argv(_train_flags(overrides), python=_PYTHON.value,
+                                  env=_ENV.value)
+  name = gke.jobset_name(_JOB.value or train_command.job_name(_WORKDIR.value))
+  text = gke.to_yaml(gke.jobset(
+      name=name, image=_IMAGE.value, accelerator_type=_ACCEL.value, command=argv,
+      num_slices=_NUM_SLICES.value, topology=_TOPOLOGY.value,
+      max_restarts=_MAX_RESTARTS.value, working_dir=_CONTAINER_DIR.value))
+  if _OUT.value == "-":
+    sys.stdout.write(text)
+  else:
+    pathlib.Path(_OUT.value).write_text(text)
+    print(f"Wrote JobSet {name} to {_OUT.value}: kubectl apply -f {_OUT.value}")
 
 
-def runtime_version(accelerator_type: str) -> str:
-  for prefix in sorted(RUNTIME_VERSIONS, key=len, reverse=True):
-    if accelerator_type.startswith(prefix):
-      return RUNTIME_VERSIONS[prefix]
-  raise ValueError(f"No default --version for accelerator type {accelerator_type!r}; "
-                   f"pass --version (known prefixes: {', '.join(RUNTIME_VERSIONS)}).")
+def _steps(action, overrides, target):
+  """The commands of `action`, in order (tpu_vm.execute runs them)."""
+  queued = _QUEUED.value
+  wait = tpu_vm.WaitActive(target, queued or "", _WAIT_TIMEOUT.value, _POLL.value)
+  steps = []
+  if action == "create" or (action == "run" and _CREATE.value):
+    if not _ACCEL.value:
+      raise app.UsageError("create needs --accelerator_type (e.g. v4-32).")
+    if _BEST_EFFORT.value and not queued:
+      raise app.UsageError("--best_effort needs --queued_resource.")
+    steps += ([tpu_vm.queued_create_cmd(target, queued, _ACCEL.value, _VERSION.value,
+                                        spot=_SPOT.value, best_effort=_BEST_EFFORT.value), wait]
+              if queued else
+              [tpu_vm.create_cmd(target, _ACCEL.value, _VERSION.value, _SPOT.value)])
+  if action == "wait":
+    if not queued:
+      raise app.UsageError("wait needs --queued_resource NAME.")
+    steps.append(wait)
+  if action in ("setup", "copy") or (action == "run" and _SETUP.value):
+    steps += tpu_vm.copy_cmds(target, _REPO.value)
+  if action in ("setup", "install") or (action == "run" and _SETUP.value):
+    steps.append(tpu_vm.install_cmd(target, _PYTHON.value, _JAX.value))
+  if action == "run":
+    flags_ = _train_flags(overrides)
+    steps.append(tpu_vm.train_cmd(target, flags_, job=_job(), detach=_DETACH.value,
+                                  env=_ENV.value, process_id_env=_PROCESS_ID_ENV.value))
+  if action in ("logs", "kill"):
+    if not _JOB.value:
+      raise app.UsageError(f"{action} needs --job NAME.")
+    steps.append(tpu_vm.logs_cmd(target, _JOB.value, _log_dir()) if action == "logs"
+                 else tpu_vm.kill_cmd(target, _JOB.value))
+  if action == "stop":
+    steps.append(tpu_vm.stop_cmd(target))
+  if action == "delete":
+    steps.append(tpu_vm.queued_delete_cmd(target, queued) if queued
+                 else tpu_vm.delete_cmd(target))
+  return steps
 
 
-def create_cmd(target: Target, accelerator_type: str, version: str | None = None,
-               spot: bool = False) -> list[str]:
-  cmd = _gcloud(target, "create", "--accelerator-type", accelerator_type,
-                "--version", version or runtime_version(accelerator_type))
-  return cmd + (["--spot"] if spot else [])
+def _job():
+  return _JOB.value or train_command.job_name(_WORKDIR.value)
 
 
-def copy_cmds(target: Target, repo: str | pathlib.Path = REPO,
-              tarball: str = f"/tmp/{TARBALL}") -> list[list[str]]:
-  """Packs the checkout (no .git, virtualenvs or caches) and unpacks it on every worker."""
-  pack = ["tar", "-czf", tarball, "--exclude=.git", "--exclude=.venv", "--exclude=venv",
-          "--exclude=__pycache__", "--exclude=*.egg-info", "--exclude=.pytest_cache",
-          "-C", str(repo), "."]
-  scp = ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, f"{target.tpu}:{TARBALL}",
-         "--zone", target.zone, "--worker=all"]
-  if target.project:
-    scp += ["--project", target.project]
-  unpack = (f"rm -rf {shlex.quote(CODE_DIR)} && mkdir -p {shlex.quote(CODE_DIR)} && "
-            f"tar -xzf {shlex.quote(TARBALL)} -C {shlex.quote(CODE_DIR)}")
-  return [pack, scp, ssh_cmd(target, unpack)]
+def _log_dir():
+  return _LOG_DIR.value or f"tpu_logs/{_TPU.value}"
 
 
-def install_cmd(target: Target, python: str = "python3") -> list[str]:
-  py = shlex.quote(python)
-  remote = (f"cd {shlex.quote(CODE_DIR)} && {py} -m pip install -U pip && "
-            f"{py} -m pip install -r requirements.txt {shlex.quote('jax[tpu]')} "
-            f"-f {shlex.quote(LIBTPU_RELEASES)} && {py} -m pip install --no-deps -e .")
-  return ssh_cmd(target, remote)
-
-
-def _home(path: str) -> str:
-  """`path` under the worker's home directory, whatever the current directory."""
-  return '"$HOME"/' + shlex.quote(path)
-
-
-def _log_path(job: str) -> str:
-  # The hostname is expanded on each worker, so each gets its own log file.
-  return _home(f"{LOG_DIR}/{job}.") + "$(hostname)" + shlex.quote(".log")
-
-
-def _pid_path(job: str) -> str:
-  return _home(f"{LOG_DIR}/{job}.pid")
-
-
-def train_cmd(target: Target, train_flags: Sequence[str], *, job: str,
-              python: str = "python3", detach: bool = False,
-              env: Sequence[str] = ()) -> list[str]:
-  """`scripts/train.py <train_flags>` on every worker, under nohup, one log per worker."""
-  # Every worker is one process of a pod: jax.distributed.initialize() auto-detects the
-  # rest (imagen_jax.parallel.multihost.DISTRIBUTED_ENV).
-  prefix = ["env", "IMAGEN_JAX_DISTRIBUTED=1", *env]
-  train = shlex.join([*prefix, python, "scripts/train.py", *train_flags])
-  log, pid = _log_path(job), _pid_path(job)
-  # The log is created before the job starts: the backgrounded job opens it only once it
-  # is scheduled, and `tail` must not race it to a missing file.
-  remote = (f"mkdir -p {_home(LOG_DIR)} && cd {_home(CODE_DIR)} && : > {log} && "
-            f"( nohup {train} >> {log} 2>&1 < /dev/null & echo $! > {pid} )")
-  if not detach:
-    remote += f" && tail -n +1 -f --pid=\"$(cat {pid})\" {log}"
-  return ssh_cmd(target, remote)
-
-
-def logs_cmd(target: Target, job: str, local_dir: str) -> list[str]:
-  cmd = ["gcloud", "compute", "tpus", "tpu-vm", "scp", f"{target.tpu}:{LOG_DIR}/{job}.*.log",
-         local_dir, "--zone", target.zone, "--worker=all"]
-  return cmd + (["--project", target.project] if target.project else [])
-
-
-def kill_cmd(target: Target, job: str) -> list[str]:
-  pid = _pid_path(job)
-  return ssh_cmd(target, f"if [ -f {pid} ]; then kill -TERM \"$(cat {pid})\" || true; fi")
-
-
-def stop_cmd(target: Target) -> list[str]:
-  return _gcloud(target, "stop")
-
-
-def delete_cmd(target: Target) -> list[str]:
-  return _gcloud(target, "delete", "--quiet")
-
-
-def execute(cmds: Sequence[Sequence[str]], *, dry_run: bool = False,
-            log_file: str | pathlib.Path | None = None) -> None:
-  """Prints each command; runs it unless `dry_run` (the last one teed to `log_file`)."""
-  for i, cmd in enumerate(cmds):
-    print(shlex.join(cmd), flush=True)
-    if dry_run:
-      continue
-    if log_file is not None and i == len(cmds) - 1:
-      pathlib.Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-      with subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) as proc, open(log_file, "a") as log:
-        for line in proc.stdout:
-          sys.stdout.write(line)
-          log.write(line)
-      rc = proc.returncode
-    else:
-      rc = subprocess.run(list(cmd), check=False).returncode
-    if rc != 0:
-      raise SystemExit(f"Command failed with exit status {rc}: {shlex.join(cmd)}")
-
-
-def _job_name(workdir: str) -> str:
-  name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", workdir.rstrip("/").rsplit("/", 1)[-1])
-  return name.strip("._") or "train"
-
-
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0], allow_abbrev=False,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("action", choices=ACTIONS)
-  p.add_argument("--tpu", required=True, help="TPU VM (slice) name.")
-  p.add_argument("--zone", required=True)
-  p.add_argument("--project", default=None)
-  p.add_argument("--dry_run", action="store_true", help="Print the commands, run none.")
-  p.add_argument("--accelerator_type", default=None, help="create: e.g. v4-32, v5litepod-16.")
-  p.add_argument("--version", default=None, help="create: TPU VM software version.")
-  p.add_argument("--spot", action="store_true", help="create: a Spot slice.")
-  p.add_argument("--create", action="store_true", help="run: create the slice first.")
-  p.add_argument("--setup", action="store_true", help="run: copy the code and install first.")
-  p.add_argument("--repo", default=str(REPO), help="copy/setup: the checkout to copy.")
-  p.add_argument("--python", default="python3", help="Python on the workers.")
-  p.add_argument("--config", default=None, help="run: FILE.py[:ARG] (relative to the repo).")
-  p.add_argument("--workdir", default=None, help="run: a gs:// path every worker can reach.")
-  p.add_argument("--job", default=None, help="Name of the job's logs (default: from workdir).")
-  p.add_argument("--detach", action="store_true", help="run: start and return at once.")
-  p.add_argument("--env", action="append", default=[], help="run: KEY=VALUE on the workers.")
-  p.add_argument("--log_dir", default=None, help="Local log directory (tpu_logs/<tpu>).")
-  return p
-
-
-def commands(argv: Sequence[str]) -> tuple[list[list[str]], argparse.Namespace]:
-  """Parses the launcher's arguments into the list of commands to run, in order."""
-  args, extra = _parser().parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad or (extra and args.action != "run"):
-    raise SystemExit(f"Unexpected arguments {bad or extra}; only `run` takes --config.* "
-                     "overrides.")
-  target = Target(args.tpu, args.zone, args.project)
-  cmds: list[list[str]] = []
-  if args.action == "create" or (args.action == "run" and args.create):
-    if not args.accelerator_type:
-      raise SystemExit("create needs --accelerator_type (e.g. v4-32).")
-    cmds.append(create_cmd(target, args.accelerator_type, args.version, args.spot))
-  if args.action in ("setup", "copy") or (args.action == "run" and args.setup):
-    cmds += copy_cmds(target, args.repo)
-  if args.action in ("setup", "install") or (args.action == "run" and args.setup):
-    cmds.append(install_cmd(target, args.python))
-  if args.action == "run":
-    if not args.config or not args.workdir:
-      raise SystemExit("run needs --config FILE.py[:ARG] and --workdir DIR.")
-    if not args.workdir.startswith("gs://"):
-      print(f"Warning: --workdir {args.workdir!r} is not a gs:// path; every worker must "
-            "see the same directory.", file=sys.stderr)
-    args.job = args.job or _job_name(args.workdir)
-    flags = [f"--config={args.config}", *extra, f"--workdir={args.workdir}"]
-    cmds.append(train_cmd(target, flags, job=args.job, python=args.python,
-                          detach=args.detach, env=args.env))
-  if args.action in ("logs", "kill"):
-    if not args.job:
-      raise SystemExit(f"{args.action} needs --job NAME.")
-    local = args.log_dir or f"tpu_logs/{args.tpu}"
-    cmds.append(logs_cmd(target, args.job, local) if args.action == "logs"
-                else kill_cmd(target, args.job))
-  if args.action == "stop":
-    cmds.append(stop_cmd(target))
-  if args.action == "delete":
-    cmds.append(delete_cmd(target))
-  return cmds, args
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  cmds, args = commands(sys.argv[1:] if argv is None else argv)
-  log_file = None
-  if args.action == "run" and not args.detach:
-    log_file = pathlib.Path(args.log_dir or f"tpu_logs/{args.tpu}") / f"{args.job}.log"
-  if args.action == "logs" and not args.dry_run:
-    pathlib.Path(args.log_dir or f"tpu_logs/{args.tpu}").mkdir(parents=True, exist_ok=True)
-  execute(cmds, dry_run=args.dry_run, log_file=log_file)
+def main(argv):
+  if len(argv) < 2 or argv[1] not in ACTIONS:
+    raise app.UsageError(f"The first argument is the action, one of {', '.join(ACTIONS)}; "
+                         f"got {argv[1:2] or 'none'}.")
+  action, rest = argv[1], argv[2:]
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad or (rest and action not in ("run", "manifest")):
+    raise app.UsageError(f"Unexpected arguments {bad or rest}; only run and manifest take "
+                         "--config.FIELD=VALUE overrides.")
+  try:
+    if action == "manifest":
+      _manifest(rest)
+      return
+    if not _TPU.value or not _ZONE.value:
+      raise app.UsageError(f"{action} needs --tpu NAME and --zone ZONE.")
+    target = tpu_vm.Target(_TPU.value, _ZONE.value, _PROJECT.value, _INTERNAL_IP.value,
+                           _IAP.value)
+    steps = _steps(action, rest, target)
+    log_file = None
+    if action == "run" and not _DETACH.value:
+      log_file = pathlib.Path(_log_dir()) / f"{_job()}.log"
+    if action == "logs" and not _DRY_RUN.value:
+      pathlib.Path(_log_dir()).mkdir(parents=True, exist_ok=True)
+    tpu_vm.execute(steps, dry_run=_DRY_RUN.value, log_file=log_file)
+  except (ValueError, tpu_vm.LaunchError) as e:
+    raise SystemExit(f"launch_tpu {action}: {e}") from e
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main, flags_parser=_parse)

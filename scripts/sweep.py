@@ -55,7 +55,7 @@ _ORDER = flags.DEFINE_enum("order", "auto", ["auto", "asc", "desc"],
                            "Sort order; auto: descending for accuracy-like metrics.")
 _CSV = flags.DEFINE_string("csv", None, "CSV path for --summarize (default DIR/summary.csv).")
 _PYTHON = flags.DEFINE_string("python", None, "Python for the runs (default: this one "
-                              "locally, python3 on TPU VMs).")
+                              "locally, the launcher's ~/imagen_jax/.venv on TPU VMs).")
 _TPU = flags.DEFINE_string("tpu", None, "--mode tpu: the TPU VM name.")
 _ZONE = flags.DEFINE_string("zone", None, "--mode tpu: its zone.")
 _PROJECT = flags.DEFINE_string("project", None, "--mode tpu: its project.")
@@ -233,14 +233,15 @@ def run_local(spec: str, workdir: str, *, parallel: int = 1, python: str | None 
 def run_tpu(spec: str, workdir: str, *, tpu: str, zone: str, project: str | None = None,
             dry_run: bool = False, python: str | None = None) -> None:
   """Launches the runs one after another on every worker of a TPU VM slice."""
-  import launch_tpu  # pylint: disable=import-outside-toplevel  # scripts/ is on sys.path
+  from imagen_jax.launch import tpu_vm  # pylint: disable=import-outside-toplevel
   _, runs = expand(spec)
-  target = launch_tpu.Target(tpu=tpu, zone=zone, project=project)
+  target = tpu_vm.Target(tpu=tpu, zone=zone, project=project)
   for run in runs:
     rundir = f"{workdir.rstrip('/')}/{run['name']}"
     train_flags = train_command(spec, run["overrides"], rundir, python="python3")[2:]
-    cmd = launch_tpu.train_cmd(target, train_flags, job=run["name"], python=python or "python3")
-    launch_tpu.execute([cmd], dry_run=dry_run)
+    cmd = tpu_vm.train_cmd(target, train_flags, job=run["name"],
+                           python=python or tpu_vm.VENV_PYTHON)
+    tpu_vm.execute([cmd], dry_run=dry_run)
 
 
 # ---------------------------------------------------------------- summary

@@ -23,6 +23,7 @@ ALLOWED = {
     "evaluation": {"data", "diffusion", "utils", "sampling", "text",
                    "parallel", "storage"},
     "log_filter": set(),
+    "launch": set(),
     "demo": {"sampling", "data", "train", "config_lib", "storage"},
     "train": {"pipeline", "data", "parallel", "evaluation", "diffusion",
               "models", "text", "config_lib", "utils", "sampling",

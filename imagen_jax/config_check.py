@@ -21,6 +21,8 @@ this module may import only `models`, `diffusion` and `config_lib`).
 import math
 from typing import Any
 
+from ml_collections import config_dict
+
 from imagen_jax import diffusion
 from imagen_jax.diffusion import losses as diffusion_losses
 from imagen_jax.models import registry
@@ -63,6 +65,22 @@ def _positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
   if not ok:
     what = "non-negative" if allow_zero else "positive"
     raise ConfigError(f"config.{field}={value!r} must be a {what} integer")
+
+
+def expose_model_overrides(config: Any) -> None:
+  """Adds every field of the config's model to `config.model.overrides` as a typed
+  placeholder (None: the variant's value; `registry.override_types`), so that each can be
+  set on a locked config (`--config.model.overrides.remat=block`). Fields the config
+  already sets are left as they are."""
+  m = config.model
+  name = _get(m, "name", "")
+  if name not in registry.model_names() or not hasattr(m.overrides, "unlocked"):
+    return  # model_fields names a bad model; plain dicts are not ConfigDicts
+  missing = {k: t for k, t in registry.override_types(name).items() if k not in m.overrides}
+  if missing:
+    with m.overrides.unlocked():
+      for key, kind in missing.items():
+        m.overrides[key] = config_dict.placeholder(kind)
 
 
 def model_fields(config: Any) -> dict:
@@ -250,6 +268,7 @@ def _check_evals(evals: Any) -> None:
 def validate(config: Any) -> Any:
   """Raises `ConfigError` (a ValueError) naming the first bad field; returns
   `config` so a config file can end with `return config_check.validate(c)`."""
+  expose_model_overrides(config)
   for key in ("total_steps", "batch_size", "log_every_steps"):
     _positive(key, config[key])
   _positive("checkpoint.every_steps", _get(config.checkpoint, "every_steps"),

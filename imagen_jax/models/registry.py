@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from imagen_jax.models.efficient_unet import EfficientUNet
+from imagen_jax.models.layers import REMAT_MODES
 from imagen_jax.models.unet import UNet
 
 T5_XXL_DIM = 4096  # Imagen's frozen text encoder (T5-XXL encoder width).
@@ -225,11 +226,48 @@ def model_config(name: str, variant: str, **overrides) -> dict[str, Any]:
   if unknown:
     raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; expected "
                      f"some of {sorted(fields)}")
-  config = {**table[variant], **overrides}
+  config = {**table[variant], **{k: v for k, v in overrides.items() if v is not None}}
   for key in ("dtype", "param_dtype"):  # configs may spell dtypes as strings
     if isinstance(config.get(key), str):
-      config[key] = jnp.dtype(config[key])
+      try:
+        config[key] = jnp.dtype(config[key])
+      except TypeError:
+        raise ValueError(f"{key}={config[key]!r} is not a dtype name (e.g. 'float32', "
+                         "'bfloat16')") from None
+  if "remat" in config and config["remat"] not in REMAT_MODES:
+    raise ValueError(f"remat={config['remat']!r}; expected one of {REMAT_MODES}")
   return config
+
+
+def override_types(name: str) -> dict[str, type]:
+  """Each field of model `name` a config may override, with the type of its override:
+  int / float / bool / str as the field's value, dtypes by name (str), sequences (and the
+  Efficient U-Net's per-level "int or sequence" fields) as tuples. A config exposes them all
+  as `config.model.overrides.<field>` (None: the variant's value), so a locked config takes
+  `--config.model.overrides.remat=block` and ml_collections checks the type."""
+  cls, table = _table(name)
+  types = {}
+  for f in dataclasses.fields(cls):
+    if f.name in ("parent", "name"):
+      continue
+    values = [t[f.name] for t in table.values() if f.name in t]
+    if f.default is not dataclasses.MISSING:
+      values.append(f.default)
+    values = [v for v in values if v is not None]
+    if any(isinstance(v, (tuple, list)) for v in values) or "Sequence" in str(f.type):
+      types[f.name] = tuple
+    elif values and all(isinstance(v, bool) for v in values):
+      types[f.name] = bool
+    elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+      types[f.name] = int
+    elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        for v in values):
+      types[f.name] = float
+    elif not values and "int" in str(f.type):  # e.g. Optional[int], None in every variant
+      types[f.name] = int
+    else:  # strings, and dtypes by name
+      types[f.name] = str
+  return types
 
 
 def get_model(name: str, variant: str, **overrides) -> nn.Module:

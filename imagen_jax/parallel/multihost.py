@@ -18,21 +18,48 @@ from jax.experimental import multihost_utils
 DISTRIBUTED_ENV = "IMAGEN_JAX_DISTRIBUTED"
 
 
-def _on_tpu_pod() -> bool:
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID")
+
+
+def _count(var: str) -> int:
+  try:
+    return int(os.environ.get(var, "1"))
+  except ValueError:
+    raise ValueError(f"${var}={os.environ[var]!r} is not a process count.") from None
+
+
+def detected_cluster() -> str | None:
+  """The multi-process cluster this process runs in, where `jax.distributed.initialize()`
+  configures itself from the environment (JAX's cluster plugins), else None.
+
+  * "tpu_pod": `IMAGEN_JAX_DISTRIBUTED=1` (set by the TPU launcher: a TPU VM shell does not
+    always carry a variable that says it is one worker of a pod; libtpu reads the VM's
+    metadata), or GKE's `TPU_WORKER_HOSTNAMES` with several hosts, or Megascale's variables;
+  * "slurm": an `srun` step of more than one task (JAX's SlurmCluster reads `SLURM_*`);
+  * "openmpi": `mpirun` with more than one rank (`OMPI_MCA_orte_hnp_uri`).
+  A single-task SLURM or MPI job is not a cluster: nothing to initialise.
+  """
   if os.environ.get(DISTRIBUTED_ENV, "").lower() in ("1", "true", "yes"):
-    return True
+    return "tpu_pod"
   hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+  if len([h for h in hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ:
+    return "tpu_pod"
+  if all(v in os.environ for v in _SLURM_VARS) and _count("SLURM_NTASKS") > 1:
+    return "slurm"
+  if "OMPI_MCA_orte_hnp_uri" in os.environ and _count("OMPI_COMM_WORLD_SIZE") > 1:
+    return "openmpi"
+  return None
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
   """Calls `jax.distributed.initialize` when needed; returns whether it did.
 
-  Explicit flags (all three, or none) win; otherwise a multi-host TPU pod is detected from its
-  environment (`IMAGEN_JAX_DISTRIBUTED=1`, which the TPU launcher sets, or the TPU/Megascale
-  variables) and `jax.distributed.initialize()` auto-configures it. Single-process runs do nothing. Must run before
-  any other JAX call touches the devices.
+  Explicit flags (all three, or none) win; otherwise a cluster JAX configures by itself
+  (`detected_cluster`: TPU pod or GKE TPU slice, SLURM, Open MPI) gets
+  `jax.distributed.initialize()` with no arguments. Single-process runs do nothing. Must run
+  before any other JAX call touches the devices.
   """
   given = [coordinator_address is not None, num_processes is not None, process_id is not None]
   if any(given) and not all(given):
@@ -45,11 +72,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       return False
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
-  elif _on_tpu_pod():
-    jax.distributed.initialize()
+    how = "explicit flags"
   else:
-    return False
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
+    how = detected_cluster()
+    if how is None:
+      return False
+    jax.distributed.initialize()
+  logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices.", how,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   return True

@@ -28,13 +28,3 @@ def test_explicit_subset_of_devices():
 def test_errors(spec, match):
   with pytest.raises(ValueError, match=match):
     mesh_lib.create_mesh(spec)
-
-
-def test_launcher_env_marks_a_pod_worker(monkeypatch):
-  from imagen_jax.parallel import multihost  # pylint: disable=import-outside-toplevel
-  monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
-  monkeypatch.delenv("MEGASCALE_COORDINATOR_ADDRESS", raising=False)
-  monkeypatch.delenv(multihost.DISTRIBUTED_ENV, raising=False)
-  assert not multihost._on_tpu_pod()  # pylint: disable=protected-access
-  monkeypatch.setenv(multihost.DISTRIBUTED_ENV, "1")
-  assert multihost._on_tpu_pod()  # pylint: disable=protected-access

@@ -1,0 +1,70 @@
+"""`multihost.initialize()` with no flags: a cluster JAX configures itself (TPU pod, GKE,
+SLURM, Open MPI) gets `jax.distributed.initialize()`; a plain or single-task run gets none.
+The SLURM case is run for real: two local processes with the variables `srun` sets."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imagen_jax.parallel import multihost
+
+_VARS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", multihost.DISTRIBUTED_ENV,
+         "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", *multihost._SLURM_VARS)  # pylint: disable=protected-access
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+  for var in _VARS:
+    monkeypatch.delenv(var, raising=False)
+  return monkeypatch
+
+
+def _slurm(ntasks, procid, job_id="4242"):
+  return {"SLURM_JOB_ID": job_id, "SLURM_STEP_NODELIST": "localhost",
+          "SLURM_NTASKS": str(ntasks), "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid)}
+
+
+def test_detection(clean_env):
+  assert multihost.detected_cluster() is None
+  clean_env.setenv(multihost.DISTRIBUTED_ENV, "1")
+  assert multihost.detected_cluster() == "tpu_pod"
+  clean_env.delenv(multihost.DISTRIBUTED_ENV)
+  clean_env.setenv("TPU_WORKER_HOSTNAMES", "w-0")  # a single-host GKE slice
+  assert multihost.detected_cluster() is None
+  clean_env.setenv("TPU_WORKER_HOSTNAMES", "w-0,w-1")
+  assert multihost.detected_cluster() == "tpu_pod"
+  clean_env.delenv("TPU_WORKER_HOSTNAMES")
+  for k, v in _slurm(1, 0).items():  # sbatch with one task: nothing to initialise
+    clean_env.setenv(k, v)
+  assert multihost.detected_cluster() is None
+  clean_env.setenv("SLURM_NTASKS", "4")
+  assert multihost.detected_cluster() == "slurm"
+  clean_env.setenv("SLURM_NTASKS", "four")
+  with pytest.raises(ValueError, match="SLURM_NTASKS='four'"):
+    multihost.detected_cluster()
+
+
+_CHILD = """
+import jax, numpy as np
+jax.config.update("jax_num_cpu_devices", 2)
+from imagen_jax.parallel import multihost
+assert multihost.initialize()
+from jax.experimental import multihost_utils
+ids = multihost_utils.process_allgather(np.asarray([jax.process_index()]))
+print("RESULT", jax.process_count(), jax.device_count(), sorted(np.asarray(ids).ravel().tolist()))
+"""
+
+
+def test_two_slurm_tasks_initialise_themselves(clean_env):
+  job_id = str(os.getpid() % 4000 + 1)  # JAX derives the coordinator port from the job id
+  env = {k: v for k, v in os.environ.items() if k not in _VARS}
+  env["XLA_FLAGS"] = ""
+  env["JAX_PLATFORMS"] = "cpu"
+  procs = [subprocess.Popen([sys.executable, "-c", _CHILD], env={**env, **_slurm(2, i, job_id)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+    assert "RESULT 2 4 [0, 1]" in out, out[-3000:]

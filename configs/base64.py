@@ -1,6 +1,9 @@
 r"""Imagen base stage: 64x64 text-to-image U-Net (Saharia et al. 2022, App. F).
 
+  python scripts/prepare_data.py --source webdataset --path 'gs://BUCKET/laion/*.tar' \
+      --name laion_subset --output_dir gs://BUCKET/tfds --num_shards 256
   python scripts/train.py --config configs/base64.py:variant=paper \
+      --config.input.data_dir=gs://BUCKET/tfds \
       --config.text.encoder=/ckpt/t5-v1_1-xxl --workdir gs://BUCKET/base64
   python scripts/train.py --config configs/base64.py:variant=tiny,runlocal \
       --workdir /tmp/base64_tiny
@@ -10,8 +13,16 @@ Args (`:k=v,...`):
   runlocal  shrink to test size: shapes world, built-in text encoder, 3 steps
   steps     total steps (0: the variant's default)
   batch     global batch size (0: the variant's default)
-  data      coco (TFDS coco_captions) | shapes | a folder path (images with
-            .txt captions or a manifest; see imagen_jax/data)
+  data      the training data. Default tfds:laion_subset: a dataset you
+            prepare with scripts/prepare_data.py (e.g. from img2dataset
+            webdataset tars; docs/launching.md "Preparing data"), as Imagen
+            trains on web data and keeps COCO for its zero-shot FID.
+            tfds:NAME (with --config.input.data_dir) | coco (TFDS
+            coco_captions) | coco_json (with annotations= and path=) | folder
+            (with path=: images with .txt captions, or
+            --config.input.manifest) | shapes | a folder path
+  path      data=folder: the image folder; data=coco_json: the image folder
+  annotations  data=coco_json: the captions_*.json (paths local or gs://)
   encoder   the frozen T5 encoder: a local Hugging Face or t5x directory
             (default: t5-v1_1-xxl, a directory you provide) or a built-in name
   inception FID Inception weights (pt_inception-2015-12-05 .pth): adds an
@@ -26,8 +37,6 @@ gradient clipping at 1.0, 128 text tokens, bfloat16 compute, the FSDP axis
 size, the sampler step count and the default guidance weight (the paper
 sweeps the guidance weight).
 """
-
-import ml_collections
 
 from imagen_jax import config_check
 from imagen_jax import config_lib
@@ -44,7 +53,8 @@ _SIZES = {
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
-                             batch=0, data="coco", encoder="", inception="")
+                             batch=0, encoder="", inception="",
+                             **config_lib.DATA_ARGS)
   if arg.variant not in _SIZES:
     raise ValueError(f"Unknown variant {arg.variant!r}; allowed: "
                      f"{', '.join(_SIZES)}")
@@ -74,10 +84,7 @@ def get_config(arg=None):
   c.diffusion.aug_schedule = "cosine"      # unused: no low-res input
   c.diffusion.aug_range = (0.0, 1.0)
 
-  c.input.path = ""                    # dataset=folder: the image folder
-  c.input.manifest = ml_collections.config_dict.placeholder(str)
-  c.input.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
-  config_lib.set_dataset(c, arg.data)
+  config_lib.set_dataset(c, arg.data, arg.path, arg.annotations)
   c.input.resolution = 64
   c.input.lowres_resolution = None
   c.input.cond_drop_prob = 0.1             # 10% caption dropout (CFG)
@@ -108,13 +115,12 @@ def get_config(arg=None):
                       "A photo of a raccoon reading a book in a library.")
 
   # In-loop FID of the base stage's 64x64 samples, when `inception=` names the
-  # FID Inception weights (docs/evaluation.md): against COCO val2014 captions
-  # and images (data=coco) or the shapes world's held-out split. The paper's
-  # FID-30K is of the whole cascade: scripts/eval_fid.py.
+  # FID Inception weights (docs/evaluation.md): against the shapes world's
+  # held-out split (data=shapes, runlocal), else zero-shot against COCO val2014
+  # captions and images (TFDS coco_captions in the same data_dir), whatever the
+  # training data. The paper's FID-30K is of the whole cascade:
+  # scripts/eval_fid.py.
   if arg.inception:
-    if arg.data not in ("coco", "shapes") and not arg.runlocal:
-      raise ValueError(f"inception={arg.inception!r} needs data=coco or data=shapes "
-                       f"(the FID reference set), got data={arg.data!r}")
     shapes = arg.data == "shapes" or arg.runlocal
     c.evals.fid = dict(
         type="fid", log_steps=100_000 if arg.variant == "paper" else 10_000,

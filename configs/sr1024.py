@@ -11,7 +11,13 @@ Args (`:k=v,...`):
             on 64x64 crops (16x16 low-res) of the 1024x1024 image
   steps     total steps (0: the variant's default)
   batch     global batch size (0: the variant's default)
-  data      coco (TFDS coco_captions) | shapes | a folder path
+  data      the training data (default tfds:laion_subset, which you prepare
+            with scripts/prepare_data.py): tfds:NAME (with
+            --config.input.data_dir) | coco (TFDS coco_captions) | coco_json
+            (with annotations= and path=) | folder (with path=) | shapes |
+            a folder path
+  path      data=folder / coco_json: the image folder (local or gs://)
+  annotations  data=coco_json: the captions_*.json
   encoder   the frozen T5 encoder: a local Hugging Face or t5x directory
             (default: t5-v1_1-xxl, a directory you provide) or a built-in name
 
@@ -36,7 +42,7 @@ from imagen_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
-                             batch=0, data="coco", encoder="")
+                             batch=0, encoder="", **config_lib.DATA_ARGS)
   return config_check.validate(config_lib.imagen_sr_config(
       arg, model="imagen_sr1024", resolution=1024, lowres_resolution=256,
       crop_size=256, sampling_steps=64))

@@ -135,17 +135,61 @@ BUILTIN_ENCODER = "byt5-tiny-random"
 BUILTIN_DIM = 64
 
 
-def set_dataset(c, data):
-  """Points `c.input` at COCO (TFDS), the shapes world or a local folder."""
+# The paper stages' default training data: a dataset the user prepares with
+# scripts/prepare_data.py (e.g. LAION-style webdataset tars), not COCO, whose
+# 2014 val split is the zero-shot FID-30K reference (docs/evaluation.md).
+DEFAULT_DATA = "tfds:laion_subset"
+DATA_HELP = ("tfds:NAME (a TFDS or prepare_data.py dataset; "
+             "--config.input.data_dir) | coco (tfds:coco_captions) | "
+             "coco_json (with annotations= and path= args) | folder (with "
+             "path=) | shapes | a folder path")
+# The `:arg` fields of a stage config that name the data (parse_arg specs).
+DATA_ARGS = dict(data=DEFAULT_DATA, path="", annotations="")
+
+
+def set_dataset(c, data, path="", annotations=""):
+  """Points `c.input` at the data named by a config's `data=` arg.
+
+  `data` is one of DATA_HELP's forms; `path` (folder, coco_json's images)
+  and `annotations` (coco_json's captions_*.json) come from the config arg,
+  e.g. `configs/base64.py:data=coco_json,annotations=A.json,path=DIR`
+  (local or gs://). Every source field (path, manifest, annotations,
+  data_dir) exists in the config either way, so the locked config also takes
+  `--config.input.<field>=...` for any of them.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  for field, default in (("path", ""), ("manifest", placeholder(str)),
+                         ("annotations", placeholder(str)),
+                         ("data_dir", placeholder(str))):
+    if field not in c.input:
+      c.input[field] = default
+  c.input.split = "train"
+  if path:
+    c.input.path = path
+  if annotations:
+    c.input.annotations = annotations
   if data == "coco":
     c.input.dataset = "tfds:coco_captions"
-    c.input.split = "train"
   elif data == "shapes":
     c.input.dataset = "shapes"
-    c.input.split = "train"
-  else:
+  elif data in ("folder", "coco_json"):
+    needs = ["path"] + (["annotations"] if data == "coco_json" else [])
+    missing = [k for k in needs if not c.input[k]]
+    if missing:
+      raise ValueError(
+          f"data={data} needs {' and '.join(f'{k}=...' for k in missing)} in "
+          "the config arg, e.g. configs/base64.py:data=coco_json,annotations="
+          "captions_train2014.json,path=train2014 (or data=folder,path=DIR)")
+    c.input.dataset = data
+  elif data.startswith("tfds:"):
+    if len(data) == len("tfds:"):
+      raise ValueError(f"data={data!r} needs a dataset name: tfds:NAME")
+    c.input.dataset = data
+  elif data:
     c.input.dataset = "folder"
     c.input.path = data
+  else:
+    raise ValueError(f"data={data!r}; expected {DATA_HELP}")
 
 
 # SR stages, per variant: global batch, total steps, warm-up, FSDP size, dtype.
@@ -162,8 +206,8 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
                      crop_size=None, sampling_steps=128):
   """The shared body of Imagen's SR stage configs (configs/sr256.py, sr1024.py).
 
-  `arg` comes from `parse_arg(arg, variant=, runlocal=, steps=, batch=, data=,
-  encoder=)`; `crop_size` trains on random crops of the full-resolution
+  `arg` comes from `parse_arg(arg, variant=, runlocal=, steps=, batch=,
+  encoder=, **DATA_ARGS)`; `crop_size` trains on random crops of the full-resolution
   target (the 256->1024 stage), `sampling_steps` is the default sampler length.
   """
   if arg.variant not in SR_SIZES:
@@ -193,10 +237,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.diffusion.aug_schedule = "linear"
   c.diffusion.aug_range = (0.0, 1.0)   # training augmentation level ~ U[0, 1]
 
-  c.input.path = ""                    # dataset=folder: the image folder
-  c.input.manifest = ml_collections.config_dict.placeholder(str)
-  c.input.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir
-  set_dataset(c, arg.data)
+  set_dataset(c, arg.data, arg.get("path", ""), arg.get("annotations", ""))
   c.input.resolution = resolution
   c.input.lowres_resolution = lowres_resolution
   c.input.crop_size = ml_collections.config_dict.placeholder(int)

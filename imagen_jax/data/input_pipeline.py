@@ -18,11 +18,13 @@ process's share of each global batch as a numpy dict (docs/interfaces.md):
   dataset           "shapes" | "tfds:<name>" | "folder" | "coco_json" (shapes)
   split             TFDS split, or the shapes split "train"|"heldout"|"all"
                     ("train")
-  data_dir          TFDS data_dir (None)
+  data_dir          TFDS data_dir, local or gs:// (None: TFDS's default);
+                    scripts/prepare_data.py writes datasets there
   download          let TFDS download and prepare the dataset (False)
   fields            {"image": path, "caption": path}: TFDS feature paths
                     ("captions/text") or manifest keys; default per dataset
-  path              folder root (folder) or image folder (coco_json)
+  path              folder root (folder) or image folder (coco_json); local
+                    or gs://
   manifest          JSONL/CSV manifest for "folder" (None: sidecar .txt files)
   annotations       COCO captions_*.json for "coco_json"
   max_objects       shapes world: objects per scene, 1-3 (3)
@@ -298,7 +300,8 @@ def make_source(input_config, render_size: int):
     return sources.TfdsSource(
         dataset[len("tfds:"):], split=_get(input_config, "split", "train"),
         data_dir=_get(input_config, "data_dir"), fields=fields,
-        download=bool(_get(input_config, "download", False)))
+        download=bool(_get(input_config, "download", False)),
+        min_side=render_size)
   if dataset == "folder":
     from imagen_jax.data import folder_source
     return folder_source.FolderSource(

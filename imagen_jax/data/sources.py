@@ -8,8 +8,10 @@ so that choice changes from epoch to epoch but is reproducible. `read` raises
 `preprocess.BadExampleError` for an unusable example, which is skipped.
 
 Sources here: `ShapesSource` (the procedural shapes world) and `TfdsSource`
-(any TFDS dataset through `tfds.data_source`, no TensorFlow needed to read
-ArrayRecord data). Folder and COCO-json sources are in `folder_source.py`.
+(any TFDS dataset in ArrayRecord format, random access through
+`builder.as_data_source`, what `tfds.data_source` does; no TensorFlow needed,
+local or gs:// data_dir; scripts/prepare_data.py writes such datasets).
+Folder and COCO-json sources are in `folder_source.py`.
 """
 
 from typing import Any, Mapping, Optional
@@ -18,6 +20,7 @@ import numpy as np
 
 from imagen_jax.data import preprocess
 from imagen_jax.data import shapes
+from imagen_jax.storage import paths
 
 
 class ShapesSource:
@@ -99,24 +102,74 @@ TFDS_FIELDS = {
 _BUG_TYPES = (IndexError, KeyError, TypeError, AttributeError, NameError)
 
 
+PREPARE_COMMAND = ("python scripts/prepare_data.py --source webdataset "
+                   "--path 'DIR/*.tar' --name {name} --output_dir DATA_DIR")
+
+
+def not_prepared_message(name: str, data_dir: Optional[str]) -> str:
+  """What to run when TFDS dataset `name` is not in `data_dir`."""
+  where = data_dir or "TFDS's default data_dir (~/tensorflow_datasets)"
+  msg = (f"TFDS dataset {name!r} is not prepared in {where}. Convert your "
+         "image-caption data into it with\n  "
+         + PREPARE_COMMAND.format(name=name)
+         + "\n(or --source coco_json / folder, see docs/launching.md) and "
+         "train with --config.input.dataset=tfds:" + name
+         + " --config.input.data_dir=DATA_DIR.")
+  if name == "coco_captions":
+    msg += (" TFDS's own coco_captions builder needs TensorFlow and "
+            "builder.download_and_prepare(file_format='array_record').")
+  return msg
+
+
 class TfdsSource:
   """A TFDS image-text dataset read with `tfds.data_source` (random access).
 
   `fields` maps "image" and "caption" to feature paths ("captions/text");
   a caption field holding several captions yields one chosen per epoch.
+  Works with datasets written by `scripts/prepare_data.py` (no registered
+  builder, no TensorFlow) and with a `gs://` data_dir: metadata is read
+  through `imagen_jax.storage.paths` (gcsfs) and ArrayRecord shards by
+  array_record's own GCS reader. A top-level image feature is read as its
+  encoded bytes and decoded here, at a reduced JPEG scale when `min_side`
+  (the stage resolution) allows, like the folder sources.
   """
 
   def __init__(self, name: str, split: str = "train",
                data_dir: Optional[str] = None,
                fields: Optional[Mapping[str, str]] = None,
-               download: bool = False):
+               download: bool = False, min_side: Optional[int] = None):
     import tensorflow_datasets as tfds
+    if data_dir and paths.is_remote(data_dir):
+      paths.prefer_gcsfs()
     self.name = f"tfds:{name}[{split}]"
+    self.min_side = min_side
     self.fields = dict(TFDS_FIELDS.get(name, {"image": "image",
                                               "caption": "caption"}))
     self.fields.update(fields or {})
-    self._ds = tfds.data_source(name, split=split, data_dir=data_dir,
-                                download=download)
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError as e:
+      raise FileNotFoundError(not_prepared_message(name, data_dir)) from e
+    if download:
+      builder.download_and_prepare(file_format="array_record")
+    image_field = self.fields["image"]
+    decoders = None
+    features = builder.info.features
+    # Datasets read from their files alone (prepare_data.py's) keep the image
+    # encoded; registered builders (coco_captions) decode as TFDS does, which
+    # is also what tfds.testing.mock_data can fake (its encoded fakes break
+    # ragged sequences once decoders are given).
+    from_files = isinstance(builder, tfds.core.read_only_builder.ReadOnlyBuilder)
+    if from_files and isinstance(features, tfds.features.FeaturesDict) and (
+        image_field in features.keys()) and isinstance(
+            features[image_field], tfds.features.Image):
+      decoders = {image_field: tfds.decode.SkipDecoding()}
+    try:
+      self._ds = builder.as_data_source(split=split, decoders=decoders)
+    except Exception as e:  # pylint: disable=broad-except
+      if builder.is_prepared():
+        raise
+      raise FileNotFoundError(not_prepared_message(name, data_dir)) from e
     self.num_records = len(self._ds)
     if self.num_records == 0:
       raise ValueError(f"{self.name}: the dataset is empty")
@@ -132,7 +185,7 @@ class TfdsSource:
       raise preprocess.BadExampleError(f"{label}: cannot read ({e})") from e
     image = get_field(record, self.fields["image"])
     if isinstance(image, bytes):
-      image = preprocess.decode_image(image, label)
+      image = preprocess.decode_image(image, label, self.min_side)
     image = preprocess.to_rgb_array(image, label)
     text = pick_caption(get_field(record, self.fields["caption"]), rng, label)
     return image, text

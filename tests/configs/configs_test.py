@@ -3,6 +3,7 @@ model abstractly; the paper settings; command-line overrides and typos."""
 import functools
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -111,7 +112,7 @@ def test_paper_settings():
     assert c.input.cond_drop_prob == 0.1
     assert c.model.variant == "paper" and c.model.overrides.text_dim == 4096
     assert c.text.encoder == "t5-v1_1-xxl"
-    assert c.input.dataset == "tfds:coco_captions"
+    assert c.input.dataset == "tfds:laion_subset"  # user-prepared; COCO is the FID set
     assert c.sampling.threshold == "dynamic" and c.sampling.percentile == 0.995
     assert c.ema.decay == 0.9999
   assert base.optim.name == "adafactor" and base.diffusion.schedule == "cosine"
@@ -124,6 +125,42 @@ def test_paper_settings():
   assert sr1024.input.crop_size == 256
   assert [c.model.name for c in (base, sr256, sr1024)] == [
       "imagen_base64", "imagen_sr256", "imagen_sr1024"]
+
+
+@pytest.mark.parametrize("name", ["base64", "sr256", "sr1024"])
+def test_data_arg_reaches_every_source(name, monkeypatch):
+  get = load(name).get_config
+  c = get("variant=small,data=tfds:my_set")
+  assert (c.input.dataset, c.input.data_dir) == ("tfds:my_set", None)
+  c = get("variant=small,data=coco_json,annotations=gs://b/captions_train2014.json,"
+          "path=gs://b/train2014")
+  assert (c.input.dataset, c.input.annotations, c.input.path) == (
+      "coco_json", "gs://b/captions_train2014.json", "gs://b/train2014")
+  c = get("variant=small,data=folder,path=/data/imgs")
+  assert (c.input.dataset, c.input.path) == ("folder", "/data/imgs")
+  assert get("variant=small,data=coco").input.dataset == "tfds:coco_captions"
+  with pytest.raises(ValueError, match=r"data=coco_json needs path=\.\.\. and annotations="):
+    get("variant=small,data=coco_json")
+  with pytest.raises(ValueError, match="needs a dataset name"):
+    get("variant=small,data=tfds:")
+  # The locked config takes every source field on the command line.
+  c = _parse([f"--config={CONFIGS / f'{name}.py'}:variant=tiny,runlocal",
+              "--config.input.dataset=tfds:my_set", "--config.input.data_dir=gs://b/tfds",
+              "--config.input.annotations=a.json", "--config.input.path=imgs",
+              "--config.input.manifest=m.jsonl"], monkeypatch)
+  assert (c.input.dataset, c.input.data_dir, c.input.annotations, c.input.path,
+          c.input.manifest) == ("tfds:my_set", "gs://b/tfds", "a.json", "imgs", "m.jsonl")
+  config_check.validate(c)
+
+
+def test_default_data_not_prepared_names_the_command(tmp_path):
+  from imagen_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  c = load("base64").get_config("variant=small")
+  c.input.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"(?s)'laion_subset' is not prepared in "
+                     + re.escape(str(tmp_path)) + r".*scripts/prepare_data.py .*"
+                     r"--name laion_subset"):
+    input_pipeline.make_source(c.input, 64)
 
 
 def test_typed_args():

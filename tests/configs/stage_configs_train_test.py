@@ -37,9 +37,14 @@ def test_runlocal_config_trains_and_writes_its_metrics(name, arg, tmp_path):
 
 def test_base64_fid_needs_a_reference_set():
   module = sweep_lib.load_module(ROOT / "configs" / "base64.py")
-  with pytest.raises(ValueError, match=r"data='/some/folder'"):
-    module.get_config("variant=tiny,data=/some/folder,inception=/w.pth")
+  # Zero-shot: whatever the training data (the default is a prepared web set), the
+  # in-loop FID's reference is COCO, or the shapes world's held-out split for shapes.
+  folder = module.get_config("variant=tiny,data=/some/folder,inception=/w.pth")
+  assert folder.evals.fid.dataset == "coco" and folder.input.dataset == "folder"
+  assert module.get_config("variant=tiny,data=shapes,inception=/w.pth"
+                           ).evals.fid.dataset == "shapes"
   coco = module.get_config("variant=small,inception=/w.pth")
+  assert coco.input.dataset == "tfds:laion_subset"
   assert coco.evals.fid.dataset == "coco" and coco.evals.fid.tfds_name == "coco_captions"
   coco.input.data_dir = "/data/tfds"  # one override points both the input and the FID at it
   assert coco.evals.fid.data_dir == "/data/tfds"

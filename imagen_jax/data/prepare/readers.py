@@ -1,0 +1,202 @@
+"""The three input formats, read lazily as `Item`s (key, captions, image bytes).
+
+* `CocoJsonReader(annotations, images)`: what cocodataset.org ships, a
+  `captions_*.json` and its image folder; one item per image with all its
+  captions (`folder_source.coco_items`).
+* `FolderReader(path, manifest=None)`: images with sidecar `.txt` captions or
+  a JSONL/CSV manifest, as the training-time folder source reads them
+  (`folder_source.folder_items`).
+* `WebDatasetReader(pattern)`: img2dataset's tar shards (`DIR/*.tar`, a
+  folder of them, or one file). Members are grouped by key (the member path
+  up to the first dot of its basename; adjacent members share a key, as
+  webdataset writes them); the image is the member ending in jpg/jpeg/png/webp,
+  the caption the `.txt` member, else the `.json` member's "caption". Tars are
+  streamed with the standard library's `tarfile` (`r|*`), from local disk or
+  gs://, never extracted.
+
+Every path may be local or `gs://`. A reader has `name`, `units` (a sorted
+list: images for COCO/folder, tar files for webdataset; the unit that is
+partitioned into output shards) and `items(units)`. An item that cannot be
+used as listed (no caption, no image, the rest of a corrupt tar) carries a
+`skip` reason instead of a loader, so it is counted, not lost silently.
+"""
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+import posixpath
+import tarfile
+from typing import Callable, Iterator, Optional, Sequence
+
+from imagen_jax.data import folder_source
+from imagen_jax.storage import paths
+
+WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SOURCES = ("coco_json", "folder", "webdataset")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  key: str                                   # unique within the dataset
+  captions: tuple[str, ...]
+  load: Optional[Callable[[], bytes]] = None  # the encoded image; may raise
+  skip: Optional[tuple[str, str]] = None      # (reason, detail) when unusable
+
+
+def _relative(root: str, path: str) -> str:
+  root = root.rstrip("/").rstrip(os.sep)
+  return path[len(root) + 1:] if path.startswith(root) else path
+
+
+class _ListedReader:
+  """Items listed up front: (image path, captions) pairs."""
+
+  def __init__(self, name: str, root: str, listed: Sequence[tuple[str, list]]):
+    self.name = name
+    self.root = root
+    self.units = list(listed)
+
+  def items(self, units) -> Iterator[Item]:
+    for path, captions in units:
+      key = _relative(self.root, path)
+      if not captions:
+        yield Item(key, (), skip=("no caption", path))
+      else:
+        yield Item(key, tuple(captions),
+                   load=functools.partial(folder_source.read_bytes, path))
+
+
+class CocoJsonReader(_ListedReader):
+
+  def __init__(self, annotations: str, images: str):
+    if not annotations or not images:
+      raise ValueError("--source coco_json needs --annotations (a "
+                       "captions_*.json) and --images (its image folder)")
+    super().__init__(f"coco_json:{annotations}", images, folder_source.coco_items(
+        annotations, images, allow_missing_captions=True))
+
+
+class FolderReader(_ListedReader):
+
+  def __init__(self, path: str, manifest: Optional[str] = None):
+    if not path and not manifest:
+      raise ValueError("--source folder needs --path (the image folder)")
+    root = path or posixpath.dirname(manifest)
+    super().__init__(f"folder:{manifest or path}", root,
+                     folder_source.folder_items(path, manifest,
+                                                allow_missing_captions=True))
+
+
+def list_tars(pattern: str) -> list[str]:
+  """The sorted tar files of a glob pattern, a folder (its *.tar) or a file."""
+  has_glob = any(c in pattern for c in "*?[")
+  if paths.is_remote(pattern):
+    import fsspec  # pylint: disable=import-outside-toplevel
+    paths.prefer_gcsfs()
+    fs, bare = fsspec.core.url_to_fs(pattern)
+    protocol = pattern.split("://", 1)[0]
+    if not has_glob and fs.isdir(bare):
+      bare = bare.rstrip("/") + "/*.tar"
+      has_glob = True
+    found = fs.glob(bare) if has_glob else ([bare] if fs.isfile(bare) else [])
+    found = [f"{protocol}://{f}" for f in found]
+  else:
+    if not has_glob and os.path.isdir(pattern):
+      pattern = os.path.join(pattern, "*.tar")
+    found = glob.glob(pattern) if any(c in pattern for c in "*?[") else (
+        [pattern] if os.path.isfile(pattern) else [])
+  if not found:
+    raise ValueError(f"--source webdataset: no tar files match {pattern!r}")
+  return sorted(found)
+
+
+def _caption_of(members: dict[str, bytes]) -> list[str]:
+  if "txt" in members:
+    text = members["txt"].decode("utf-8").strip()
+    return [text] if text else []
+  if "json" in members:
+    value = json.loads(members["json"]).get("caption")
+    values = value if isinstance(value, list) else [value]
+    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+  return []
+
+
+def _group_item(tar_name: str, key: str, members: dict[str, bytes]) -> Item:
+  full_key = f"{tar_name}/{key}"
+  image = next((ext for ext in members
+                if ext.rsplit(".", 1)[-1] in WEBDATASET_IMAGE_EXTENSIONS), None)
+  if image is None:
+    return Item(full_key, (), skip=("no image", f"{full_key}: members "
+                                    f"{sorted(members)}"))
+  try:
+    captions = _caption_of(members)
+  except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+    return Item(full_key, (), skip=("bad caption", f"{full_key}: {e}"))
+  if not captions:
+    return Item(full_key, (), skip=("no caption", full_key))
+  data = members[image]
+  return Item(full_key, tuple(captions), load=lambda: data)
+
+
+def _open_binary(path: str):
+  if paths.is_remote(path):
+    return paths.path(path).open("rb")
+  return open(path, "rb")  # pylint: disable=consider-using-with
+
+
+def tar_items(tar_path: str) -> Iterator[Item]:
+  """The samples of one webdataset tar, streamed; a read error ends the tar
+  with one "corrupt tar" item (the samples before it are kept)."""
+  tar_name = posixpath.basename(tar_path.rstrip("/"))
+  tar_name = tar_name[:-len(".tar")] if tar_name.endswith(".tar") else tar_name
+  key, members = None, {}
+  try:
+    with _open_binary(tar_path) as f, tarfile.open(fileobj=f,
+                                                   mode="r|*") as tar:
+      for member in tar:
+        if not member.isfile():
+          continue
+        dirname, base = posixpath.split(member.name)
+        stem, dot, ext = base.partition(".")
+        if not stem or not dot:
+          continue  # hidden files, members without an extension
+        member_key = posixpath.join(dirname, stem)
+        if key is not None and member_key != key:
+          yield _group_item(tar_name, key, members)
+          members = {}
+        key = member_key
+        members[ext.lower()] = tar.extractfile(member).read()
+  except (tarfile.TarError, OSError, EOFError) as e:
+    yield Item(f"{tar_name}/<tar>", (), skip=(
+        "corrupt tar", f"{tar_path}: {type(e).__name__}: {e}"))
+    return
+  if key is not None:
+    yield _group_item(tar_name, key, members)
+
+
+class WebDatasetReader:
+
+  def __init__(self, pattern: str):
+    if not pattern:
+      raise ValueError("--source webdataset needs --path ('DIR/*.tar')")
+    self.name = f"webdataset:{pattern}"
+    self.units = list_tars(pattern)
+
+  def items(self, units) -> Iterator[Item]:
+    for tar_path in units:
+      yield from tar_items(tar_path)
+
+
+def open_reader(source: str, *, path: str = "", annotations: str = "",
+                images: str = "", manifest: Optional[str] = None):
+  """The reader for `--source` (one of SOURCES) and its flags."""
+  if source == "coco_json":
+    return CocoJsonReader(annotations, images or path)
+  if source == "folder":
+    return FolderReader(path, manifest)
+  if source == "webdataset":
+    return WebDatasetReader(path)
+  raise ValueError(f"unknown --source {source!r}; expected one of "
+                   f"{', '.join(SOURCES)}")

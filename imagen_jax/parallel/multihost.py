@@ -94,6 +94,20 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Every process waits here until all have arrived (no-op in a single process).
+
+  A key-value barrier of the distributed runtime, not a device collective: on CPU clusters
+  the first collective of a program sets up a gloo context, which times out after 30 s, and
+  compile times differ across hosts by more than that (compile-cache hits, busy cores), so
+  the loop waits here after compiling, before the first step. `name` must be unique.
+  """
+  if jax.process_count() == 1:
+    return
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+
+
 def any_process(flag: bool) -> bool:
   """True on every process if `flag` is True on any (a collective: call on all processes)."""
   if jax.process_count() == 1:

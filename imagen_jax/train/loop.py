@@ -251,6 +251,7 @@ def _run(config, workdir_path, task, mesh, mode, tx, lr_schedule, state, state_s
                f"{flops:.3g}" if flops else "n/a", flops_lib.peak_tflops() or "n/a",
                jax.devices()[0].device_kind)
 
+  multihost.barrier(f"imagen_jax_train_step_compiled_{step}")
   evals, eval_params = _make_evaluators(config, task)
 
   history: list[dict] = []

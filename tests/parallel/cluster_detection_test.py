@@ -2,6 +2,7 @@
 SLURM, Open MPI) gets `jax.distributed.initialize()`; a plain or single-task run gets none.
 The SLURM case is run for real: two local processes with the variables `srun` sets."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -56,8 +57,21 @@ print("RESULT", jax.process_count(), jax.device_count(), sorted(np.asarray(ids).
 """
 
 
+def _job_id_with_free_port():
+  """A SLURM job id whose coordinator port (JAX: 61440 + id mod 4096) is free here."""
+  for k in range(4096):
+    job_id = (os.getpid() + 7 * k) % 4096 + 1
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+      try:
+        s.bind(("127.0.0.1", 61440 + job_id % 4096))
+        return job_id
+      except OSError:
+        continue
+  raise RuntimeError("no free port in 61440-65535")
+
+
 def test_two_slurm_tasks_initialise_themselves(clean_env):
-  job_id = str(os.getpid() % 4000 + 1)  # JAX derives the coordinator port from the job id
+  job_id = str(_job_id_with_free_port())
   env = {k: v for k, v in os.environ.items() if k not in _VARS}
   env["XLA_FLAGS"] = ""
   env["JAX_PLATFORMS"] = "cpu"

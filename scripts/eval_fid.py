@@ -7,17 +7,21 @@ r"""FID of a trained cascade on COCO (Imagen's FID-30K protocol by default).
 
 30,000 captions are drawn from COCO 2014 val without replacement with `--seed`; the cascade
 samples them at the per-stage settings; samples and the drawn val images are resized to
-256x256 and compared with the FID Inception (pytorch-fid weights, local file only; see
+256x256 and compared with the FID Inception (pytorch-fid weights, a local or gs:// file; see
 docs/evaluation.md). Generation is sharded over hosts (`--num_processes`...) and resumable:
 rerun the same command after an interruption and finished shards are kept. The result is
-`<output_dir>/fid.json` (and `fid_vs_guidance.{json,md}` for a sweep).
+`<output_dir>/fid.json` (and `fid_vs_guidance.{json,md}` for a sweep). `--output_dir`,
+`--reference_cache_dir` and `--inception_weights` may be gs:// paths.
+
+Zero-shot: the protocol assumes the model never saw COCO. A stage whose saved config trained
+on COCO (`input.dataset` tfds:coco_captions or coco_json, or a COCO annotations/path) is
+logged as a warning and marked in fid.json (`"trained_on_coco": true`).
 
 Per-stage settings take one value (all stages) or a comma-separated list, one per stage.
 `--guidance_sweep` overrides the *base* stage's guidance scale with each value in turn.
 """
 import dataclasses
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -103,6 +107,7 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   from imagen_jax import sampling  # pylint: disable=import-outside-toplevel
   from imagen_jax.evaluation import coco_fid  # pylint: disable=import-outside-toplevel
+  from imagen_jax.storage import paths  # pylint: disable=import-outside-toplevel
 
   workdirs = [w for w in (_BASE.value, _SR256.value, _SR1024.value) if w]
   if not workdirs:
@@ -120,6 +125,10 @@ def main(argv):
   harness.draw()  # validates num_samples against the source before loading stages
 
   stages = [sampling.load_stage(w) for w in workdirs]
+  coco_trained = {s.workdir: why for s in stages if (why := coco_fid.coco_training(s.config))}
+  for workdir, why in coco_trained.items():
+    logging.warning("stage %s was trained on COCO (%s): zero-shot COCO FID assumes the model "
+                    "never saw COCO; this FID is not comparable to Imagen's", workdir, why)
   per = {k: _per_stage(k, len(stages)) for k in _PER_STAGE}
   settings = [sampling.StageSettings.from_config(s.config.sampling,
                                                  **{k: per[k][i] for k in per})
@@ -139,25 +148,26 @@ def main(argv):
     record = {"stages": [{"workdir": s.workdir, "checkpoint_step": s.step,
                           "model": f"{s.config.model.name}/{s.config.model.variant}",
                           **dataclasses.asdict(st)} for s, st in zip(stages, run_settings)],
-              "base_guidance_scale": run_settings[0].guidance_scale}
+              "base_guidance_scale": run_settings[0].guidance_scale,
+              "trained_on_coco": bool(coco_trained)}
     result = harness.evaluate(sample_fn, name, record, save_images=_SAVE_IMAGES.value)
     if result is not None:
       results.append(result)
       print(f"{name}: FID-{result['counts']['samples']} = {result['fid']:.4f} "
             f"({result['counts']['shards_reused']} shards reused)")
   if jax.process_index() == 0:
-    out = {"runs": results}
+    out = {"runs": results, "trained_on_coco": bool(coco_trained),
+           "stages_trained_on_coco": coco_trained}
     if sweep is not None:
       table = [{"base_guidance_scale": r["settings"]["base_guidance_scale"], "fid": r["fid"]}
                for r in results]
       out["fid_vs_guidance"] = table
-      coco_fid.write_json(os.path.join(_OUT.value, "fid_vs_guidance.json"), table)
-      with open(os.path.join(_OUT.value, "fid_vs_guidance.md"), "w", encoding="utf-8") as f:
-        f.write(_table(results))
-    with open(os.path.join(_OUT.value, "fid.json"), "w", encoding="utf-8") as f:
-      json.dump(out, f, indent=1, sort_keys=True)
-    print(json.dumps({"output": os.path.join(_OUT.value, "fid.json"),
-                      "fid": {r["name"]: r["fid"] for r in results}}))
+      coco_fid.write_json(coco_fid.join(_OUT.value, "fid_vs_guidance.json"), table)
+      paths.write_atomic(coco_fid.join(_OUT.value, "fid_vs_guidance.md"), _table(results))
+    coco_fid.write_json(coco_fid.join(_OUT.value, "fid.json"), out)
+    print(json.dumps({"output": coco_fid.join(_OUT.value, "fid.json"),
+                      "fid": {r["name"]: r["fid"] for r in results},
+                      "trained_on_coco": bool(coco_trained)}))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,17 @@ from absl import app
 from absl import flags
 
 from imagen_jax import sampling
+from imagen_jax.storage import paths
 
 _BASE = flags.DEFINE_string("workdir_base", None, "Base stage workdir.")
 _SR256 = flags.DEFINE_string("workdir_sr256", None, "First SR stage workdir.")
 _SR1024 = flags.DEFINE_string("workdir_sr1024", None, "Second SR stage workdir.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
-_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "One prompt a line.")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None,
+                                    "One prompt a line (local or gs://).")
 _NUM = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_OUT = flags.DEFINE_string("outdir", "samples", "Output directory.")
+_OUT = flags.DEFINE_string("outdir", "samples", "Output directory (local or gs://).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per device batch.")
 _PER_STAGE = {
     "sampler": flags.DEFINE_string("sampler", None, "ddpm|ddim|dpmpp_2m"),
@@ -59,8 +61,8 @@ def main(argv):
     raise app.UsageError("give at least --workdir_base")
   prompts = list(_PROMPT.value)
   if _PROMPTS_FILE.value:
-    with open(_PROMPTS_FILE.value) as f:
-      prompts += [line.strip() for line in f if line.strip()]
+    text = paths.path(_PROMPTS_FILE.value).read_text()
+    prompts += [line.strip() for line in text.splitlines() if line.strip()]
   if not prompts:
     raise app.UsageError("no prompts: give --prompt or --prompts_file")
   if _NUM.value < 1:

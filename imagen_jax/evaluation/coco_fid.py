@@ -20,7 +20,12 @@ Protocol (Imagen §4.1, following GLIDE / DALL-E / Make-A-Scene):
 
 Directory layout: `out_dir/captions.json` (the draw: seed, indices, captions, hashes),
 `out_dir/<name>/shards/shard-XXXXX.npz`, `out_dir/<name>/result.json`; several settings
-(e.g. a guidance sweep) share one draw and one reference.
+(e.g. a guidance sweep) share one draw and one reference. `out_dir` and `cache_dir` may be
+remote (`gs://...`, through `imagen_jax.storage.paths`): every file is written whole (a
+local one to a temporary name, then renamed; a remote one in one upload).
+
+Zero-shot: Imagen's COCO FID is of a model that never saw COCO. `coco_training(config)` says
+whether a stage's saved config trained on COCO, so a caller can warn.
 """
 
 import concurrent.futures
@@ -38,6 +43,7 @@ from imagen_jax.data import preprocess
 from imagen_jax.evaluation import fid
 from imagen_jax.evaluation import inception
 from imagen_jax.parallel import multihost
+from imagen_jax.storage import paths
 
 SampleFn = Callable[[list, int], np.ndarray]
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
@@ -125,11 +131,39 @@ def _captions_hash(captions: Sequence[str]) -> str:
   return _sha(json.dumps(list(captions)).encode())
 
 
+def join(base: str, *parts: str) -> str:
+  """`base/part/...` for a local or remote (`gs://`) base, as a string."""
+  return os.fspath(paths.path(base).joinpath(*parts))
+
+
 def write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  """Writes `obj` as JSON to a local or remote path, whole (`paths.write_atomic`)."""
+  paths.write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def read_json(path: str) -> Any:
+  return json.loads(paths.path(path).read_text())
+
+
+_COCO_DATASETS = ("coco_json",)
+
+
+def coco_training(config) -> Optional[str]:
+  """Why a stage's saved config (its `input` group) trained on COCO, or None.
+
+  COCO when `input.dataset` is `tfds:coco*` or `coco_json`, or when its `annotations` or
+  `path` mention "coco". Zero-shot COCO FID (Imagen's protocol) assumes the model never saw
+  COCO, so such a result is not comparable to the paper's.
+  """
+  inp = config.get("input") or {}  # a ConfigDict or the saved JSON's dict
+  dataset = str(inp.get("dataset") or "")
+  if dataset.lower().startswith("tfds:coco") or dataset in _COCO_DATASETS:
+    return f"input.dataset={dataset!r}"
+  for key in ("annotations", "path"):
+    value = inp.get(key)
+    if isinstance(value, str) and "coco" in value.lower():
+      return f"input.{key}={value!r}"
+  return None
 
 
 class CocoFid:
@@ -149,7 +183,7 @@ class CocoFid:
     self.extractor = extractor
     self.out_dir = out_dir
     self.protocol = protocol
-    self.cache_dir = cache_dir or os.path.join(out_dir, "reference_cache")
+    self.cache_dir = cache_dir or join(out_dir, "reference_cache")
     self.process_index, self.process_count = int(process_index), int(process_count)
     self.barrier = barrier
     self._draw = None
@@ -175,12 +209,11 @@ class CocoFid:
     """The drawn records and captions (`out_dir/captions.json`), made once by process 0."""
     if self._draw is not None:
       return self._draw
-    path = os.path.join(self.out_dir, "captions.json")
+    path = join(self.out_dir, "captions.json")
     p = self.protocol
     expect = {"seed": p.seed, "num_samples": p.num_samples, "resolution": p.resolution,
               "source": self.source.name}
-    if self.process_index == 0 and not os.path.exists(path):
-      os.makedirs(self.out_dir, exist_ok=True)
+    if self.process_index == 0 and not paths.path(path).exists():
       indices = self._indices()
       start = time.perf_counter()
       pixels, captions = hashlib.sha256(), []
@@ -197,8 +230,7 @@ class CocoFid:
       logging.info("drew %d captions from %s in %.1fs", len(captions), self.source.name,
                    time.perf_counter() - start)
     self.barrier("coco_fid_draw")
-    with open(path, encoding="utf-8") as f:
-      draw = json.load(f)
+    draw = read_json(path)
     mismatch = {k: (draw.get(k), v) for k, v in expect.items() if draw.get(k) != v}
     if mismatch:
       raise ValueError(f"{path} was made with different settings (found, wanted): {mismatch}; "
@@ -217,8 +249,8 @@ class CocoFid:
     if self._ref is not None:
       return self._ref
     d = self.draw()
-    path = os.path.join(self.cache_dir, f"coco_ref_{self.reference_key()}.npz")
-    if self.process_index == 0 and not os.path.exists(path):
+    path = join(self.cache_dir, f"coco_ref_{self.reference_key()}.npz")
+    if self.process_index == 0 and not paths.path(path).exists():
       start = time.perf_counter()
       feats, pixels = [], hashlib.sha256()
 
@@ -233,8 +265,7 @@ class CocoFid:
                          f"{self.out_dir}/captions.json was written; use a new output directory")
       feats = np.concatenate(feats)
       if len(feats) <= inception.FEATURE_DIM:  # small runs: exact, cheap feature-form FID
-        os.makedirs(self.cache_dir, exist_ok=True)
-        np.save(path[:-4] + "_features.npy", feats)
+        fid.save_npy(path[:-4] + "_features.npy", feats)
       mu, sigma = fid.statistics(feats)
       fid.save_statistics(path, mu, sigma, len(d["indices"]),
                           {"source": self.source.name, "pixels_sha256": d["reference_pixels_sha256"],
@@ -256,15 +287,15 @@ class CocoFid:
     return [(k, caps[lo:lo + size]) for k, lo in enumerate(range(0, len(caps), size))]
 
   def _shard_path(self, run_dir: str, k: int) -> str:
-    return os.path.join(run_dir, "shards", f"shard-{k:05d}.npz")
+    return join(run_dir, "shards", f"shard-{k:05d}.npz")
 
   def _load_shard(self, path: str, captions: Sequence[str]) -> Optional[np.ndarray]:
-    if not os.path.exists(path):
-      return None
     try:
-      with np.load(path, allow_pickle=False) as z:
-        ok = str(z["captions_sha256"]) == _captions_hash(captions)
-        feats = z["features"]
+      z = fid.load_npz(path)
+      ok = str(z["captions_sha256"]) == _captions_hash(captions)
+      feats = z["features"]
+    except FileNotFoundError:
+      return None
     except (OSError, ValueError, KeyError) as e:
       logging.warning("ignoring unreadable shard %s (%s)", path, e)
       return None
@@ -274,7 +305,8 @@ class CocoFid:
 
   def generate(self, sample_fn: SampleFn, run_dir: str, save_images: bool = False) -> dict:
     """Generates this process's missing shards; returns counts and timings."""
-    os.makedirs(os.path.join(run_dir, "shards"), exist_ok=True)
+    if not paths.is_remote(run_dir):
+      os.makedirs(os.path.join(run_dir, "shards"), exist_ok=True)
     p = self.protocol
     reused = generated = 0
     seconds = 0.0
@@ -300,11 +332,9 @@ class CocoFid:
       sample_res = images.shape[1]
       images = to_resolution(images, p.resolution)
       feats = self.extractor(images)
-      tmp = f"{path}.tmp-{os.getpid()}.npz"
       extra = {"images": images} if save_images else {}
-      np.savez(tmp, features=feats, captions_sha256=_captions_hash(captions),
-               rng_seed=seed_for_shard(p.seed, k), **extra)
-      os.replace(tmp, path)
+      fid.save_npz(path, features=feats, captions_sha256=_captions_hash(captions),
+                   rng_seed=seed_for_shard(p.seed, k), **extra)
       generated += 1
       seconds += time.perf_counter() - start
       logging.info("shard %d: %d samples in %.1fs", k, len(captions),
@@ -319,7 +349,7 @@ class CocoFid:
     start = time.perf_counter()
     d = self.draw()
     ref = self.reference()
-    run_dir = os.path.join(self.out_dir, name)
+    run_dir = join(self.out_dir, name)
     stats = self.generate(sample_fn, run_dir, save_images)
     self.barrier(f"coco_fid_generate_{name}")
     if self.process_index != 0:
@@ -334,8 +364,8 @@ class CocoFid:
       feats.append(f)
     feats = np.concatenate(feats)
     ref_feats = ref_path[:-4] + "_features.npy"
-    if len(feats) <= inception.FEATURE_DIM and os.path.exists(ref_feats):
-      value = fid.frechet_distance_from_features(feats, np.load(ref_feats))
+    if len(feats) <= inception.FEATURE_DIM and paths.path(ref_feats).exists():
+      value = fid.frechet_distance_from_features(feats, fid.load_npy(ref_feats))
     else:
       mu, sigma = fid.statistics(feats)
       value = fid.frechet_distance(mu, sigma, mu_ref, sigma_ref)
@@ -362,5 +392,5 @@ class CocoFid:
         "seconds": {"generation_this_process": stats["seconds"],
                     "total": time.perf_counter() - start},
     }
-    write_json(os.path.join(run_dir, "result.json"), result)
+    write_json(join(run_dir, "result.json"), result)
     return result

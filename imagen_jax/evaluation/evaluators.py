@@ -55,8 +55,9 @@ class FidEvaluator:
   dataset="shapes": records are shapes-world scenes of `split` rendered at `resolution`;
   dataset="coco": COCO 2014 val through `annotations` + `image_dir` or `tfds_name`
   (in `data_dir`; drawn without replacement, as in `coco_fid`). Captions and reference statistics are
-  made once, on the first run. `inception_weights` is a pytorch-fid .pth / .npz path, or
-  "random:SEED" for tests (then the value is not an FID).
+  made once, on the first run. `inception_weights` is a pytorch-fid .pth / .npz path (local
+  or gs://, copied into the local cache once), or "random:SEED" for tests (then the value
+  is not an FID).
   """
 
   def __init__(self, sample_fn: SampleFn, *, resolution: int, num_samples: int = 1000,

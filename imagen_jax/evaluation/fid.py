@@ -14,14 +14,19 @@ rank-deficient covariances of fewer than D + 1 samples, where `sqrtm` of the
 non-symmetric product can fail or return large imaginary parts.
 
 `save_statistics` / `load_statistics` read and write `.npz` files with `mu`,
-`sigma`, `count` and free-form string metadata.
+`sigma`, `count` and free-form string metadata, at local or remote (`gs://`) paths;
+`save_npz` / `load_npz` / `save_npy` / `load_npy` do the same for any arrays (through
+memory: a local file is written to a temporary name and renamed, a remote one is one upload).
 """
 
+import io
 import json
 import os
 from typing import Mapping, Optional
 
 import numpy as np
+
+from imagen_jax.storage import paths
 
 
 def statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -98,20 +103,42 @@ def frechet_distance_from_features(features1, features2) -> float:
   return max(value, 0.0)
 
 
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+  """`np.savez(path, **arrays)`, written whole (see `paths.write_atomic`); local or remote."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  paths.write_atomic(path, buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All arrays of an `.npz` (no pickles), read whole; FileNotFoundError when missing."""
+  data = paths.path(path).read_bytes()
+  with np.load(io.BytesIO(data), allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def save_npy(path: str | os.PathLike, array) -> None:
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(array))
+  paths.write_atomic(path, buf.getvalue())
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+  return np.load(io.BytesIO(paths.path(path).read_bytes()), allow_pickle=False)
+
+
 def save_statistics(path: str, mu, sigma, count: int,
                     metadata: Optional[Mapping[str, str]] = None) -> None:
-  """Writes mu/sigma/count (+ JSON metadata) to `path` atomically."""
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+  """Writes mu/sigma/count (+ JSON metadata) to `path` (local or remote) atomically."""
+  save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
            count=np.int64(count), metadata=json.dumps(dict(metadata or {}), sort_keys=True))
-  os.replace(tmp, path)
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray, int, dict]:
   """(mu, sigma, count, metadata) from a file written by `save_statistics`."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no FID statistics file at {path}")
-  with np.load(path, allow_pickle=False) as z:
-    return (z["mu"], z["sigma"], int(z["count"]),
-            json.loads(str(z["metadata"])) if "metadata" in z else {})
+  try:
+    z = load_npz(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"no FID statistics file at {path}") from None
+  return (z["mu"], z["sigma"], int(z["count"]),
+          json.loads(str(z["metadata"])) if "metadata" in z else {})

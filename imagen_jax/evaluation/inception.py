@@ -17,8 +17,10 @@ size batches sharded over the local devices.
 
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (read with
 `torch.load(..., weights_only=True)`; torch is imported only then) or the `.npz`
-that `scripts/convert_inception_weights.py` writes from it (same key names).
-Nothing is downloaded.
+that `scripts/convert_inception_weights.py` writes from it (same key names), at a local
+path or a remote one (`gs://...`: copied once into the local cache by
+`imagen_jax.storage.paths.local_copy`, since torch.load needs a local file). Nothing is
+downloaded from the internet.
 """
 
 import functools
@@ -30,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from imagen_jax.storage import paths
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
@@ -61,7 +65,16 @@ def _missing_weights_message(path: Optional[str]) -> str:
 
 
 def resolve_weights_path(path: Optional[str]) -> str:
-  """`path` if it exists, else the first default location that exists; else a clear error."""
+  """A local file with the weights: `path` if it exists (a remote `path` is copied into the
+  local cache first), else the first default location that exists; else a clear error."""
+  if path and paths.is_remote(path):
+    try:
+      local = paths.local_copy(path)
+    except FileNotFoundError:
+      raise WeightsNotFoundError(_missing_weights_message(path)) from None
+    if not local.is_file():
+      raise WeightsNotFoundError(f"{path} is a folder, not a weights file")
+    return os.fspath(local)
   if path:
     path = os.path.expanduser(path)
     if not os.path.exists(path):

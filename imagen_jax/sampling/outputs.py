@@ -1,14 +1,17 @@
-"""Writing samples: one PNG per image, a labelled grid, a settings JSON."""
+"""Writing samples: one PNG per image, a labelled grid, a settings JSON, to a local or
+remote (`gs://...`) folder."""
 
 import dataclasses
+import io
 import json
-import pathlib
 import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+
+from imagen_jax.storage import paths
 
 
 def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[str], *,
@@ -37,27 +40,33 @@ def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[str], *,
   return np.asarray(canvas)
 
 
+def _png(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
 def write_samples(outdir, prompts: Sequence[str], images: np.ndarray,
                   num_samples: int, settings: dict) -> dict:
   """Writes `outdir/{prompt:03d}_{sample:02d}.png`, `grid.png`, `samples.json`.
 
   `images` is [len(prompts) * num_samples, H, W, 3] uint8 ordered prompt-major.
+  `outdir` may be local or remote (`gs://...`); each file is written whole.
   Returns the JSON record (settings plus the file list).
   """
-  outdir = pathlib.Path(outdir)
-  outdir.mkdir(parents=True, exist_ok=True)
+  outdir = paths.path(outdir)
   files, labels = [], []
   for k, img in enumerate(images):
     p, s = divmod(k, num_samples)
     name = f"{p:03d}_{s:02d}.png"
-    Image.fromarray(img).save(outdir / name)
+    paths.write_atomic(outdir / name, _png(img))
     files.append({"file": name, "prompt": prompts[p], "sample": s})
     labels.append(prompts[p])
   grid = labelled_grid(images, labels, columns=max(num_samples, min(
       len(images), 8)) if num_samples > 1 else None)
-  Image.fromarray(grid).save(outdir / "grid.png")
+  paths.write_atomic(outdir / "grid.png", _png(grid))
   record = {**_jsonable(settings), "files": files, "grid": "grid.png"}
-  (outdir / "samples.json").write_text(json.dumps(record, indent=2))
+  paths.write_atomic(outdir / "samples.json", json.dumps(record, indent=2))
   return record
 
 

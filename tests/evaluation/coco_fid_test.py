@@ -133,3 +133,21 @@ def test_corrupt_reference_image_is_an_error_not_a_skip(make_coco, small_extract
                        coco_fid.Protocol(num_samples=4, resolution=RES, read_threads=1))
   with pytest.raises(ValueError, match="unreadable"):
     h.draw()
+
+
+@pytest.mark.parametrize("inp, why", [
+    ({"dataset": "tfds:coco_captions"}, "input.dataset='tfds:coco_captions'"),
+    ({"dataset": "coco_json", "annotations": "/d/a.json"}, "input.dataset='coco_json'"),
+    ({"dataset": "folder", "path": "/data/COCO/train2014"}, "input.path="),
+    ({"dataset": "tfds:other", "annotations": "gs://b/coco/captions_train2014.json"},
+     "input.annotations="),
+    ({"dataset": "shapes"}, None),
+    ({"dataset": "folder", "path": "/data/laion"}, None),
+    ({}, None),
+])
+def test_coco_training_from_the_saved_config(inp, why):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  for config in ({"input": inp}, ml_collections.ConfigDict({"input": inp})):
+    got = coco_fid.coco_training(config)
+    assert got == why if why is None else got.startswith(why), got
+  assert coco_fid.coco_training({}) is None

@@ -1,5 +1,8 @@
-"""Shared fixtures: a tiny COCO-format dataset and a small random-weight Inception."""
+"""Shared fixtures: a tiny COCO-format dataset, a small random-weight Inception, pytorch-fid
+state dicts of random weights, and stage workdirs of random params (no training)."""
+import importlib.util
 import json
+import pathlib
 import zlib
 
 import numpy as np
@@ -8,6 +11,52 @@ from PIL import Image
 
 from imagen_jax.data import shapes
 from imagen_jax.evaluation import inception
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+_BN_KEYS = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def state_dict_from_params(params) -> dict:
+  """The pytorch-fid state dict (key names, OIHW kernels) of Flax Inception params."""
+  import jax  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    *names, layer, leaf_name = [k.key for k in path]
+    value = np.asarray(leaf, np.float32)
+    if leaf_name == "kernel":
+      out[".".join(names + [layer, "weight"])] = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    else:
+      out[".".join(names + [layer, _BN_KEYS[leaf_name]])] = value
+  return out
+
+
+def write_stage_workdir(path, arg="stage=base,runlocal", seed=0, **config_overrides):
+  """A configs/shapes.py stage workdir with one checkpoint of random params; dotted
+  `config_overrides` (e.g. `{"input.dataset": "coco_json"}`) change the saved config."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from flax.core import meta  # pylint: disable=import-outside-toplevel
+  from imagen_jax import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
+  from imagen_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from imagen_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("shapes_cfg", ROOT / "configs" / "shapes.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  saved = config.to_dict()
+  for key, value in config_overrides.items():
+    *parents, leaf = key.split(".")
+    node = saved
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  pipe = pipeline_lib.StagePipeline.from_config(config)
+  params = meta.unbox(pipe.init(jax.random.PRNGKey(seed))["params"])
+  state = state_lib.create_train_state(params, optax.adam(1e-3), jax.random.PRNGKey(0))
+  ckpt = ckpt_lib.Checkpointer(path, every_steps=1, keep=1, async_save=False)
+  ckpt.save(1, state, data_state={}, config=saved, force=True)
+  ckpt.close()
+  return str(path)
 
 
 def write_tiny_coco(root, num_images=64, captions_per_image=5, seed=0):
@@ -67,3 +116,14 @@ def make_sample_fn():
 @pytest.fixture(scope="session")
 def make_coco():
   return write_tiny_coco
+
+
+@pytest.fixture(scope="session")
+def make_stage_workdir():
+  return write_stage_workdir
+
+
+@pytest.fixture(scope="session")
+def random_state_dict():
+  """pytorch-fid state dict of `inception.init_params(0)` (the `small_extractor` weights)."""
+  return state_dict_from_params(inception.init_params(0))

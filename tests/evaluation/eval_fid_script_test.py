@@ -3,8 +3,12 @@
 The slow test trains configs/shapes.py:stage=base,runlocal for 2 steps, runs the script with
 random Inception weights (75px input: not FID, just the machinery), SIGKILLs it after the
 first finished shard, reruns it and checks the finished shards were kept and reused.
+The gs:// test (a random-params stage, 2 sampler steps) writes the run to a bucket on
+fake-gcs-server with the Inception weights read from it, reruns and checks nothing was
+regenerated; the COCO test checks a COCO-trained stage is flagged.
 """
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -13,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -111,3 +116,70 @@ def test_script_end_to_end_killed_and_resumed(tiny_coco, base_workdir, tmp_path)
   assert [row["base_guidance_scale"] for row in table] == [1.0, 3.0]
   assert (out / "fid_vs_guidance.md").read_text().startswith("| base guidance w | FID |")
   print(done.stdout[-500:])
+
+
+def _bucket_objects(url):
+  """name -> generation of every object under a gs:// prefix."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  fs, bare = fsspec.core.url_to_fs(url)
+  fs.invalidate_cache()
+  return {name[len(bare) + 1:]: info["generation"]
+          for name, info in fs.find(bare, detail=True).items()}
+
+
+def test_script_on_a_bucket_resumes_from_it(tiny_coco, make_stage_workdir, random_state_dict,
+                                            gcs_bucket, tmp_path):
+  from imagen_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
+  from imagen_jax.storage import paths  # pylint: disable=import-outside-toplevel
+  workdir = make_stage_workdir(tmp_path / "base")
+  weights = f"{gcs_bucket}/weights/{inception.WEIGHTS_NAME}.npz"
+  buf = io.BytesIO()
+  np.savez(buf, **random_state_dict)
+  paths.path(weights).write_bytes(buf.getvalue())
+  out = f"{gcs_bucket}/fid"
+  env = {**_env(), paths.CACHE_ENV: str(tmp_path / "cache")}
+  args = _args(tiny_coco, out, workdir, inception_weights=weights, num_samples=8,
+               num_steps=2, sampler="ddim")
+  first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "trained on COCO" not in first.stderr
+  objects = _bucket_objects(out)
+  shards = sorted(k for k in objects if k.startswith("default/shards/"))
+  assert shards == [f"default/shards/shard-{k:05d}.npz" for k in range(2)]
+  assert {"fid.json", "captions.json", "default/result.json"} <= set(objects)
+  assert sum(k.startswith("reference_cache/coco_ref_") for k in objects) == 2  # .npz + .npy
+  assert not [k for k in objects if ".tmp" in k]
+  record = json.loads(paths.path(f"{out}/fid.json").read_text())
+  assert record["trained_on_coco"] is False and record["stages_trained_on_coco"] == {}
+  (run,) = record["runs"]
+  assert run["counts"]["shards_generated_now"] == 2 and run["counts"]["samples"] == 8
+  ident = inception.params_identity(inception.init_params(0))
+  assert run["hashes"]["inception"].startswith(ident)  # the weights file in the bucket
+  assert run == json.loads(paths.path(f"{out}/default/result.json").read_text())
+
+  again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  after = _bucket_objects(out)
+  assert {k: after[k] for k in shards} == {k: objects[k] for k in shards}  # not rewritten
+  (rerun,) = json.loads(paths.path(f"{out}/fid.json").read_text())["runs"]
+  assert rerun["counts"]["shards_reused"] == 2 and rerun["counts"]["shards_generated_now"] == 0
+  assert rerun["fid"] == run["fid"]
+
+
+def test_coco_trained_stage_is_flagged(tiny_coco, make_stage_workdir, tmp_path):
+  workdir = make_stage_workdir(
+      tmp_path / "coco_base", **{"input.dataset": "coco_json",
+                                 "input.annotations": "/data/coco/captions_train2014.json",
+                                 "input.path": "/data/coco/train2014"})
+  out = tmp_path / "fid"
+  proc = subprocess.run(_args(tiny_coco, out, workdir, num_samples=4, num_steps=1,
+                              sampler="ddim"), env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "was trained on COCO (input.dataset='coco_json')" in proc.stderr
+  assert "zero-shot COCO FID" in proc.stderr
+  record = json.loads((out / "fid.json").read_text())
+  assert record["trained_on_coco"] is True
+  assert record["stages_trained_on_coco"] == {workdir: "input.dataset='coco_json'"}
+  assert record["runs"][0]["settings"]["trained_on_coco"] is True
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["trained_on_coco"] is True

@@ -30,12 +30,12 @@ Args (`:k=v,...`):
 
 From the paper (`variant=paper`): the 2B U-Net (models/registry.py), frozen
 T5-XXL text embeddings, batch 2048, Adafactor with lr 1e-4 after 10k linear
-warm-up steps (constant afterwards), 2.5M steps, the cosine noise schedule,
-10% caption dropout for classifier-free guidance, EMA 0.9999, dynamic
-thresholding at the 99.5th percentile. Ours (the paper does not say):
-gradient clipping at 1.0, 128 text tokens, bfloat16 compute, the FSDP axis
-size, the sampler step count and the default guidance weight (the paper
-sweeps the guidance weight).
+warm-up steps (constant afterwards), 2.5M steps, 10% caption dropout for
+classifier-free guidance, dynamic thresholding at the 99.5th percentile.
+Ours (not confirmed in the paper): the cosine noise schedule (Nichol & Dhariwal's,
+as imagen-pytorch's base stage), EMA decay 0.9999, gradient clipping at 1.0,
+128 text tokens, bfloat16 compute, the FSDP axis size, the sampler step count
+and the default guidance weight (the paper sweeps the guidance weight).
 """
 
 from imagen_jax import config_check

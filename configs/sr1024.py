@@ -25,12 +25,12 @@ From the paper (`variant=paper`): the ~400M Efficient U-Net without
 self-attention (T5-XXL text cross-attention at the lowest level only), trained
 on 256x256 crops of the 1024x1024 target with the matching 64x64 crops of the
 256x256 low-res image (the network is convolutional, so it samples at full
-size), batch 2048, Adam with lr 1e-4 after 10k linear warm-up steps, the linear
-noise schedule for the super-resolution stages (the base uses cosine), 10%
+size), batch 2048, Adam with lr 1e-4 after 10k linear warm-up steps, 10%
 caption dropout, and noise-conditioning augmentation: the low-res input is
 noised to a level drawn uniformly from [0, 1] during training, and the level
-is given to the network. Ours (the paper does not say): gradient clipping at
-1.0, 128 text tokens, bfloat16 compute, the FSDP axis size, the schedule of
+is given to the network. Ours (not confirmed in the paper): the linear noise
+schedule (as imagen-pytorch's SR stages, `beta_schedules=('cosine', 'linear')`; the
+base uses cosine), EMA decay 0.9999, gradient clipping at 1.0, 128 text tokens, bfloat16 compute, the FSDP axis size, the schedule of
 the augmentation noise (linear, as imagen-pytorch), 2.5M steps (as the base),
 and the sampling defaults (the paper sweeps the augmentation level at
 sampling time).

@@ -5,12 +5,15 @@ A schedule is defined by its log signal-to-noise ratio log_snr(t) =
 log(alpha^2 / sigma^2), which is strictly decreasing in t; with variance
 preservation alpha^2 = sigmoid(log_snr) and sigma^2 = sigmoid(-log_snr).
 
-Both of Imagen's schedules are provided:
+The two schedules Imagen implementations use (configs/: cosine for the base stage,
+linear for both super-resolution stages, as imagen-pytorch's examples. We could not
+confirm a per-stage schedule in the paper, so the stage configs list it among their own
+choices, not the paper's):
 
-* ``cosine`` (Nichol & Dhariwal 2021; Imagen's base and 64->256 stages):
+* ``cosine`` (Nichol & Dhariwal 2021):
   alpha_bar(t) = cos^2(pi/2 * (t + s) / (1 + s)) with s=0.008, i.e.
   log_snr(t) = -log(cos(.)^-2 - 1).
-* ``linear`` (Imagen's 256->1024 stage): the continuous limit of DDPM's linear
+* ``linear``: the continuous limit of DDPM's linear
   beta schedule from 1e-4 to 0.02 over 1000 steps, i.e. the VP-SDE with
   beta(t) = beta_0 + t (beta_1 - beta_0), beta_0=0.1, beta_1=20:
   log_snr(t) = -log(expm1(beta_0 t + (beta_1 - beta_0) t^2 / 2)).

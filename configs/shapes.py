@@ -72,6 +72,7 @@ def get_config(arg=None):
   c.input.dataset = "shapes"
   c.input.split = "train"                  # held-out colour/shape pairs unseen
   c.input.max_objects = arg.objects
+  c.input.path = ""                        # dataset=folder: an image folder instead
   c.input.resolution = res
   c.input.lowres_resolution = lowres
   c.input.cond_drop_prob = 0.1

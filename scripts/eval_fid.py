@@ -54,6 +54,9 @@ _INC_DTYPE = flags.DEFINE_enum("inception_dtype", "float32", ["float32", "bfloat
 _INC_SIZE = flags.DEFINE_integer("inception_image_size", 299,
                                  "Inception input size; anything but 299 is for tests only.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Sampler batch size.")
+_TEXT_ENCODER = flags.DEFINE_string(
+    "text_encoder", None, "T5 directory (local or gs://) or built-in name instead of the "
+    "one saved in the stages' configs (width checked against every stage).")
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Keep the 256px samples in the shards.")
 _SWEEP = flags.DEFINE_string("guidance_sweep", None, "Base guidance scales, e.g. 1,1.35,2,3.")
 _PER_STAGE = {
@@ -135,7 +138,8 @@ def main(argv):
               for i, s in enumerate(stages)]
   # Each host samples its own shards on its own devices.
   sampler = sampling.CascadeSampler(stages, settings, batch_size=_BATCH.value,
-                                    devices=jax.local_devices())
+                                    devices=jax.local_devices(),
+                                    text_encoder=_TEXT_ENCODER.value)
   runs = [(None, settings)] if sweep is None else [
       (w, [dataclasses.replace(settings[0], guidance_scale=w)] + settings[1:]) for w in sweep]
   results = []

@@ -4,6 +4,9 @@ r"""Cascade sampling CLI: prompts -> PNGs, a labelled grid and a settings JSON.
       --workdir_sr256 /tmp/shapes/sr1 --prompt "a large red circle on the left" \
       --num_samples 4 --guidance_scale 3 --outdir /tmp/samples
 
+`--text_encoder DIR` replaces the T5 saved in the stages' configs (e.g. a copy at
+another path, or gs://...); its embedding width is checked against every stage.
+
 Per-stage settings take one value (all stages) or a comma-separated list with
 one value per stage, e.g. `--guidance_scale 5,1 --sampler ddpm,ddim`.
 """
@@ -26,6 +29,9 @@ _NUM = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUT = flags.DEFINE_string("outdir", "samples", "Output directory (local or gs://).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per device batch.")
+_TEXT_ENCODER = flags.DEFINE_string(
+    "text_encoder", None, "T5 directory (local or gs://) or built-in name to use instead "
+    "of the one saved in the stages' configs; its width must match every stage's.")
 _PER_STAGE = {
     "sampler": flags.DEFINE_string("sampler", None, "ddpm|ddim|dpmpp_2m"),
     "num_steps": flags.DEFINE_string("num_steps", None, "Sampler steps."),
@@ -73,7 +79,8 @@ def main(argv):
       s.config.sampling, **{k: per[k][i] for k in per})
               for i, s in enumerate(stages)]
   sampler = sampling.CascadeSampler(stages, settings,
-                                    batch_size=_BATCH.value)
+                                    batch_size=_BATCH.value,
+                                    text_encoder=_TEXT_ENCODER.value)
   expanded = [p for p in prompts for _ in range(_NUM.value)]
   start = time.perf_counter()
   images = sampler.sample(expanded, seed=_SEED.value)
@@ -83,6 +90,7 @@ def main(argv):
       "stages": [{"workdir": s.workdir, "checkpoint_step": s.step,
                   "model": f"{s.config.model.name}/{s.config.model.variant}",
                   "settings": st} for s, st in zip(stages, settings)],
+      "text_encoder": _TEXT_ENCODER.value,
       "seconds": seconds,
   }
   sampling.write_samples(_OUT.value, prompts, images[-1], _NUM.value, record)

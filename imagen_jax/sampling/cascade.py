@@ -121,13 +121,28 @@ def check_chain(stages: Sequence[Stage]):
 
 
 class CascadeSampler:
-  """Samples 1-3 chained stages for a list of prompts."""
+  """Samples 1-3 chained stages for a list of prompts (each stage with the text encoder
+  saved in its config, or all with `text_encoder`)."""
 
   def __init__(self, stages: Sequence[Stage],
                settings: Optional[Sequence[StageSettings]] = None,
-               *, batch_size: int = 16, devices=None):
+               *, batch_size: int = 16, devices=None,
+               text_encoder: Optional[str] = None):
+    """`text_encoder` (a built-in name, or a local or `gs://` T5 directory) replaces the
+    encoder saved in every stage's config; its width is checked against each stage's
+    model here, before anything is loaded or compiled."""
     check_chain(stages)
     self.stages = list(stages)
+    self.text_encoder = text_encoder
+    if text_encoder is not None:
+      for i, s in enumerate(self.stages):
+        spec = text_lib.describe_encoder(text_encoder,
+                                         max_length=s.config.text.get("max_length"))
+        if spec.dim != s.pipeline.model.text_dim:
+          raise ValueError(
+              f"--text_encoder {text_encoder!r} gives {spec.dim}-dim embeddings but stage "
+              f"{i} ({s.workdir}) was trained with text_dim="
+              f"{s.pipeline.model.text_dim} (encoder {s.config.text.encoder!r})")
     if settings is None:
       settings = [StageSettings.from_config(s.config.sampling) for s in stages]
     if len(settings) != len(stages):
@@ -151,7 +166,7 @@ class CascadeSampler:
     return cls([load_stage(w) for w in workdirs], settings, **kw)
 
   def encoder(self, i):
-    name = self.stages[i].config.text.encoder
+    name = self.text_encoder or self.stages[i].config.text.encoder
     max_length = self.stages[i].config.text.get("max_length")
     key = (name, max_length)
     if key not in self._encoders:

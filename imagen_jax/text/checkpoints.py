@@ -43,13 +43,17 @@ params plus the largest tensor (well under 2x for T5-XXL's 4.6B encoder).
 """
 
 import difflib
+import hashlib
 import json
+import os
 import pathlib
 import re
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from imagen_jax.storage import paths
+from imagen_jax.text import remote
 from imagen_jax.text import t5
 
 CONFIG_FILE = "config.json"
@@ -206,6 +210,18 @@ class _TensorStoreSource(TensorSource):
     return np.asarray(leaf)
 
 
+def kvstore(p) -> dict:
+  """A TensorStore kvstore spec for a local path or a `gs://bucket/path` (read in place;
+  the gcs driver honours `TENSORSTORE_GCS_HTTP_URL`)."""
+  s = os.fspath(p)
+  if s.startswith("gs://"):
+    bucket, _, key = s[len("gs://"):].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": key}
+  if paths.is_remote(s):
+    raise CheckpointError(f"{s}: t5x checkpoints are read from local disk or gs:// only")
+  return {"driver": "file", "path": s}
+
+
 def _legacy_t5x_source(ckpt_dir: pathlib.Path) -> TensorSource:
   from flax import serialization  # pylint: disable=import-outside-toplevel
   path = ckpt_dir / "checkpoint"
@@ -227,11 +243,15 @@ def _legacy_t5x_source(ckpt_dir: pathlib.Path) -> TensorSource:
     # Relative paths are relative to the checkpoint directory; gcs/gfile
     # drivers of a copied checkpoint are mapped onto the local file.
     rel = kv.get("path", "")
-    local = pathlib.Path(rel)
-    if not local.is_absolute() or not local.exists():
-      local = ckpt_dir / local.name if kv.get("driver") == "gcs" else (
-          ckpt_dir / rel)
-    new_kv = {"driver": "file", "path": str(local)}
+    if paths.is_remote(ckpt_dir):  # read in place by tensorstore's gcs driver
+      name = pathlib.PurePosixPath(rel).name if kv.get("driver") == "gcs" else rel
+      new_kv = kvstore(ckpt_dir / name)
+    else:
+      local = pathlib.Path(rel)
+      if not local.is_absolute() or not local.exists():
+        local = ckpt_dir / local.name if kv.get("driver") == "gcs" else (
+            ckpt_dir / rel)
+      new_kv = {"driver": "file", "path": str(local)}
     if "kvstore" in spec:
       spec["kvstore"] = new_kv
     else:
@@ -256,11 +276,13 @@ def _orbax_source(ckpt_dir: pathlib.Path) -> TensorSource:
         "value_metadata", {}).get("skip_deserialize", False):
       continue
     ts_name = ".".join(names)
+    base = ckpt_dir if paths.is_remote(ckpt_dir) else pathlib.Path(ckpt_dir).resolve()
     if use_ocdbt:
-      kv = {"driver": "ocdbt", "base": f"file://{ckpt_dir.resolve()}/",
-            "path": ts_name}
+      base_kv = kvstore(base)
+      base_kv["path"] = base_kv["path"].rstrip("/") + "/"
+      kv = {"driver": "ocdbt", "base": base_kv, "path": ts_name}
     else:
-      kv = {"driver": "file", "path": str(ckpt_dir.resolve() / ts_name)}
+      kv = kvstore(base / ts_name)
     leaves["/".join(names)] = {"driver": driver, "kvstore": kv}
   return _TensorStoreSource(str(ckpt_dir), leaves)
 
@@ -510,6 +532,92 @@ def _index_files(path: pathlib.Path, index_name: str) -> list[pathlib.Path]:
     raise CheckpointError(
         f"{path / index_name}: lists shard files that are missing: {missing}")
   return [path / f for f in files]
+
+
+# --------------------------------------------------------------------------
+# Fingerprints: what identifies a checkpoint's weights without reading them.
+
+FULL_HASH_BYTES = 16 << 20   # files up to this size are hashed whole
+SAMPLE_BYTES = 64 << 10      # else: the first MiB and this much at SAMPLES offsets
+SAMPLES = 16
+
+
+def _file_sizes(root) -> dict[str, int]:
+  """{relative name: size} of every file under `root` (one listing call when remote)."""
+  s = os.fspath(root)
+  if paths.is_remote(s):
+    import fsspec  # pylint: disable=import-outside-toplevel
+    remote.ensure_gcsfs()
+    fs, bare = fsspec.core.url_to_fs(s)
+    bare = bare.rstrip("/")
+    return {k[len(bare) + 1:]: int(v.get("size") or 0)
+            for k, v in fs.find(bare, detail=True).items() if v.get("type") != "directory"}
+  out = {}
+  for dirpath, _, files in os.walk(s):
+    for f in files:
+      full = os.path.join(dirpath, f)
+      out[os.path.relpath(full, s)] = os.path.getsize(full)
+  return out
+
+
+def _read_range(p, start: int, end: int) -> bytes:
+  s = os.fspath(p)
+  if paths.is_remote(s):
+    import fsspec  # pylint: disable=import-outside-toplevel
+    fs, bare = fsspec.core.url_to_fs(s)
+    return fs.cat_file(bare, start=start, end=end)
+  with open(s, "rb") as f:
+    f.seek(start)
+    return f.read(end - start)
+
+
+def _file_sample(p, size: int, hasher) -> None:
+  if size <= FULL_HASH_BYTES:
+    hasher.update(_read_range(p, 0, size))
+    return
+  hasher.update(_read_range(p, 0, 1 << 20))  # safetensors/zip headers live here
+  for i in range(SAMPLES):
+    start = (1 << 20) + (size - (1 << 20) - SAMPLE_BYTES) * i // (SAMPLES - 1)
+    hasher.update(_read_range(p, start, start + SAMPLE_BYTES))
+
+
+def weights_fingerprint(root, files: Iterable[str] | None = None, *,
+                        max_sampled: int | None = None) -> str:
+  """A hash of the weight files under `root` (or only `files`, relative names): their
+  names, sizes, and contents (whole up to 16 MiB, else the first MiB and 16 chunks of
+  64 KiB spread over the file) -- a few MiB read per file, never the whole weights, so
+  any re-training or conversion (every tensor changes) changes it. With `max_sampled`,
+  only that many of the largest files are sampled (t5x: thousands of chunk files)."""
+  sizes = _file_sizes(root)
+  names = sorted(sizes) if files is None else sorted(files)
+  h = hashlib.sha256()
+  h.update(json.dumps([(n, sizes.get(n)) for n in names]).encode())
+  sampled = names
+  if max_sampled is not None:
+    sampled = sorted(sorted(names, key=lambda n: (-sizes.get(n, 0), n))[:max_sampled])
+  for n in sampled:
+    if sizes.get(n) is None:
+      raise CheckpointError(f"{root}: weight file {n} is missing")
+    h.update(n.encode())
+    _file_sample(remote.path(root) / n, sizes[n], h)
+  return h.hexdigest()
+
+
+def hf_weight_files(path) -> list[str]:
+  """The weight files `hf_weight_source` would read (names relative to `path`)."""
+  if (path / "model.safetensors").is_file():
+    return ["model.safetensors"]
+  for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    if (path / index).is_file():
+      weight_map = json.loads((path / index).read_text()).get("weight_map", {})
+      return [index] + sorted(set(weight_map.values()))
+  shards = sorted(p.name for p in path.glob("model-*-of-*.safetensors"))
+  if shards:
+    return shards
+  if (path / "pytorch_model.bin").is_file():
+    return ["pytorch_model.bin"]
+  hf_weight_source(path)  # raises "no weights found"
+  raise AssertionError("unreachable")
 
 
 def hf_weight_source(path: pathlib.Path) -> TensorSource:

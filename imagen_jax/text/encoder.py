@@ -8,12 +8,16 @@ Inside a larger jitted function use the pure ``enc.encode_fn(enc.params, ids,
 mask)`` (params passed as an argument, never closed over) with ids from
 ``enc.tokenize``. ``enc.identity`` is a stable hash of everything that
 determines the embeddings (architecture, weights, tokenizer vocabulary,
-max_length, compute dtype); the embedding cache keys on it.
+max_length, compute dtype); the embedding cache keys on it. `describe_encoder`
+gives the config, dim and a cheap ``fingerprint`` of the same without reading the
+weights (a trainer with a filled cache needs nothing more).
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
+import os
 import pathlib
 from typing import Any, Sequence
 
@@ -22,7 +26,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from imagen_jax.storage import paths
 from imagen_jax.text import builtin
+from imagen_jax.text import remote
 from imagen_jax.text import checkpoints
 from imagen_jax.text import t5
 from imagen_jax.text import tokenizers
@@ -66,7 +72,10 @@ class TextEncoder:
       `encode_ids` works).
     max_length: L, the padded caption length in tokens.
     dim: D, the embedding width.
-    identity: stable hash string for cache keys.
+    identity: stable hash string for cache keys (of the weights as read, so the same
+      weights in another format have the same identity).
+    fingerprint: `describe_encoder(...).fingerprint`: the cheap hash (no weights read)
+      that `EmbeddingCache` maps to `identity`.
     num_truncated: running count of captions truncated by `tokenize`.
   """
 
@@ -74,7 +83,8 @@ class TextEncoder:
                tokenizer: tokenizers.Tokenizer | None, max_length: int,
                dtype: Any = jnp.float32, weights_digest: str,
                source: str, mesh: Mesh | None = None,
-               batch_axes: Sequence[str] | None = None, precision: Any = None):
+               batch_axes: Sequence[str] | None = None, precision: Any = None,
+               fingerprint: str | None = None):
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
       raise checkpoints.CheckpointError(
           f"{source}: tokenizer {getattr(tokenizer, 'path', tokenizer)} has "
@@ -86,6 +96,7 @@ class TextEncoder:
     self.max_length = int(max_length)
     self.dtype = jnp.dtype(dtype)
     self.source = source
+    self.fingerprint = fingerprint
     self.mesh = _auto_mesh(mesh)
     if self.mesh is not None and batch_axes is None:
       batch_axes = tuple(self.mesh.axis_names)
@@ -217,14 +228,140 @@ def _byte_tokenizer_declared(dirs) -> bool:
   return False
 
 
+def _existing_dirs(dirs):
+  out = []
+  for d in dirs:
+    try:
+      if d.is_dir():
+        out.append(d)
+    except OSError:
+      pass
+  return out
+
+
 def _find_tokenizer(dirs, tokenizer_arg):
   if tokenizer_arg is not None:
     return tokenizers.load_tokenizer(tokenizer_arg)
-  dirs = [d for d in dirs if d.is_dir()]
+  dirs = _existing_dirs(dirs)
   tok = tokenizers.find_tokenizer(dirs)
   if tok is None and _byte_tokenizer_declared(dirs):
     tok = tokenizers.ByteTokenizer()
   return tok
+
+
+def _tokenizer_identity(dirs, tokenizer_arg) -> str | None:
+  """`_find_tokenizer(...).identity` without building the tokenizer (hashes its file)."""
+  if tokenizer_arg is not None:
+    if str(tokenizer_arg) in ("byte", "byt5"):
+      return tokenizers.ByteTokenizer.identity
+    p = _as_path(tokenizer_arg)
+    found = p if p.is_file() else tokenizers.find_tokenizer_file([p])
+    if found is None:
+      raise FileNotFoundError(f"{p}: no tokenizer found, expected {tokenizers.SPIECE_FILE} "
+                              f"or {tokenizers.TOKENIZER_JSON_FILE}")
+    return tokenizers.file_identity(found)
+  dirs = _existing_dirs(dirs)
+  found = tokenizers.find_tokenizer_file(dirs)
+  if found is not None:
+    return tokenizers.file_identity(found)
+  if _byte_tokenizer_declared(dirs):
+    return tokenizers.ByteTokenizer.identity
+  return None
+
+
+def _as_path(p):
+  return remote.path(p)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """Everything about an encoder except its weights (`describe_encoder`).
+
+  fingerprint: a stable hash of the architecture, tokenizer, max_length, compute dtype
+    and the weight files (names, sizes, sampled contents), computed without reading the
+    weights; `EmbeddingCache` maps it to the encoder's `identity`.
+  """
+  source: str
+  kind: str                   # "builtin" | "hf" | "t5x"
+  config: t5.T5Config
+  max_length: int
+  dtype: str
+  fingerprint: str
+  root: Any = None            # the directory given (local or remote)
+  model_dir: Any = None       # hf: the directory with config.json and the weights
+  t5x_dir: Any = None         # t5x: the checkpoint directory
+  tok_dirs: tuple = ()
+
+  @property
+  def dim(self) -> int:
+    return self.config.d_model
+
+
+def _fingerprint(config, weights, tokenizer_identity, max_length, dtype) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps({
+      "format": "imagen_jax.text.EncoderFingerprint/v1", "config": config.to_dict(),
+      "max_length": max_length, "dtype": jnp.dtype(dtype).name,
+      "tokenizer": tokenizer_identity, "weights": weights}, sort_keys=True).encode())
+  return "fp-" + h.hexdigest()[:32]
+
+
+def describe_encoder(path_or_name, *, max_length: int | None = None,
+                     dtype: Any = jnp.float32, tokenizer: str | None = None) -> EncoderSpec:
+  """The config, dim, max_length and fingerprint of an encoder, reading its config.json,
+  tokenizer file and a few MiB of its weight files (never the weights themselves).
+
+  Accepts what `load_text_encoder` accepts, including `gs://` directories (read in
+  place). Raises FileNotFoundError for a missing directory.
+  """
+  dtype_name = jnp.dtype(dtype).name
+  spec = builtin.get(str(path_or_name))
+  if spec is not None:
+    length = int(max_length or spec.max_length)
+    tok_id = _tokenizer_identity([], tokenizer or spec.tokenizer)
+    weights = f"builtin:{path_or_name}:seed={spec.seed}:v1"
+    return EncoderSpec(str(path_or_name), "builtin", spec.config, length, dtype_name,
+                       _fingerprint(spec.config, weights, tok_id, length, dtype))
+  path = _as_path(path_or_name)
+  if not path.is_dir():
+    raise FileNotFoundError(
+        f"{path}: not a checkpoint directory and not a built-in encoder name "
+        f"(built-ins: {sorted(builtin.BUILTINS)}). Point the stage config at a T5 "
+        "(a Hugging Face directory with config.json + safetensors, or a t5x checkpoint; "
+        "local or gs://): --config.text.encoder=DIR, or the stage config's `encoder=DIR` "
+        "argument.")
+  model_dir = path
+  if (not (path / checkpoints.CONFIG_FILE).is_file()
+      and (path / "text_encoder" / checkpoints.CONFIG_FILE).is_file()):
+    model_dir = path / "text_encoder"  # diffusers pipeline layout
+  config_file = model_dir / checkpoints.CONFIG_FILE
+  t5x_dir = checkpoints.find_t5x_checkpoint(path)
+  length = int(max_length or DEFAULT_MAX_LENGTH)
+  if config_file.is_file() and (t5x_dir is None or _has_hf_weights(model_dir)):
+    config = checkpoints.config_from_hf(config_file)
+    tok_dirs = (model_dir, path, path / "tokenizer", model_dir.parent)
+    files = checkpoints.hf_weight_files(model_dir)
+    weights = checkpoints.weights_fingerprint(model_dir, files)
+    kind = "hf"
+  elif t5x_dir is not None:
+    config_files = [d / checkpoints.CONFIG_FILE
+                    for d in checkpoints.iter_hf_config_dirs(t5x_dir)]
+    config_files = [f for f in config_files if f.is_file()]
+    config = (checkpoints.config_from_hf(config_files[0]) if config_files
+              else checkpoints.config_from_t5x(checkpoints.t5x_source(t5x_dir)))
+    tok_dirs = list(checkpoints.iter_hf_config_dirs(t5x_dir))
+    if path not in tok_dirs:
+      tok_dirs.append(path)
+    tok_dirs = tuple(tok_dirs)
+    weights = checkpoints.weights_fingerprint(t5x_dir, max_sampled=8)
+    kind = "t5x"
+  else:
+    checkpoints.hf_weight_source(model_dir)  # Raises "no weights found".
+    raise AssertionError("unreachable")
+  tok_id = _tokenizer_identity(tok_dirs, tokenizer)
+  return EncoderSpec(str(path_or_name), kind, config, length, dtype_name,
+                     _fingerprint(config, weights, tok_id, length, dtype), root=path,
+                     model_dir=model_dir, t5x_dir=t5x_dir, tok_dirs=tok_dirs)
 
 
 def load_text_encoder(path_or_name, *, max_length: int | None = None,
@@ -233,12 +370,15 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
                       batch_axes: Sequence[str] | None = None,
                       min_shard_bytes: int = MIN_SHARD_BYTES,
                       precision: Any = None) -> TextEncoder:
-  """Loads a frozen T5 encoder; never touches the network.
+  """Loads a frozen T5 encoder; never touches the network (but for `gs://`).
 
   Args:
     path_or_name: a built-in name (``"byt5-tiny-random"``), a Hugging Face T5
       directory (or a diffusers pipeline directory with ``text_encoder/``), or
-      a t5x/Orbax checkpoint directory; see `checkpoints` for the layouts.
+      a t5x/Orbax checkpoint directory; see `checkpoints` for the layouts. A
+      `gs://` Hugging Face directory is copied to local disk first
+      (`paths.local_copy`, reused while unchanged); a `gs://` t5x checkpoint is
+      read in place by TensorStore.
     max_length: caption length L in tokens (default: the built-in's, else 256).
     dtype: compute dtype of the matmuls (params stay float32).
     tokenizer: a tokenizer file/directory or ``"byte"``, overriding the one
@@ -252,8 +392,13 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
   """
   place = _placer(mesh, param_axis, min_shard_bytes)
   hasher = hashlib.sha256()
-  spec = builtin.get(str(path_or_name))
-  if spec is not None:
+  desc = describe_encoder(path_or_name, max_length=max_length, dtype=dtype,
+                          tokenizer=tokenizer)
+  common = dict(max_length=desc.max_length, dtype=dtype, source=str(path_or_name),
+                mesh=mesh, batch_axes=batch_axes, precision=precision,
+                fingerprint=desc.fingerprint)
+  if desc.kind == "builtin":
+    spec = builtin.get(str(path_or_name))
     flat = builtin.random_params(spec.config, spec.seed, lambda n, a: a)
     for name, arr in sorted(flat.items()):  # As checkpoints.read_params.
       hasher.update(f"{name}:{arr.shape}".encode())
@@ -262,54 +407,30 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
     return TextEncoder(
         config=spec.config, params=params,
         tokenizer=tokenizers.load_tokenizer(tokenizer or spec.tokenizer),
-        max_length=max_length or spec.max_length, dtype=dtype,
-        weights_digest=hasher.hexdigest(), source=str(path_or_name),
-        mesh=mesh, batch_axes=batch_axes, precision=precision)
+        weights_digest=hasher.hexdigest(), **common)
 
-  path = pathlib.Path(path_or_name).expanduser()
-  if not path.is_dir():
-    raise FileNotFoundError(
-        f"{path}: not a checkpoint directory and not a built-in encoder name "
-        f"(built-ins: {sorted(builtin.BUILTINS)}). Point the stage config at a local T5 "
-        "(a Hugging Face directory with config.json + safetensors, or a t5x checkpoint): "
-        "--config.text.encoder=DIR, or the stage config's `encoder=DIR` argument.")
-  model_dir = path
-  if (not (path / checkpoints.CONFIG_FILE).is_file()
-      and (path / "text_encoder" / checkpoints.CONFIG_FILE).is_file()):
-    model_dir = path / "text_encoder"  # diffusers pipeline layout
-  config_file = model_dir / checkpoints.CONFIG_FILE
-  t5x_dir = checkpoints.find_t5x_checkpoint(path)
-
-  if config_file.is_file() and (t5x_dir is None or _has_hf_weights(model_dir)):
-    config = checkpoints.config_from_hf(config_file)
+  if desc.kind == "hf":
+    model_dir, tok_dirs = desc.model_dir, list(desc.tok_dirs)
+    if paths.is_remote(desc.root):  # safetensors/torch read local files
+      local = remote.local_copy(desc.root)
+      rel = os.fspath(desc.model_dir)[len(os.fspath(desc.root)):].strip("/")
+      model_dir = local / rel if rel else local
+      tok_dirs = [model_dir, local, local / "tokenizer", model_dir.parent]
     source = checkpoints.hf_weight_source(model_dir)
-    mapping = checkpoints.hf_mapping(config, source)
-    tok_dirs = [model_dir, path, path / "tokenizer", model_dir.parent]
-  elif t5x_dir is not None:
-    source = checkpoints.t5x_source(t5x_dir)
-    config_files = [d / checkpoints.CONFIG_FILE
-                    for d in checkpoints.iter_hf_config_dirs(t5x_dir)]
-    config_files = [f for f in config_files if f.is_file()]
-    config = (checkpoints.config_from_hf(config_files[0]) if config_files
-              else checkpoints.config_from_t5x(source))
-    mapping = checkpoints.t5x_mapping(config, source)
-    tok_dirs = list(checkpoints.iter_hf_config_dirs(t5x_dir))
-    if path not in tok_dirs:
-      tok_dirs.append(path)
+    mapping = checkpoints.hf_mapping(desc.config, source)
   else:
-    checkpoints.hf_weight_source(model_dir)  # Raises "no weights found".
-    raise AssertionError("unreachable")
+    source = checkpoints.t5x_source(desc.t5x_dir)
+    mapping = checkpoints.t5x_mapping(desc.config, source)
+    tok_dirs = list(desc.tok_dirs)
 
   params = checkpoints.read_params(source, mapping, place, hasher)
   return TextEncoder(
-      config=config, params=params,
+      config=desc.config, params=params,
       tokenizer=_find_tokenizer(tok_dirs, tokenizer),
-      max_length=max_length or DEFAULT_MAX_LENGTH, dtype=dtype,
-      weights_digest=hasher.hexdigest(), source=str(path), mesh=mesh,
-      batch_axes=batch_axes, precision=precision)
+      weights_digest=hasher.hexdigest(), **common)
 
 
-def _has_hf_weights(d: pathlib.Path) -> bool:
+def _has_hf_weights(d) -> bool:
   names = ("model.safetensors", "model.safetensors.index.json",
            "pytorch_model.bin", "pytorch_model.bin.index.json")
   return (any((d / n).is_file() for n in names)

@@ -12,12 +12,16 @@ that needs them is built.
 
 import dataclasses
 import hashlib
+import os
 import pathlib
 import time
 from typing import Protocol, Sequence
 
 from absl import logging
 import numpy as np
+
+from imagen_jax.storage import paths
+from imagen_jax.text import remote
 
 SPIECE_FILE = "spiece.model"
 TOKENIZER_JSON_FILE = "tokenizer.json"
@@ -105,25 +109,43 @@ class HFJsonTokenizer:
     return [e.ids for e in encodings]
 
 
-def find_tokenizer(directories: Sequence[pathlib.Path]) -> Tokenizer | None:
-  """The first ``spiece.model`` (preferred: T5's own) or ``tokenizer.json``."""
+def find_tokenizer_file(directories: Sequence[pathlib.Path]):
+  """The first ``spiece.model`` (preferred: T5's own) or ``tokenizer.json`` in the
+  directories (local or remote paths), or None."""
   for d in directories:
-    if (d / SPIECE_FILE).is_file():
-      return SentencePieceTokenizer(d / SPIECE_FILE)
-    if (d / TOKENIZER_JSON_FILE).is_file():
-      return HFJsonTokenizer(d / TOKENIZER_JSON_FILE)
+    for name in (SPIECE_FILE, TOKENIZER_JSON_FILE):
+      if (d / name).is_file():
+        return d / name
   return None
 
 
+def _from_file(path) -> Tokenizer:
+  local = remote.local_copy(path)  # sentencepiece/tokenizers read local files
+  if pathlib.Path(path).name.endswith(".json"):
+    return HFJsonTokenizer(local)
+  return SentencePieceTokenizer(local)
+
+
+def file_identity(path) -> str:
+  """The `identity` the tokenizer in file `path` has, without building it."""
+  digest = hashlib.sha256(remote.path(path).read_bytes()).hexdigest()
+  return ("hfjson-" if pathlib.Path(path).name.endswith(".json") else "spm-") + digest
+
+
+def find_tokenizer(directories: Sequence[pathlib.Path]) -> Tokenizer | None:
+  """The first ``spiece.model`` (preferred: T5's own) or ``tokenizer.json``; a remote
+  file is copied to local disk first (`paths.local_copy`)."""
+  found = find_tokenizer_file(directories)
+  return None if found is None else _from_file(found)
+
+
 def load_tokenizer(path) -> Tokenizer:
-  """A tokenizer from a file or a directory, or ``"byte"`` for ByT5."""
+  """A tokenizer from a file or a directory (local or `gs://`), or ``"byte"`` for ByT5."""
   if str(path) in ("byte", "byt5"):
     return ByteTokenizer()
-  path = pathlib.Path(path)
+  path = remote.path(path)
   if path.is_file():
-    if path.name.endswith(".json"):
-      return HFJsonTokenizer(path)
-    return SentencePieceTokenizer(path)
+    return _from_file(path)
   tok = find_tokenizer([path])
   if tok is None:
     raise FileNotFoundError(

@@ -1,23 +1,175 @@
 """The `TrainTask` of one cascade stage: stage pipeline + frozen text encoder + input pipeline.
 
-Host side: captions are tokenized (or embeddings read from the cache by the input pipeline);
-device side, in one jitted function outside the gradient: the frozen encoder, nulling of the
-dropped captions (emb zeros, mask all False) and uint8 -> float32 [-1, 1].
+Host side: captions are tokenized, or with `config.text.cache_dir` their embeddings are read
+from the `EmbeddingCache` by the input pipeline; device side, in one jitted function outside
+the gradient: the frozen encoder (no cache), nulling of the dropped captions (emb zeros, mask
+all False) and uint8 -> float32 [-1, 1].
+
+With a cache, the encoder is identified without reading its weights
+(`text.describe_encoder`: config.json, tokenizer file, a few MiB of the weight files; or,
+when the encoder directory is gone, the cache's own record of that path), the cache is
+checked to hold every caption of the data before step 1 (a finite source's captions, each
+host checking its 1/P of the records), and the T5 weights are never loaded for training.
+Periodic samples (`config.sample_prompts`) and `config.evals` read their captions'
+embeddings from the cache too; captions it lacks load the encoder then (once, logged), or,
+with no encoder directory, disable the periodic samples (logged) and make `config.evals` an
+error before training.
 """
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from imagen_jax import pipeline as pipeline_lib
 from imagen_jax import text as text_lib
 from imagen_jax.data import input_pipeline
 from imagen_jax.parallel import sharding as sharding_lib
+from imagen_jax.text import encoder as encoder_lib
 from imagen_jax.train import loop
+
+PRECOMPUTE_SCRIPT = "scripts/precompute_text_embeddings.py"
+
+
+def dataset_captions(input_config: Any, resolution: int | None = None, *, shard_index: int = 0,
+                     num_shards: int = 1) -> list[str] | None:
+  """Every caption of the records i = shard_index (mod num_shards) of the stage's input
+  (`config.input`), all captions of each record; None for an infinite source (shapes).
+  The listing the embedding precompute encodes and the trainer checks."""
+  source = input_pipeline.make_source(input_config, render_size=int(
+      resolution or input_config.get("resolution") or 64))
+  if source.num_records is None:
+    return None
+  if not hasattr(source, "captions"):
+    raise TypeError(f"{source.name}: the source cannot list its captions (no captions(index))")
+  out = []
+  for i in range(int(shard_index), source.num_records, int(num_shards)):
+    out.extend(source.captions(i))
+  return out
+
+
+def precompute_command(config: Any) -> str:
+  """The precompute command for this config: the `--config` and overrides this process was
+  started with (scripts/train.py's flags), plus the text fields spelled out."""
+  config_arg, overrides = "<the stage config file:arg you train with>", {}
+  try:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+    if flags.FLAGS.is_parsed() and "config" in flags.FLAGS:
+      config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+      overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
+  except Exception:  # pylint: disable=broad-except  # not started from a config flag
+    overrides = {}
+  if not overrides:
+    for key in ("dataset", "path", "manifest", "annotations", "split", "data_dir"):
+      value = config.input.get(key)
+      if value not in (None, ""):
+        overrides[f"input.{key}"] = value
+  for key in ("encoder", "cache_dir", "max_length"):
+    if config.text.get(key) is not None:
+      overrides[f"text.{key}"] = config.text.get(key)
+  parts = ["python", PRECOMPUTE_SCRIPT, f"--config={config_arg}"]
+  parts += [f"--config.{k}={v}" for k, v in overrides.items()]
+  return " ".join(shlex.quote(p) if "<" not in p else p for p in parts)
+
+
+def _allsum(values: list[int]) -> list[int]:
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return [int(v) for v in np.asarray(
+      multihost_utils.process_allgather(np.asarray(values, np.int64))).sum(axis=0)]
+
+
+class _CacheWithHint:
+  """The cache for the input pipeline: a missing caption's KeyError names the fill command."""
+
+  def __init__(self, cache, command: str):
+    self.cache, self.command = cache, command
+
+  def get_many(self, captions):
+    try:
+      return self.cache.get_many(captions)
+    except KeyError as e:
+      raise KeyError(f"{e.args[0]}; fill it with: {self.command}") from None
+
+
+def open_cache(config: Any) -> tuple[Any, Any]:
+  """(EmbeddingCache, EncoderSpec or None when the encoder directory is missing) for
+  `config.text`, without loading the encoder's weights. ValueError (with the fill command)
+  when the cache holds nothing for the encoder."""
+  cache_dir, name = config.text.cache_dir, config.text.encoder
+  max_length = config.text.get("max_length")
+  try:
+    spec = text_lib.describe_encoder(name, max_length=max_length)
+  except FileNotFoundError:
+    spec = None
+  record = text_lib.EmbeddingCache.resolve(
+      cache_dir, fingerprint=None if spec is None else spec.fingerprint, encoder=name,
+      max_length=spec.max_length if spec else int(max_length or encoder_lib.DEFAULT_MAX_LENGTH))
+  if record is None:
+    old = text_lib.EmbeddingCache.old_format_dirs(cache_dir)
+    note = (f" ({len(old)} cache(s) there are in an older layout and are not read: "
+            f"{old[:3]})" if old else "")
+    what = (f"config.text.encoder={name!r} is not a directory, and the cache at {cache_dir} "
+            f"holds no embeddings recorded for it" if spec is None else
+            f"the cache at {cache_dir} holds no embeddings of encoder {name!r} "
+            f"(fingerprint {spec.fingerprint}, max_length {spec.max_length})")
+    raise ValueError(f"{what}{note}; fill it with: {precompute_command(config)}")
+  if spec is None:
+    logging.warning("text: %s is not a directory; training from the cache at %s with the "
+                    "embeddings it recorded for that path (identity %s)", name, cache_dir,
+                    record["identity"])
+  cache = text_lib.EmbeddingCache(cache_dir, record["identity"],
+                                  max_length=int(record["max_length"]))
+  return cache, spec
+
+
+def check_cache_covers(config: Any, cache: Any, resolution: int) -> None:
+  """ValueError before step 1 unless the cache holds every caption of a finite input."""
+  captions = dataset_captions(config.input, resolution, shard_index=jax.process_index(),
+                              num_shards=jax.process_count())
+  if captions is None:
+    logging.warning("text: the input %r is infinite; the cache at %s is checked batch by "
+                    "batch", config.input.get("dataset"), config.text.cache_dir)
+    return
+  unique = list(dict.fromkeys(captions))
+  num_missing = int((~cache.contains(unique)).sum()) if unique else 0
+  num_missing, total = _allsum([num_missing, len(unique)])
+  if num_missing:
+    raise ValueError(
+        f"{num_missing} of {total} captions are not in the cache at {config.text.cache_dir} "
+        f"(encoder {config.text.encoder!r}, identity {cache.identity}); fill it with: "
+        f"{precompute_command(config)}")
+  logging.info("text: all %d captions of the input are in the cache %s", total, cache.root)
+
+
+class _Text:
+  """Caption conditioning: the cache's embeddings, else the encoder (loaded on first need
+  when a cache is used)."""
+
+  def __init__(self, config: Any, mesh: Mesh, cache=None, encoder=None, can_load=True):
+    self.config, self.mesh, self.cache = config, mesh, cache
+    self._encoder, self.can_load = encoder, can_load
+
+  def cached(self, captions) -> bool:
+    return self.cache is not None and bool(np.all(self.cache.contains(list(captions))))
+
+  def encoder(self, why: str):
+    if self._encoder is None:
+      if not self.can_load:
+        raise ValueError(f"{why}, and config.text.encoder={self.config.text.encoder!r} is "
+                         "not a directory to encode them with")
+      logging.warning("text: %s; loading the encoder %s", why, self.config.text.encoder)
+      self._encoder = text_lib.load_text_encoder(
+          self.config.text.encoder, max_length=self.config.text.get("max_length"),
+          mesh=self.mesh)
+    return self._encoder
 
 
 def _to_float(images: jax.Array) -> jax.Array:
@@ -25,7 +177,7 @@ def _to_float(images: jax.Array) -> jax.Array:
 
 
 def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.TrainTask:
-  """Validates shapes (before any compile) and wires the stage's pieces together."""
+  """Validates shapes and the text cache (before any compile) and wires the stage's pieces."""
   del local_batch_size  # the input pipeline derives it from the global batch
   pipe = pipeline_lib.StagePipeline.from_config(config)
   loop.check_resolutions(pipe.resolution, config.input.get("resolution"),
@@ -34,20 +186,37 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.Tra
     raise ValueError(f"config.input.lowres_resolution={config.input.lowres_resolution} but "
                      f"the model {config.model.name!r} is not a super-resolution stage.")
 
-  encoder = text_lib.load_text_encoder(config.text.encoder,
-                                       max_length=config.text.get("max_length"), mesh=mesh)
-  if encoder.dim != pipe.model.text_dim:
-    raise ValueError(f"The text encoder {config.text.encoder!r} gives {encoder.dim}-dim "
-                     f"embeddings but the model expects text_dim={pipe.model.text_dim}.")
-  cache = None
+  cache = encoder = None
   if config.text.get("cache_dir"):
-    cache = text_lib.EmbeddingCache(config.text.cache_dir, encoder.identity)
+    cache, spec = open_cache(config)
+    dim, max_length, source = cache.dim, cache.max_length, cache.root
+    if dim is None:
+      raise ValueError(f"the cache at {cache.root} has no meta.json; fill it with: "
+                       f"{precompute_command(config)}")
+    if dim != pipe.model.text_dim:
+      raise ValueError(f"The text cache {source} holds {dim}-dim embeddings (encoder "
+                       f"{config.text.encoder!r}) but the model expects "
+                       f"text_dim={pipe.model.text_dim}.")
+    check_cache_covers(config, cache, pipe.resolution)
+    text = _Text(config, mesh, cache=cache, can_load=spec is not None)
+    if config.get("evals") and spec is None and not pipe.is_super_resolution:
+      raise ValueError(f"config.evals={list(config.evals)} samples captions that need not be "
+                       f"in the cache, but config.text.encoder={config.text.encoder!r} is not "
+                       "a directory to encode them with; restore it or drop config.evals")
+  else:
+    encoder = text_lib.load_text_encoder(config.text.encoder,
+                                         max_length=config.text.get("max_length"), mesh=mesh)
+    if encoder.dim != pipe.model.text_dim:
+      raise ValueError(f"The text encoder {config.text.encoder!r} gives {encoder.dim}-dim "
+                       f"embeddings but the model expects text_dim={pipe.model.text_dim}.")
+    max_length = encoder.max_length
+    text = _Text(config, mesh, encoder=encoder)
 
   iterator = input_pipeline.create_input_iterator(
       config.input, global_batch_size=int(config.batch_size), resolution=pipe.resolution,
       lowres_resolution=pipe.lowres_resolution, seed=int(config.seed),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      text_cache=cache)
+      text_cache=None if cache is None else _CacheWithHint(cache, precompute_command(config)))
 
   def host_to_numeric(host: dict) -> dict:
     out = {"image": host["image"], "drop_text": np.asarray(host["drop_text"], bool)}
@@ -73,50 +242,89 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.Tra
     return out
 
   return loop.TrainTask(
-      init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=encoder.max_length),
+      init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=max_length),
       loss_fn=pipe.loss_fn, iterator=iterator, host_to_numeric=host_to_numeric,
-      preprocess=preprocess, frozen_params=encoder.params,
-      sample_fn=_make_sample_fn(config, pipe, encoder, mesh),
-      caption_sample_fn=_make_caption_sample_fn(config, pipe, encoder, mesh))
+      preprocess=preprocess, frozen_params=None if encoder is None else encoder.params,
+      sample_fn=_make_sample_fn(config, pipe, text, mesh),
+      caption_sample_fn=_make_caption_sample_fn(config, pipe, text, mesh))
+
+
+def _sample_images(config: Any, pipe: Any, emb, mask, params, rng):
+  s = config.sampling
+  images = pipe.sample(params, emb, mask, rng, sampler=s.sampler, num_steps=int(s.num_steps),
+                       guidance_scale=float(s.guidance_scale), threshold=s.threshold,
+                       percentile=float(s.percentile))
+  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def _text_to_image(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
   """Jitted (params, enc_params, ids, ids_mask, rng) -> uint8 images with `config.sampling`."""
-  s = config.sampling
-
   def sample(params, enc_params, ids, ids_mask, rng):
     emb, mask = encoder.encode_fn(enc_params, ids, ids_mask)
-    images = pipe.sample(params, emb, mask, rng, sampler=s.sampler, num_steps=int(s.num_steps),
-                         guidance_scale=float(s.guidance_scale), threshold=s.threshold,
-                         percentile=float(s.percentile))
-    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return _sample_images(config, pipe, emb, mask, params, rng)
 
   return jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
 
 
-def _make_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
+def _emb_to_image(config: Any, pipe: Any, mesh: Mesh):
+  """Jitted (params, emb, mask, rng) -> uint8 images with `config.sampling`."""
+  def sample(params, emb, mask, rng):
+    return _sample_images(config, pipe, emb, mask, params, rng)
+
+  return jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
+
+
+class _CaptionSampler:
+  """(params, captions, rng) -> uint8 images: cached embeddings when the cache has every
+  caption, else the encoder (`_Text.encoder`, loaded on first need)."""
+
+  def __init__(self, config, pipe, text, mesh):
+    self.config, self.pipe, self.text, self.mesh = config, pipe, text, mesh
+    self._from_emb = self._from_ids = None
+    self._rep = sharding_lib.replicated(mesh)
+
+  def __call__(self, params, captions, rng, why):
+    captions = [str(c) for c in captions]
+    if self.text.cached(captions):
+      emb, mask = self.text.cache.get_many(captions)
+      if self._from_emb is None:
+        self._from_emb = _emb_to_image(self.config, self.pipe, self.mesh)
+      emb, mask = jax.device_put((emb, mask), self._rep)
+      return self._from_emb(params, emb, mask, rng)
+    enc = self.text.encoder(why)
+    if self._from_ids is None:
+      self._from_ids = _text_to_image(self.config, self.pipe, enc, self.mesh)
+    ids, ids_mask = enc.tokenize(captions)
+    ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), self._rep)
+    return self._from_ids(params, enc.params, ids, ids_mask, rng)
+
+
+def _make_sample_fn(config: Any, pipe: Any, text: _Text, mesh: Mesh):
   """EMA samples for `config.sample_prompts` (base stages; SR stages need a low-res input,
   which periodic sampling does not have, so they get none)."""
   prompts = [str(p) for p in (config.get("sample_prompts") or ())]
   if not prompts or pipe.is_super_resolution:
     return None
-  ids, ids_mask = encoder.tokenize(prompts)
-  jitted = _text_to_image(config, pipe, encoder, mesh)
-  return lambda params, rng: jitted(params, encoder.params, ids, ids_mask, rng)
+  if text.cache is not None and not text.can_load and not text.cached(prompts):
+    logging.warning("text: config.sample_prompts are not all in the cache %s and the "
+                    "encoder %s is not a directory: no periodic samples (precompute from "
+                    "the config caches them)", text.cache.root, text.config.text.encoder)
+    return None
+  sampler = _CaptionSampler(config, pipe, text, mesh)
+  why = f"{len(prompts)} config.sample_prompts are not all in the text cache"
+  return lambda params, rng: sampler(params, prompts, rng, why)
 
 
-def _make_caption_sample_fn(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
+def _make_caption_sample_fn(config: Any, pipe: Any, text: _Text, mesh: Mesh):
   """(ema_params, captions, seed) -> uint8 samples with `config.sampling`, for `config.evals`
   (base stages only: an SR stage needs a low-res input)."""
   if pipe.is_super_resolution:
     return None
-  jitted = _text_to_image(config, pipe, encoder, mesh)
-  rep = sharding_lib.replicated(mesh)
+  sampler = _CaptionSampler(config, pipe, text, mesh)
 
   def caption_sample(params, captions, seed):
-    ids, ids_mask = encoder.tokenize([str(c) for c in captions])
-    ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), rep)
-    out = jitted(params, encoder.params, ids, ids_mask, jax.random.PRNGKey(seed))
+    why = f"eval captions ({len(captions)}) are not all in the text cache"
+    out = sampler(params, captions, jax.random.PRNGKey(seed), why)
     return np.asarray(jax.device_get(out))
 
   return caption_sample

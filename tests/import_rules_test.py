@@ -13,6 +13,7 @@ ALLOWED = {
     "text": {"storage"},
     "data": {"storage"},
     "storage": set(),
+    "rehearsal": {"storage", "data", "evaluation"},
     "utils": set(),
     "config_lib": set(),
     "config_check": {"models", "diffusion", "config_lib"},

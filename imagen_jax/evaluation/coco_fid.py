@@ -64,17 +64,17 @@ class Protocol:
 def open_source(annotations: Optional[str] = None, image_dir: Optional[str] = None,
                 tfds_name: Optional[str] = None, tfds_split: str = TFDS_VAL2014_SPLIT,
                 data_dir: Optional[str] = None):
-  """The caption/image source: a local COCO json + image folder, or TFDS coco_captions."""
+  """The caption/image source: a COCO json + image folder (local or gs://), or TFDS."""
   from imagen_jax.data import folder_source  # pylint: disable=import-outside-toplevel
   from imagen_jax.data import sources  # pylint: disable=import-outside-toplevel
   if tfds_name:
     return sources.TfdsSource(tfds_name, split=tfds_split, data_dir=data_dir)
-  if not annotations or not os.path.isfile(annotations):
+  if not annotations or not paths.path(annotations).is_file():
     raise FileNotFoundError(
         f"COCO captions file {annotations!r} not found: give --coco_annotations="
         f".../annotations/captions_val2014.json (from {COCO_ANNOTATIONS_URL}) or "
         "--tfds_name=coco_captions")
-  if not image_dir or not os.path.isdir(image_dir):
+  if not image_dir or not paths.path(image_dir).is_dir():
     raise FileNotFoundError(
         f"COCO reference image directory {image_dir!r} not found: give --coco_images=.../"
         f"val2014 (the folder of COCO_val2014_*.jpg from {COCO_IMAGES_URL})")

@@ -89,3 +89,32 @@ def test_inception_weights_from_a_bucket(gcs_bucket, random_state_dict, tmp_path
 
   with pytest.raises(inception.WeightsNotFoundError, match="missing.pth"):
     inception.load_params(f"{gcs_bucket}/weights/missing.pth")
+
+
+def test_coco_reference_read_from_a_bucket(gcs_bucket, tiny_coco):
+  """eval_fid's COCO source (captions json + val2014/) straight from gs://, record for record
+  the same as from the local download (6 of its images uploaded: the others are unreadable
+  there, which the FID protocol treats as an error, not a skip)."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  ann, image_dir = tiny_coco
+  remote_ann = f"{gcs_bucket}/coco/annotations/captions_val2014.json"
+  paths.path(remote_ann).write_bytes(pathlib.Path(ann).read_bytes())
+  for name in sorted(p.name for p in pathlib.Path(image_dir).iterdir())[:6]:
+    paths.path(f"{gcs_bucket}/coco/val2014/{name}").write_bytes(
+        (pathlib.Path(image_dir) / name).read_bytes())
+  local = coco_fid.open_source(ann, image_dir)
+  remote = coco_fid.open_source(remote_ann, f"{gcs_bucket}/coco/val2014")
+  assert remote.num_records == local.num_records
+  read = 0
+  for i in range(remote.num_records):
+    try:
+      image, caption = coco_fid.read_record(remote, i, 0, 32)
+    except ValueError:
+      continue
+    want_image, want_caption = coco_fid.read_record(local, i, 0, 32)
+    np.testing.assert_array_equal(image, want_image)
+    assert caption == want_caption
+    read += 1
+  assert read == 6
+  with pytest.raises(FileNotFoundError, match="no-such"):
+    coco_fid.open_source(f"{gcs_bucket}/no-such.json", f"{gcs_bucket}/coco/val2014")

@@ -5,6 +5,7 @@ import io
 import math
 import os
 import socket
+import struct
 import time
 from typing import Any, Mapping
 
@@ -169,3 +170,19 @@ def console_line(step: int, total_steps: int, metrics: Mapping[str, Any], width:
 def log_console(line: str) -> None:
   if jax.process_index() == 0:
     logging.info("%s", line)
+
+
+def read_events(logdir: str | os.PathLike) -> dict[str, list[tuple[int, Any]]]:
+  """tag -> [(step, value)] from every event file in `logdir` (local or gs://), in file-name
+  (creation) order: the scalars as floats, images as `Summary.Image` protos. No TensorFlow."""
+  out: dict[str, list[tuple[int, Any]]] = {}
+  for path in sorted(storage_paths.path(logdir).glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4  # length, its CRC, the record, its CRC
+      for v in event.summary.value:
+        value = v.simple_value if v.HasField("simple_value") else v.image
+        out.setdefault(v.tag, []).append((event.step, value))
+  return out

@@ -6,35 +6,20 @@ import json
 import pathlib
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 import jax
 import pytest
-from tensorboard.compat.proto import event_pb2
 
 from imagen_jax.storage import paths
 from imagen_jax.train import checkpoint as ckpt_lib
 from imagen_jax.train import loop, testing
+from imagen_jax.train import metrics as metrics_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOY_RUN = REPO / "tests" / "train" / "toy_run.py"
-
-
-def _events(logdir):
-  """tag -> [(step, value)] from every event file under a (remote) logdir."""
-  out = {}
-  for p in sorted(paths.path(logdir).glob("events.out.tfevents.*")):
-    data, pos = p.read_bytes(), 0
-    while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for v in event.summary.value:
-        out.setdefault(v.tag, []).append((event.step, v.simple_value))
-  return out
 
 
 def _steps(workdir):
@@ -50,7 +35,7 @@ def test_train_to_bucket_and_resume_from_it(gcs_bucket):
   assert json.loads((paths.path(workdir) / "config.json").read_text())["total_steps"] == 8
   state = loop.train(config, workdir, testing.toy_task_factory)
   assert int(jax.device_get(state.step)) == 8 and _steps(workdir) == [4, 8]
-  events = _events(workdir)
+  events = metrics_lib.read_events(workdir)
   assert [s for s, _ in events["loss"]] == [2, 4, 6, 8]  # both runs' events, in order
   assert json.loads((paths.path(workdir) / "final_metrics.json").read_text())["step"] == 8
 
@@ -67,12 +52,12 @@ def test_events_readable_mid_run_and_after_a_kill(gcs_bucket):
     while time.time() < deadline and len(seen.get("loss", [])) < 3:
       assert proc.poll() is None, proc.stdout.read()[-3000:]
       time.sleep(1.0)
-      seen = _events(workdir) if paths.path(workdir).exists() else {}
+      seen = metrics_lib.read_events(workdir) if paths.path(workdir).exists() else {}
     assert len(seen.get("loss", [])) >= 3, "no events visible in the bucket while training"
   finally:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-  after = _events(workdir)
+  after = metrics_lib.read_events(workdir)
   assert after["loss"][:len(seen["loss"])] == seen["loss"]  # nothing already written is lost
   assert [s for s, _ in after["loss"]] == list(range(5, 5 * len(after["loss"]) + 1, 5))
 

@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -12,9 +11,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from tensorboard.compat.proto import event_pb2
 
 from imagen_jax.train import loop, testing
+from imagen_jax.train import metrics as metrics_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOY_RUN = REPO / "tests" / "train" / "toy_run.py"
@@ -44,27 +43,12 @@ def committed_steps(workdir):
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
 
 
-def read_events(logdir):
-  """tag -> [(step, value)] from the TFRecord-framed event files."""
-  out = {}
-  for path in pathlib.Path(logdir).glob("events.out.tfevents.*"):
-    data, pos = path.read_bytes(), 0
-    while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for v in event.summary.value:
-        value = v.simple_value if v.HasField("simple_value") else v.image
-        out.setdefault(v.tag, []).append((event.step, value))
-  return out
-
-
 def test_short_run_loss_falls_and_writes_outputs(tmp_path):
   config = testing.toy_config(total_steps=40, log_every_steps=10, sample_every_steps=20,
                               **{"checkpoint.every_steps": 20})
   state = loop.train(config, str(tmp_path), testing.toy_task_factory)
   assert int(jax.device_get(state.step)) == 40
-  events = read_events(tmp_path)
+  events = metrics_lib.read_events(tmp_path)
   losses = [v for _, v in events["loss"]]
   assert len(losses) == 4 and losses[-1] < 0.6 * losses[0], losses
   for tag in ("grad_norm", "lr", "steps_per_sec", "images_per_sec", "skipped_total",
@@ -122,7 +106,7 @@ def test_nonfinite_skip_leaves_state_unchanged_and_counts(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, getattr(before, field), getattr(state, field))
   final = loop.train(config, str(tmp_path / "a"), testing.toy_task_factory)
   assert int(jax.device_get(final.skipped)) == 2
-  events = read_events(tmp_path / "a")
+  events = metrics_lib.read_events(tmp_path / "a")
   assert dict(events["skipped_total"])[3] == 2.0
 
 

@@ -4,7 +4,7 @@ Face T5 encoder directory (transformers' `save_pretrained`: config.json + model.
 with a SentencePiece tokenizer trained on the captions (`spiece.model`), and pytorch-fid's
 Inception weights file (a `.pth` state dict with pytorch-fid's key names).
 
-Needs transformers, torch and sentencepiece (the test requirements), imported lazily.
+Needs transformers and torch (the test requirements), imported lazily.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import numpy as np
 from PIL import Image
 
 from imagen_jax.data import shapes
+
+_NEEDS = ("the rehearsal writes a Hugging Face T5 and pytorch-fid weights with transformers and "
+          "torch: pip install -r requirements-test.txt")
 
 # A T5 v1.1-style encoder small enough for CPU; d_model = the tiny stage configs' text_dim.
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
@@ -65,8 +68,11 @@ def write_t5(directory: str | pathlib.Path, captions: list[str], *, vocab_size: 
   """A random-weight T5 encoder saved by transformers, with a SentencePiece tokenizer trained
   on `captions` (T5's ids: pad 0, </s> 1, unk 2)."""
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(_NEEDS) from e
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   spm.SentencePieceTrainer.train(
@@ -85,7 +91,10 @@ def write_inception_pth(path: str | pathlib.Path, seed: int = 0) -> str:
   """Random FID Inception weights as pytorch-fid's `.pth` state dict (its key names and
   OIHW kernels), read back by the project's own loader in the FID phase."""
   import jax  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(_NEEDS) from e
   from imagen_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
   leaf_names = {"scale": "weight", "bias": "bias", "mean": "running_mean",
                 "var": "running_var"}

@@ -81,23 +81,10 @@ def _dirname(path: str) -> str:
 def list_files(root: str) -> list[str]:
   """Every file under `root`, relative, in `os.walk` order with sorted names
   (a folder's files before its subfolders'); a remote folder in one listing."""
-  if paths.is_remote(root):
-    import fsspec  # pylint: disable=import-outside-toplevel
-    paths.prefer_gcsfs()
-    fs, bare = fsspec.core.url_to_fs(root)
-    bare = bare.rstrip("/")
-    if not fs.isdir(bare):
-      raise ValueError(f"folder:{root}: not a directory")
-    names = [n[len(bare) + 1:] for n, info in fs.find(bare, detail=True).items()
-             if info.get("type") != "directory"]
-  else:
-    if not os.path.isdir(root):
-      raise ValueError(f"folder:{root}: not a directory")
-    names = []
-    for dirpath, _, filenames in os.walk(root):
-      rel = os.path.relpath(dirpath, root)
-      names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/")
-                for f in filenames]
+  try:
+    names = list(paths.find_files(root))
+  except FileNotFoundError:
+    raise ValueError(f"folder:{root}: not a directory") from None
   return sorted(names, key=lambda n: (tuple(n.split("/")[:-1]),
                                       n.split("/")[-1]))
 

@@ -7,11 +7,12 @@
 * `local_copy(p)`: a local directory or file with the contents of `p` (itself when `p` is
   local), for readers that need a local file (safetensors' mmap, SentencePiece, torch):
   copied once into a cache keyed by the remote path and reused while the remote listing
-  (names and sizes) is unchanged. The copy is written to a temporary folder and renamed, so
+  (names, sizes, object versions) is unchanged. The copy is written to a temporary folder and renamed, so
   an interrupted download is never mistaken for a complete one.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -53,57 +54,95 @@ def cache_root() -> pathlib.Path:
                       pathlib.Path.home() / ".cache" / "imagen_jax")
 
 
-def _listing(p: str) -> tuple[bool, list[tuple[str, int]]]:
-  """(is a folder, [(relative name, size)] of every file under remote `p`), one listing call."""
+def find_files(p: str | os.PathLike) -> dict[str, dict]:
+  """{relative name ("/"-separated): info} of every file under folder `p`, local or remote
+  (one listing call on an object store); info has "size" and, where the store gives one, a
+  version ("generation", "crc32c", "md5Hash" on GCS; "mtime" locally).
+  FileNotFoundError naming `p` when it is not a folder."""
+  s = os.fspath(p)
+  if not is_remote(s):
+    if not os.path.isdir(s):
+      raise FileNotFoundError(f"{s} is not a directory")
+    out = {}
+    for dirpath, _, files in os.walk(s):
+      for f in files:
+        full = os.path.join(dirpath, f)
+        st = os.stat(full)
+        out[os.path.relpath(full, s).replace(os.sep, "/")] = {"size": st.st_size,
+                                                              "mtime": st.st_mtime_ns}
+    return out
+  prefer_gcsfs()
   import fsspec  # pylint: disable=import-outside-toplevel
-  fs, bare = fsspec.core.url_to_fs(p)
+  fs, bare = fsspec.core.url_to_fs(s)
   bare = bare.rstrip("/")
+  found = {name[len(bare) + 1:]: info for name, info in fs.find(bare, detail=True).items()
+           if info.get("type") != "directory" and name.startswith(bare + "/")}
+  if not found and not fs.isdir(bare):
+    raise FileNotFoundError(f"{s} is not a directory")
+  return found
+
+
+def _version(info: dict) -> list:
+  return [int(info.get("size") or 0), str(info.get("generation") or info.get("crc32c") or
+                                          info.get("md5Hash") or info.get("mtime") or "")]
+
+
+def _remote_listing(p: str) -> tuple[bool, list]:
+  """(is a folder, sorted [relative name, size, version] of every file) of remote `p`."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  prefer_gcsfs()
+  fs, bare = fsspec.core.url_to_fs(p)
   if fs.isfile(bare):
-    return False, [("", int(fs.size(bare)))]
-  found = fs.find(bare, detail=True)
-  out = sorted((name[len(bare) + 1:], int(info.get("size") or 0))
-               for name, info in found.items() if info.get("type") != "directory")
-  if not out and not fs.isdir(bare):
-    raise FileNotFoundError(f"{p} does not exist")
-  return True, out
+    return False, [["", *_version(fs.info(bare))]]
+  try:
+    return True, sorted([name, *_version(info)] for name, info in find_files(p).items())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{p} does not exist") from None
 
 
 def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike | None = None
                ) -> pathlib.Path:
   """A local path holding what `p` holds (a file or a folder); `p` itself when local.
 
-  Raises FileNotFoundError naming `p` when it does not exist.
+  Reused while the remote listing (names, sizes and object versions) is unchanged; several
+  processes of one host may ask at once (a file lock: one copies, the others wait and reuse
+  it). Raises FileNotFoundError naming `p` when it does not exist.
   """
   if not is_remote(p):
     return pathlib.Path(p)
   src = path(p)
-  is_dir, listing = _listing(os.fspath(p))
+  is_dir, listing = _remote_listing(os.fspath(p))
   key = hashlib.sha256(os.fspath(p).rstrip("/").encode()).hexdigest()[:16]
   base = pathlib.Path(cache_dir) if cache_dir else cache_root() / "remote"
   dest = base / f"{key}-{src.name or 'root'}"
   manifest = base / f"{dest.name}.listing.json"
-  if dest.exists() and manifest.is_file() and json.loads(manifest.read_text()) == [
-      list(x) for x in listing]:
-    return dest
   base.mkdir(parents=True, exist_ok=True)
-  tmp = base / f".{dest.name}.{uuid.uuid4().hex}.tmp"
-  try:
-    if not is_dir:
-      tmp.write_bytes(src.read_bytes())
-    else:
-      tmp.mkdir(parents=True)
-      for rel, _ in listing:
-        out = tmp / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes((src / rel).read_bytes())
-    if dest.exists():
-      shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-    os.replace(tmp, dest)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-  manifest.write_text(json.dumps(listing))
-  return dest
+  with open(base / f"{dest.name}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if dest.exists() and manifest.is_file() and json.loads(manifest.read_text()) == listing:
+        return dest
+      tmp = base / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+      try:
+        if not is_dir:
+          tmp.write_bytes(src.read_bytes())
+        else:
+          tmp.mkdir(parents=True)
+          for rel, *_ in listing:
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes((src / rel).read_bytes())
+        manifest.unlink(missing_ok=True)
+        if dest.exists():
+          shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        os.replace(tmp, dest)
+      finally:
+        if tmp.exists():
+          shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+      write_atomic(manifest, json.dumps(listing))
+      return dest
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_atomic(p: str | os.PathLike, data: bytes | str) -> None:

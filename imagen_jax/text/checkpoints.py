@@ -544,20 +544,7 @@ SAMPLES = 16
 
 def _file_sizes(root) -> dict[str, int]:
   """{relative name: size} of every file under `root` (one listing call when remote)."""
-  s = os.fspath(root)
-  if paths.is_remote(s):
-    import fsspec  # pylint: disable=import-outside-toplevel
-    remote.ensure_gcsfs()
-    fs, bare = fsspec.core.url_to_fs(s)
-    bare = bare.rstrip("/")
-    return {k[len(bare) + 1:]: int(v.get("size") or 0)
-            for k, v in fs.find(bare, detail=True).items() if v.get("type") != "directory"}
-  out = {}
-  for dirpath, _, files in os.walk(s):
-    for f in files:
-      full = os.path.join(dirpath, f)
-      out[os.path.relpath(full, s)] = os.path.getsize(full)
-  return out
+  return {name: int(info["size"]) for name, info in paths.find_files(root).items()}
 
 
 def _read_range(p, start: int, end: int) -> bytes:

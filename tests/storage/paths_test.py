@@ -49,3 +49,32 @@ def test_gcsfs_even_with_tensorflow_installed(gcs_bucket):
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, check=True)
   assert out.stdout.strip() == "ok"
+
+
+def test_same_size_new_content_is_copied_again(gcs_bucket, tmp_path):
+  """Retrained weights keep their byte size: the object version, not the size, says so."""
+  f = paths.path(f"{gcs_bucket}/w/model.bin")
+  f.parent.mkdir(parents=True, exist_ok=True)
+  f.write_bytes(b"A" * 64)
+  first = paths.local_copy(f"{gcs_bucket}/w", cache_dir=tmp_path)
+  assert (first / "model.bin").read_bytes() == b"A" * 64
+  f.write_bytes(b"B" * 64)
+  again = paths.local_copy(f"{gcs_bucket}/w", cache_dir=tmp_path)
+  assert (again / "model.bin").read_bytes() == b"B" * 64
+
+
+def test_concurrent_copies_on_one_host(gcs_bucket, tmp_path):
+  """Processes of one host copying the same folder at once each get it whole (a lock)."""
+  for i in range(4):
+    paths.path(f"{gcs_bucket}/enc/part{i}.bin").write_bytes(bytes([i]) * 200_000)
+  code = ("import sys; from imagen_jax.storage import paths; "
+          "d = paths.local_copy(sys.argv[1], cache_dir=sys.argv[2]); "
+          "print(sorted((p.name, p.stat().st_size) for p in d.iterdir()))")
+  procs = [subprocess.Popen([sys.executable, "-c", code, f"{gcs_bucket}/enc", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  want = str(sorted((f"part{i}.bin", 200_000) for i in range(4)))
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.strip() == want

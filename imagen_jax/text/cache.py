@@ -267,7 +267,6 @@ class EmbeddingCache:
     self._num_buckets = int(meta["num_buckets"])
     if self._max_length is None:
       self._max_length = int(meta["max_length"])
-    self._meta_written = True
 
   def _write_meta(self, dim: int, max_length: int):
     if self._meta_written:

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from imagen_jax import pipeline as pipeline_lib
 from imagen_jax import text as text_lib
 from imagen_jax.data import input_pipeline
+from imagen_jax.parallel import multihost
 from imagen_jax.parallel import sharding as sharding_lib
 from imagen_jax.text import encoder as encoder_lib
 from imagen_jax.train import loop
@@ -110,7 +111,11 @@ def open_cache(config: Any) -> tuple[Any, Any]:
   except FileNotFoundError:
     spec = None
   record = text_lib.EmbeddingCache.resolve(
-      cache_dir, fingerprint=None if spec is None else spec.fingerprint, encoder=name,
+      # The path alone only stands in for an encoder directory that is gone: a directory
+      # whose fingerprint has no record holds other weights, and its path's old record would
+      # give stale embeddings.
+      cache_dir, fingerprint=None if spec is None else spec.fingerprint,
+      encoder=name if spec is None else None,
       max_length=spec.max_length if spec else int(max_length or encoder_lib.DEFAULT_MAX_LENGTH))
   if record is None:
     old = text_lib.EmbeddingCache.old_format_dirs(cache_dir)
@@ -285,7 +290,9 @@ class _CaptionSampler:
 
   def __call__(self, params, captions, rng, why):
     captions = [str(c) for c in captions]
-    if self.text.cached(captions):
+    # One decision for all processes: hosts whose cache views differ (opened while a
+    # precompute still writes) must not take different programs (a collective deadlock).
+    if not multihost.any_process(not self.text.cached(captions)):
       emb, mask = self.text.cache.get_many(captions)
       if self._from_emb is None:
         self._from_emb = _emb_to_image(self.config, self.pipe, self.mesh)

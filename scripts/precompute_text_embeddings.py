@@ -112,6 +112,10 @@ def main(argv):
   import tqdm  # pylint: disable=import-outside-toplevel
 
   from imagen_jax import text  # pylint: disable=import-outside-toplevel
+  from imagen_jax.parallel import multihost  # pylint: disable=import-outside-toplevel
+  # Where JAX finds the cluster itself (a TPU pod through the launcher, GKE, srun, mpirun),
+  # the process count and index that --num_shards/--shard_index default to are the job's.
+  multihost.initialize()
 
   num_shards = _NUM_SHARDS.value or jax.process_count()
   shard = jax.process_index() if _SHARD_INDEX.value is None else _SHARD_INDEX.value

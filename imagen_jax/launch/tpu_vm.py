@@ -225,12 +225,15 @@ def train_cmd(target: Target, train_flags: Sequence[str], *, job: str,
       raise ValueError(f"process_id_env {process_id_env!r} is not a shell variable name.")
     train += f' --process_id="${{{process_id_env}:?}}"'
   log, pid = _log_path(job), _pid_path(job)
-  # The log is created before the job starts: the backgrounded job opens it only once it
-  # is scheduled, and `tail` must not race it to a missing file.
-  remote = (f"mkdir -p {_home(LOG_DIR)} && cd {_home(CODE_DIR)} && : > {log} && "
+  # The log gets a start line before the job starts: the backgrounded job opens it only
+  # once it is scheduled, and `tail` must not race it to a missing file. It is appended to,
+  # so a relaunch after a preemption keeps the earlier run's log above its own.
+  start = shlex.quote(f"==== imagen_jax launch: job {job} starts ====")
+  remote = (f"mkdir -p {_home(LOG_DIR)} && cd {_home(CODE_DIR)} && "
+            f"echo {start} >> {log} && from=\"$(wc -l < {log})\" && "
             f"( nohup {train} >> {log} 2>&1 < /dev/null & echo $! > {pid} )")
-  if not detach:
-    remote += f" && tail -n +1 -f --pid=\"$(cat {pid})\" {log}"
+  if not detach:  # this run's lines only, from its start line on
+    remote += f" && tail -n +\"$from\" -f --pid=\"$(cat {pid})\" {log}"
   return ssh_cmd(target, remote)
 
 

@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def install(bin_dir: str | os.PathLike, python: str = sys.executable) -> pathlib
   """Writes `bin_dir/gcloud` (runs this module with `python`); returns its path."""
   path = pathlib.Path(bin_dir) / "gcloud"
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(f"#!/bin/sh\nexec {python!s} -m imagen_jax.rehearsal.gcloud_stand_in \"$@\"\n")
+  path.write_text(f"#!/bin/sh\nexec {shlex.quote(str(python))} -m "
+                  "imagen_jax.rehearsal.gcloud_stand_in \"$@\"\n")
   path.chmod(0o755)
   return path
 

@@ -217,11 +217,20 @@ def test_fake_gcloud_receives_worker_all_zone_and_quoted_command(tmp_path):
   ran = _as_worker(remote, home, tmp_path, TPU_WORKER_ID="3")
   assert ran.returncode == 0, ran.stderr
   log = home / "imagen_jax_logs" / "b64.3.log"
-  assert json.loads(log.read_text()) == [
+  start, printed = log.read_text().splitlines()
+  assert start == "==== imagen_jax launch: job b64 starts ===="
+  assert json.loads(printed) == [
       "scripts/train.py", "--config=configs/base64.py:variant=paper",
       "--config.optim.lr=3e-4", "--config.text.encoder=/mnt/my t5",
       "--workdir=gs://bucket/base64"]
   assert (home / "imagen_jax_logs" / "b64.pid").read_text().strip().isdigit()
+  # A relaunch (after a preemption) appends: the first run's log stays, and what the
+  # launcher follows (`tail`) is the new run's lines only.
+  again = _as_worker(remote.replace("&& tail", "&& echo FROM=$from && tail"), home, tmp_path,
+                     TPU_WORKER_ID="3")
+  lines = log.read_text().splitlines()
+  assert len(lines) == 4 and lines[:2] == [start, printed] and lines[2] == start
+  assert "FROM=3" in again.stdout and again.stdout.count("scripts/train.py") == 1
   kill = tpu_vm.kill_cmd(tpu_vm.Target("pod-1", "z"), "b64")
   assert _as_worker(kill[-1], home, tmp_path).returncode == 0
   # Without TPU_WORKER_ID (a real TPU VM's shell), the log is named after the host.
@@ -267,11 +276,11 @@ def test_hostile_arguments_survive_every_remote_command(tmp_path):
     assert ran.returncode == 0, ran.stderr
   for worker in ("0", "1"):
     log = home / "imagen_jax_logs" / f"{job}.{worker}.log"
-    for _ in range(100):   # the job is detached: wait for its output
-      if log.is_file() and log.read_text():
+    for _ in range(100):   # the job is detached: wait for its output below the start line
+      if log.is_file() and len(log.read_text().splitlines()) >= 2:
         break
       subprocess.run(["sleep", "0.05"], check=True)
-    assert json.loads(log.read_text()) == ["scripts/train.py", *flags,
+    assert json.loads(log.read_text().splitlines()[-1]) == ["scripts/train.py", *flags,
                                            f"--process_id={worker}"]
   assert not (tmp_path / "pwned").exists() and not (home / "pwned").exists()
   kill = tpu_vm.kill_cmd(target, job)
@@ -295,7 +304,8 @@ def test_hostile_arguments_survive_every_remote_command(tmp_path):
   missing = tpu_vm.train_cmd(target, flags, job="j2", detach=True, process_id_env="NO_SUCH")
   ran = _as_worker(missing[-1], home, tmp_path)   # bash reports it before any redirection
   assert "NO_SUCH" in ran.stderr
-  assert not list((home / "imagen_jax_logs").glob("j2.*.log"))[0].read_text()
+  assert list((home / "imagen_jax_logs").glob("j2.*.log"))[0].read_text().splitlines() == [
+      "==== imagen_jax launch: job j2 starts ===="]  # the start line only: nothing ran
 
 
 def test_train_flags_pass_through(tmp_path):

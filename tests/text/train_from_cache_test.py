@@ -139,3 +139,27 @@ def test_no_cache_for_the_encoder_is_named(tmp_path):
                      r"empty-cache holds no embeddings recorded for it; fill it with: python "
                      r"scripts/precompute_text_embeddings.py"):
     stage_task.open_cache(config)
+
+
+def test_replaced_encoder_weights_are_not_served_stale_embeddings(tmp_path):
+  """The cache was filled from the weights at a path; new weights at the same path have a
+  fingerprint with no record: an error, not the old weights' embeddings found by path. Only
+  when the directory is gone does the path stand in for it."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from safetensors.torch import load_file, save_file  # pylint: disable=import-outside-toplevel
+  encoder_dir = _save_tiny_t5(tmp_path / "t5")
+  data = _folder(tmp_path / "data", CAPTIONS[:2])
+  cache = tmp_path / "cache"
+  _precompute(f"--config={CONFIG}", *_overrides(encoder_dir, cache, data))
+  config = _config(encoder_dir, cache, data)
+  _, spec = stage_task.open_cache(config)
+  assert spec is not None
+  weights = encoder_dir / "model.safetensors"
+  tensors = load_file(str(weights))
+  save_file({k: v + 0.01 * torch.ones_like(v) for k, v in tensors.items()}, str(weights),
+            metadata={"format": "pt"})  # fine-tuned in place: same names, same size
+  with pytest.raises(ValueError, match=r"holds no embeddings of encoder .*fingerprint"):
+    stage_task.open_cache(config)
+  shutil.rmtree(encoder_dir)
+  cache_obj, spec = stage_task.open_cache(config)  # gone: the path's record stands in
+  assert spec is None and cache_obj.missing([c for caps in CAPTIONS[:2] for c in caps]) == []

@@ -14,6 +14,7 @@ local or gs:// data_dir; scripts/prepare_data.py writes such datasets).
 Folder and COCO-json sources are in `folder_source.py`.
 """
 
+import json
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -173,6 +174,14 @@ class TfdsSource:
     self.num_records = len(self._ds)
     if self.num_records == 0:
       raise ValueError(f"{self.name}: the dataset is empty")
+    # prepare_data.py writes each shard's captions beside it (captions/<shard>.json):
+    # `captions(i)` then reads those, not the records with their images.
+    self._sidecar = None
+    if from_files and split in builder.info.splits:
+      info = builder.info.splits[split]
+      self._sidecar = (str(builder.data_dir), list(info.filenames),
+                       np.cumsum([0, *info.shard_lengths]))
+    self._sidecar_shard = (None, None)
 
   def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray,
                                                                 str]:
@@ -191,6 +200,20 @@ class TfdsSource:
     return image, text
 
   def captions(self, index: int) -> list[str]:
-    """Every caption of record `index` (for the text-embedding cache; reads the record)."""
+    """Every caption of record `index` (for the text-embedding cache): from the shard's
+    captions file where prepare_data.py wrote one (one read per shard), else the record."""
+    if self._sidecar is not None:
+      root, files, starts = self._sidecar
+      shard = int(np.searchsorted(starts, index, side="right")) - 1
+      if self._sidecar_shard[0] != shard:
+        path = paths.path(f"{root}/captions/{files[shard]}.json")
+        rows = json.loads(path.read_text()) if path.exists() else None
+        if rows is not None and len(rows) != starts[shard + 1] - starts[shard]:
+          raise ValueError(f"{path}: {len(rows)} rows for a shard of "
+                           f"{starts[shard + 1] - starts[shard]} records")
+        self._sidecar_shard = (shard, rows)
+      rows = self._sidecar_shard[1]
+      if rows is not None:
+        return [str(c) for c in rows[index - starts[shard]]]
     return all_captions(get_field(self._ds[index], self.fields["caption"]),
                         f"{self.name}#{index}")

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from imagen_jax.data import input_pipeline
+from imagen_jax.data import sources
 from imagen_jax.data import preprocess
 from imagen_jax.data import shapes
 from imagen_jax.data.prepare import convert
@@ -188,6 +189,13 @@ def test_coco_json_two_processes_resume_then_read_back(tmp_path):
                                     n=5)
   assert all(any(c in caps for _, caps in expected.values()) for c in seen)
 
+  # The text cache's coverage check lists captions from the shards' captions files, in
+  # record order, without reading a record (the images).
+  source = sources.TfdsSource("coco_test", data_dir=str(out_dir))
+  from_records = [[c.decode() for c in r["caption"]] for r in records]
+  source._ds = None  # pylint: disable=protected-access  # any record read would fail now
+  assert [source.captions(i) for i in range(source.num_records)] == from_records
+
 
 def test_webdataset_and_folder_sources_and_a_second_split(tmp_path):
   expected = _webdataset(tmp_path / "wds")
@@ -277,6 +285,7 @@ s = convert.prepare(source="folder", path={str(folder)!r}, name="no_tf",
 import tensorflow_datasets as tfds
 ds = tfds.data_source("no_tf", split="train", data_dir={str(tmp_path / "tfds")!r})
 from imagen_jax.data import input_pipeline
+from imagen_jax.data import sources
 it = input_pipeline.create_input_iterator(
     {{"dataset": "tfds:no_tf", "data_dir": {str(tmp_path / "tfds")!r}, "num_epochs": 1}},
     global_batch_size=1, resolution=8, seed=0, process_index=0, process_count=1,
@@ -309,6 +318,7 @@ from imagen_jax.storage import paths
 paths.prefer_gcsfs()  # else etils serves gs:// by tf.io.gfile (TF is installed here),
 import tensorflow_datasets as tfds  # which cannot reach the emulator
 from imagen_jax.data import input_pipeline
+from imagen_jax.data import sources
 name, data_dir, coco, folder = sys.argv[1:]
 ds = tfds.data_source(name, split="train", data_dir=data_dir)
 records = {r["key"].decode(): [hashlib.sha256(r["image"].tobytes()).hexdigest(),

@@ -60,7 +60,7 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
 
 
 def _convert(item: readers.Item, max_side: Optional[int], features):
-  """("ok", serialized, re-encoded) or ("skip", reason, detail)."""
+  """("ok", serialized, re-encoded, captions) or ("skip", reason, detail)."""
   if item.skip:
     return ("skip",) + item.skip
   try:
@@ -75,7 +75,7 @@ def _convert(item: readers.Item, max_side: Optional[int], features):
     return "skip", "corrupt image", str(e)
   record = features.serialize_example({
       "image": stored, "caption": list(item.captions), "key": item.key})
-  return "ok", record, reencoded
+  return "ok", record, reencoded, list(item.captions)
 
 
 def format_counts(counts: collections.Counter) -> str:
@@ -173,7 +173,7 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
       for result in _ordered_map(lambda it: _convert(it, max_side, features),
                                  reader.items(block), num_workers):
         if result[0] == "ok":
-          shard.write(result[1])
+          shard.write(result[1], result[3])
           reencoded += bool(result[2])
         else:
           skipped[result[1]] += 1

@@ -3,6 +3,7 @@
   OUTPUT_DIR/NAME/1.0.0/
     dataset_info.json, features.json           (TFDS's own writer)
     NAME-train.array_record-00000-of-00004     (TFDS's shard naming)
+    captions/NAME-train.array_record-00000-of-00004.json   every record's captions
     ...
     _prepare/train/00000-of-00004.done.json    (per shard: counts, skips)
 
@@ -37,6 +38,7 @@ from imagen_jax.storage import paths
 
 VERSION = "1.0.0"
 FILE_FORMAT = "array_record"
+CAPTIONS_DIR = "captions"
 WRITER_OPTIONS = "group_size:1"
 _DONE = re.compile(r"^(\d{5})-of-(\d{5})\.done\.json$")
 _SPLIT = re.compile(r"^[A-Za-z0-9_]+$")
@@ -72,6 +74,12 @@ def shard_filename(name: str, split: str, index: int, num_shards: int) -> str:
   return f"{name}-{split}.{FILE_FORMAT}-{index:05d}-of-{num_shards:05d}"
 
 
+def captions_path(ds_dir: str, name: str, split: str, index: int, num_shards: int) -> str:
+  """The shard's captions sidecar: a JSON list (one list of captions per record, in record
+  order), so the text cache's coverage check reads captions without the images."""
+  return _join(ds_dir, CAPTIONS_DIR, shard_filename(name, split, index, num_shards) + ".json")
+
+
 def done_path(ds_dir: str, split: str, index: int, num_shards: int) -> str:
   return _join(ds_dir, "_prepare", split,
                f"{index:05d}-of-{num_shards:05d}.done.json")
@@ -101,6 +109,8 @@ class ShardWriter:
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
     self.target = _join(ds_dir, shard_filename(name, split, index, num_shards))
     self.done = done_path(ds_dir, split, index, num_shards)
+    self.captions_file = captions_path(ds_dir, name, split, index, num_shards)
+    self._captions: list[list[str]] = []
     if paths.is_remote(ds_dir):
       self._tmp_dir = tempfile.mkdtemp(prefix="prepare_data_")
       local_dir = self._tmp_dir
@@ -114,8 +124,9 @@ class ShardWriter:
                                                          WRITER_OPTIONS)
     self.count = 0
 
-  def write(self, record: bytes) -> None:
+  def write(self, record: bytes, captions: list[str]) -> None:
     self._writer.write(record)
+    self._captions.append([str(c) for c in captions])
     self.count += 1
 
   def commit(self, done: dict) -> dict:
@@ -129,6 +140,7 @@ class ShardWriter:
           "wb") as dst:
         shutil.copyfileobj(src, dst, 16 << 20)
       shutil.rmtree(self._tmp_dir, ignore_errors=True)
+    paths.write_atomic(self.captions_file, json.dumps(self._captions))
     done = dict(done, num_examples=self.count, num_bytes=num_bytes,
                 file=os.path.basename(self.target))
     paths.write_atomic(self.done, json.dumps(done, indent=1, sort_keys=True))

@@ -398,3 +398,21 @@ def test_train_on_a_prepared_dataset_with_no_field_flags(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   final = json.loads((workdir / "final_metrics.json").read_text())
   assert final["step"] == 2 and np.isfinite(final["loss"]), final
+
+
+def test_a_tar_cut_short_counts_the_sample_it_cut(tmp_path):
+  """A truncated webdataset shard (an interrupted download): the whole samples before the
+  break are kept, the sample being read is counted as skipped, and so is the rest."""
+  good, text = _scene(7)
+  path = tmp_path / "00000.tar"
+  with tarfile.open(path, "w") as tar:
+    _add(tar, "a.jpg", _encode(good))
+    _add(tar, "a.txt", text.encode())
+    _add(tar, "b.txt", b"a caption read before the break")
+    _add(tar, "b.jpg", _encode(good) * 40)  # large: the cut falls inside it
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  items = list(readers.tar_items(str(path)))
+  assert [(i.key, i.skip[0] if i.skip else "ok") for i in items] == [
+      ("00000/a", "ok"), ("00000/b", "corrupt tar"), ("00000/<tar>", "corrupt tar")]
+  assert items[0].captions == (text,)

@@ -147,8 +147,9 @@ def _open_binary(path: str):
 
 
 def tar_items(tar_path: str) -> Iterator[Item]:
-  """The samples of one webdataset tar, streamed; a read error ends the tar
-  with one "corrupt tar" item (the samples before it are kept)."""
+  """The samples of one webdataset tar, streamed; a read error ends the tar with a
+  "corrupt tar" item for the sample it cut short (if any) and one for the rest of the tar
+  (the samples before it are kept)."""
   tar_name = posixpath.basename(tar_path.rstrip("/"))
   tar_name = tar_name[:-len(".tar")] if tar_name.endswith(".tar") else tar_name
   key, members = None, {}
@@ -169,6 +170,9 @@ def tar_items(tar_path: str) -> Iterator[Item]:
         key = member_key
         members[ext.lower()] = tar.extractfile(member).read()
   except (tarfile.TarError, OSError, EOFError) as e:
+    if key is not None:  # the sample being read when the tar broke: counted, not dropped
+      yield Item(f"{tar_name}/{key}", (), skip=(
+          "corrupt tar", f"{tar_path}: {key} cut short by {type(e).__name__}"))
     yield Item(f"{tar_name}/<tar>", (), skip=(
         "corrupt tar", f"{tar_path}: {type(e).__name__}: {e}"))
     return

@@ -317,3 +317,25 @@ def test_host_memory_stays_under_twice_the_params(tmp_path):
   # One copy of the params (on the CPU "device") plus one tensor in flight.
   assert nbytes * 0.9 < growth < nbytes + largest + (32 << 20)
   assert growth < 2 * nbytes
+
+
+@pytest.mark.parametrize("layout", ["legacy", "orbax"])
+def test_t5x_checkpoint_read_in_place_from_gcs(hf_dirs, t5ref, tmp_path, gcs_bucket, layout):
+  """A t5x checkpoint in a bucket (as gs://t5-data holds them) is read by tensorstore in
+  place, with the same outputs and identity as the local copy."""
+  from imagen_jax.storage import paths  # pylint: disable=import-outside-toplevel
+  path, model = hf_dirs["original"]
+  local = tmp_path / "t5x"
+  if layout == "legacy":
+    _write_legacy_t5x(local / "checkpoint_100", _t5x_flat(model))
+  else:
+    _write_orbax(local / "checkpoint_100", _t5x_flat(model))
+  remote = f"{gcs_bucket}/t5x"
+  for f in local.rglob("*"):
+    if f.is_file():
+      paths.path(f"{remote}/{f.relative_to(local)}").write_bytes(f.read_bytes())
+  from_gcs = text.load_text_encoder(remote, max_length=20)
+  from_disk = text.load_text_encoder(local, max_length=20)
+  ids, mask = t5ref.padded_batch(99, [20, 7], 20)
+  np.testing.assert_array_equal(_encode(from_gcs, ids, mask), _encode(from_disk, ids, mask))
+  assert from_gcs.identity == from_disk.identity

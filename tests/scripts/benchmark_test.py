@@ -51,6 +51,9 @@ def _bench(args, tmp_path, env=None):
   return json.loads(out.read_text()), proc.stdout
 
 
+# Slow-marked to keep the default run under its 20-minute budget; .ci/run runs the
+# benchmark tests' slow tier once (python -m pytest -m slow tests/*/benchmark_test.py).
+@pytest.mark.slow
 def test_ratios_against_a_peer_with_known_figures(tmp_path):
   result, stdout = _bench(["--peer", "imagen-pytorch", "--peer_python",
                            _fake_peer(tmp_path, fail=False)], tmp_path)

@@ -61,9 +61,11 @@ def test_synthetic_batch_matches_the_loss_format():
   assert 0 < b["drop_text"].sum() < 64
 
 
-# The pmap variant is slow-marked (-m slow): it compiles a second, equally large program,
-# and the trainer's pmap step is covered by tests/parallel/pmap_step_test.py.
-@pytest.mark.parametrize("mode", ["pjit", pytest.param("pmap", marks=pytest.mark.slow)])
+# Both variants are slow-marked (-m slow; .ci/run runs them once): each compiles the base
+# stage's full train step, and the trainer's steps are covered by tests/train and
+# tests/parallel/pmap_step_test.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["pjit", "pmap"])
 def test_train_step_figures_are_consistent(mode):
   c = _tiny_config(mode)
   out = benchmark.train_step(c, batch_size=8, repeats=2, inner=1, warmup=1)
@@ -96,6 +98,9 @@ def test_train_step_flops_grow_with_the_batch():
   assert large["flops_per_step_per_device"] > 1.8 * small["flops_per_step_per_device"]
 
 
+# Slow-marked to keep the default run under its 20-minute budget; .ci/run runs the
+# benchmark tests' slow tier once (python -m pytest -m slow tests/*/benchmark_test.py).
+@pytest.mark.slow
 def test_sampling_reports_guided_and_unguided():
   c = _tiny_config()
   out = benchmark.sampling(c, batch_size=2, num_steps=3, guidance_scale=3.0, repeats=1)

@@ -52,7 +52,7 @@ def _bench(args, tmp_path, env=None):
 
 
 # Slow-marked to keep the default run under its 20-minute budget; .ci/run runs the
-# benchmark tests' slow tier once (python -m pytest -m slow tests/*/benchmark_test.py).
+# benchmark tests' slow tier once.
 @pytest.mark.slow
 def test_ratios_against_a_peer_with_known_figures(tmp_path):
   result, stdout = _bench(["--peer", "imagen-pytorch", "--peer_python",
@@ -68,6 +68,7 @@ def test_ratios_against_a_peer_with_known_figures(tmp_path):
   assert "train img/s" in stdout and "ours/theirs" in stdout
 
 
+@pytest.mark.slow  # as above
 def test_a_failing_peer_keeps_our_figures_and_the_profile(tmp_path):
   result, stdout = _bench(["--only", "train", "--peer", "imagen-pytorch", "--peer_python",
                            _fake_peer(tmp_path, fail=True), "--profile", str(tmp_path / "prof"),

@@ -126,6 +126,8 @@ def metrics():
 """
 
 
+# Slow-marked (two trainings, ~2 min): .ci/run runs the slow tier of this file once.
+@pytest.mark.slow
 def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeypatch):
   cfg = tmp_path / "two_runs.py"
   cfg.write_text(TWO_RUNS.format(shapes=str(ROOT / "configs" / "shapes.py")))

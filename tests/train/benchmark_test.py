@@ -99,7 +99,7 @@ def test_train_step_flops_grow_with_the_batch():
 
 
 # Slow-marked to keep the default run under its 20-minute budget; .ci/run runs the
-# benchmark tests' slow tier once (python -m pytest -m slow tests/*/benchmark_test.py).
+# benchmark tests' slow tier once.
 @pytest.mark.slow
 def test_sampling_reports_guided_and_unguided():
   c = _tiny_config()

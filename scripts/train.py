@@ -16,6 +16,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (jax.distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", None, "With the three flags above: "
+                                  "seconds a silent process counts as alive (JAX: 100).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +34,8 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_threefry_partitionable", True)
   from imagen_jax.parallel import multihost  # pylint: disable=import-outside-toplevel
-  multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                       heartbeat_timeout_s=_HEARTBEAT.value)
   from imagen_jax.train import loop  # pylint: disable=import-outside-toplevel
   loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

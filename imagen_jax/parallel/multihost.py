@@ -53,13 +53,15 @@ def detected_cluster() -> str | None:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, heartbeat_timeout_s: int | None = None) -> bool:
   """Calls `jax.distributed.initialize` when needed; returns whether it did.
 
   Explicit flags (all three, or none) win; otherwise a cluster JAX configures by itself
   (`detected_cluster`: TPU pod or GKE TPU slice, SLURM, Open MPI) gets
   `jax.distributed.initialize()` with no arguments. Single-process runs do nothing. Must run
-  before any other JAX call touches the devices.
+  before any other JAX call touches the devices. `heartbeat_timeout_s` (explicit flags only;
+  default JAX's 100 s): how long a silent process counts as alive; oversubscribed CPU hosts
+  compiling at once can miss heartbeats for longer.
   """
   given = [coordinator_address is not None, num_processes is not None, process_id is not None]
   if any(given) and not all(given):
@@ -70,8 +72,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise ValueError(f"process_id {process_id} is not in [0, {num_processes}).")
     if num_processes == 1:
       return False
+    extra = ({} if heartbeat_timeout_s is None else
+             {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)})
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id, **extra)
     how = "explicit flags"
   else:
     how = detected_cluster()

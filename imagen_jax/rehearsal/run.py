@@ -275,6 +275,9 @@ class Rehearsal:
             "--config.sampling.num_steps=4", *self._stage_overrides(), *extra,
             f"--train_flag=--coordinator_address=127.0.0.1:{port}",
             f"--train_flag=--num_processes={self.num_workers}",
+            # Two workers compiling at once on two cores can starve their heartbeats past
+            # JAX's 100 s (seen once in CI: both declared dead mid-compile).
+            "--train_flag=--heartbeat_timeout_s=900",
             "--process_id_env=TPU_WORKER_ID"]
 
   def _exit_codes(self) -> list[list[int]]:

@@ -100,6 +100,12 @@ def _remote_listing(p: str) -> tuple[bool, list]:
     raise FileNotFoundError(f"{p} does not exist") from None
 
 
+def _stream(src: epath.Path, dst: pathlib.Path) -> None:
+  """Copies in 16 MiB pieces: a T5-XXL shard is several GB, more than a host should hold."""
+  with src.open("rb") as r, open(dst, "wb") as w:
+    shutil.copyfileobj(r, w, 16 << 20)
+
+
 def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike | None = None
                ) -> pathlib.Path:
   """A local path holding what `p` holds (a file or a folder); `p` itself when local.
@@ -125,13 +131,13 @@ def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike | None = None
       tmp = base / f".{dest.name}.{uuid.uuid4().hex}.tmp"
       try:
         if not is_dir:
-          tmp.write_bytes(src.read_bytes())
+          _stream(src, tmp)
         else:
           tmp.mkdir(parents=True)
           for rel, *_ in listing:
             out = tmp / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes((src / rel).read_bytes())
+            _stream(src / rel, out)
         manifest.unlink(missing_ok=True)
         if dest.exists():
           shutil.rmtree(dest) if dest.is_dir() else dest.unlink()

@@ -1,8 +1,9 @@
-"""Evaluators for the training loop, big_vision style: `Evaluator(sample_fn, **cfg).run(step)`.
+"""Evaluators for the training loop, big_vision style: `Evaluator(sample_fn, **cfg).run(params)`.
 
-`sample_fn(captions: list[str], rng_seed: int) -> uint8 [N, H, W, 3]` is all an evaluator
-knows about the model (evaluation never imports train or pipeline). Each `run(step)`
-yields `(name, value)` pairs. `config.evals.<name>` entries are dicts with `type` (a key
+`sample_fn(params, captions: list[str], rng_seed: int) -> uint8 [N, H, W, 3]` is all an
+evaluator knows about the model (evaluation never imports train or pipeline); `run(params)`
+samples with those params (the loop passes the current EMA params) and yields
+`(name, value)` pairs. `config.evals.<name>` entries are dicts with `type` (a key
 of `EVALUATORS`; defaults to the entry's name), `log_steps` and the evaluator's kwargs;
 `from_config` builds them:
 
@@ -13,7 +14,7 @@ of `EVALUATORS`; defaults to the entry's name), `log_steps` and the evaluator's 
   evaluators = evaluators_lib.from_config(config.evals, sample_fn)
   for name, evaluator, log_steps in evaluators:
     if config_lib.itstime(step, log_steps, total_steps):
-      for key, value in evaluator.run(step):
+      for key, value in evaluator.run(state.ema_params):
         writer.write_scalars(step, {f"{name}/{key}": value})
 """
 
@@ -26,7 +27,7 @@ from imagen_jax.evaluation import coco_fid
 from imagen_jax.evaluation import fid
 from imagen_jax.evaluation import inception
 
-SampleFn = Callable[[list, int], np.ndarray]
+SampleFn = Callable[[Any, list, int], np.ndarray]
 
 
 class AlignmentEvaluator:
@@ -39,9 +40,10 @@ class AlignmentEvaluator:
                    max_objects=int(max_objects))
     self._refs = None
 
-  def run(self, step: int) -> Iterator[tuple[str, float]]:
-    del step  # the same captions and noise every time: steps are comparable
-    res = alignment.evaluate(self.sample_fn, with_references=self._refs is None, **self.kw)
+  def run(self, params: Any) -> Iterator[tuple[str, float]]:
+    # The same captions and noise every time: steps are comparable.
+    res = alignment.evaluate(lambda captions, seed: self.sample_fn(params, captions, seed),
+                             with_references=self._refs is None, **self.kw)
     if self._refs is None:
       self._refs = {k: res.pop(k) for k in ("chance", "ceiling")}
     res.update(self._refs)
@@ -102,15 +104,14 @@ class FidEvaluator:
     self._captions = captions
     self._ref = np.concatenate(feats)
 
-  def run(self, step: int) -> Iterator[tuple[str, float]]:
-    del step
+  def run(self, params: Any) -> Iterator[tuple[str, float]]:
     if self._ref is None:
       self._prepare()
     feats = []
     bs = self.sample_batch_size
     for k, lo in enumerate(range(0, len(self._captions), bs)):
       caps = self._captions[lo:lo + bs]
-      images = np.asarray(self.sample_fn(caps, coco_fid.seed_for_shard(self.seed, k)))
+      images = np.asarray(self.sample_fn(params, caps, coco_fid.seed_for_shard(self.seed, k)))
       inception.check_images(images, "sample_fn output")
       feats.append(self.extractor(coco_fid.to_resolution(images, self.resolution)))
     yield "fid", fid.frechet_distance_from_features(np.concatenate(feats), self._ref)

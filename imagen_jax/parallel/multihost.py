@@ -120,13 +120,6 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(flags))
 
 
-def broadcast_from_primary(value: Any) -> Any:
-  """Process 0's value of a small pytree of numbers, on every process."""
-  if jax.process_count() == 1:
-    return value
-  return multihost_utils.broadcast_one_to_all(value)
-
-
 def allgather_json(obj: Any) -> list[Any]:
   """Every process's JSON-serialisable `obj`, as a list indexed by process (a collective)."""
   if jax.process_count() == 1:

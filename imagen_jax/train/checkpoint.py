@@ -18,9 +18,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from imagen_jax.storage import paths as storage_paths
-
 from imagen_jax.parallel import multihost
+from imagen_jax.storage import paths as storage_paths
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data", "config")
@@ -47,11 +46,17 @@ def abstract_of(tree: Any) -> Any:
 
 
 class PreemptionWatcher:
-  """SIGTERM sets a flag (checked by the loop each step) instead of killing the process."""
+  """SIGTERM sets a flag instead of killing the process; `stop_requested` is the loop's test.
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+  `reached_preemption(step)`: Orbax/JAX's preemption sync point (TPU and multi-process runs
+  with the service on), when given.
+  """
+
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,), *,
+               reached_preemption: Callable[[int], bool] | None = None):
     self._event = threading.Event()
     self._previous = {}
+    self._reached_preemption = reached_preemption
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -66,6 +71,18 @@ class PreemptionWatcher:
 
   def request(self) -> None:
     self._event.set()
+
+  def stop_requested(self, step: int, *, collective: bool) -> bool:
+    """Whether the run should checkpoint and stop after `step`, the same on every process.
+
+    One process reads its own flag every step; several agree (`any_process`, a collective)
+    only at `collective` steps, which every process must reach together (logs, saves).
+    """
+    if jax.process_count() == 1:
+      requested = self.requested
+    else:
+      requested = collective and multihost.any_process(self.requested)
+    return requested or bool(self._reached_preemption and self._reached_preemption(step))
 
   def close(self) -> None:
     for sig, handler in self._previous.items():
@@ -85,6 +102,7 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=bool(async_save),
         read_only=read_only)
     self._mngr = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+    self._last_saved = self._mngr.latest_step()
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -102,15 +120,18 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, data_state: Any = None, config: dict | None = None,
            force: bool = False) -> bool:
-    """Starts a (possibly async) save; a collective, call on every process.
+    """Starts a (possibly async) save when it is due; a collective, call on every process.
 
-    `data_state` is this process's iterator state; every process's state is gathered and stored
-    as `{"process_count": n, "states": [...]}`.
+    The one save gate: a step is saved when `force` is set or it is a multiple of
+    `every_steps`, and only once. `state` (and `data_state`) may be zero-argument functions,
+    called only when the step is saved. `data_state` is this process's iterator state; every
+    process's state is gathered and stored as `{"process_count": n, "states": [...]}`.
     """
     if not force and not self.should_save(step):
       return False
-    if step in self._mngr.all_steps():
+    if step == self._last_saved or step in self._mngr.all_steps():
       return False
+    state, data_state = (x() if callable(x) else x for x in (state, data_state))
     data = {"process_count": jax.process_count(),
             "states": multihost.allgather_json(data_state)}
     saved = self._mngr.save(step, force=True, args=ocp.args.Composite(
@@ -118,6 +139,7 @@ class Checkpointer:
         data=ocp.args.JsonSave(data),
         config=ocp.args.JsonSave(config or {})))
     if saved:
+      self._last_saved = step
       logging.info("Checkpoint for step %d started (%s).", step, self.directory)
     return saved
 

@@ -32,7 +32,7 @@ from imagen_jax.data import input_pipeline
 from imagen_jax.parallel import multihost
 from imagen_jax.parallel import sharding as sharding_lib
 from imagen_jax.text import encoder as encoder_lib
-from imagen_jax.train import loop
+from imagen_jax.train.task import TrainTask
 
 PRECOMPUTE_SCRIPT = "scripts/precompute_text_embeddings.py"
 
@@ -181,15 +181,11 @@ def _to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.TrainTask:
-  """Validates shapes and the text cache (before any compile) and wires the stage's pieces."""
+def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTask:
+  """Checks the text cache (before any compile) and wires the stage's pieces; the config
+  itself was validated by `config_check` (resolutions included)."""
   del local_batch_size  # the input pipeline derives it from the global batch
   pipe = pipeline_lib.StagePipeline.from_config(config)
-  loop.check_resolutions(pipe.resolution, config.input.get("resolution"),
-                         pipe.lowres_resolution, config.input.get("lowres_resolution"))
-  if pipe.lowres_resolution is None and config.input.get("lowres_resolution"):
-    raise ValueError(f"config.input.lowres_resolution={config.input.lowres_resolution} but "
-                     f"the model {config.model.name!r} is not a super-resolution stage.")
 
   cache = encoder = None
   if config.text.get("cache_dir"):
@@ -239,19 +235,18 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> loop.Tra
       emb, mask = batch["text_emb"], batch["text_mask"]
     else:
       emb, mask = encoder.encode_fn(enc_params, batch["ids"], batch["ids_mask"])
-    emb, mask = pipeline_lib.null_text(jax.lax.stop_gradient(emb), mask, batch["drop_text"])
-    out = {"image": _to_float(batch["image"]), "text_emb": emb.astype(jnp.float32),
-           "text_mask": mask}
+    out = {"image": _to_float(batch["image"]), "drop_text": batch["drop_text"],
+           "text_emb": jax.lax.stop_gradient(emb).astype(jnp.float32), "text_mask": mask}
     if "lowres" in batch:
       out["lowres"] = _to_float(batch["lowres"])
     return out
 
-  return loop.TrainTask(
+  sample_fn = None if pipe.is_super_resolution else _CaptionSampler(config, pipe, text, mesh)
+  return TrainTask(
       init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=max_length),
       loss_fn=pipe.loss_fn, iterator=iterator, host_to_numeric=host_to_numeric,
       preprocess=preprocess, frozen_params=None if encoder is None else encoder.params,
-      sample_fn=_make_sample_fn(config, pipe, text, mesh),
-      caption_sample_fn=_make_caption_sample_fn(config, pipe, text, mesh))
+      sample_fn=sample_fn, sample_prompts=_grid_prompts(config, pipe, text))
 
 
 def _sample_images(config: Any, pipe: Any, emb, mask, params, rng):
@@ -262,76 +257,53 @@ def _sample_images(config: Any, pipe: Any, emb, mask, params, rng):
   return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-def _text_to_image(config: Any, pipe: Any, encoder: Any, mesh: Mesh):
-  """Jitted (params, enc_params, ids, ids_mask, rng) -> uint8 images with `config.sampling`."""
-  def sample(params, enc_params, ids, ids_mask, rng):
-    emb, mask = encoder.encode_fn(enc_params, ids, ids_mask)
-    return _sample_images(config, pipe, emb, mask, params, rng)
-
-  return jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
-
-
-def _emb_to_image(config: Any, pipe: Any, mesh: Mesh):
-  """Jitted (params, emb, mask, rng) -> uint8 images with `config.sampling`."""
-  def sample(params, emb, mask, rng):
-    return _sample_images(config, pipe, emb, mask, params, rng)
-
-  return jax.jit(sample, out_shardings=sharding_lib.replicated(mesh))
-
-
 class _CaptionSampler:
-  """(params, captions, rng) -> uint8 images: cached embeddings when the cache has every
-  caption, else the encoder (`_Text.encoder`, loaded on first need)."""
+  """(params, captions, rng) -> uint8 images with `config.sampling`: the stage's one sampler,
+  for the periodic grids and the evaluators (base stages: an SR stage needs a low-res input).
+
+  Cached embeddings when the cache has every caption, else the encoder (`_Text.encoder`,
+  loaded on first need). Each of the two jitted programs is built once and compiles once
+  per batch size.
+  """
 
   def __init__(self, config, pipe, text, mesh):
-    self.config, self.pipe, self.text, self.mesh = config, pipe, text, mesh
-    self._from_emb = self._from_ids = None
+    self.config, self.pipe, self.text = config, pipe, text
     self._rep = sharding_lib.replicated(mesh)
+    self._from_emb = self._from_ids = None
 
-  def __call__(self, params, captions, rng, why):
+  def __call__(self, params, captions, rng):
     captions = [str(c) for c in captions]
     # One decision for all processes: hosts whose cache views differ (opened while a
     # precompute still writes) must not take different programs (a collective deadlock).
     if not multihost.any_process(not self.text.cached(captions)):
       emb, mask = self.text.cache.get_many(captions)
       if self._from_emb is None:
-        self._from_emb = _emb_to_image(self.config, self.pipe, self.mesh)
+        self._from_emb = jax.jit(
+            lambda params, emb, mask, rng: _sample_images(
+                self.config, self.pipe, emb, mask, params, rng), out_shardings=self._rep)
       emb, mask = jax.device_put((emb, mask), self._rep)
       return self._from_emb(params, emb, mask, rng)
-    enc = self.text.encoder(why)
+    enc = self.text.encoder(f"{len(captions)} captions to sample are not all in the text "
+                            "cache")
     if self._from_ids is None:
-      self._from_ids = _text_to_image(self.config, self.pipe, enc, self.mesh)
+      def from_ids(params, enc_params, ids, ids_mask, rng):
+        emb, mask = enc.encode_fn(enc_params, ids, ids_mask)
+        return _sample_images(self.config, self.pipe, emb, mask, params, rng)
+      self._from_ids = jax.jit(from_ids, out_shardings=self._rep)
     ids, ids_mask = enc.tokenize(captions)
     ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), self._rep)
     return self._from_ids(params, enc.params, ids, ids_mask, rng)
 
 
-def _make_sample_fn(config: Any, pipe: Any, text: _Text, mesh: Mesh):
-  """EMA samples for `config.sample_prompts` (base stages; SR stages need a low-res input,
-  which periodic sampling does not have, so they get none)."""
+def _grid_prompts(config: Any, pipe: Any, text: _Text) -> list[str]:
+  """`config.sample_prompts` for the periodic grids (base stages; none when a cache lacks
+  them and there is no encoder to encode them with)."""
   prompts = [str(p) for p in (config.get("sample_prompts") or ())]
   if not prompts or pipe.is_super_resolution:
-    return None
+    return []
   if text.cache is not None and not text.can_load and not text.cached(prompts):
     logging.warning("text: config.sample_prompts are not all in the cache %s and the "
                     "encoder %s is not a directory: no periodic samples (precompute from "
                     "the config caches them)", text.cache.root, text.config.text.encoder)
-    return None
-  sampler = _CaptionSampler(config, pipe, text, mesh)
-  why = f"{len(prompts)} config.sample_prompts are not all in the text cache"
-  return lambda params, rng: sampler(params, prompts, rng, why)
-
-
-def _make_caption_sample_fn(config: Any, pipe: Any, text: _Text, mesh: Mesh):
-  """(ema_params, captions, seed) -> uint8 samples with `config.sampling`, for `config.evals`
-  (base stages only: an SR stage needs a low-res input)."""
-  if pipe.is_super_resolution:
-    return None
-  sampler = _CaptionSampler(config, pipe, text, mesh)
-
-  def caption_sample(params, captions, seed):
-    why = f"eval captions ({len(captions)}) are not all in the text cache"
-    out = sampler(params, captions, jax.random.PRNGKey(seed), why)
-    return np.asarray(jax.device_get(out))
-
-  return caption_sample
+    return []
+  return prompts

@@ -1,4 +1,4 @@
-"""The pure training step, shared by the jit (pjit) path and the pmap wrapper."""
+"""The pure training step, compiled by either placement (jit with shardings, or pmap)."""
 from __future__ import annotations
 
 import functools
@@ -68,16 +68,13 @@ def train_step_body(state: TrainState, batch: dict, *, loss_fn: LossFn,
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_decay: float,
-                    ema_warmup: bool = True, nonfinite: str = "skip",
-                    lr_schedule: optax.Schedule | None = None,
+                    ema_warmup: bool = True, lr_schedule: optax.Schedule | None = None,
                     ) -> Callable[..., tuple[TrainState, dict]]:
-  """Pure `train_step(state, batch) -> (state, metrics)`; jit it with shardings.
+  """Pure `train_step(state, batch) -> (state, metrics)`; a placement compiles it.
 
   A step whose loss or grad norm is non-finite leaves params, EMA and optimizer state unchanged
-  and sets `metrics["nonfinite"] = 1` under both policies; with `"halt"` the loop raises when it
-  reads the metrics (no host sync inside the step).
+  and sets `metrics["nonfinite"] = 1`; the loop applies `config.nonfinite` (one of
+  `NONFINITE_POLICIES`) when it reads the metrics (no host sync inside the step).
   """
-  if nonfinite not in NONFINITE_POLICIES:
-    raise ValueError(f"nonfinite={nonfinite!r}; expected one of {NONFINITE_POLICIES}.")
   return functools.partial(train_step_body, loss_fn=loss_fn, tx=tx, lr_schedule=lr_schedule,
                            ema_decay=float(ema_decay), ema_warmup=bool(ema_warmup))

@@ -56,21 +56,29 @@ def test_from_config_builds_evaluators_and_runs_them():
   renders = np.stack([img for img, _ in fid_scenes])
   pos = [0]
 
-  def fid_sample_fn(captions, rng_seed):
+  def fid_sample_fn(params, captions, rng_seed):
     del rng_seed
+    assert params == "ema params"  # what run() was given
     out = renders[pos[0]:pos[0] + len(captions)]
     assert [c for _, c in fid_scenes[pos[0]:pos[0] + len(captions)]] == list(captions)
     pos[0] += len(captions)
     return out
 
-  built = evaluators.from_config(evals, _grey)
+  seen = []
+
+  def grey_with_params(params, captions, rng_seed):
+    seen.append(params)
+    return _grey(captions, rng_seed)
+
+  built = evaluators.from_config(evals, grey_with_params)
   assert [(n, type(e).__name__, s) for n, e, s in built] == [
       ("alignment", "AlignmentEvaluator", 100), ("fid_shapes", "FidEvaluator", 500)]
-  metrics = dict(built[0][1].run(0))
+  metrics = dict(built[0][1].run("ema params"))
+  assert seen and set(seen) == {"ema params"}
   assert {"accuracy", "chance", "ceiling", "colour"} <= set(metrics)
   fid_eval = evaluators.EVALUATORS["fid"](fid_sample_fn, **{
       k: v for k, v in evals.fid_shapes.items() if k not in ("type", "log_steps")})
-  (name, value), = list(fid_eval.run(0))
+  (name, value), = list(fid_eval.run("ema params"))
   assert name == "fid" and value < 1e-6
 
 

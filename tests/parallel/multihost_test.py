@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from imagen_jax.train import loop, testing
+from imagen_jax.train import loop, toy_task
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOY_RUN = REPO / "tests" / "train" / "toy_run.py"
@@ -57,8 +57,8 @@ def test_two_processes_match_one_process(tmp_path):
   # to the same values.
   steps = sorted(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir())
   assert steps == [3, 6]
-  config = testing.toy_config(**{k: v for k, v in OVERRIDES.items() if k != "parallel.mesh"})
-  restored = loop.train(config, str(tmp_path / "multi"), testing.toy_task_factory)
+  config = toy_task.toy_config(**{k: v for k, v in OVERRIDES.items() if k != "parallel.mesh"})
+  restored = loop.train(config, str(tmp_path / "multi"), toy_task.toy_task_factory)
   host = jax.device_get(restored)
   flat = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_flatten_with_path(host)[0]}

@@ -1,24 +1,24 @@
-"""pjit and pmap modes train identically (same data, RNG-independent toy loss)."""
+"""jit and pmap modes train identically (same data, RNG-independent toy loss)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from imagen_jax.parallel import pmap_step
-from imagen_jax.train import loop, step as step_lib, testing
+from imagen_jax.train import loop, step as step_lib, toy_task
 from imagen_jax.train.state import create_train_state
 from flax.core import meta
 
 
-def test_loop_pjit_and_pmap_give_same_loss_and_params(tmp_path):
+def test_loop_jit_and_pmap_give_same_loss_and_params(tmp_path):
   kw = {"total_steps": 6, "log_every_steps": 2, "model.noise_scale": 0.0,
         "checkpoint.every_steps": 100}
   states = {}
-  for mode in ("pjit", "pmap"):
-    config = testing.toy_config(**kw, **{"parallel.mode": mode})
+  for mode in ("jit", "pmap"):
+    config = toy_task.toy_config(**kw, **{"parallel.mode": mode})
     states[mode] = jax.device_get(loop.train(config, str(tmp_path / mode),
-                                             testing.toy_task_factory))
-  a, b = states["pjit"], states["pmap"]
+                                             toy_task.toy_task_factory))
+  a, b = states["jit"], states["pmap"]
   assert int(a.step) == int(b.step) == 6
   for field in ("params", "ema_params", "opt_state"):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
@@ -26,9 +26,9 @@ def test_loop_pjit_and_pmap_give_same_loss_and_params(tmp_path):
 
 
 def test_step_level_losses_match():
-  net = testing.ToyNet(features=8)
-  loss_fn = testing.make_loss_fn(net, noise_scale=0.0)
-  it = testing.ToyIterator(16, 8, 0, 0, 1)
+  net = toy_task.ToyNet(features=8)
+  loss_fn = toy_task.make_loss_fn(net, noise_scale=0.0)
+  it = toy_task.ToyIterator(16, 8, 0, 0, 1)
   params = meta.unbox(net.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"])
   tx = optax.adam(1e-2)
   body = step_lib.make_train_step(loss_fn, tx, ema_decay=0.99)

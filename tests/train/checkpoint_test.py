@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from imagen_jax.parallel import mesh as mesh_lib
 from imagen_jax.train import checkpoint as ckpt_lib
-from imagen_jax.train import loop, testing
+from imagen_jax.train import loop, toy_task
 from imagen_jax.train.state import TrainState, create_train_state
 
 
@@ -46,18 +46,18 @@ def test_restore_8_device_checkpoint_into_4_device_mesh(tmp_path):
 
 
 def test_resume_order_and_init_from(tmp_path):
-  base = testing.toy_config(total_steps=4, **{"checkpoint.every_steps": 2})
-  src = loop.train(base, str(tmp_path / "src"), testing.toy_task_factory)
+  base = toy_task.toy_config(total_steps=4, **{"checkpoint.every_steps": 2})
+  src = loop.train(base, str(tmp_path / "src"), toy_task.toy_task_factory)
   src = jax.device_get(src)
 
   # resume_from: the full state (step, optimizer) continues in a new workdir.
-  cfg = testing.toy_config(total_steps=6, resume_from=str(tmp_path / "src"))
-  resumed = jax.device_get(loop.train(cfg, str(tmp_path / "b"), testing.toy_task_factory))
+  cfg = toy_task.toy_config(total_steps=6, resume_from=str(tmp_path / "src"))
+  resumed = jax.device_get(loop.train(cfg, str(tmp_path / "b"), toy_task.toy_task_factory))
   assert int(resumed.step) == 6
 
   # init_from: params only; step, optimizer state and EMA restart from scratch.
-  cfg = testing.toy_config(total_steps=4, init_from=str(tmp_path / "src" / "checkpoints"))
-  fresh = loop.train(cfg, str(tmp_path / "c"), testing.toy_task_factory, stop_at=0)
+  cfg = toy_task.toy_config(total_steps=4, init_from=str(tmp_path / "src" / "checkpoints"))
+  fresh = loop.train(cfg, str(tmp_path / "c"), toy_task.toy_task_factory, stop_at=0)
   fresh = jax.device_get(fresh)
   assert int(fresh.step) == 0
   jax.tree.map(np.testing.assert_array_equal, fresh.params, src.params)
@@ -65,16 +65,16 @@ def test_resume_order_and_init_from(tmp_path):
   assert all(not np.any(x) for x in jax.tree.leaves(fresh.opt_state))  # counts, mu, nu = 0
 
   # The workdir's own checkpoint wins over resume_from / init_from.
-  cfg = testing.toy_config(total_steps=6, init_from=str(tmp_path / "src"),
+  cfg = toy_task.toy_config(total_steps=6, init_from=str(tmp_path / "src"),
                            resume_from=str(tmp_path / "src"))
-  again = jax.device_get(loop.train(cfg, str(tmp_path / "b"), testing.toy_task_factory))
+  again = jax.device_get(loop.train(cfg, str(tmp_path / "b"), toy_task.toy_task_factory))
   jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)
 
 
 def test_missing_resume_source_is_a_clear_error(tmp_path):
-  cfg = testing.toy_config(resume_from=str(tmp_path / "nowhere"))
+  cfg = toy_task.toy_config(resume_from=str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match="nowhere"):
-    loop.train(cfg, str(tmp_path / "wd"), testing.toy_task_factory)
+    loop.train(cfg, str(tmp_path / "wd"), toy_task.toy_task_factory)
 
 
 def test_check_writable(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from imagen_jax.storage import paths
 from imagen_jax.train import checkpoint as ckpt_lib
-from imagen_jax.train import loop, testing
+from imagen_jax.train import loop, toy_task
 from imagen_jax.train import metrics as metrics_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -29,11 +29,11 @@ def _steps(workdir):
 
 def test_train_to_bucket_and_resume_from_it(gcs_bucket):
   workdir = f"{gcs_bucket}/runs/toy"
-  config = testing.toy_config(total_steps=8, **{"checkpoint.every_steps": 4})
-  loop.train(config, workdir, testing.toy_task_factory, stop_at=4)
+  config = toy_task.toy_config(total_steps=8, **{"checkpoint.every_steps": 4})
+  loop.train(config, workdir, toy_task.toy_task_factory, stop_at=4)
   assert _steps(workdir) == [4]
   assert json.loads((paths.path(workdir) / "config.json").read_text())["total_steps"] == 8
-  state = loop.train(config, workdir, testing.toy_task_factory)
+  state = loop.train(config, workdir, toy_task.toy_task_factory)
   assert int(jax.device_get(state.step)) == 8 and _steps(workdir) == [4, 8]
   events = metrics_lib.read_events(workdir)
   assert [s for s, _ in events["loss"]] == [2, 4, 6, 8]  # both runs' events, in order

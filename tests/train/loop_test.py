@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from imagen_jax.train import loop, testing
+from imagen_jax.train import loop, toy_task
 from imagen_jax.train import metrics as metrics_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -44,9 +44,9 @@ def committed_steps(workdir):
 
 
 def test_short_run_loss_falls_and_writes_outputs(tmp_path):
-  config = testing.toy_config(total_steps=40, log_every_steps=10, sample_every_steps=20,
+  config = toy_task.toy_config(total_steps=40, log_every_steps=10, sample_every_steps=20,
                               **{"checkpoint.every_steps": 20})
-  state = loop.train(config, str(tmp_path), testing.toy_task_factory)
+  state = loop.train(config, str(tmp_path), toy_task.toy_task_factory)
   assert int(jax.device_get(state.step)) == 40
   events = metrics_lib.read_events(tmp_path)
   losses = [v for _, v in events["loss"]]
@@ -64,20 +64,20 @@ def test_short_run_loss_falls_and_writes_outputs(tmp_path):
 
 def test_bad_inputs_fail_before_compiling(tmp_path):
   with pytest.raises(ValueError, match=r"Global batch size 12 is not divisible by the 8"):
-    loop.train(testing.toy_config(batch_size=12), str(tmp_path), testing.toy_task_factory)
-  with pytest.raises(ValueError, match=r"resolution is 8 but the data resolution .* is 16"):
-    loop.train(testing.toy_config(**{"input.resolution": 16}), str(tmp_path),
-               testing.toy_task_factory)
+    loop.train(toy_task.toy_config(batch_size=12), str(tmp_path), toy_task.toy_task_factory)
+  with pytest.raises(ValueError, match=r"input.resolution=16 but the toy model.s resolution is 8"):
+    loop.train(toy_task.toy_config(**{"input.resolution": 16}), str(tmp_path),
+               toy_task.toy_task_factory)
   with pytest.raises(ValueError, match="parallel.mode"):
-    loop.train(testing.toy_config(**{"parallel.mode": "bogus"}), str(tmp_path),
-               testing.toy_task_factory)
+    loop.train(toy_task.toy_config(**{"parallel.mode": "bogus"}), str(tmp_path),
+               toy_task.toy_task_factory)
   assert not (tmp_path / "checkpoints").exists() or not committed_steps(tmp_path)
 
 
 def test_unknown_config_key_in_override_is_rejected(tmp_path):
   cfg_file = tmp_path / "toy_cfg.py"
-  cfg_file.write_text("from imagen_jax.train import testing\n\n"
-                      "def get_config(arg=None):\n  return testing.toy_config()\n")
+  cfg_file.write_text("from imagen_jax.train import toy_task\n\n"
+                      "def get_config(arg=None):\n  return toy_task.toy_config()\n")
   proc = subprocess.run(
       [sys.executable, str(REPO / "scripts" / "train.py"), f"--config={cfg_file}",
        "--config.optim.learning_rate=1e-3", f"--workdir={tmp_path / 'wd'}"],
@@ -91,29 +91,29 @@ def test_unwritable_workdir_reported_before_first_step(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(PermissionError, match="not writable"):
-    loop.train(testing.toy_config(), str(blocker / "wd"), testing.toy_task_factory)
+    loop.train(toy_task.toy_config(), str(blocker / "wd"), toy_task.toy_task_factory)
 
 
 def test_nonfinite_skip_leaves_state_unchanged_and_counts(tmp_path):
-  config = testing.toy_config(total_steps=6, log_every_steps=3,
+  config = toy_task.toy_config(total_steps=6, log_every_steps=3,
                               **{"input.nan_steps": [2, 3], "checkpoint.every_steps": 100})
-  before = loop.train(config, str(tmp_path / "a"), testing.toy_task_factory, stop_at=1)
+  before = loop.train(config, str(tmp_path / "a"), toy_task.toy_task_factory, stop_at=1)
   before = jax.device_get(before)
-  state = loop.train(config, str(tmp_path / "a"), testing.toy_task_factory, stop_at=3)
+  state = loop.train(config, str(tmp_path / "a"), toy_task.toy_task_factory, stop_at=3)
   state = jax.device_get(state)
   assert int(state.step) == 3 and int(state.skipped) == 2
   for field in ("params", "ema_params", "opt_state"):
     jax.tree.map(np.testing.assert_array_equal, getattr(before, field), getattr(state, field))
-  final = loop.train(config, str(tmp_path / "a"), testing.toy_task_factory)
+  final = loop.train(config, str(tmp_path / "a"), toy_task.toy_task_factory)
   assert int(jax.device_get(final.skipped)) == 2
   events = metrics_lib.read_events(tmp_path / "a")
   assert dict(events["skipped_total"])[3] == 2.0
 
 
 def test_nonfinite_halt_names_step_and_metric(tmp_path):
-  config = testing.toy_config(total_steps=6, nonfinite="halt", **{"input.nan_steps": [4]})
+  config = toy_task.toy_config(total_steps=6, nonfinite="halt", **{"input.nan_steps": [4]})
   with pytest.raises(loop.TrainingHalted, match=r"Non-finite loss .* at step 4"):
-    loop.train(config, str(tmp_path), testing.toy_task_factory)
+    loop.train(config, str(tmp_path), toy_task.toy_task_factory)
   proc = run_toy(tmp_path / "sub", {"nonfinite": "halt", "input.nan_steps": [4],
                                     "total_steps": 6})
   assert proc.returncode != 0

@@ -39,11 +39,11 @@ def main():
     _hang_commit(args.hang_commit_step, args.workdir)
 
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from imagen_jax.train import loop, testing  # pylint: disable=import-outside-toplevel
+  from imagen_jax.train import loop, toy_task  # pylint: disable=import-outside-toplevel
   overrides = {k: (tuple(tuple(e) for e in v) if k == "parallel.mesh" else v)
                for k, v in json.loads(args.overrides).items()}
-  config = testing.toy_config(**overrides)
-  state = loop.train(config, args.workdir, testing.toy_task_factory, stop_at=args.stop_at)
+  config = toy_task.toy_config(**overrides)
+  state = loop.train(config, args.workdir, toy_task.toy_task_factory, stop_at=args.stop_at)
   if args.out:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     host = multihost_utils.process_allgather(state, tiled=True) if jax.process_count() > 1 \

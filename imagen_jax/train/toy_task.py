@@ -1,5 +1,5 @@
-"""A tiny stand-in for a stage (model + loss + data) to test the trainer without the real
-pipeline, and a matching config. Used by tests/train and tests/parallel."""
+"""A toy `TrainTask` (a two-conv denoiser on sine images) and its config: a stand-in for a
+cascade stage that tests the trainer without the real pipeline (tests/train, tests/parallel)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from imagen_jax.train import loop
+from imagen_jax.train.task import TrainTask
 
 
 class ToyNet(nn.Module):
@@ -81,25 +81,27 @@ class ToyIterator:
     self.index = int(state["index"])
 
 
-def toy_task_factory(config: Any, mesh: Mesh, local_batch_size: int) -> loop.TrainTask:
+def toy_task_factory(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTask:
   del mesh
-  loop.check_resolutions(config.model.resolution, config.input.resolution)
+  if int(config.input.resolution) != int(config.model.resolution):
+    raise ValueError(f"config.input.resolution={config.input.resolution} but the toy model's "
+                     f"resolution is {config.model.resolution}")
   net = ToyNet(features=int(config.model.features))
   r = int(config.model.resolution)
   it = ToyIterator(int(config.batch_size), r, int(config.seed), jax.process_index(),
                    jax.process_count(), tuple(config.input.nan_steps))
   assert it.local == local_batch_size
 
-  def sample_fn(params, rng):
-    x = jax.random.normal(rng, (4, r, r, 3))
+  def sample_fn(params, captions, rng):
+    x = jax.random.normal(rng, (len(captions), r, r, 3))
     return jnp.clip(net.apply({"params": params}, x), -1, 1)
 
-  return loop.TrainTask(
+  return TrainTask(
       init_variables=lambda rng: net.init(rng, jnp.zeros((1, r, r, 3))),
       loss_fn=make_loss_fn(net, float(config.model.noise_scale)),
       iterator=it,
       host_to_numeric=lambda b: {"image": b["image"]},
-      sample_fn=sample_fn)
+      sample_fn=sample_fn, sample_prompts=list(config.sample_prompts))
 
 
 def toy_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -113,10 +115,10 @@ def toy_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.init_from = ""
   c.resume_from = ""
   c.sample_every_steps = 0
-  c.sample_prompts = ["a toy"]
+  c.sample_prompts = ["a toy", "two toys", "a red toy", "a big toy"]
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=4, keep=2, async_save=True))
   c.parallel = ml_collections.ConfigDict(dict(
-      mode="pjit", mesh=[("data", -1), ("fsdp", 1)], min_fsdp_size_mb=0.0,
+      mode="jit", mesh=[("data", -1), ("fsdp", 1)], min_fsdp_size_mb=0.0,
       logical_rules=[("embed", None), ("conv_in", None), ("conv_out", None)]))
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=3e-3, warmup_steps=2, decay="cosine", b1=0.9, b2=0.99, eps=1e-8,

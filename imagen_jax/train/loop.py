@@ -134,6 +134,7 @@ class _Run:
     self.pending: list[dict] = []
     self.summary: dict = {}
     self.flops = None
+    self.skipped = 0
     self._first_pending = self._last_log_step = 0
     self._last_log_time = time.time()
     self._sample_rng = jax.random.PRNGKey(int(config.seed) + 1)
@@ -177,16 +178,27 @@ class _Run:
     return compiled
 
   def flush(self) -> list[dict]:
-    """Reads the pending step metrics (the only host sync); applies `config.nonfinite`."""
+    """Reads the pending step metrics (the only host sync); applies `config.nonfinite` and
+    `config.nonfinite_max_skips` (0: no bound)."""
     host = self.placement.host_metrics(self.pending)
     for i, m in enumerate(host):
       if m["nonfinite"] > 0:
         bad_step = self._first_pending + i + 1
-        name = "loss" if not np.isfinite(m["loss"]) else "grad_norm"
+        what = next((f"{k} ({m[k]})" for k in ("loss", "grad_norm") if not np.isfinite(m[k])),
+                    "update (new params, EMA or optimizer state)")
         if self.config.nonfinite == "halt":
-          raise TrainingHalted(f"Non-finite {name} ({m[name]}) at step {bad_step}; "
+          raise TrainingHalted(f"Non-finite {what} at step {bad_step}; "
                                "config.nonfinite='halt'.")
-        logging.warning("Skipped step %d: non-finite %s.", bad_step, name)
+        skipped = int(m["skipped_total"])
+        logging.warning("Skipped step %d: non-finite %s (%d steps skipped so far).", bad_step,
+                        what, skipped)
+        bound = int(self.config.get("nonfinite_max_skips") or 0)
+        if bound and skipped > bound:
+          raise TrainingHalted(f"{skipped} steps skipped (non-finite), more than "
+                               f"config.nonfinite_max_skips={bound}; the last at step "
+                               f"{bad_step}: non-finite {what}.")
+    if host:
+      self.skipped = int(host[-1]["skipped_total"])
     self.pending, self._first_pending = [], self._first_pending + len(host)
     return host
 
@@ -241,9 +253,14 @@ class _Run:
 
   def finish(self, step: int) -> None:
     self.ckpt.wait()
+    if self.skipped:
+      logging.warning("%d of the %d steps trained were skipped (non-finite loss, gradient or "
+                      "update; config.nonfinite=%r).", self.skipped, step,
+                      self.config.nonfinite)
     if step == self.total_steps and multihost.is_primary():  # read by sweep summaries
-      (self.workdir / "final_metrics.json").write_text(
-          json.dumps({"step": step, **self.summary}, indent=2, default=float))
+      (self.workdir / "final_metrics.json").write_text(json.dumps(
+          {"step": step, **self.summary, "skipped_steps": self.skipped}, indent=2,
+          default=float))
 
   def close(self) -> None:
     self.ckpt.close()

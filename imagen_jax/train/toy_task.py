@@ -112,6 +112,7 @@ def toy_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.batch_size = 16
   c.log_every_steps = 2
   c.nonfinite = "skip"
+  c.nonfinite_max_skips = 0
   c.init_from = ""
   c.resume_from = ""
   c.sample_every_steps = 0

@@ -30,6 +30,7 @@ from imagen_jax.train import optim
 from imagen_jax.train import stage_task
 from imagen_jax.train import state as state_lib
 from imagen_jax.train import step as step_lib
+from imagen_jax.train import workdir_lock
 from imagen_jax.train.task import TaskFactory, TrainingHalted, TrainTask
 
 
@@ -122,15 +123,24 @@ class _Run:
     self.workdir = storage_paths.path(workdir)
     self.total_steps = int(config.total_steps)
     self.config_dict = _config_dict(config)
-    if multihost.is_primary():
-      (self.workdir / "config.json").write_text(json.dumps(self.config_dict, indent=2))
     self.evaluators = _make_evaluators(config, task)
     self.put_batch = placement.batch_putter(task.preprocess, task.frozen_params)
-    self.ckpt = ckpt_lib.Checkpointer(workdir, every_steps=int(config.checkpoint.every_steps),
-                                      keep=int(config.checkpoint.keep),
-                                      async_save=bool(config.checkpoint.get("async_save", True)))
-    self.watcher = ckpt_lib.PreemptionWatcher(reached_preemption=self.ckpt.reached_preemption)
-    self.writer = metrics_lib.MetricWriter(workdir)
+    self.lock = workdir_lock.WorkdirLock(workdir)
+    self.lock.acquire()  # before anything is written
+    self.ckpt = self.watcher = self.writer = None
+    try:
+      if multihost.is_primary():
+        (self.workdir / "config.json").write_text(json.dumps(self.config_dict, indent=2))
+      self.ckpt = ckpt_lib.Checkpointer(
+          workdir, every_steps=int(config.checkpoint.every_steps),
+          keep=int(config.checkpoint.keep),
+          async_save=bool(config.checkpoint.get("async_save", True)))
+      self.watcher = ckpt_lib.PreemptionWatcher(
+          reached_preemption=self.ckpt.reached_preemption)
+      self.writer = metrics_lib.MetricWriter(workdir)
+    except BaseException:
+      self.close()
+      raise
     self.pending: list[dict] = []
     self.summary: dict = {}
     self.flops = None
@@ -263,11 +273,14 @@ class _Run:
           default=float))
 
   def close(self) -> None:
-    self.ckpt.close()
-    self.writer.close()
-    self.watcher.close()
-    if hasattr(self.task.iterator, "close"):
-      self.task.iterator.close()
+    try:
+      for service in (self.ckpt, self.writer, self.watcher):
+        if service is not None:
+          service.close()
+      if hasattr(self.task.iterator, "close"):
+        self.task.iterator.close()
+    finally:
+      self.lock.release()
 
 
 def _host_uint8(images: Any) -> np.ndarray:

@@ -181,3 +181,29 @@ def test_kill_during_save_resumes_from_last_committed(tmp_path):
   assert "Start at step 4 (resumed from" in resumed.stderr
   assert committed_steps(tmp_path) == [4, 8, 12]
   assert not any("orbax-checkpoint-tmp" in p.name for p in ckpt_dir.iterdir())
+
+
+def test_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+  overrides = {"total_steps": 60, "log_every_steps": 10, "checkpoint.every_steps": 30}
+  # The first trainer holds the workdir, stopped in the commit of step 30 (alive, locked).
+  first = subprocess.Popen(_cmd(tmp_path, overrides, hang_commit_step=30), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 180
+    while not (tmp_path / "HANGING").exists():
+      assert first.poll() is None and time.time() < deadline, "the first trainer never hung"
+      time.sleep(0.2)
+    second = run_toy(tmp_path, overrides)
+    assert second.returncode != 0
+    assert "is in use by another trainer" in second.stderr
+    assert f"pid {first.pid}" in second.stderr
+  finally:
+    first.kill()
+    first.wait()
+  assert (tmp_path / "trainer.lock").exists()  # left behind by the killed trainer
+  third = run_toy(tmp_path, overrides)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "Taking over the workdir lock" in third.stderr
+  assert "Start at step 0 (from scratch)" in third.stderr  # step 30 was never committed
+  assert committed_steps(tmp_path) == [30, 60]
+  assert not (tmp_path / "trainer.lock").exists()  # released at the end

@@ -1,0 +1,65 @@
+"""One trainer per workdir: a live holder refuses another trainer before it writes anything;
+locks of trainers that are gone are taken over. (Two real trainers racing: loop_test.)"""
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from imagen_jax.train import checkpoint as ckpt_lib
+from imagen_jax.train import loop, toy_task
+from imagen_jax.train import workdir_lock
+
+
+
+def committed_steps(workdir):
+  ckpt, _ = ckpt_lib.checkpointer_at(str(workdir))
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def _write_lock(workdir, **record):
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / workdir_lock.LOCK_NAME).write_text(json.dumps(record))
+
+
+def _dead_pid():
+  child = subprocess.Popen(["true"])
+  child.wait()
+  return child.pid
+
+
+def test_live_holder_refuses_before_anything_is_written(tmp_path):
+  holder = workdir_lock.WorkdirLock(str(tmp_path))
+  holder.acquire()
+  try:
+    with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()}"):
+      loop.train(toy_task.toy_config(total_steps=2), str(tmp_path), toy_task.toy_task_factory)
+    assert not (tmp_path / "config.json").exists()
+  finally:
+    holder.release()
+  assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("holder, taken_over", [
+    (dict(host=socket.gethostname(), pid="dead", started=time.time()), True),
+    (dict(host="other-vm", pid=1, started=time.time(), heartbeat=time.time()), False),
+    (dict(host="other-vm", pid=1, started=0.0, heartbeat=time.time() - 3600), True),
+])
+def test_stale_locks_are_taken_over(tmp_path, holder, taken_over):
+  if holder["pid"] == "dead":
+    holder = dict(holder, pid=_dead_pid())
+  _write_lock(tmp_path, **holder)
+  config = toy_task.toy_config(total_steps=2, log_every_steps=1)
+  if not taken_over:
+    with pytest.raises(workdir_lock.WorkdirLocked, match="host 'other-vm'"):
+      loop.train(config, str(tmp_path), toy_task.toy_task_factory)
+    assert json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text()) == holder
+    return
+  loop.train(config, str(tmp_path), toy_task.toy_task_factory)
+  assert committed_steps(tmp_path) == [2]
+  assert not (tmp_path / workdir_lock.LOCK_NAME).exists()

@@ -25,8 +25,8 @@ run() {  # name, config, flags...
   echo "exit status $?"
   sed -n '/ imagen_jax /,$p' "$OUT/$name.log"
 }
-run base32_tiny configs/shapes.py:stage=base,variant=tiny --batch 32 \
+run base32_tiny configs/shapes.py:stage=base,variant=tiny --batch_size 32 \
     --config.model.name=shapes_base32 --config.input.resolution=32
-run base32_small configs/shapes.py:stage=base,variant=small --batch 32 \
+run base32_small configs/shapes.py:stage=base,variant=small --batch_size 32 \
     --config.model.name=shapes_base32 --config.input.resolution=32
-run base64_tiny configs/base64.py:variant=tiny,data=shapes --batch 16
+run base64_tiny configs/base64.py:variant=tiny,data=shapes --batch_size 16

@@ -48,13 +48,13 @@ if compgen -G "$WHL/*.whl" >/dev/null; then
   export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 # Our package against the machine's flax/optax; if that fails, the versions we test with.
-if ! "$PY" -c "from imagen_jax.train import benchmark" 2>"$OUT/import_error.txt"; then
+if ! "$PY" -c "from imagen_jax.perf import benchmark" 2>"$OUT/import_error.txt"; then
   if compgen -G "$WHL/fallback/*.whl" >/dev/null; then
     echo "imagen_jax did not import with the machine's packages; using $WHL/fallback"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "$WHL"/fallback/*.whl || exit 1
   fi
-  "$PY" -c "from imagen_jax.train import benchmark" || exit 1
+  "$PY" -c "from imagen_jax.perf import benchmark" || exit 1
 fi
 
 {
@@ -87,7 +87,7 @@ bench() {  # name, seconds, XLA_FLAGS, config, extra flags...
   fi
 }
 
-BASE=(configs/base64.py:variant=small,data=shapes --batch 64 --sample_batch 16
+BASE=(configs/base64.py:variant=small,data=shapes --batch_size 64 --sample_batch 16
       --sample_steps 32 --repeats 5 --inner 5 --input_seconds 3)
 PEER=(--peer imagen-pytorch --peer_python "$PY" --peer_timeout 150)
 if [ "$PHASE" = quick ] || [ "$PHASE" = all ]; then
@@ -99,6 +99,6 @@ if [ "$PHASE" = tuned ]; then
 fi
 # The 64->256 Efficient U-Net (SR) at one-GPU size (compiled in 82 s on the H100).
 if [ "$PHASE" = sr ] || [ "$PHASE" = all ]; then
-  bench sr256_small 240 "" configs/sr256.py:variant=small,data=shapes --batch 32 \
+  bench sr256_small 240 "" configs/sr256.py:variant=small,data=shapes --batch_size 32 \
       --sample_batch 8 --sample_steps 16 --repeats 3 --inner 3 --input_seconds 3 "${PEER[@]}"
 fi

@@ -36,9 +36,9 @@ def main(argv):
   # pylint: disable=import-outside-toplevel
   from flax.core import meta
   from imagen_jax import pipeline as pipeline_lib
-  from imagen_jax.train import benchmark
+  from imagen_jax.perf import benchmark
+  from imagen_jax.perf import program_size
   from imagen_jax.train import optim
-  from imagen_jax.train import program_size
   from imagen_jax.train import state as state_lib
   from imagen_jax.train import step as step_lib
 

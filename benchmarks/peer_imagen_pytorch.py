@@ -2,7 +2,7 @@ r"""imagen-pytorch's side of `scripts/benchmark.py`, in its own process (torch o
 
   python benchmarks/peer_imagen_pytorch.py --spec SPEC.json --out PEER.json [--device cuda]
 
-SPEC.json comes from `imagen_jax.train.peer_spec.spec` (written by scripts/benchmark.py).
+SPEC.json comes from `imagen_jax.perf.peer_spec.spec` (written by scripts/benchmark.py).
 Measures, as our side does: the steady-state train step (forward + backward + gradient
 clipping + optimizer + EMA update, text embeddings passed with `text_embeds=`, no T5),
 median over repeats of a block of steps with the device synchronised; parameter count; FLOPs

@@ -13,7 +13,6 @@ of a block of calls ended by `block_until_ready`.
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import time
 from typing import Any, Callable
@@ -28,11 +27,11 @@ from imagen_jax.parallel import batch as batch_lib
 from imagen_jax.parallel import mesh as mesh_lib
 from imagen_jax.parallel import pmap_step
 from imagen_jax.parallel import sharding as sharding_lib
+from imagen_jax.perf import trace_summary
 from imagen_jax.train import flops as flops_lib
 from imagen_jax.train import loop
 from imagen_jax.train import optim
 from imagen_jax.train import step as step_lib
-from imagen_jax.train import trace_summary
 
 
 def median_seconds(call: Callable[[], Any], *, repeats: int, inner: int = 1) -> tuple[float, list]:
@@ -60,11 +59,6 @@ def peak_device_memory() -> int | None:
     return None
   peak = stats.get("peak_bytes_in_use")
   return int(peak) if peak is not None else None
-
-
-def host_peak_rss() -> int:
-  """This process's peak resident memory in bytes (Linux reports KiB)."""
-  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def synthetic_batch(pipe: pipeline_lib.StagePipeline, batch_size: int, text_len: int,

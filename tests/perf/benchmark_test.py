@@ -1,4 +1,4 @@
-"""imagen_jax.train.benchmark: timing arithmetic, the synthetic batch, and the measured train
+"""imagen_jax.perf.benchmark: timing arithmetic, the synthetic batch, and the measured train
 step / sampler on a tiny stage (figures are only checked for consistency, never for speed)."""
 import itertools
 
@@ -8,7 +8,7 @@ import pytest
 
 from imagen_jax import config_lib
 from imagen_jax import pipeline as pipeline_lib
-from imagen_jax.train import benchmark
+from imagen_jax.perf import benchmark
 from imagen_jax.train import flops as flops_lib
 
 

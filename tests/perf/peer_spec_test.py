@@ -1,4 +1,4 @@
-"""imagen_jax.train.peer_spec: our configs in imagen-pytorch's terms.
+"""imagen_jax.perf.peer_spec: our configs in imagen-pytorch's terms.
 
 The reference for the SR mapping is imagen-pytorch's own `SRUnet256` preset (v2.1.0), which
 follows the paper's Efficient U-Net table: dim=128, dim_mults=(1, 2, 4, 8),
@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 from imagen_jax.models import registry
-from imagen_jax.train import peer_spec
+from imagen_jax.perf import peer_spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

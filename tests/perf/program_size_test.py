@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from imagen_jax.train import program_size
+from imagen_jax.perf import program_size
 
 
 def _conv(x, w):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from imagen_jax.train import trace_summary
+from imagen_jax.perf import trace_summary
 
 HLO = """\
 HloModule jit_step, entry_computation_layout={()}

@@ -12,8 +12,10 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = ["--config", "configs/shapes.py:stage=base", "--batch", "8", "--repeats", "1", "--inner", "1", "--sample_batch", "2",
-        "--sample_steps", "2", "--input_seconds", "0.3"]
+TINY = ["--config", "configs/shapes.py:stage=base", "--batch_size", "8", "--repeats", "1",
+        "--inner", "1", "--sample_batch", "2", "--sample_steps", "2", "--input_seconds", "0.3"]
+# The same run under the deprecated name of --batch_size (users' scripts keep working).
+TINY_OLD_BATCH_FLAG = [("--batch" if a == "--batch_size" else a) for a in TINY]
 
 FAKE_PEER = """#!{python}
 import json, sys
@@ -40,11 +42,11 @@ def _fake_peer(tmp_path, fail=False, mode=None):
   return str(path)
 
 
-def _bench(args, tmp_path, env=None):
+def _bench(args, tmp_path, env=None, tiny=TINY):
   out = tmp_path / "bench.json"
   env = {**os.environ, **(env or {})}
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user's shell has
-  proc = subprocess.run([sys.executable, str(ROOT / "scripts/benchmark.py"), *TINY, *args,
+  proc = subprocess.run([sys.executable, str(ROOT / "scripts/benchmark.py"), *tiny, *args,
                          "--json", str(out)], capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,7 +91,9 @@ def test_a_failing_peer_keeps_our_figures_and_the_profile(tmp_path):
 
 def test_peer_alone_leaves_the_devices_to_it(tmp_path):
   result, stdout = _bench(["--only=", "--peer", "imagen-pytorch", "--peer_python",
-                           _fake_peer(tmp_path, fail=False)], tmp_path)
+                           _fake_peer(tmp_path, fail=False)], tmp_path,
+                          tiny=TINY_OLD_BATCH_FLAG)  # the fake peer checks the batch is 8
+  assert result["batch_size"] == 8
   assert result["ours"] == {} and result["peer"]["img_per_s"] == 2.0
   assert "devices" not in result  # JAX never initialised a backend
   assert result["ratio_train_img_per_s"] is None and "train img/s" in stdout

@@ -6,7 +6,8 @@ shape (circle, square, triangle), one of six well separated colours, a size
 centre); a scene may also hold relations between two of its objects ("left
 of", "right of", "above", "below"). Everything a caption names is stored in
 the `Scene`, and `shapes_score.score` checks exactly those facts, so the world
-measures text-image alignment without any pretrained model.
+measures text-image alignment without any pretrained model. The types,
+constants and shape geometry live in `shapes_world` (re-exported here).
 
 API (pinned in DESIGN.md)::
 
@@ -30,30 +31,30 @@ training. Each held-out colour and shape still appears in training, in other
 combinations. `split="all"` samples every combination.
 """
 
-import dataclasses
 import random
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-# Colours sit near the corners of the RGB cube and the background at its
-# centre, so every pair is >= ~150 apart (Euclidean, 0-255 scale).
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 40, 210),
-    "yellow": (235, 215, 30),
-    "cyan": (30, 200, 220),
-    "purple": (180, 30, 200),
-}
-BACKGROUND = (128, 128, 128)
-SHAPES = ("circle", "square", "triangle")
-# Object extent (side of its bounding square) as a fraction of the image side.
-SIZES = {"small": 0.2, "large": 0.38}
-PLACES = ("left", "right", "top", "bottom", "centre")
-RELATIONS = ("left of", "right of", "above", "below")
-HELDOUT = (("purple", "triangle"), ("yellow", "circle"), ("cyan", "square"))
-SPLITS = ("train", "heldout", "all")
+# The world's vocabulary, re-exported: `shapes.Scene`, `shapes.COLOURS`, ...
+# are the names to use (it lives in shapes_world, shared with the scorer).
+from imagen_jax.data.shapes_world import BACKGROUND
+from imagen_jax.data.shapes_world import COLOURS
+from imagen_jax.data.shapes_world import HELDOUT
+from imagen_jax.data.shapes_world import Object
+from imagen_jax.data.shapes_world import PLACES
+from imagen_jax.data.shapes_world import place_holds
+from imagen_jax.data.shapes_world import RELATIONS
+from imagen_jax.data.shapes_world import Relation
+from imagen_jax.data.shapes_world import relation_holds
+from imagen_jax.data.shapes_world import Scene
+from imagen_jax.data.shapes_world import shape_coverage
+from imagen_jax.data.shapes_world import SHAPES
+from imagen_jax.data.shapes_world import signed_distance
+from imagen_jax.data.shapes_world import SIZES
+from imagen_jax.data.shapes_world import SPLITS
+# `score` is pinned here (DESIGN.md); the scorer imports shapes_world only.
+from imagen_jax.data.shapes_score import score
 
 _BORDER = 0.03     # min distance from an object's box to the image edge
 _GAP = 0.07        # min gap between two objects' boxes
@@ -62,75 +63,6 @@ _INVERSE = {"left of": "right of", "right of": "left of",
             "above": "below", "below": "above"}
 _DIRECTION = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0),
               "above": (0.0, -1.0), "below": (0.0, 1.0)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Object:
-  """One object; (x, y) is the centre of its bounding square, normalised."""
-  shape: str
-  colour: str
-  size: str
-  x: float
-  y: float
-  place: Optional[str] = None  # the absolute place the caption states
-
-
-@dataclasses.dataclass(frozen=True)
-class Relation:
-  """`objects[subject]` is `relation` `objects[reference]`."""
-  subject: int
-  relation: str
-  reference: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Scene:
-  objects: tuple[Object, ...]
-  relations: tuple[Relation, ...] = ()
-  style: int = 0  # picks the caption's phrasing
-  # Indices of objects described together ("two green triangles ...").
-  groups: tuple[tuple[int, ...], ...] = ()
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "Scene":
-    return cls(
-        objects=tuple(Object(**o) for o in d["objects"]),
-        relations=tuple(Relation(**r) for r in d.get("relations", ())),
-        style=int(d.get("style", 0)),
-        groups=tuple(tuple(g) for g in d.get("groups", ())))
-
-
-# ----------------------------------------------------------------------------
-# Geometry predicates (shared with the scorer).
-
-
-def place_holds(place: str, x: float, y: float) -> bool:
-  """Whether an object centred at normalised (x, y) is at `place`."""
-  if place == "left":
-    return x < 0.4
-  if place == "right":
-    return x > 0.6
-  if place == "top":
-    return y < 0.4
-  if place == "bottom":
-    return y > 0.6
-  if place == "centre":
-    return abs(x - 0.5) < 0.15 and abs(y - 0.5) < 0.15
-  raise ValueError(f"unknown place {place!r}")
-
-
-def relation_holds(relation: str, a: tuple[float, float],
-                   b: tuple[float, float]) -> bool:
-  """Whether centre `a` is `relation` centre `b` (dominant axis decides)."""
-  dx, dy = a[0] - b[0], a[1] - b[1]
-  if relation in ("left of", "right of"):
-    return abs(dx) > abs(dy) and (dx < 0) == (relation == "left of")
-  if relation in ("above", "below"):
-    return abs(dy) > abs(dx) and (dy < 0) == (relation == "above")
-  raise ValueError(f"unknown relation {relation!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -388,32 +320,6 @@ def caption(scene: Scene) -> str:
 # Rendering.
 
 
-def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray,
-                     half: float) -> np.ndarray:
-  """Signed distance (normalised units, <0 inside) for a shape at the origin.
-
-  Circles are exact; squares and triangles use the max over their edges'
-  half-planes, exact inside and along edges, slightly short near corners.
-  """
-  if shape == "circle":
-    return np.sqrt(dx * dx + dy * dy) - half
-  if shape == "square":
-    return np.maximum(np.abs(dx), np.abs(dy)) - half
-  if shape == "triangle":  # apex up, base down; spans [-half, half]^2
-    k = 1.0 / np.sqrt(5.0)
-    side = (2.0 * np.abs(dx) - (dy + half)) * k
-    return np.maximum(side, dy - half)
-  raise ValueError(f"unknown shape {shape!r}")
-
-
-def shape_coverage(shape: str, height: int, width: int) -> np.ndarray:
-  """Float coverage [height, width] of `shape` stretched over the whole box."""
-  xs = (np.arange(width) + 0.5) / width - 0.5
-  ys = (np.arange(height) + 0.5) / height - 0.5
-  d = _signed_distance(shape, xs[None, :], ys[:, None], 0.5)
-  return np.clip(0.5 - d * min(height, width), 0.0, 1.0)
-
-
 def render(scene: Scene, size: int) -> np.ndarray:
   """Draws `scene` anti-aliased as a uint8 [size, size, 3] image."""
   size = int(size)
@@ -429,14 +335,9 @@ def render(scene: Scene, size: int) -> np.ndarray:
     y1 = min(int(np.ceil((o.y + half) * size)) + 1, size)
     dx = (np.arange(x0, x1, dtype=np.float32) + 0.5) / size - o.x
     dy = (np.arange(y0, y1, dtype=np.float32) + 0.5) / size - o.y
-    d = _signed_distance(o.shape, dx[None, :], dy[:, None], half)
+    d = signed_distance(o.shape, dx[None, :], dy[:, None], half)
     cov = np.clip(0.5 - d * size, 0.0, 1.0)[..., None]
     window = img[y0:y1, x0:x1]
     window += cov * (np.asarray(COLOURS[o.colour], np.float32) - window)
   return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
-
-def score(image: np.ndarray, scene: Scene) -> dict:
-  """Checks an image against its scene; see `shapes_score.score`."""
-  from imagen_jax.data import shapes_score
-  return shapes_score.score(image, scene)

@@ -29,15 +29,15 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from imagen_jax.data import shapes
+from imagen_jax.data import shapes_world
 
 # A detection smaller than this fraction of the image is noise: the smallest
 # object (a small triangle) covers 0.5 * 0.2^2 = 2% of the image.
 MIN_AREA = 0.006
-SIZE_THRESHOLD = (shapes.SIZES["small"] + shapes.SIZES["large"]) / 2
-_NAMES = (None,) + tuple(shapes.COLOURS)
-_PALETTE = np.array([shapes.BACKGROUND] + list(shapes.COLOURS.values()),
-                    np.float32)
+SIZE_THRESHOLD = (shapes_world.SIZES["small"] + shapes_world.SIZES["large"]) / 2
+_NAMES = (None,) + tuple(shapes_world.COLOURS)
+_PALETTE = np.array(
+    [shapes_world.BACKGROUND] + list(shapes_world.COLOURS.values()), np.float32)
 _ATTRIBUTES = ("colour", "shape", "size", "place", "relation", "count")
 
 
@@ -76,7 +76,7 @@ def _soft_coverage(image: np.ndarray, colour: str) -> np.ndarray:
   three channels, so it averages out noise that flips hard labels.
   """
   bg = _PALETTE[0]
-  axis = np.asarray(shapes.COLOURS[colour], np.float32) - bg
+  axis = np.asarray(shapes_world.COLOURS[colour], np.float32) - bg
   t = (image.astype(np.float32) - bg) @ axis / float(axis @ axis)
   # Not clipped at 0: clipping would bias noisy background pixels upwards.
   return np.clip(t, -1.0, 1.5)
@@ -92,7 +92,7 @@ _BLUR = 0.7  # pixels; the blurred templates' Gaussian sigma
 
 @functools.lru_cache(maxsize=4096)
 def _template(shape: str, height: int, width: int) -> np.ndarray:
-  return shapes.shape_coverage(shape, height, width)
+  return shapes_world.shape_coverage(shape, height, width)
 
 
 def _classify_shape(coverage: np.ndarray, box: tuple[int, int, int, int]
@@ -109,14 +109,14 @@ def _classify_shape(coverage: np.ndarray, box: tuple[int, int, int, int]
   small = max(bottom - top, right - left) < _JITTER_BELOW
   jitter = _BOX_JITTER if small else _BOX_JITTER[:1]
   region_h, region_w = coverage.shape
-  best, best_err = shapes.SHAPES[0], np.inf
+  best, best_err = shapes_world.SHAPES[0], np.inf
   for dt, db in jitter:
     t, b = max(top - dt, 0), min(bottom - db, region_h)
     for dl, dr in jitter:
       l, r = max(left - dl, 0), min(right - dr, region_w)
       if b - t < 2 or r - l < 2:
         continue
-      for shape in shapes.SHAPES:
+      for shape in shapes_world.SHAPES:
         template = np.zeros_like(coverage)
         template[t:b, l:r] = _template(shape, b - t, r - l)
         candidates = [template]
@@ -165,15 +165,15 @@ def detect(image: np.ndarray, min_area: float = MIN_AREA) -> list[Detection]:
   return found
 
 
-def _object_checks(o: shapes.Object, d: Detection) -> dict:
+def _object_checks(o: shapes_world.Object, d: Detection) -> dict:
   checks = {"colour": o.colour == d.colour, "shape": o.shape == d.shape,
             "size": o.size == d.size}
   if o.place is not None:
-    checks["place"] = shapes.place_holds(o.place, d.x, d.y)
+    checks["place"] = shapes_world.place_holds(o.place, d.x, d.y)
   return checks
 
 
-def score(image: np.ndarray, scene: shapes.Scene,
+def score(image: np.ndarray, scene: shapes_world.Scene,
           detections: Optional[list[Detection]] = None) -> dict:
   """Per-attribute correctness of `image` for `scene`, and overall accuracy.
 
@@ -213,7 +213,7 @@ def score(image: np.ndarray, scene: shapes.Scene,
     a, b = matched.get(rel.subject), matched.get(rel.reference)
     results["relation"].append(
         a is not None and b is not None and
-        shapes.relation_holds(rel.relation, (a.x, a.y), (b.x, b.y)))
+        shapes_world.relation_holds(rel.relation, (a.x, a.y), (b.x, b.y)))
   results["count"].append(len(detections) == len(objs))
 
   out = {k: float(np.mean(v)) for k, v in results.items() if v}

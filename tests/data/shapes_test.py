@@ -1,4 +1,5 @@
 """Tests for the shapes world: sampling, captions, rendering and the scorer."""
+import inspect
 import re
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from imagen_jax.data import shapes
 from imagen_jax.data import shapes_score
+from imagen_jax.data import shapes_world
 
 
 def _scenes(n, seed=0, split="train"):
@@ -19,6 +21,17 @@ def test_deterministic_by_seed():
   assert shapes.caption(a) == shapes.caption(b)
   np.testing.assert_array_equal(shapes.render(a, 32), shapes.render(b, 32))
   assert shapes.Scene.from_dict(a.to_dict()) == a
+
+
+def test_world_vocabulary_is_reexported_by_shapes():
+  public = [n for n, v in vars(shapes_world).items()
+            if not n.startswith("_") and not inspect.ismodule(v)
+            and getattr(v, "__module__", shapes_world.__name__)
+            == shapes_world.__name__]
+  assert {"Scene", "Object", "COLOURS", "SIZES", "shape_coverage"} <= set(public)
+  for name in public:
+    assert getattr(shapes, name) is getattr(shapes_world, name), name
+  assert shapes.score is shapes_score.score
 
 
 def test_scene_structure():

@@ -40,6 +40,7 @@ and the default guidance weight (the paper sweeps the guidance weight).
 
 from imagen_jax import config_check
 from imagen_jax import config_lib
+from imagen_jax import diffusion
 
 # variant: global batch, total steps, warm-up steps, FSDP axis size, dtype.
 _SIZES = {
@@ -100,7 +101,7 @@ def get_config(arg=None):
   c.ema.decay = 0.9999
   c.ema.warmup = True
 
-  c.parallel.mode = "pjit"
+  c.parallel.mode = "jit"
   c.parallel.mesh = (("data", -1), ("fsdp", size["fsdp"]))
 
   c.checkpoint.every_steps = 5_000 if arg.variant == "paper" else 1_000
@@ -110,7 +111,7 @@ def get_config(arg=None):
   c.sampling.num_steps = 256
   c.sampling.guidance_scale = 5.0
   c.sampling.threshold = "dynamic"
-  c.sampling.percentile = 0.995
+  c.sampling.percentile = diffusion.DEFAULT_PERCENTILE
   c.sample_prompts = ("A brown corgi wearing a red bowtie.",
                       "A photo of a raccoon reading a book in a library.")
 

@@ -14,8 +14,12 @@ known schedule, prediction, loss weighting, sampler, threshold, optimizer and
 decay names; the noise-augmentation range; the parallel mode and mesh; the
 caption dropout probability and the input dataset form; the evals entries.
 
-Nothing here allocates arrays or imports the training stack (STYLE.md §1:
-this module may import only `models`, `diffusion` and `config_lib`).
+Each name table is read from its owner, so there is one gate per name:
+optimizer and decay names from `train.optim`, nonfinite policies from
+`train.step`, parallel modes (and aliases) from `parallel.placement`, data mesh
+axes from `parallel.mesh`, evaluator types from `evaluation.evaluators`,
+dataset names from `data.input_pipeline`, the rest from `diffusion` and the
+model registry. Nothing here allocates arrays or builds a model.
 """
 
 import math
@@ -23,32 +27,20 @@ from typing import Any
 
 from ml_collections import config_dict
 
+from imagen_jax import config_lib
 from imagen_jax import diffusion
+from imagen_jax.data import input_pipeline
 from imagen_jax.diffusion import losses as diffusion_losses
+from imagen_jax.evaluation import evaluators
 from imagen_jax.models import registry
-
-# Mirrors of names owned by imagen_jax.train and imagen_jax.evaluation (which
-# this module may not import); tests/configs/config_check_test.py asserts they
-# stay equal.
-OPTIMIZERS = ("adam", "adamw", "adafactor")
-DECAYS = ("cosine", "constant")
-NONFINITE_POLICIES = ("skip", "halt")
-PARALLEL_MODES = ("pjit", "pmap")
-EVALUATORS = ("alignment", "fid")
-DATA_AXES = ("data", "fsdp")
-DATASETS = ("shapes", "folder", "coco_json")  # plus "tfds:<name>"
+from imagen_jax.parallel import mesh as mesh_lib
+from imagen_jax.parallel import placement
+from imagen_jax.train import optim
+from imagen_jax.train import step as step_lib
 
 
 class ConfigError(ValueError):
   """A config field has a bad value; the message names the field."""
-
-
-def _get(group: Any, key: str, default: Any = None) -> Any:
-  if group is None:
-    return default
-  value = group.get(key, default) if hasattr(group, "get") else getattr(
-      group, key, default)
-  return default if value is None else value
 
 
 def _one_of(field: str, value: Any, allowed) -> None:
@@ -73,7 +65,7 @@ def expose_model_overrides(config: Any) -> None:
   set on a locked config (`--config.model.overrides.remat=block`). Fields the config
   already sets are left as they are."""
   m = config.model
-  name = _get(m, "name", "")
+  name = config_lib.get(m, "name", "")
   if name not in registry.model_names() or not hasattr(m.overrides, "unlocked"):
     return  # model_fields names a bad model; plain dicts are not ConfigDicts
   missing = {k: t for k, t in registry.override_types(name).items() if k not in m.overrides}
@@ -86,14 +78,14 @@ def expose_model_overrides(config: Any) -> None:
 def model_fields(config: Any) -> dict:
   """The registry's field dict for `config.model` (name, variant, overrides)."""
   m = config.model
-  name, variant = _get(m, "name", ""), _get(m, "variant", "")
+  name, variant = config_lib.get(m, "name", ""), config_lib.get(m, "variant", "")
   if name not in registry.model_names():
     raise ConfigError(f"config.model.name={name!r}; expected one of "
                       f"{', '.join(registry.model_names())}")
   if variant not in registry.variants(name):
     raise ConfigError(f"config.model.variant={variant!r} for model {name}; "
                       f"expected one of {', '.join(registry.variants(name))}")
-  overrides = dict(_get(m, "overrides", {}) or {})
+  overrides = dict(config_lib.get(m, "overrides", {}) or {})
   try:
     return registry.model_config(name, variant, **overrides)
   except ValueError as e:
@@ -116,11 +108,11 @@ def _check_model_and_input(config: Any) -> None:
   label = f"{config.model.name}/{config.model.variant}"
   res, lowres = int(fields["resolution"]), fields.get("lowres_resolution")
   inp = config.input
-  data_res = _get(inp, "resolution")
+  data_res = config_lib.get(inp, "resolution")
   if data_res is not None and int(data_res) != res:
     raise ConfigError(f"config.input.resolution={data_res} but model {label} "
                       f"has resolution {res}")
-  data_lowres = _get(inp, "lowres_resolution")
+  data_lowres = config_lib.get(inp, "lowres_resolution")
   if lowres is None and data_lowres is not None:
     raise ConfigError(f"config.input.lowres_resolution={data_lowres} but model "
                       f"{label} is not a super-resolution stage")
@@ -132,8 +124,8 @@ def _check_model_and_input(config: Any) -> None:
     raise ConfigError(f"config.model: {label} has lowres_resolution {lowres} "
                       f"not below its resolution {res}")
   down = _downsampling(fields)
-  size = _get(inp, "crop_size") or res
-  size_field = "config.input.crop_size" if _get(inp, "crop_size") else (
+  size = config_lib.get(inp, "crop_size") or res
+  size_field = "config.input.crop_size" if config_lib.get(inp, "crop_size") else (
       "config.input.resolution")
   if not 0 < int(size) <= res:
     raise ConfigError(f"{size_field}={size} must be in (0, {res}] for model "
@@ -147,44 +139,46 @@ def _check_model_and_input(config: Any) -> None:
 
 
 def _check_input(inp: Any) -> None:
-  dataset = _get(inp, "dataset", "shapes")
-  if not (dataset in DATASETS or (isinstance(dataset, str)
-                                  and dataset.startswith("tfds:")
-                                  and len(dataset) > len("tfds:"))):
+  dataset = config_lib.get(inp, "dataset", "shapes")
+  names = input_pipeline.DATASETS
+  if not (dataset in names or (isinstance(dataset, str)
+                               and dataset.startswith("tfds:")
+                               and len(dataset) > len("tfds:"))):
     raise ConfigError(f"config.input.dataset={dataset!r}; expected one of "
-                      f"{', '.join(DATASETS)} or 'tfds:<name>'")
-  if dataset == "folder" and not _get(inp, "path"):
+                      f"{', '.join(names)} or 'tfds:<name>'")
+  if dataset == "folder" and not config_lib.get(inp, "path"):
     raise ConfigError("config.input.path must name the image folder when "
                       "config.input.dataset='folder'")
-  if dataset == "coco_json" and not (_get(inp, "path") and
-                                     _get(inp, "annotations")):
+  if dataset == "coco_json" and not (config_lib.get(inp, "path") and
+                                     config_lib.get(inp, "annotations")):
     raise ConfigError("config.input.path and config.input.annotations must be "
                       "set when config.input.dataset='coco_json'")
-  p = float(_get(inp, "cond_drop_prob", 0.1))
+  p = float(config_lib.get(inp, "cond_drop_prob", 0.1))
   if not 0.0 <= p <= 1.0:
     raise ConfigError(f"config.input.cond_drop_prob={p} must be in [0, 1]")
   if dataset == "shapes":
-    n = int(_get(inp, "max_objects", 3))
+    n = int(config_lib.get(inp, "max_objects", 3))
     if not 1 <= n <= 3:
       raise ConfigError(f"config.input.max_objects={n} must be in [1, 3]")
 
 
 def _check_diffusion(d: Any) -> None:
-  _one_of("diffusion.schedule", _get(d, "schedule"), diffusion.SCHEDULES)
-  _one_of("diffusion.aug_schedule", _get(d, "aug_schedule", "cosine"),
+  _one_of("diffusion.schedule", config_lib.get(d, "schedule"), diffusion.SCHEDULES)
+  _one_of("diffusion.aug_schedule", config_lib.get(d, "aug_schedule", "cosine"),
           diffusion.SCHEDULES)
-  _one_of("diffusion.prediction", _get(d, "prediction"), diffusion.PREDICTIONS)
-  _one_of("diffusion.loss_weighting", _get(d, "loss_weighting", "none"),
+  _one_of("diffusion.prediction", config_lib.get(d, "prediction"),
+          diffusion.PREDICTIONS)
+  _one_of("diffusion.loss_weighting", config_lib.get(d, "loss_weighting", "none"),
           diffusion_losses.WEIGHTINGS)
-  if float(_get(d, "min_snr_gamma", 5.0)) <= 0:
+  if float(config_lib.get(d, "min_snr_gamma", 5.0)) <= 0:
     raise ConfigError(f"config.diffusion.min_snr_gamma="
-                      f"{_get(d, 'min_snr_gamma')} must be positive")
-  lo, hi = float(_get(d, "log_snr_min", -20.)), float(_get(d, "log_snr_max",
-                                                           20.))
+                      f"{config_lib.get(d, 'min_snr_gamma')} must be positive")
+  lo = float(config_lib.get(d, "log_snr_min", -20.))
+  hi = float(config_lib.get(d, "log_snr_max", 20.))
   if not lo < hi:
     raise ConfigError(f"config.diffusion.log_snr_min={lo} must be below "
                       f"config.diffusion.log_snr_max={hi}")
-  aug = tuple(_get(d, "aug_range", (0.0, 1.0)))
+  aug = tuple(config_lib.get(d, "aug_range", (0.0, 1.0)))
   if len(aug) != 2 or not 0.0 <= float(aug[0]) <= float(aug[1]) <= 1.0:
     raise ConfigError(f"config.diffusion.aug_range={aug} must be (min, max) "
                       "with 0 <= min <= max <= 1")
@@ -193,42 +187,46 @@ def _check_diffusion(d: Any) -> None:
 def _check_sampling(s: Any) -> None:
   if s is None:
     return
-  _one_of("sampling.sampler", _get(s, "sampler", "ddpm"), diffusion.SAMPLERS)
-  _one_of("sampling.threshold", _get(s, "threshold", "dynamic"),
+  _one_of("sampling.sampler", config_lib.get(s, "sampler", "ddpm"), diffusion.SAMPLERS)
+  _one_of("sampling.threshold", config_lib.get(s, "threshold", "dynamic"),
           diffusion.THRESHOLDS)
-  _positive("sampling.num_steps", _get(s, "num_steps", 1))
-  p = float(_get(s, "percentile", 0.995))
+  _positive("sampling.num_steps", config_lib.get(s, "num_steps", 1))
+  p = float(config_lib.get(s, "percentile", diffusion.DEFAULT_PERCENTILE))
   if not 0.0 < p <= 1.0:
     raise ConfigError(f"config.sampling.percentile={p} must be in (0, 1]")
-  if float(_get(s, "guidance_scale", 1.0)) < 0:
+  if float(config_lib.get(s, "guidance_scale", 1.0)) < 0:
     raise ConfigError(f"config.sampling.guidance_scale="
-                      f"{_get(s, 'guidance_scale')} must be >= 0")
-  level = float(_get(s, "aug_level", 0.0))
+                      f"{config_lib.get(s, 'guidance_scale')} must be >= 0")
+  level = float(config_lib.get(s, "aug_level", 0.0))
   if not 0.0 <= level <= 1.0:
     raise ConfigError(f"config.sampling.aug_level={level} must be in [0, 1]")
 
 
 def _check_optim(o: Any, ema: Any) -> None:
-  _one_of("optim.name", _get(o, "name"), OPTIMIZERS)
-  _one_of("optim.decay", _get(o, "decay", "cosine"), DECAYS)
-  if not float(_get(o, "lr", 0.0)) > 0:
-    raise ConfigError(f"config.optim.lr={_get(o, 'lr')} must be positive")
-  _positive("optim.warmup_steps", _get(o, "warmup_steps", 0), allow_zero=True)
-  if _get(o, "name") == "adam" and float(_get(o, "weight_decay", 0.0)):
+  _one_of("optim.name", config_lib.get(o, "name"), optim.OPTIMIZERS)
+  _one_of("optim.decay", config_lib.get(o, "decay", "cosine"), optim.DECAYS)
+  if not float(config_lib.get(o, "lr", 0.0)) > 0:
+    raise ConfigError(f"config.optim.lr={config_lib.get(o, 'lr')} must be positive")
+  _positive("optim.warmup_steps", config_lib.get(o, "warmup_steps", 0), allow_zero=True)
+  if (config_lib.get(o, "name") == "adam"
+      and float(config_lib.get(o, "weight_decay", 0.0))):
     raise ConfigError("config.optim.weight_decay is set for optim.name='adam';"
                       " use 'adamw'")
-  if float(_get(o, "grad_clip_norm", 0.0)) < 0:
+  if float(config_lib.get(o, "grad_clip_norm", 0.0)) < 0:
     raise ConfigError(f"config.optim.grad_clip_norm="
-                      f"{_get(o, 'grad_clip_norm')} must be >= 0")
-  decay = float(_get(ema, "decay", 0.9999))
+                      f"{config_lib.get(o, 'grad_clip_norm')} must be >= 0")
+  decay = float(config_lib.get(ema, "decay", 0.9999))
   if not 0.0 <= decay < 1.0:
     raise ConfigError(f"config.ema.decay={decay} must be in [0, 1)")
 
 
 def _check_parallel(config: Any) -> None:
   par = config.parallel
-  _one_of("parallel.mode", _get(par, "mode"), PARALLEL_MODES)
-  mesh = _get(par, "mesh", ())
+  try:  # the canonical modes and their aliases ("pjit" for "jit")
+    placement.canonical_mode(config_lib.get(par, "mode"))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  mesh = config_lib.get(par, "mesh", ())
   if not mesh:
     raise ConfigError("config.parallel.mesh is empty; expected e.g. "
                       "(('data', -1), ('fsdp', 1))")
@@ -244,7 +242,7 @@ def _check_parallel(config: Any) -> None:
       raise ConfigError(f"config.parallel.mesh axis {name!r} has size {size};"
                         " sizes are positive or -1")
     names.append(name)
-    if name in DATA_AXES and size > 0:
+    if name in mesh_lib.DATA_AXES and size > 0:
       fixed *= size
   if [int(s) for _, s in mesh].count(-1) > 1:
     raise ConfigError("config.parallel.mesh has more than one -1 axis")
@@ -257,12 +255,12 @@ def _check_parallel(config: Any) -> None:
 def _check_evals(evals: Any) -> None:
   for name in (evals or {}):
     entry = evals[name]
-    if not _get(entry, "type"):
+    if not config_lib.get(entry, "type"):
       raise ConfigError(f"config.evals.{name}.type is missing")
-    if entry["type"] not in EVALUATORS:
+    if entry["type"] not in evaluators.EVALUATORS:
       raise ConfigError(f"config.evals.{name}.type={entry['type']!r} is not an evaluator; "
-                        f"known: {', '.join(EVALUATORS)}")
-    _positive(f"evals.{name}.log_steps", _get(entry, "log_steps", 0))
+                        f"known: {', '.join(evaluators.EVALUATORS)}")
+    _positive(f"evals.{name}.log_steps", config_lib.get(entry, "log_steps", 0))
 
 
 def validate(config: Any) -> Any:
@@ -271,20 +269,21 @@ def validate(config: Any) -> Any:
   expose_model_overrides(config)
   for key in ("total_steps", "batch_size", "log_every_steps"):
     _positive(key, config[key])
-  _positive("checkpoint.every_steps", _get(config.checkpoint, "every_steps"),
+  _positive("checkpoint.every_steps", config_lib.get(config.checkpoint, "every_steps"),
             allow_zero=True)
-  _positive("checkpoint.keep", _get(config.checkpoint, "keep", 1))
-  _one_of("nonfinite", _get(config, "nonfinite", "halt"), NONFINITE_POLICIES)
-  if not _get(config.text, "encoder"):
+  _positive("checkpoint.keep", config_lib.get(config.checkpoint, "keep", 1))
+  _one_of("nonfinite", config_lib.get(config, "nonfinite", "halt"),
+          step_lib.NONFINITE_POLICIES)
+  if not config_lib.get(config.text, "encoder"):
     raise ConfigError("config.text.encoder is empty; give a T5 checkpoint "
                       "directory or a built-in name (byt5-tiny-random)")
-  if _get(config.text, "max_length") is not None:
+  if config_lib.get(config.text, "max_length") is not None:
     _positive("text.max_length", config.text.max_length)
   _check_model_and_input(config)
   _check_input(config.input)
   _check_diffusion(config.diffusion)
-  _check_sampling(_get(config, "sampling"))
-  _check_optim(config.optim, _get(config, "ema"))
+  _check_sampling(config_lib.get(config, "sampling"))
+  _check_optim(config.optim, config_lib.get(config, "ema"))
   _check_parallel(config)
-  _check_evals(_get(config, "evals"))
+  _check_evals(config_lib.get(config, "evals"))
   return config

@@ -1,4 +1,5 @@
-"""Shared config helpers: the `:arg` parser of `configs/*.py:arg` strings.
+"""Shared config helpers: the `:arg` parser of `configs/*.py:arg` strings,
+`get` (a config field or its default), periods and the stage defaults.
 
 Semantics follow big_vision's ``configs/common.py:parse_arg``:
 * ``parse_arg("variant=tiny,runlocal", variant="paper", runlocal=False)`` gives
@@ -58,6 +59,21 @@ def parse_arg(arg, **spec):
   return result
 
 
+def get(group, key, default=None):
+  """`group`'s field `key`, or `default` when it is missing or None.
+
+  `group` may be a ConfigDict or dict (`.get`), any other object (an
+  attribute), or None (then `default`).
+  """
+  if group is None:
+    return default
+  if hasattr(group, "get"):
+    value = group.get(key, default)
+  else:
+    value = getattr(group, key, default)
+  return default if value is None else value
+
+
 def itstime(step, every, total, *, first=True, last=True, drop_close=0.25):
   """Whether a periodic action runs at `step` (1-based), as big_vision's.
 
@@ -80,6 +96,9 @@ def stage_defaults():
   groups follow STYLE.md §2.1 (model, diffusion, text, input, optim, ema,
   parallel, checkpoint, sampling, evals).
   """
+  # Imported here so that `import imagen_jax.config_lib` stays free of jax
+  # (data.input_pipeline imports it for `get`); diffusion imports no config.
+  from imagen_jax import diffusion  # pylint: disable=import-outside-toplevel
   placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -115,7 +134,7 @@ def stage_defaults():
   c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
 
   c.parallel = ml_collections.ConfigDict(dict(
-      mode="pjit", mesh=(("data", -1), ("fsdp", 1)), min_fsdp_size_mb=4.0,
+      mode="jit", mesh=(("data", -1), ("fsdp", 1)), min_fsdp_size_mb=4.0,
       logical_rules=()))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
@@ -123,7 +142,8 @@ def stage_defaults():
 
   c.sampling = ml_collections.ConfigDict(dict(
       sampler="ddpm", num_steps=256, guidance_scale=1.0,
-      threshold="dynamic", percentile=0.995, aug_level=0.0))
+      threshold="dynamic", percentile=diffusion.DEFAULT_PERCENTILE,
+      aug_level=0.0))
   c.evals = ml_collections.ConfigDict()
   return c
 
@@ -255,7 +275,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.ema.decay = 0.9999
   c.ema.warmup = True
 
-  c.parallel.mode = "pjit"
+  c.parallel.mode = "jit"
   c.parallel.mesh = (("data", -1), ("fsdp", size["fsdp"]))
 
   c.checkpoint.every_steps = 5_000 if arg.variant == "paper" else 1_000
@@ -264,8 +284,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.sampling.sampler = "ddpm"
   c.sampling.num_steps = sampling_steps
   c.sampling.guidance_scale = 5.0
-  c.sampling.threshold = "dynamic"
-  c.sampling.percentile = 0.995
+  c.sampling.threshold = "dynamic"   # at stage_defaults' DEFAULT_PERCENTILE
   c.sampling.aug_level = 0.0
 
   if arg.runlocal:

@@ -65,6 +65,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from imagen_jax import config_lib
 from imagen_jax.data import preprocess as preprocess_lib
 
 _STATE_VERSION = 1
@@ -277,9 +278,9 @@ class InputIterator:
     self.close()
 
 
-def _get(config, key: str, default=None):
-  value = config.get(key, default) if config is not None else default
-  return default if value is None else value
+# The `input_config.dataset` names `make_source` takes, besides "tfds:<name>"
+# (config_check validates configs against them).
+DATASETS = ("shapes", "folder", "coco_json")
 
 
 def make_source(input_config, render_size: int):
@@ -288,31 +289,32 @@ def make_source(input_config, render_size: int):
   `render_size` is the stage resolution: the shapes world renders at it and
   file sources may decode JPEGs at a reduced scale that stays above it.
   """
-  dataset = _get(input_config, "dataset", "shapes")
-  fields = dict(_get(input_config, "fields", {}) or {})
+  dataset = config_lib.get(input_config, "dataset", "shapes")
+  split = config_lib.get(input_config, "split", "train")
+  fields = dict(config_lib.get(input_config, "fields", {}) or {})
   if dataset == "shapes":
     from imagen_jax.data import sources
-    return sources.ShapesSource(render_size, _get(input_config, "split",
-                                                  "train"),
-                                int(_get(input_config, "max_objects", 3)))
+    return sources.ShapesSource(
+        render_size, split, int(config_lib.get(input_config, "max_objects", 3)))
   if dataset.startswith("tfds:"):
     from imagen_jax.data import sources
     return sources.TfdsSource(
-        dataset[len("tfds:"):], split=_get(input_config, "split", "train"),
-        data_dir=_get(input_config, "data_dir"), fields=fields,
-        download=bool(_get(input_config, "download", False)),
+        dataset[len("tfds:"):], split=split,
+        data_dir=config_lib.get(input_config, "data_dir"), fields=fields,
+        download=bool(config_lib.get(input_config, "download", False)),
         min_side=render_size)
   if dataset == "folder":
     from imagen_jax.data import folder_source
     return folder_source.FolderSource(
-        _get(input_config, "path", ""), _get(input_config, "manifest"),
+        config_lib.get(input_config, "path", ""),
+        config_lib.get(input_config, "manifest"),
         image_key=fields.get("image", "image"),
         caption_key=fields.get("caption", "caption"), min_side=render_size)
   if dataset == "coco_json":
     from imagen_jax.data import folder_source
-    return folder_source.CocoJsonSource(_get(input_config, "annotations"),
-                                        _get(input_config, "path"),
-                                        min_side=render_size)
+    return folder_source.CocoJsonSource(
+        config_lib.get(input_config, "annotations"),
+        config_lib.get(input_config, "path"), min_side=render_size)
   raise ValueError(f"unknown input dataset {dataset!r}; expected 'shapes', "
                    "'tfds:<name>', 'folder' or 'coco_json'")
 
@@ -357,17 +359,17 @@ def create_input_iterator(input_config, *, global_batch_size: int,
   stage = preprocess_lib.StagePreprocess(
       resolution=int(resolution),
       lowres_resolution=lowres_resolution,
-      crop=_get(input_config, "crop", "centre"),
-      crop_size=_get(input_config, "crop_size"),
-      random_flip=bool(_get(input_config, "random_flip", False)),
-      resize_method=_get(input_config, "resize_method", "area"))
+      crop=config_lib.get(input_config, "crop", "centre"),
+      crop_size=config_lib.get(input_config, "crop_size"),
+      random_flip=bool(config_lib.get(input_config, "random_flip", False)),
+      resize_method=config_lib.get(input_config, "resize_method", "area"))
   source = make_source(input_config, render_size=int(resolution))
   return InputIterator(
       source, stage, batch_size=batch, seed=seed,
       process_index=process_index, process_count=process_count,
-      shuffle=bool(_get(input_config, "shuffle", True)),
-      cond_drop_prob=float(_get(input_config, "cond_drop_prob", 0.1)),
-      num_epochs=_get(input_config, "num_epochs"),
-      num_workers=int(_get(input_config, "num_workers", 2)),
-      prefetch_batches=int(_get(input_config, "prefetch_batches", 2)),
+      shuffle=bool(config_lib.get(input_config, "shuffle", True)),
+      cond_drop_prob=float(config_lib.get(input_config, "cond_drop_prob", 0.1)),
+      num_epochs=config_lib.get(input_config, "num_epochs"),
+      num_workers=int(config_lib.get(input_config, "num_workers", 2)),
+      prefetch_batches=int(config_lib.get(input_config, "prefetch_batches", 2)),
       text_cache=text_cache)

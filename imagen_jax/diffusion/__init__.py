@@ -3,6 +3,7 @@
 from imagen_jax.diffusion.cond_aug import augment_lowres
 from imagen_jax.diffusion.guidance import apply_threshold
 from imagen_jax.diffusion.guidance import cfg
+from imagen_jax.diffusion.guidance import DEFAULT_PERCENTILE
 from imagen_jax.diffusion.guidance import dynamic_threshold
 from imagen_jax.diffusion.guidance import static_threshold
 from imagen_jax.diffusion.guidance import THRESHOLDS

@@ -3,6 +3,9 @@
 import jax.numpy as jnp
 
 THRESHOLDS = ("none", "static", "dynamic")
+# Imagen's dynamic-thresholding percentile (§2.3): the default everywhere
+# (samplers, pipeline, cascade sampler, stage configs, config checks).
+DEFAULT_PERCENTILE = 0.995
 
 
 def cfg(pred_cond, pred_uncond, scale):
@@ -18,7 +21,7 @@ def static_threshold(x0):
   return jnp.clip(x0, -1.0, 1.0)
 
 
-def dynamic_threshold(x0, percentile=0.995, max_value=None):
+def dynamic_threshold(x0, percentile=DEFAULT_PERCENTILE, max_value=None):
   """Imagen's dynamic thresholding, per example.
 
   s = the `percentile` quantile of |x0| over all non-batch axes, s = max(s, 1)
@@ -37,7 +40,8 @@ def dynamic_threshold(x0, percentile=0.995, max_value=None):
   return jnp.clip(x0, -s, s) / s
 
 
-def apply_threshold(x0, threshold="none", percentile=0.995, max_value=None):
+def apply_threshold(x0, threshold="none", percentile=DEFAULT_PERCENTILE,
+                    max_value=None):
   """Applies the named threshold ("none" | "static" | "dynamic") to x0."""
   if threshold == "none":
     return x0

@@ -32,8 +32,8 @@ def _check_sampler(sampler):
 
 
 def sample(denoise_fn, shape, rng, *, schedule, sampler="ddpm", num_steps=256,
-           prediction="eps", threshold="none", percentile=0.995,
-           max_value=None, x_init=None):
+           prediction="eps", threshold="none",
+           percentile=guidance.DEFAULT_PERCENTILE, max_value=None, x_init=None):
   """Draws samples x0 of the given shape.
 
   Args:

@@ -7,20 +7,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from imagen_jax import config_lib
+
 OPTIMIZERS = ("adam", "adamw", "adafactor")
 DECAYS = ("cosine", "constant")
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-  return default if value is None else value
 
 
 def make_lr_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to `lr` over `warmup_steps`, then cosine to `end_lr` or constant."""
   lr = float(optim_cfg.lr)
-  warmup = int(_get(optim_cfg, "warmup_steps", 0))
-  decay = _get(optim_cfg, "decay", "cosine")
+  warmup = int(config_lib.get(optim_cfg, "warmup_steps", 0))
+  decay = config_lib.get(optim_cfg, "decay", "cosine")
   if decay not in DECAYS:
     raise ValueError(f"config.optim.decay={decay!r}; expected one of {DECAYS}.")
   if decay == "constant":
@@ -28,7 +25,7 @@ def make_lr_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
       return optax.constant_schedule(lr)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
-  end_lr = float(_get(optim_cfg, "end_lr", 0.0))
+  end_lr = float(config_lib.get(optim_cfg, "end_lr", 0.0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warmup,
       decay_steps=max(int(total_steps), warmup + 1), end_value=end_lr)
@@ -41,10 +38,10 @@ def make_optimizer(optim_cfg: Any, total_steps: int
   if name not in OPTIMIZERS:
     raise ValueError(f"config.optim.name={name!r}; expected one of {OPTIMIZERS}.")
   schedule = make_lr_schedule(optim_cfg, total_steps)
-  b1 = float(_get(optim_cfg, "b1", 0.9))
-  b2 = float(_get(optim_cfg, "b2", 0.999))
-  eps = float(_get(optim_cfg, "eps", 1e-8))
-  wd = float(_get(optim_cfg, "weight_decay", 0.0))
+  b1 = float(config_lib.get(optim_cfg, "b1", 0.9))
+  b2 = float(config_lib.get(optim_cfg, "b2", 0.999))
+  eps = float(config_lib.get(optim_cfg, "eps", 1e-8))
+  wd = float(config_lib.get(optim_cfg, "weight_decay", 0.0))
   if name == "adam":
     if wd:
       raise ValueError("config.optim.weight_decay is set for 'adam'; use name='adamw'.")
@@ -57,9 +54,9 @@ def make_optimizer(optim_cfg: Any, total_steps: int
     opt = optax.adafactor(
         learning_rate=schedule, multiply_by_parameter_scale=False, clipping_threshold=None,
         momentum=b1 if b1 > 0 else None,
-        decay_rate=float(_get(optim_cfg, "adafactor_decay_rate", 0.8)),
+        decay_rate=float(config_lib.get(optim_cfg, "adafactor_decay_rate", 0.8)),
         weight_decay_rate=wd or None)
-  clip = float(_get(optim_cfg, "grad_clip_norm", 0.0))
+  clip = float(config_lib.get(optim_cfg, "grad_clip_norm", 0.0))
   tx = optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
   return tx, schedule
 

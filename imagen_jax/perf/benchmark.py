@@ -1,9 +1,9 @@
 """Steady-state throughput of one stage: train step, sampler and input pipeline.
 
 What `scripts/benchmark.py` measures on our side. The train step is the trainer's own: the
-state built and sharded by `loop.state_shardings`, `step.make_train_step` with the config's
-optimizer, EMA and non-finite guard, donated state, jitted ("pjit") or pmapped as
-`config.parallel.mode` says. Its batch is synthetic and already on the devices, with the text
+state built by `state.state_spec` and compiled by the same `parallel.placement` as the loop's
+(jit with shardings, or pmap, as `config.parallel.mode` says), `step.make_train_step` with the
+config's optimizer, EMA and non-finite guard, donated state. Its batch is synthetic and already on the devices, with the text
 embeddings given (the frozen encoder's cost is not part of the step, as with imagen-pytorch's
 `text_embeds=`); its numbers are random, so the model's weights do not matter for speed.
 
@@ -25,12 +25,11 @@ import numpy as np
 from imagen_jax import pipeline as pipeline_lib
 from imagen_jax.parallel import batch as batch_lib
 from imagen_jax.parallel import mesh as mesh_lib
-from imagen_jax.parallel import pmap_step
-from imagen_jax.parallel import sharding as sharding_lib
+from imagen_jax.parallel import placement as placement_lib
 from imagen_jax.perf import trace_summary
 from imagen_jax.train import flops as flops_lib
-from imagen_jax.train import loop
 from imagen_jax.train import optim
+from imagen_jax.train import state as state_lib
 from imagen_jax.train import step as step_lib
 
 
@@ -95,49 +94,38 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
   and model scope (`trace_summary`).
   """
   pipe = pipeline_lib.StagePipeline.from_config(config)
-  mode = config.parallel.mode
-  if mode not in loop.MODES:
-    raise ValueError(f"config.parallel.mode={mode!r}; expected one of {loop.MODES}.")
   mesh = mesh_lib.create_mesh(config.parallel.mesh)
+  placement = placement_lib.for_config(config.parallel, mesh)
   batch_lib.check_batch_size(batch_size, mesh)
   text_len = int(config.text.max_length)
   tx, lr_schedule = optim.make_optimizer(config.optim, int(config.total_steps))
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  init_variables = lambda rng: pipe.init(rng, batch_size=1, text_len=text_len)
-  init_state, state_sh, abstract = loop.state_shardings(config, init_variables, mesh, tx,
-                                                        init_rng, state_rng)
+  spec = state_lib.state_spec(placement, lambda rng: pipe.init(rng, batch_size=1,
+                                                              text_len=text_len),
+                              tx, init_rng, state_rng)
   start = time.perf_counter()
-  state = jax.block_until_ready(jax.jit(init_state, out_shardings=state_sh)(init_rng, state_rng))
+  state = jax.block_until_ready(
+      jax.jit(spec.init, out_shardings=spec.shardings)(init_rng, state_rng))
   init_s = time.perf_counter() - start
   # The initialiser is a program of its own (a threefry hash per parameter) that can take
   # as long to compile as the step on a CPU: logged, so a stopped run shows where it was.
   logging.info("train state initialised in %.1f s (compile included)", init_s)
   body = step_lib.make_train_step(pipe.loss_fn, tx, ema_decay=float(config.ema.decay),
-                                  ema_warmup=bool(config.ema.warmup),
-                                  nonfinite=config.nonfinite, lr_schedule=lr_schedule)
+                                  ema_warmup=bool(config.ema.warmup), lr_schedule=lr_schedule)
   host = synthetic_batch(pipe, batch_size, text_len,
                          float(config.input.get("cond_drop_prob", 0.1)), int(config.seed))
-  if mode == "pjit":
-    batch_sh = sharding_lib.batch_sharding(mesh)
-    batch = batch_lib.make_global_batch(host, batch_sh)
-    step_fn = jax.jit(body, in_shardings=(state_sh, batch_sh),
-                      out_shardings=(state_sh, sharding_lib.replicated(mesh)),
-                      donate_argnums=(0,))
-  else:
-    batch = pmap_step.shard_batch(host)
-    step_fn = pmap_step.make_pmap_train_step(body)
-    state = pmap_step.replicate(jax.device_get(state))
+  batch = placement.batch_putter()(host)
+  state = placement.put_state(state)
 
   start = time.perf_counter()
-  lowered = step_fn.lower(state, batch)
+  lowered = placement.lower_step(body, spec.shardings, state, batch)
   lower_s = time.perf_counter() - start
   # Logged as it happens: a run stopped by a time limit still shows which phase it was in.
   logging.info("train step traced and lowered in %.1f s; compiling ...", lower_s)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   logging.info("train step compiled in %.1f s", compile_s - lower_s)
-  flops = flops_lib.step_flops_per_device(lowered, compiled,
-                                          jax.device_count() if mode == "pjit" else 1)
+  flops = flops_lib.step_flops_per_device(lowered, compiled, placement.flops_devices)
 
   holder = {"state": state}
 
@@ -158,13 +146,13 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
       "lowres_resolution": pipe.lowres_resolution,
       "dtype": str(jnp.dtype(pipe.model.dtype)),
       "optimizer": str(config.optim.name),
-      "mode": mode,
+      "mode": placement.mode,
       "mesh": dict(mesh.shape),
       "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind,
       "batch_size": batch_size,
       "text_len": text_len,
-      "params": count_params(abstract.params),
+      "params": spec.num_params,
       "init_seconds": init_s,  # the state's initialiser: compile + run
       "compile_seconds": compile_s,  # tracing + lowering + XLA compile
       "lower_seconds": lower_s,

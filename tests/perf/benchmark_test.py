@@ -12,7 +12,7 @@ from imagen_jax.perf import benchmark
 from imagen_jax.train import flops as flops_lib
 
 
-def _tiny_config(mode="pjit"):
+def _tiny_config(mode="jit"):
   c = config_lib.stage_defaults()
   c.seed = 0
   c.total_steps = 10
@@ -65,7 +65,7 @@ def test_synthetic_batch_matches_the_loss_format():
 # stage's full train step, and the trainer's steps are covered by tests/train and
 # tests/parallel/pmap_step_test.py.
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["pjit", "pmap"])
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_train_step_figures_are_consistent(mode):
   c = _tiny_config(mode)
   out = benchmark.train_step(c, batch_size=8, repeats=2, inner=1, warmup=1)

@@ -7,7 +7,9 @@ manager is created.
 """
 from __future__ import annotations
 
+import logging as logging_std
 import os
+import shutil
 import signal
 import threading
 import uuid
@@ -23,6 +25,29 @@ from imagen_jax.storage import paths as storage_paths
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data", "config")
+
+
+class CheckpointSaveError(OSError):
+  """An asynchronous save failed (full disk, lost bucket access); nothing committed is lost."""
+
+
+class _OrbaxErrorEcho(logging_std.Filter):
+  """While a Checkpointer is open: Orbax's error records keep their one-line message but not
+  their traceback (a failed save logs the same one from several threads, and once per array
+  write; `CheckpointSaveError` says what failed), and asyncio's "exception was never
+  retrieved" records of those writes pass once."""
+
+  def __init__(self):
+    super().__init__()
+    self.unretrieved = 0
+
+  def filter(self, record):
+    if record.name == "asyncio" and "never retrieved" in str(record.msg):
+      self.unretrieved += 1
+      return self.unretrieved == 1
+    if record.levelno >= logging_std.ERROR and "/orbax/" in record.pathname.replace("\\", "/"):
+      record.exc_info, record.exc_text = None, None
+    return True
 
 
 def check_writable(workdir: str | os.PathLike) -> epath.Path:
@@ -103,6 +128,11 @@ class Checkpointer:
         read_only=read_only)
     self._mngr = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
     self._last_saved = self._mngr.latest_step()
+    self._in_flight = None  # the step of a started save not yet known to have committed
+    self._failed = False
+    self._echo = _OrbaxErrorEcho()
+    for name in ("absl", "asyncio"):
+      logging_std.getLogger(name).addFilter(self._echo)
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -139,9 +169,39 @@ class Checkpointer:
         data=ocp.args.JsonSave(data),
         config=ocp.args.JsonSave(config or {})))
     if saved:
-      self._last_saved = step
+      self._last_saved = self._in_flight = step
       logging.info("Checkpoint for step %d started (%s).", step, self.directory)
     return saved
+
+  def check_for_errors(self) -> None:
+    """CheckpointSaveError once the last started save has failed; cheap (call every step)."""
+    if self._in_flight is not None and not self._mngr.is_saving_in_progress():
+      self._finish_in_flight()
+
+  def _finish_in_flight(self) -> None:
+    step, self._in_flight = self._in_flight, None
+    try:
+      self._mngr.wait_until_finished()  # at once when the save is over; raises its error
+    except Exception as e:  # pylint: disable=broad-except  # whatever the storage raised
+      self._failed = True
+      raise CheckpointSaveError(self._failure_message(step, e)) from None
+
+  def _failure_message(self, step: int, error: Exception) -> str:
+    reason = " ".join(str(error).split())
+    reason = reason if len(reason) <= 500 else f"{reason[:240]} ... {reason[-240:]}"  # the OS
+    # error (e.g. "No space left on device") ends tensorstore's messages
+    space = ""
+    if not storage_paths.is_remote(self.directory):
+      try:
+        space = f" {shutil.disk_usage(os.fspath(self.directory)).free / 2**30:.2f} GiB free there."
+      except OSError:
+        pass
+    committed = [s for s in self._mngr.all_steps() if s != step]
+    last = (f"The last committed checkpoint, step {max(committed)}, is intact" if committed
+            else "No checkpoint was committed before it")
+    return (f"Saving the checkpoint of step {step} to {self.directory} failed "
+            f"({type(error).__name__}: {reason}).{space} {last}; free space (or fix the "
+            "bucket's access) and rerun the same command to resume.")
 
   def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, Any]:
     """Returns `(state, this process's data state or None)` at `step` (default: latest)."""
@@ -176,11 +236,27 @@ class Checkpointer:
     return out.config
 
   def wait(self) -> None:
+    """Blocks until the last save has committed; CheckpointSaveError if it failed."""
+    if self._in_flight is not None:
+      self._finish_in_flight()
     self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    """Waits for the last save and closes; a failure already raised is not raised again."""
+    reported = self._failed
+    try:
+      self.wait()
+    except Exception:  # pylint: disable=broad-except  # the failure's echo in Orbax's wait
+      if not reported:
+        raise
+    finally:
+      for name in ("absl", "asyncio"):
+        logging_std.getLogger(name).removeFilter(self._echo)
+      try:
+        self._mngr.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self._failed:
+          raise
 
 
 def _own_data_state(data: Any) -> Any:

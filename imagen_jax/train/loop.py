@@ -74,6 +74,7 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
         batch = None
       step += 1
       run.pending.append(metrics)
+      run.ckpt.check_for_errors()  # a failed asynchronous save stops the run here
 
       is_log = _every(step, config.log_every_steps, total_steps)
       final = step in (stop_at, total_steps)

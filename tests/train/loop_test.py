@@ -3,6 +3,7 @@ process or a signal is the point)."""
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -207,3 +208,38 @@ def test_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
   assert "Start at step 0 (from scratch)" in third.stderr  # step 30 was never committed
   assert committed_steps(tmp_path) == [30, 60]
   assert not (tmp_path / "trainer.lock").exists()  # released at the end
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs (needs root and mount rights, as the CI machine has)."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                        capture_output=True, text=True, check=False)
+  if proc.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+  yield mount
+  subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_full_disk_stops_the_run_at_the_failed_save_and_loses_nothing(small_disk):
+  workdir, overrides = small_disk / "w", {"total_steps": 400, "checkpoint.every_steps": 10,
+                                          "log_every_steps": 5}
+  assert run_toy(workdir, overrides, stop_at=10).returncode == 0
+  free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+  (small_disk / "fill").write_bytes(b"\0" * (free - 100 * 1024))  # room for logs, not a save
+  full = run_toy(workdir, overrides)
+  assert full.returncode != 0
+  last = full.stderr.strip().splitlines()[-1]
+  assert "CheckpointSaveError: Saving the checkpoint of step 20" in last, last
+  assert "No space left on device" in last and "GiB free there" in last
+  assert "The last committed checkpoint, step 10, is intact" in last
+  logged = [int(m) for m in re.findall(r"\]\s+(\d+)/400 loss", full.stderr)]
+  assert logged and max(logged) < 30, logged  # stopped at once, not at the next save
+  assert full.stderr.count("Save Finalize thread (save_finalize) failed") <= 1
+  (small_disk / "fill").unlink()
+  resumed = run_toy(workdir, {**overrides, "total_steps": 30})
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Start at step 10 (resumed from" in resumed.stderr
+  assert committed_steps(workdir) == [20, 30]

@@ -166,7 +166,8 @@ class StagePipeline:
 
   def sample(self, params, text_emb, text_mask, rng, *, sampler="ddpm",
              num_steps=64, guidance_scale=1.0, threshold="dynamic",
-             percentile=0.995, max_value=None, lowres=None, aug_level=0.0):
+             percentile=diffusion.DEFAULT_PERCENTILE, max_value=None,
+             lowres=None, aug_level=0.0):
     """Samples images in [-1, 1] for the given text (and low-res input)."""
     batch = text_emb.shape[0]
     aug_rng, sample_rng = jax.random.split(rng)

@@ -37,7 +37,7 @@ class StageSettings:
   num_steps: int = 64
   guidance_scale: float = 1.0
   threshold: str = "dynamic"
-  percentile: float = 0.995
+  percentile: float = diffusion.DEFAULT_PERCENTILE
   max_value: Optional[float] = None
   aug_level: float = 0.0
 

@@ -18,6 +18,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", None, "With the three flags above: "
                                   "seconds a silent process counts as alive (JAX: 100).")
+_CONNECT_TIMEOUT = flags.DEFINE_float("connect_timeout_s", 300.0, "With the three flags above: "
+                                      "seconds the processes wait for each other to join; "
+                                      "past it, an unreachable coordinator is named.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,7 +38,8 @@ def main(argv):
   jax.config.update("jax_threefry_partitionable", True)
   from imagen_jax.parallel import multihost  # pylint: disable=import-outside-toplevel
   multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                       heartbeat_timeout_s=_HEARTBEAT.value)
+                       heartbeat_timeout_s=_HEARTBEAT.value,
+                       connect_timeout_s=_CONNECT_TIMEOUT.value)
   from imagen_jax.train import loop  # pylint: disable=import-outside-toplevel
   loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

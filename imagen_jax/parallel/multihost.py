@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -52,8 +54,30 @@ def detected_cluster() -> str | None:
   return None
 
 
+def wait_for_coordinator(address: str, timeout_s: float, process_id: int) -> None:
+  """Returns once `address` (host:port) accepts a TCP connection; ConnectionError naming it
+  after `timeout_s` (JAX would abort the process with a bare DEADLINE_EXCEEDED instead)."""
+  host, sep, port = address.rpartition(":")
+  if not sep or not port.isdigit():
+    raise ValueError(f"--coordinator_address={address!r}; expected HOST:PORT.")
+  deadline = time.monotonic() + float(timeout_s)
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ConnectionError(
+            f"Process {process_id}: the coordinator {address} did not answer within "
+            f"{timeout_s:g} s ({type(e).__name__}: {e}). Start process 0 with the same "
+            "--coordinator_address, check the host, port and firewall, or allow longer with "
+            "--connect_timeout_s.") from None
+      time.sleep(0.5)
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, heartbeat_timeout_s: int | None = None) -> bool:
+               process_id: int | None = None, heartbeat_timeout_s: int | None = None,
+               connect_timeout_s: float = 300.0) -> bool:
   """Calls `jax.distributed.initialize` when needed; returns whether it did.
 
   Explicit flags (all three, or none) win; otherwise a cluster JAX configures by itself
@@ -61,7 +85,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   `jax.distributed.initialize()` with no arguments. Single-process runs do nothing. Must run
   before any other JAX call touches the devices. `heartbeat_timeout_s` (explicit flags only;
   default JAX's 100 s): how long a silent process counts as alive; oversubscribed CPU hosts
-  compiling at once can miss heartbeats for longer.
+  compiling at once can miss heartbeats for longer. `connect_timeout_s` (explicit flags):
+  how long processes wait for each other to join; a process other than 0 that cannot reach
+  the coordinator in that time gets a ConnectionError naming the address.
   """
   given = [coordinator_address is not None, num_processes is not None, process_id is not None]
   if any(given) and not all(given):
@@ -74,7 +100,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       return False
     extra = ({} if heartbeat_timeout_s is None else
              {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)})
-    jax.distributed.initialize(coordinator_address=coordinator_address,
+    if process_id != 0:
+      wait_for_coordinator(coordinator_address, connect_timeout_s, process_id)
+    jax.distributed.initialize(initialization_timeout=max(1, int(connect_timeout_s)),
+                               coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id, **extra)
     how = "explicit flags"
   else:

@@ -42,9 +42,14 @@ process's share of each global batch as a numpy dict (docs/interfaces.md):
 Design (why not grain or tf.data): ordering is a pure function of the seed.
 The global stream is position g = 0, 1, 2, ...: a finite dataset of N records
 reads record perm_e[g mod N] with e = g // N and perm_e a fresh seeded
-permutation per epoch; the shapes world renders scene g. Process p of P reads
-positions g = k * P + p for its k = 0, 1, ..., so the processes' reads are
-disjoint and their union per step is exactly the one-process stream. Every
+permutation per epoch; the shapes world renders scene g. With b examples per
+process and batch, process p of P reads, for its k = 0, 1, ..., position
+g = (k // b) * bP + p * b + k % b: each global batch is a contiguous block of
+the stream and process p holds its p-th slice, so the global batch the
+processes assemble (process-major) is row for row the one-process batch, and
+the row-keyed randomness of the step (noise, time) meets the same examples on
+any number of hosts. Resuming on another process count continues the stream
+at the first global batch not every old process had finished. Every
 example's randomness (scene, caption choice, crop, dropout) comes from a
 generator seeded with (seed, g), so it does not depend on the number of
 workers, the prefetch depth or where a run was restarted. The iterator state
@@ -68,7 +73,7 @@ import numpy as np
 from imagen_jax import config_lib
 from imagen_jax.data import preprocess as preprocess_lib
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: contiguous per-batch layout, batch_size in the state
 
 
 class InputIterator:
@@ -129,7 +134,8 @@ class InputIterator:
   # -- Ordering ---------------------------------------------------------------
 
   def _global_position(self, k: int) -> int:
-    return k * self.process_count + self.process_index
+    b = self.batch_size
+    return (k // b) * b * self.process_count + self.process_index * b + k % b
 
   def _end(self) -> Optional[int]:
     """One past the last global position, or None when infinite."""
@@ -246,7 +252,26 @@ class InputIterator:
   def get_state(self) -> dict:
     """JSON-serialisable position; `set_state` on a fresh iterator resumes."""
     return {"version": _STATE_VERSION, "position": self._position,
-            "num_skipped": self._num_skipped, **self._identity()}
+            "num_skipped": self._num_skipped, "batch_size": self.batch_size,
+            **self._identity()}
+
+  def reshard_state(self, states: list) -> dict:
+    """This process's state from the states of every process of a run with another process
+    count: the stream resumes at the first global batch some old process had not finished
+    (bad examples skipped unevenly, or a changed global batch, re-read a few examples)."""
+    if any(st.get("version") != _STATE_VERSION for st in states):
+      raise ValueError("input states of another version cannot be resharded")
+    next_g = min(st["position"] // st["batch_size"] * st["batch_size"] * len(states)
+                 for st in states)
+    global_batch = self.batch_size * self.process_count
+    if next_g % global_batch or any(st["position"] % st["batch_size"] for st in states):
+      logging.warning("input %s: resharding %d processes' states to %d: the old processes "
+                      "stopped mid-batch or at other batch sizes; a few examples are read "
+                      "again", self.source.name, len(states), self.process_count)
+    return {"version": _STATE_VERSION,
+            "position": next_g // global_batch * self.batch_size,
+            "num_skipped": sum(int(st["num_skipped"]) for st in states),
+            "batch_size": self.batch_size, **self._identity()}
 
   def set_state(self, state: dict) -> None:
     if state.get("version") != _STATE_VERSION:

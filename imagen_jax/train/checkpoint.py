@@ -203,14 +203,16 @@ class Checkpointer:
             f"({type(error).__name__}: {reason}).{space} {last}; free space (or fix the "
             "bucket's access) and rerun the same command to resume.")
 
-  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, Any]:
-    """Returns `(state, this process's data state or None)` at `step` (default: latest)."""
+  def restore(self, step: int | None, abstract_state: Any, *,
+              reshard: Callable[[list], Any] | None = None) -> tuple[Any, Any]:
+    """Returns `(state, this process's data state or None)` at `step` (default: latest);
+    `reshard`: see `_own_data_state`."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     out = self._mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return out.state, _own_data_state(out.data)
+    return out.state, _own_data_state(out.data, reshard)
 
   def restore_params(self, step: int | None, abstract_params: Any, *,
                      field: str = "params") -> Any:
@@ -259,15 +261,26 @@ class Checkpointer:
           raise
 
 
-def _own_data_state(data: Any) -> Any:
+def _own_data_state(data: Any, reshard: Callable[[list], Any] | None = None) -> Any:
+  """This process's iterator state; from a run with another process count, `reshard(every
+  old process's state)` when the iterator can (`InputIterator.reshard_state`)."""
   if not data or not data.get("states"):
     return None
   states = data["states"]
-  if data.get("process_count") != jax.process_count():
-    logging.warning("Checkpoint has iterator states of %s processes, this run has %d; the data "
-                    "iterators start fresh.", data.get("process_count"), jax.process_count())
-    return None
-  return states[jax.process_index()]
+  if data.get("process_count") == jax.process_count():
+    return states[jax.process_index()]
+  if reshard is not None:
+    try:
+      state = reshard(states)
+    except (ValueError, KeyError, TypeError) as e:
+      logging.warning("Could not reshard the iterator states (%s).", e)
+    else:
+      logging.info("Iterator states of %s processes resharded to %d.", len(states),
+                   jax.process_count())
+      return state
+  logging.warning("Checkpoint has iterator states of %s processes, this run has %d; the data "
+                  "iterators start fresh.", data.get("process_count"), jax.process_count())
+  return None
 
 
 def checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
@@ -285,19 +298,22 @@ def checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
 
 
 def restore_or_initialize(ckpt: Checkpointer, config: Any, abstract_state: Any,
-                          init_fn: Callable[[], Any]) -> tuple[Any, Any, str]:
+                          init_fn: Callable[[], Any], *,
+                          reshard: Callable[[list], Any] | None = None,
+                          ) -> tuple[Any, Any, str]:
   """Resume order: workdir latest -> `config.resume_from` -> `config.init_from` -> scratch.
 
-  Returns `(state, data_state or None, description)`. `init_fn()` builds a fresh sharded state.
+  Returns `(state, data_state or None, description)`. `init_fn()` builds a fresh sharded state;
+  `reshard` converts iterator states saved by another number of processes.
   """
   latest = ckpt.latest_step()
   if latest is not None:
-    state, data_state = ckpt.restore(latest, abstract_state)
+    state, data_state = ckpt.restore(latest, abstract_state, reshard=reshard)
     return state, data_state, f"resumed from {ckpt.directory} step {latest}"
   resume_from = config.get("resume_from") if hasattr(config, "get") else None
   if resume_from:
     other, step = checkpointer_at(resume_from)
-    state, data_state = other.restore(step, abstract_state)
+    state, data_state = other.restore(step, abstract_state, reshard=reshard)
     other.close()
     return state, data_state, f"resumed from {resume_from} step {int(jax.device_get(state.step))}"
   state = init_fn()

@@ -153,7 +153,8 @@ class _Run:
   def restore_or_init(self, init_rng, state_rng) -> tuple[Any, int]:
     init = jax.jit(self.spec.init, out_shardings=self.spec.shardings)
     state, data_state, how = ckpt_lib.restore_or_initialize(
-        self.ckpt, self.config, self.spec.abstract, lambda: init(init_rng, state_rng))
+        self.ckpt, self.config, self.spec.abstract, lambda: init(init_rng, state_rng),
+        reshard=getattr(self.task.iterator, "reshard_state", None))
     if data_state is not None:
       self.task.iterator.set_state(data_state)
     step = int(jax.device_get(state.step))

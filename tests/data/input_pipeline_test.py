@@ -66,7 +66,7 @@ def test_two_hosts_are_disjoint_and_union_the_one_host_stream(shuffle):
     for _ in range(3):  # 3 steps of 4 = one epoch
       full = _ids(next(one))
       parts = [_ids(next(h)) for h in hosts]
-      assert sorted(parts[0] + parts[1]) == sorted(full)
+      assert parts[0] + parts[1] == full  # process-major = the one-host batch, row for row
       seen[0] += parts[0]
       seen[1] += parts[1]
     assert not set(seen[0]) & set(seen[1])
@@ -162,9 +162,7 @@ def test_caption_dropout_is_deterministic_per_example():
   hosts = [_iterator(source, 250, p=p, count=2, workers=0, shuffle=False)
            for p in range(2)]
   h = [next(it)["drop_text"] for it in hosts]
-  merged = np.empty(500, bool)
-  merged[0::2], merged[1::2] = h[0], h[1]
-  np.testing.assert_array_equal(merged, drops[:500])
+  np.testing.assert_array_equal(np.concatenate(h), drops[:500])
   none = _iterator(source, 100, workers=0, cond_drop_prob=0.0)
   assert not next(none)["drop_text"].any()
 
@@ -186,3 +184,21 @@ def test_num_epochs_ends_iteration():
   assert len(batches) == 7  # 14 examples, no partial batch
   assert sorted(i for b in batches for i in _ids(b)) == sorted(
       list(range(7)) * 2)
+
+
+@pytest.mark.parametrize("old_count, new_count", [(2, 1), (1, 4), (4, 2)])
+def test_resharded_state_continues_the_same_stream(old_count, new_count):
+  source, global_batch = _ListSource(40), 8
+  one = _iterator(source, global_batch, workers=0)
+  expected = [_ids(next(one)) for _ in range(5)]
+  old = [_iterator(source, global_batch // old_count, p=p, count=old_count, workers=0)
+         for p in range(old_count)]
+  for _ in range(2):  # two steps on the old layout
+    assert sum((_ids(next(it)) for it in old), []) == expected.pop(0)
+  states = [it.get_state() for it in old]
+  new = [_iterator(source, global_batch // new_count, p=p, count=new_count, workers=0)
+         for p in range(new_count)]
+  for it in new:
+    it.set_state(it.reshard_state(states))
+  for step in range(3):
+    assert sum((_ids(next(it)) for it in new), []) == expected[step], step

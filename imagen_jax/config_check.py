@@ -25,6 +25,7 @@ model registry. Nothing here allocates arrays or builds a model.
 import math
 from typing import Any
 
+import numpy as np
 from ml_collections import config_dict
 
 from imagen_jax import config_lib
@@ -205,8 +206,16 @@ def _check_sampling(s: Any) -> None:
 def _check_optim(o: Any, ema: Any) -> None:
   _one_of("optim.name", config_lib.get(o, "name"), optim.OPTIMIZERS)
   _one_of("optim.decay", config_lib.get(o, "decay", "cosine"), optim.DECAYS)
-  if not float(config_lib.get(o, "lr", 0.0)) > 0:
-    raise ConfigError(f"config.optim.lr={config_lib.get(o, 'lr')} must be positive")
+  lr = float(config_lib.get(o, "lr", 0.0))
+  # float32 is what the update computes in: 1e39 is inf there, and compiling the step (tens
+  # of seconds) only to skip or halt at step 1 is a waste.
+  if not (lr > 0 and math.isfinite(lr) and lr < float(np.finfo(np.float32).max)):
+    raise ConfigError(f"config.optim.lr={config_lib.get(o, 'lr')} must be positive and "
+                      "finite in float32")
+  eps = config_lib.get(o, "eps")
+  if eps is not None and not float(eps) > 0:
+    raise ConfigError(f"config.optim.eps={eps} must be positive (Adam divides by "
+                      "sqrt(nu) + eps: 0 gives NaN where a gradient is 0)")
   _positive("optim.warmup_steps", config_lib.get(o, "warmup_steps", 0), allow_zero=True)
   if (config_lib.get(o, "name") == "adam"
       and float(config_lib.get(o, "weight_decay", 0.0))):

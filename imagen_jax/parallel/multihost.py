@@ -149,6 +149,14 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(flags))
 
 
+def sum_over_processes(values: list[int]) -> list[int]:
+  """Each entry summed over the processes (a collective: call on all processes)."""
+  if jax.process_count() == 1:
+    return [int(v) for v in values]
+  return [int(v) for v in np.asarray(
+      multihost_utils.process_allgather(np.asarray(values, np.int64))).sum(axis=0)]
+
+
 def allgather_json(obj: Any) -> list[Any]:
   """Every process's JSON-serialisable `obj`, as a list indexed by process (a collective)."""
   if jax.process_count() == 1:

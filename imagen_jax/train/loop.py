@@ -223,6 +223,9 @@ class _Run:
                    skipped_total=host[-1]["skipped_total"],
                    bad_examples=sum(float(h["bad_examples"]) for h in host),
                    **flops_lib.throughput(self.flops, rate))
+    skipped_records = getattr(self.task.iterator, "num_skipped", None)
+    if skipped_records is not None:  # records the input pipeline skipped, every process's
+      summary["input/skipped_records"] = multihost.sum_over_processes([skipped_records])[0]
     self.writer.write_scalars(step, summary)
     self.writer.flush()
     self.summary = dict(summary)

@@ -154,7 +154,9 @@ def console_line(step: int, total_steps: int, metrics: Mapping[str, Any], width:
   fmt = {"loss": ("loss", "{:.4f}"), "grad_norm": ("gnorm", "{:.3g}"), "lr": ("lr", "{:.2e}"),
          "steps_per_sec": ("step/s", "{:.2f}"), "images_per_sec": ("img/s", "{:.1f}"),
          "tflops_per_device": ("TFLOP/s/dev", "{:.3g}"), "mfu": ("MFU", "{}"),
-         "skipped_total": ("skipped", "{:.0f}"), "bad_examples": ("bad", "{:.0f}")}
+         "skipped_total": ("skipped steps", "{:.0f}"),
+         "bad_examples": ("nonfinite examples", "{:.0f}"),
+         "input/skipped_records": ("bad records", "{:.0f}")}
   for key, (label, f) in fmt.items():
     if key in metrics:
       value = metrics[key]

@@ -79,14 +79,6 @@ def precompute_command(config: Any) -> str:
   return " ".join(shlex.quote(p) if "<" not in p else p for p in parts)
 
 
-def _allsum(values: list[int]) -> list[int]:
-  if jax.process_count() == 1:
-    return values
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return [int(v) for v in np.asarray(
-      multihost_utils.process_allgather(np.asarray(values, np.int64))).sum(axis=0)]
-
-
 class _CacheWithHint:
   """The cache for the input pipeline: a missing caption's KeyError names the fill command."""
 
@@ -145,7 +137,7 @@ def check_cache_covers(config: Any, cache: Any, resolution: int) -> None:
     return
   unique = list(dict.fromkeys(captions))
   num_missing = int((~cache.contains(unique)).sum()) if unique else 0
-  num_missing, total = _allsum([num_missing, len(unique)])
+  num_missing, total = multihost.sum_over_processes([num_missing, len(unique)])
   if num_missing:
     raise ValueError(
         f"{num_missing} of {total} captions are not in the cache at {config.text.cache_dir} "

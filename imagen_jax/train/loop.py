@@ -196,8 +196,8 @@ class _Run:
     for i, m in enumerate(host):
       if m["nonfinite"] > 0:
         bad_step = self._first_pending + i + 1
-        what = next((f"{k} ({m[k]})" for k in ("loss", "grad_norm") if not np.isfinite(m[k])),
-                    "update (new params, EMA or optimizer state)")
+        what = next((f"{k} ({m[k]})" for k in ("loss", "grad_norm", "update_norm")
+                     if not np.isfinite(m[k])), "value")
         if self.config.nonfinite == "halt":
           raise TrainingHalted(f"Non-finite {what} at step {bad_step}; "
                                "config.nonfinite='halt'.")
@@ -270,7 +270,7 @@ class _Run:
     self.ckpt.wait()
     if self.skipped:
       logging.warning("%d of the %d steps trained were skipped (non-finite loss, gradient or "
-                      "update; config.nonfinite=%r).", self.skipped, step,
+                      "update norm; config.nonfinite=%r).", self.skipped, step,
                       self.config.nonfinite)
     if step == self.total_steps and multihost.is_primary():  # read by sweep summaries
       (self.workdir / "final_metrics.json").write_text(json.dumps(

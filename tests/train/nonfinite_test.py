@@ -1,5 +1,5 @@
-"""Nothing non-finite is ever committed: the step's guard covers the update itself (params, EMA
-and optimizer state), `skip` runs are bounded and say how many steps they skipped."""
+"""Nothing non-finite is ever committed: the step's guard covers the update itself (its norm),
+`skip` runs are bounded and say how many steps they skipped."""
 import json
 
 import jax
@@ -47,7 +47,7 @@ def test_overflowing_update_is_skipped_and_never_committed(tmp_path):
 
 def test_halt_names_the_update(tmp_path):
   config = toy_task.toy_config(total_steps=4, nonfinite="halt", **OVERFLOW)
-  with pytest.raises(TrainingHalted, match=r"Non-finite update .* at step 1"):
+  with pytest.raises(TrainingHalted, match=r"Non-finite update_norm \(inf\) at step 1"):
     loop.train(config, str(tmp_path), toy_task.toy_task_factory)
   assert not (tmp_path / "checkpoints").exists() or not committed_states(tmp_path)
 

@@ -19,8 +19,10 @@ all three:
   re-encoded the same way, e.g. `max_side=256` for a 64x64 base stage.
 
 An image that does not decode (truncated, corrupt, not an image) raises
-`preprocess.BadExampleError`. EXIF orientation is not applied, as in
-training from files.
+`preprocess.BadExampleError`; one whose decoded size is above `max_decoded_mb`
+(read from its header, as in training) raises `preprocess.ImageTooLargeError`
+before it is decoded. EXIF orientation is not applied, as in training from
+files.
 """
 
 import io
@@ -45,9 +47,11 @@ def _stored_as_is(img: Image.Image) -> bool:
   return img.format == "PNG" and img.tile[0].args == "RGB"  # 8 bits
 
 
-def for_storage(data: bytes, name: str, max_side: Optional[int] = None
+def for_storage(data: bytes, name: str, max_side: Optional[int] = None,
+                max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB
                 ) -> tuple[bytes, bool]:
   """(bytes to store, whether they were re-encoded); see the module docstring."""
+  limit = preprocess.check_max_decoded_mb(max_decoded_mb)
   try:
     with Image.open(io.BytesIO(data)) as img:
       fmt = img.format
@@ -55,11 +59,16 @@ def for_storage(data: bytes, name: str, max_side: Optional[int] = None
       if fits and _stored_as_is(img):
         if fmt == "JPEG":
           img.draft("RGB", (1, 1))  # a reduced-scale decode still reads it all
+        elif limit is not None and preprocess.decoded_bytes(img) > limit * 1e6:
+          raise preprocess.ImageTooLargeError(
+              f"{name}: {img.size[0]}x{img.size[1]} {img.mode} decodes to "
+              f"{preprocess.decoded_bytes(img) / 1e6:.1f} MB, above --max_decoded_mb="
+              f"{limit:g} (not decoded)")
         img.load()  # raises on truncated or corrupt data
         return data, False
   except _DECODE_ERRORS as e:
     raise preprocess.BadExampleError(f"{name}: cannot decode image ({e})") from e
-  image = preprocess.decode_image(data, name)
+  image = preprocess.decode_image(data, name, max_decoded_mb=limit)
   h, w = image.shape[:2]
   if max_side and max(h, w) > max_side:
     scale = max_side / max(h, w)

@@ -18,7 +18,8 @@ Each name table is read from its owner, so there is one gate per name:
 optimizer and decay names from `train.optim`, nonfinite policies from
 `train.step`, parallel modes (and aliases) from `parallel.placement`, data mesh
 axes from `parallel.mesh`, evaluator types from `evaluation.evaluators`,
-dataset names from `data.input_pipeline`, the rest from `diffusion` and the
+dataset names from `data.input_pipeline`, bad-caption policies from
+`data.sources`, the rest from `diffusion` and the
 model registry. Nothing here allocates arrays or builds a model.
 """
 
@@ -31,6 +32,7 @@ from ml_collections import config_dict
 from imagen_jax import config_lib
 from imagen_jax import diffusion
 from imagen_jax.data import input_pipeline
+from imagen_jax.data import sources
 from imagen_jax.diffusion import losses as diffusion_losses
 from imagen_jax.evaluation import evaluators
 from imagen_jax.models import registry
@@ -157,6 +159,17 @@ def _check_input(inp: Any) -> None:
   p = float(config_lib.get(inp, "cond_drop_prob", 0.1))
   if not 0.0 <= p <= 1.0:
     raise ConfigError(f"config.input.cond_drop_prob={p} must be in [0, 1]")
+  for field in ("max_decoded_mb", "read_timeout_s"):
+    value = config_lib.get(inp, field)
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(
+        value, bool) and math.isfinite(value) and value > 0):
+      raise ConfigError(f"config.input.{field}={value!r} must be positive and finite")
+  _one_of("input.bad_caption", config_lib.get(inp, "bad_caption", "skip"),
+          sources.BAD_CAPTION_POLICIES)
+  outside = config_lib.get(inp, "allow_outside_root", False)
+  if not isinstance(outside, bool):
+    raise ConfigError(f"config.input.allow_outside_root={outside!r} must be True or "
+                      "False")
   if dataset == "shapes":
     n = int(config_lib.get(inp, "max_objects", 3))
     if not 1 <= n <= 3:

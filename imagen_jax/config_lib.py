@@ -126,7 +126,13 @@ def stage_defaults():
   c.input = ml_collections.ConfigDict(dict(
       dataset="shapes", split="train", max_objects=3, resolution=64,
       lowres_resolution=placeholder(int), cond_drop_prob=0.1, num_workers=2,
-      prefetch_batches=2))
+      prefetch_batches=2,
+      # Bad data (data/input_pipeline.py): images decoding to more MB are skipped
+      # (from their header); "skip" | "error" for a caption file that is not UTF-8;
+      # manifest/COCO paths that are absolute or have '..' are refused unless
+      # allowed; a record not read within read_timeout_s stops the run.
+      max_decoded_mb=256.0, bad_caption="skip", allow_outside_root=False,
+      read_timeout_s=300.0))
 
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", lr=1e-4, warmup_steps=0, decay="constant", b1=0.9,

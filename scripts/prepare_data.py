@@ -18,6 +18,7 @@ finished shards). See imagen_jax/data/prepare and docs/launching.md.
 from absl import app
 from absl import flags
 
+from imagen_jax.data import preprocess
 from imagen_jax.data.prepare import convert
 from imagen_jax.data.prepare import readers
 
@@ -39,6 +40,12 @@ _SHARD_INDEX = flags.DEFINE_integer(
     "shard_index", None, "Convert only this shard (default: all of them).")
 _MAX_SIDE = flags.DEFINE_integer(
     "max_side", None, "Resize images whose longer side exceeds this.")
+_MAX_DECODED_MB = flags.DEFINE_float(
+    "max_decoded_mb", preprocess.DEFAULT_MAX_DECODED_MB, "Skip (count) images whose decoded size, read from their "
+    "header, is above this many MB (a zlib bomb, a huge scan).")
+_ALLOW_OUTSIDE_ROOT = flags.DEFINE_boolean(
+    "allow_outside_root", False, "Read COCO file_names / manifest paths that are "
+    "absolute or have '..' (refused and counted as 'outside root' otherwise).")
 _NUM_WORKERS = flags.DEFINE_integer(
     "num_workers", 8, "Threads reading and validating images.")
 _FINALIZE = flags.DEFINE_boolean(
@@ -60,9 +67,9 @@ def main(argv):
       source=_SOURCE.value, name=_NAME.value, output_dir=_OUTPUT_DIR.value,
       split=_SPLIT.value, num_shards=_NUM_SHARDS.value,
       shard_index=_SHARD_INDEX.value, max_side=_MAX_SIDE.value,
-      num_workers=_NUM_WORKERS.value, path=_PATH.value,
-      annotations=_ANNOTATIONS.value, images=_IMAGES.value,
-      manifest=_MANIFEST.value)
+      num_workers=_NUM_WORKERS.value, max_decoded_mb=_MAX_DECODED_MB.value,
+      path=_PATH.value, annotations=_ANNOTATIONS.value, images=_IMAGES.value,
+      manifest=_MANIFEST.value, allow_outside_root=_ALLOW_OUTSIDE_ROOT.value)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,21 @@ process's share of each global batch as a numpy dict (docs/interfaces.md):
   num_epochs        stop after this many passes (None: repeat forever)
   num_workers       background threads decoding/preprocessing (2; 0 = inline)
   prefetch_batches  batches prepared ahead (2)
+  max_decoded_mb    refuse (skip and count) an image whose decoded size is
+                    above this many MB, read from its header (256)
+  bad_caption       a caption that is not UTF-8 or not readable: "skip" (count
+                    it as a bad record) | "error" (stop, naming the file)
+                    ("skip")
+  allow_outside_root  read dataset-file paths (manifest entries, COCO
+                    file_name) that are absolute or have '..'; refused and
+                    counted as bad records otherwise (False)
+  read_timeout_s    a record a worker thread has not read after this long
+                    raises InputStalledError (a stalled file system) (300)
+
+Bad records (corrupt, truncated, missing, oversized, not a regular file, a
+bad caption, a path outside the root) are skipped and counted in
+`num_skipped` (also in the iterator state); the trainer logs it as
+`input/skipped_records`. A run where every record is bad is an error.
 
 Design (why not grain or tf.data): ordering is a pure function of the seed.
 The global stream is position g = 0, 1, 2, ...: a finite dataset of N records
@@ -61,11 +76,19 @@ the same guarantees with more machinery (worker processes whose state
 depends on their count, filter semantics for skipped records whose count is
 not exposed); the infinite procedural source and the skip counter are simpler
 this way, and nothing needs TensorFlow except building TFDS's coco_captions.
+The worker threads are daemon threads: a read stuck in the kernel (a stalled
+network file system) cannot keep the process from exiting, and the consumer
+waits at most `read_timeout_s` for a record, so a SIGTERM'd trainer is not
+held in `next()` forever either.
 """
 
 import collections
 import concurrent.futures
 import logging
+import math
+import queue
+import threading
+import weakref
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -74,6 +97,60 @@ from imagen_jax import config_lib
 from imagen_jax.data import preprocess as preprocess_lib
 
 _STATE_VERSION = 2  # 2: contiguous per-batch layout, batch_size in the state
+DEFAULT_READ_TIMEOUT_S = 300.0
+
+
+class InputStalledError(TimeoutError):
+  """A record was not read within `read_timeout_s` (its reader thread is left behind)."""
+
+
+def check_read_timeout(value) -> Optional[float]:
+  """The read timeout in seconds (None: wait forever); ValueError naming a bad one."""
+  if value is None:
+    return None
+  try:
+    t = float(value)
+  except (TypeError, ValueError):
+    t = float("nan")
+  if not (t > 0 and not math.isnan(t)):
+    raise ValueError(f"read_timeout_s={value!r} must be a positive number of seconds "
+                     "(or None to wait forever)")
+  return t
+
+
+class _DaemonPool:
+  """A minimal thread pool of daemon threads (ThreadPoolExecutor's threads are joined at
+  interpreter exit, so one read stuck in the kernel would keep the process alive)."""
+
+  def __init__(self, num_workers: int):
+    self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+    self._threads = num_workers
+    for i in range(num_workers):
+      threading.Thread(target=self._work, name=f"input_{i}", daemon=True).start()
+
+  def _work(self) -> None:
+    while True:
+      task = self._tasks.get()
+      if task is None:
+        return
+      future, fn, args = task
+      if not future.set_running_or_notify_cancel():
+        continue
+      try:
+        future.set_result(fn(*args))
+      except BaseException as e:  # pylint: disable=broad-except  # re-raised by result()
+        future.set_exception(e)
+
+  def submit(self, fn: Callable, *args) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    self._tasks.put((future, fn, args))
+    return future
+
+  def shutdown(self) -> None:
+    """Idle threads end; a busy (or stuck) one ends after its task, or with the process."""
+    for _ in range(self._threads):
+      self._tasks.put(None)
+    self._threads = 0
 
 
 class InputIterator:
@@ -91,6 +168,8 @@ class InputIterator:
     num_workers: threads loading examples (0: load on the calling thread).
     prefetch_batches: how many batches of examples are loaded ahead.
     text_cache: optional object with `get_many(captions) -> (emb, mask)`.
+    read_timeout_s: with worker threads, how long to wait for one record before
+      raising InputStalledError (None: forever).
   """
 
   def __init__(self, source, preprocess: Callable[..., dict], *,
@@ -98,7 +177,8 @@ class InputIterator:
                process_count: int = 1, shuffle: bool = True,
                cond_drop_prob: float = 0.1, num_epochs: Optional[int] = None,
                num_workers: int = 2, prefetch_batches: int = 2,
-               text_cache: Any = None):
+               text_cache: Any = None,
+               read_timeout_s: Optional[float] = DEFAULT_READ_TIMEOUT_S):
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= process_index < process_count:
@@ -120,8 +200,10 @@ class InputIterator:
     self.num_epochs = num_epochs
     self.text_cache = text_cache
     self._window = max(1, int(prefetch_batches)) * self.batch_size
-    self._executor = (concurrent.futures.ThreadPoolExecutor(
-        num_workers, thread_name_prefix="input") if num_workers > 0 else None)
+    self.read_timeout_s = check_read_timeout(read_timeout_s)
+    self._executor = _DaemonPool(int(num_workers)) if num_workers > 0 else None
+    if self._executor is not None:  # idle threads end with an unclosed iterator too
+      weakref.finalize(self, self._executor.shutdown)
     self._perms: dict[int, np.ndarray] = {}
     self._pending: collections.deque = collections.deque()
     self._position = 0  # next local position k to yield
@@ -184,8 +266,18 @@ class InputIterator:
         item = self._load(k, g, index)
       else:
         item = self._executor.submit(self._load, k, g, index)
-      self._pending.append((k, epoch, item))
+      self._pending.append((k, epoch, item, g, index))
       self._submitted += 1
+
+  def _result(self, future: concurrent.futures.Future, g: int, index: int):
+    try:
+      return future.result(timeout=self.read_timeout_s)
+    except concurrent.futures.TimeoutError:
+      raise InputStalledError(
+          f"input {self.source.name}: record {index} (stream position {g}) was not read "
+          f"within read_timeout_s={self.read_timeout_s:g} s; the storage may be "
+          "stalled (the worker thread reading it is left behind; the run can resume "
+          "from its last checkpoint)") from None
 
   def _next_example(self) -> Optional[dict]:
     in_a_row = 0
@@ -193,9 +285,10 @@ class InputIterator:
       self._fill()
       if not self._pending:
         return None
-      k, epoch, item = self._pending.popleft()
+      k, epoch, item, g, index = self._pending[0]
       if isinstance(item, concurrent.futures.Future):
-        item = item.result()
+        item = self._result(item, g, index)
+      self._pending.popleft()
       self._position = k + 1
       if epoch != self._epoch:
         self._log_skips()
@@ -281,7 +374,7 @@ class InputIterator:
     if mismatched:
       raise ValueError("input state is from a different pipeline "
                        f"(saved, current): {mismatched}")
-    for _, _, item in self._pending:
+    for _, _, item, _, _ in self._pending:
       if isinstance(item, concurrent.futures.Future):
         item.cancel()
     self._pending.clear()
@@ -293,7 +386,10 @@ class InputIterator:
   def close(self) -> None:
     self._log_skips()
     if self._executor is not None:
-      self._executor.shutdown(wait=False, cancel_futures=True)
+      for _, _, item, _, _ in self._pending:
+        if isinstance(item, concurrent.futures.Future):
+          item.cancel()
+      self._executor.shutdown()
       self._executor = None
 
   def __enter__(self):
@@ -314,32 +410,40 @@ def make_source(input_config, render_size: int):
   `render_size` is the stage resolution: the shapes world renders at it and
   file sources may decode JPEGs at a reduced scale that stays above it.
   """
+  from imagen_jax.data import sources
   dataset = config_lib.get(input_config, "dataset", "shapes")
   split = config_lib.get(input_config, "split", "train")
   fields = dict(config_lib.get(input_config, "fields", {}) or {})
+  max_mb = preprocess_lib.check_max_decoded_mb(config_lib.get(
+      input_config, "max_decoded_mb", preprocess_lib.DEFAULT_MAX_DECODED_MB))
+  bad_caption = sources.check_bad_caption(
+      config_lib.get(input_config, "bad_caption", "skip"))
+  outside = config_lib.get(input_config, "allow_outside_root", False)
+  if not isinstance(outside, bool):
+    raise ValueError(f"allow_outside_root={outside!r} must be True or False")
   if dataset == "shapes":
-    from imagen_jax.data import sources
     return sources.ShapesSource(
         render_size, split, int(config_lib.get(input_config, "max_objects", 3)))
   if dataset.startswith("tfds:"):
-    from imagen_jax.data import sources
     return sources.TfdsSource(
         dataset[len("tfds:"):], split=split,
         data_dir=config_lib.get(input_config, "data_dir"), fields=fields,
         download=bool(config_lib.get(input_config, "download", False)),
-        min_side=render_size)
+        min_side=render_size, max_decoded_mb=max_mb, bad_caption=bad_caption)
   if dataset == "folder":
     from imagen_jax.data import folder_source
     return folder_source.FolderSource(
         config_lib.get(input_config, "path", ""),
         config_lib.get(input_config, "manifest"),
         image_key=fields.get("image", "image"),
-        caption_key=fields.get("caption", "caption"), min_side=render_size)
+        caption_key=fields.get("caption", "caption"), min_side=render_size,
+        max_decoded_mb=max_mb, bad_caption=bad_caption, allow_outside_root=outside)
   if dataset == "coco_json":
     from imagen_jax.data import folder_source
     return folder_source.CocoJsonSource(
         config_lib.get(input_config, "annotations"),
-        config_lib.get(input_config, "path"), min_side=render_size)
+        config_lib.get(input_config, "path"), min_side=render_size,
+        max_decoded_mb=max_mb, allow_outside_root=outside)
   raise ValueError(f"unknown input dataset {dataset!r}; expected 'shapes', "
                    "'tfds:<name>', 'folder' or 'coco_json'")
 
@@ -397,4 +501,5 @@ def create_input_iterator(input_config, *, global_batch_size: int,
       num_epochs=config_lib.get(input_config, "num_epochs"),
       num_workers=int(config_lib.get(input_config, "num_workers", 2)),
       prefetch_batches=int(config_lib.get(input_config, "prefetch_batches", 2)),
-      text_cache=text_cache)
+      text_cache=text_cache,
+      read_timeout_s=config_lib.get(input_config, "read_timeout_s", DEFAULT_READ_TIMEOUT_S))

@@ -15,6 +15,8 @@ Folder and COCO-json sources are in `folder_source.py`.
 """
 
 import json
+import os
+import shlex
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -64,8 +66,28 @@ def get_field(record: Mapping[str, Any], path: str) -> Any:
   return node
 
 
+# config.input.bad_caption: what a caption that cannot be decoded does.
+BAD_CAPTION_POLICIES = ("skip", "error")
+
+
+def check_bad_caption(policy: str) -> str:
+  if policy not in BAD_CAPTION_POLICIES:
+    raise ValueError(f"bad_caption={policy!r}; expected one of "
+                     f"{', '.join(map(repr, BAD_CAPTION_POLICIES))}")
+  return policy
+
+
+def _text(value: bytes, name: str) -> str:
+  try:
+    return value.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise preprocess.BadExampleError(
+        f"{name}: caption is not valid UTF-8 at byte {e.start} ({e.reason})") from None
+
+
 def pick_caption(value: Any, rng: np.random.Generator, name: str) -> str:
-  """A str from a str/bytes or a sequence of them (chosen with rng)."""
+  """A str from a str/bytes or a sequence of them (chosen with rng); BadExampleError
+  for no caption or bytes that are not UTF-8."""
   if isinstance(value, np.ndarray) and value.ndim == 0:
     value = value.item()
   if isinstance(value, (list, tuple, np.ndarray)):
@@ -73,7 +95,7 @@ def pick_caption(value: Any, rng: np.random.Generator, name: str) -> str:
       raise preprocess.BadExampleError(f"{name}: no caption")
     value = value[int(rng.integers(len(value)))]
   if isinstance(value, bytes):
-    value = value.decode("utf-8")
+    value = _text(value, name)
   if not isinstance(value, str):
     raise TypeError(f"{name}: caption field is {type(value).__name__}, "
                     "expected str, bytes or a sequence of them")
@@ -88,7 +110,10 @@ def all_captions(value: Any, name: str) -> list[str]:
   out = []
   for v in values:
     if isinstance(v, bytes):
-      v = v.decode("utf-8")
+      try:
+        v = _text(v, name)
+      except preprocess.BadExampleError:
+        continue  # read() skips and counts it; the text cache needs no entry
     if not isinstance(v, str):
       raise TypeError(f"{name}: caption field is {type(v).__name__}, "
                       "expected str, bytes or a sequence of them")
@@ -103,22 +128,57 @@ TFDS_FIELDS = {
 _BUG_TYPES = (IndexError, KeyError, TypeError, AttributeError, NameError)
 
 
-PREPARE_COMMAND = ("python scripts/prepare_data.py --source webdataset "
-                   "--path 'DIR/*.tar' --name {name} --output_dir DATA_DIR")
+def default_data_dir() -> str:
+  """TFDS's default data_dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
+                                                          "tensorflow_datasets")
+
+
+def prepared_dir(name: str, data_dir: str) -> Optional[str]:
+  """The folder of TFDS dataset `name` ("n", "n/config", with ":version") in `data_dir`
+  that holds a dataset_info.json, None when there is none (not prepared there)."""
+  base, _, version = name.partition(":")
+  root = paths.path(f"{str(data_dir).rstrip('/')}/{base}")
+  if not root.is_dir():
+    return None
+  level = [root / version] if version else [d for d in root.iterdir() if d.is_dir()]
+  for _ in range(2):  # name/version, or name/config/version
+    for d in level:
+      if (d / "dataset_info.json").exists():
+        return str(d)
+    level = [v for d in level if d.is_dir() for v in d.iterdir() if v.is_dir()]
+  return None
+
+
+PREPARE_DOCS = "docs/zero_to_fid.md step 2, docs/launching.md \"Preparing data\""
+
+
+def prepare_command(name: str, output_dir: str, source: str = "coco_json") -> str:
+  """The scripts/prepare_data.py command that writes TFDS dataset `name` into `output_dir`."""
+  flags = {"coco_json": "--annotations captions_train2014.json --images train2014",
+           "webdataset": "--path 'TARS/*.tar'", "folder": "--path IMAGE_DIR"}[source]
+  return (f"python scripts/prepare_data.py --source {source} {flags} --name {name} "
+          f"--output_dir {shlex.quote(str(output_dir))}")
 
 
 def not_prepared_message(name: str, data_dir: Optional[str]) -> str:
-  """What to run when TFDS dataset `name` is not in `data_dir`."""
-  where = data_dir or "TFDS's default data_dir (~/tensorflow_datasets)"
-  msg = (f"TFDS dataset {name!r} is not prepared in {where}. Convert your "
-         "image-caption data into it with\n  "
-         + PREPARE_COMMAND.format(name=name)
-         + "\n(or --source coco_json / folder, see docs/launching.md) and "
-         "train with --config.input.dataset=tfds:" + name
-         + " --config.input.data_dir=DATA_DIR.")
-  if name == "coco_captions":
-    msg += (" TFDS's own coco_captions builder needs TensorFlow and "
-            "builder.download_and_prepare(file_format='array_record').")
+  """What to run when TFDS dataset `name` is not in `data_dir` (None: TFDS's default)."""
+  where = str(data_dir or default_data_dir())
+  base = name.partition(":")[0].split("/")[0]
+  # TFDS's registered coco_captions builder owns that name (and needs TensorFlow to
+  # build it), so the data prepared by prepare_data.py goes under a name of its own.
+  target = "coco_train2014" if base == "coco_captions" else base
+  msg = (f"TFDS dataset {name!r} is not prepared in {where} (no dataset_info.json "
+         f"under {where.rstrip('/')}/{name.partition(':')[0]}). Prepare it first with "
+         f"scripts/prepare_data.py ({PREPARE_DOCS}):\n  "
+         + prepare_command(target, where)
+         + "\n  (or --source webdataset --path 'TARS/*.tar', or --source folder --path "
+         f"IMAGE_DIR)\nthen train with --config.input.dataset=tfds:{target} "
+         f"--config.input.data_dir={shlex.quote(where)}.")
+  if base == "coco_captions":
+    msg += (" TFDS's own coco_captions builder needs TensorFlow (pip install "
+            "tensorflow-cpu) and builder.download_and_prepare(file_format="
+            "'array_record').")
   return msg
 
 
@@ -138,12 +198,16 @@ class TfdsSource:
   def __init__(self, name: str, split: str = "train",
                data_dir: Optional[str] = None,
                fields: Optional[Mapping[str, str]] = None,
-               download: bool = False, min_side: Optional[int] = None):
+               download: bool = False, min_side: Optional[int] = None,
+               max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB,
+               bad_caption: str = "skip"):
     import tensorflow_datasets as tfds
     if data_dir and paths.is_remote(data_dir):
       paths.prefer_gcsfs()
     self.name = f"tfds:{name}[{split}]"
     self.min_side = min_side
+    self.max_decoded_mb = preprocess.check_max_decoded_mb(max_decoded_mb)
+    self.bad_caption = check_bad_caption(bad_caption)
     self.fields = dict(TFDS_FIELDS.get(name, {"image": "image",
                                               "caption": "caption"}))
     self.fields.update(fields or {})
@@ -151,6 +215,15 @@ class TfdsSource:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError as e:
       raise FileNotFoundError(not_prepared_message(name, data_dir)) from e
+    except ImportError as e:  # a registered builder (coco_captions) needs TensorFlow
+      where = data_dir or default_data_dir()
+      if prepared_dir(name, where) is None:
+        raise FileNotFoundError(not_prepared_message(name, data_dir)) from e
+      raise ImportError(
+          f"TFDS's registered builder for {name!r} needs {e.name or 'a module'} that is "
+          f"not installed ({e}), even to read its data prepared in {where}: pip install "
+          "tensorflow-cpu, or convert the data into a dataset of your own with\n  "
+          + prepare_command("my_" + name.partition(":")[0].split("/")[0], where)) from e
     if download:
       builder.download_and_prepare(file_format="array_record")
     image_field = self.fields["image"]
@@ -194,9 +267,14 @@ class TfdsSource:
       raise preprocess.BadExampleError(f"{label}: cannot read ({e})") from e
     image = get_field(record, self.fields["image"])
     if isinstance(image, bytes):
-      image = preprocess.decode_image(image, label, self.min_side)
+      image = preprocess.decode_image(image, label, self.min_side, self.max_decoded_mb)
     image = preprocess.to_rgb_array(image, label)
-    text = pick_caption(get_field(record, self.fields["caption"]), rng, label)
+    try:
+      text = pick_caption(get_field(record, self.fields["caption"]), rng, label)
+    except preprocess.BadExampleError as e:
+      if self.bad_caption == "error":
+        raise ValueError(f"{e} (config.input.bad_caption='error')") from e
+      raise
     return image, text
 
   def captions(self, index: int) -> list[str]:

@@ -6,8 +6,11 @@ process can convert any shard (`shard_index`) with no coordination and the
 result does not depend on who ran what. Images are read and validated in
 `num_workers` threads (I/O and PIL decoding release the GIL) and written in
 the source's order. Unusable examples are skipped and counted by reason
-(missing file, unreadable file, corrupt image, no caption, no image, bad
-caption, corrupt tar); the first few of each shard are kept in its done file.
+(missing file, unreadable file - a FIFO, device or socket too -, corrupt image,
+image too large - decoded size above `max_decoded_mb` -, no caption, no image,
+bad caption, outside root - a listed path absolute or with '..' -, unsafe
+member name - a tar member's -, corrupt tar); the first few of each shard are
+kept in its done file.
 A shard with a done file is not converted again; the metadata is written
 once a split is complete (`writer.finalize`).
 """
@@ -59,7 +62,8 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
       yield pending.popleft().result()
 
 
-def _convert(item: readers.Item, max_side: Optional[int], features):
+def _convert(item: readers.Item, max_side: Optional[int], features,
+             max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB):
   """("ok", serialized, re-encoded, captions) or ("skip", reason, detail)."""
   if item.skip:
     return ("skip",) + item.skip
@@ -70,7 +74,9 @@ def _convert(item: readers.Item, max_side: Optional[int], features):
   except OSError as e:
     return "skip", "unreadable file", f"{item.key}: {e}"
   try:
-    stored, reencoded = images.for_storage(data, item.key, max_side)
+    stored, reencoded = images.for_storage(data, item.key, max_side, max_decoded_mb)
+  except preprocess.ImageTooLargeError as e:
+    return "skip", "image too large", str(e)
   except preprocess.BadExampleError as e:
     return "skip", "corrupt image", str(e)
   record = features.serialize_example({
@@ -127,10 +133,13 @@ def _check_resume(shards: dict, source: str, inputs: str,
 def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
             num_shards: int = 1, shard_index: Optional[int] = None,
             max_side: Optional[int] = None, num_workers: int = 8,
-            log: Callable = print, **source_flags) -> Summary:
+            log: Callable = print,
+            max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB,
+            **source_flags) -> Summary:
   """Converts shard `shard_index` (default: every shard) of `split`.
 
-  `source_flags` are `open_reader`'s (path, annotations, images, manifest).
+  `source_flags` are `open_reader`'s (path, annotations, images, manifest,
+  allow_outside_root).
   """
   start = time.perf_counter()
   writer.check_name(name, split)
@@ -140,8 +149,12 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
     raise ValueError(f"--shard_index {shard_index} not in [0, {num_shards})")
   if max_side is not None and max_side < 1:
     raise ValueError(f"--max_side {max_side} must be positive")
+  try:
+    max_decoded_mb = preprocess.check_max_decoded_mb(max_decoded_mb)
+  except ValueError as e:
+    raise ValueError(f"--{e}") from None
   if any(paths.is_remote(str(p)) for p in (output_dir, *source_flags.values())
-         if p):
+         if isinstance(p, str) and p):
     paths.prefer_gcsfs()  # before TFDS or etils touch any path (see storage)
   ds_dir = writer.dataset_dir(output_dir, name)
   reader = readers.open_reader(source, **source_flags)
@@ -170,7 +183,8 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
     shard = writer.ShardWriter(ds_dir, name, split, index, num_shards)
     skipped, examples, reencoded = collections.Counter(), [], 0
     try:
-      for result in _ordered_map(lambda it: _convert(it, max_side, features),
+      for result in _ordered_map(lambda it: _convert(it, max_side, features,
+                                                     max_decoded_mb),
                                  reader.items(block), num_workers):
         if result[0] == "ok":
           shard.write(result[1], result[3])

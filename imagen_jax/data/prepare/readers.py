@@ -12,13 +12,17 @@
   webdataset writes them); the image is the member ending in jpg/jpeg/png/webp,
   the caption the `.txt` member, else the `.json` member's "caption". Tars are
   streamed with the standard library's `tarfile` (`r|*`), from local disk or
-  gs://, never extracted.
+  gs://, never extracted; a member whose name is absolute or has a `..`
+  component is skipped ("unsafe member name"), links and devices are ignored.
 
 Every path may be local or `gs://`. A reader has `name`, `units` (a sorted
 list: images for COCO/folder, tar files for webdataset; the unit that is
 partitioned into output shards) and `items(units)`. An item that cannot be
-used as listed (no caption, no image, the rest of a corrupt tar) carries a
-`skip` reason instead of a loader, so it is counted, not lost silently.
+used as listed (no caption, no image, the rest of a corrupt tar, a path
+outside the dataset root, a caption file that is not UTF-8) carries a `skip`
+reason instead of a loader, so it is counted, not lost silently. Local files
+are opened only when they are regular files (a FIFO is counted as an
+"unreadable file", never opened).
 """
 
 import dataclasses
@@ -31,6 +35,7 @@ import tarfile
 from typing import Callable, Iterator, Optional, Sequence
 
 from imagen_jax.data import folder_source
+from imagen_jax.data import preprocess
 from imagen_jax.storage import paths
 
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -59,9 +64,11 @@ class _ListedReader:
     self.units = list(listed)
 
   def items(self, units) -> Iterator[Item]:
-    for path, captions in units:
+    for path, captions, skip in units:
       key = _relative(self.root, path)
-      if not captions:
+      if skip is not None:
+        yield Item(key, (), skip=skip)
+      elif not captions:
         yield Item(key, (), skip=("no caption", path))
       else:
         yield Item(key, tuple(captions),
@@ -70,23 +77,26 @@ class _ListedReader:
 
 class CocoJsonReader(_ListedReader):
 
-  def __init__(self, annotations: str, images: str):
+  def __init__(self, annotations: str, images: str, allow_outside_root: bool = False):
     if not annotations or not images:
       raise ValueError("--source coco_json needs --annotations (a "
                        "captions_*.json) and --images (its image folder)")
     super().__init__(f"coco_json:{annotations}", images, folder_source.coco_items(
-        annotations, images, allow_missing_captions=True))
+        annotations, images, allow_missing_captions=True,
+        allow_outside_root=allow_outside_root))
 
 
 class FolderReader(_ListedReader):
 
-  def __init__(self, path: str, manifest: Optional[str] = None):
+  def __init__(self, path: str, manifest: Optional[str] = None,
+               allow_outside_root: bool = False):
     if not path and not manifest:
       raise ValueError("--source folder needs --path (the image folder)")
     root = path or posixpath.dirname(manifest)
     super().__init__(f"folder:{manifest or path}", root,
                      folder_source.folder_items(path, manifest,
-                                                allow_missing_captions=True))
+                                                allow_missing_captions=True,
+                                                allow_outside_root=allow_outside_root))
 
 
 def list_tars(pattern: str) -> list[str]:
@@ -143,13 +153,29 @@ def _group_item(tar_name: str, key: str, members: dict[str, bytes]) -> Item:
 def _open_binary(path: str):
   if paths.is_remote(path):
     return paths.path(path).open("rb")
-  return open(path, "rb")  # pylint: disable=consider-using-with
+  return preprocess.open_regular_file(path)
+
+
+def unsafe_member_name(name: str) -> bool:
+  """A tar member name that is absolute or climbs out with `..` (never extracted, but
+  not a key to store either)."""
+  parts = name.replace("\\", "/").split("/")
+  return name.startswith(("/", "\\")) or ".." in parts or (
+      len(name) > 2 and name[1] == ":" and name[2] in "/\\")
+
+
+def _flush(tar_path: str, tar_name: str, key: str, members: dict) -> Item:
+  if unsafe_member_name(key):
+    return Item(f"{tar_name}/{key}", (), skip=(
+        "unsafe member name", f"{tar_path}: members {key!r}.* have an absolute name "
+        "or '..'; not read"))
+  return _group_item(tar_name, key, members)
 
 
 def tar_items(tar_path: str) -> Iterator[Item]:
   """The samples of one webdataset tar, streamed; a read error ends the tar with a
   "corrupt tar" item for the sample it cut short (if any) and one for the rest of the tar
-  (the samples before it are kept)."""
+  (the samples before it are kept). Members with unsafe names are skipped unread."""
   tar_name = posixpath.basename(tar_path.rstrip("/"))
   tar_name = tar_name[:-len(".tar")] if tar_name.endswith(".tar") else tar_name
   key, members = None, {}
@@ -165,10 +191,11 @@ def tar_items(tar_path: str) -> Iterator[Item]:
           continue  # hidden files, members without an extension
         member_key = posixpath.join(dirname, stem)
         if key is not None and member_key != key:
-          yield _group_item(tar_name, key, members)
+          yield _flush(tar_path, tar_name, key, members)
           members = {}
         key = member_key
-        members[ext.lower()] = tar.extractfile(member).read()
+        if not unsafe_member_name(member.name):
+          members[ext.lower()] = tar.extractfile(member).read()
   except (tarfile.TarError, OSError, EOFError) as e:
     if key is not None:  # the sample being read when the tar broke: counted, not dropped
       yield Item(f"{tar_name}/{key}", (), skip=(
@@ -177,7 +204,7 @@ def tar_items(tar_path: str) -> Iterator[Item]:
         "corrupt tar", f"{tar_path}: {type(e).__name__}: {e}"))
     return
   if key is not None:
-    yield _group_item(tar_name, key, members)
+    yield _flush(tar_path, tar_name, key, members)
 
 
 class WebDatasetReader:
@@ -194,12 +221,13 @@ class WebDatasetReader:
 
 
 def open_reader(source: str, *, path: str = "", annotations: str = "",
-                images: str = "", manifest: Optional[str] = None):
+                images: str = "", manifest: Optional[str] = None,
+                allow_outside_root: bool = False):
   """The reader for `--source` (one of SOURCES) and its flags."""
   if source == "coco_json":
-    return CocoJsonReader(annotations, images or path)
+    return CocoJsonReader(annotations, images or path, allow_outside_root)
   if source == "folder":
-    return FolderReader(path, manifest)
+    return FolderReader(path, manifest, allow_outside_root)
   if source == "webdataset":
     return WebDatasetReader(path)
   raise ValueError(f"unknown --source {source!r}; expected one of "

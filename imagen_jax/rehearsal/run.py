@@ -359,7 +359,7 @@ class Rehearsal:
   def sample(self) -> dict:
     outdir = f"{self.bucket}/samples"
     self._run(self._script("sample.py", f"--workdir_base={self.base_workdir}",
-                           f"--workdir_sr256={self.sr_workdir}", f"--outdir={outdir}",
+                           f"--workdir_sr1={self.sr_workdir}", f"--output_dir={outdir}",
                            "--prompt=a small red circle on the left",
                            "--prompt=a large blue square", "--num_samples=2",
                            "--num_steps=4", "--guidance_scale=3,1", "--batch_size=4"),
@@ -372,7 +372,7 @@ class Rehearsal:
   def fid(self) -> dict:
     outdir = f"{self.bucket}/fid"
     self._run(self._script("eval_fid.py", f"--workdir_base={self.base_workdir}",
-                           f"--workdir_sr256={self.sr_workdir}", f"--tfds_name={DATASET}",
+                           f"--workdir_sr1={self.sr_workdir}", f"--tfds_name={DATASET}",
                            f"--tfds_data_dir={self.tfds_dir}", "--tfds_split=validation",
                            "--num_samples=16", "--shard_size=8", "--resolution=64",
                            f"--inception_weights={self.inception}",

@@ -14,11 +14,10 @@ from ml_collections import config_flags
 
 from imagen_jax import config_check
 from imagen_jax import pipeline as pipeline_lib
+from imagen_jax.launch import sweep as sweep_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep as sweep_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 STAGES = ("base64", "sr256", "sr1024")
 # (file, arg) for every variant of every config; runlocal too.

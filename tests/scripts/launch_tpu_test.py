@@ -1,6 +1,7 @@
 """scripts/launch_tpu.py and imagen_jax.launch: the exact gcloud commands (dry run), the argv a
 fake `gcloud` on PATH receives, the remote commands run for real by bash (quoting, per-worker
 logs, the venv's python), queued resources, ssh options and the GKE JobSet manifest."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -9,11 +10,13 @@ import stat
 import subprocess
 import sys
 import types
+import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
 
 from imagen_jax.launch import accelerators
+from imagen_jax.launch import actions
 from imagen_jax.launch import gke
 from imagen_jax.launch import tpu_vm
 from imagen_jax.launch import train_command
@@ -430,3 +433,26 @@ def test_gke_single_slice_and_errors():
   assert gke.jobset_name("3rd run") == "train-3rd-run"
   missing = _launch(["manifest", "--accelerator_type", "v5p-32", *TRAIN])
   assert missing.returncode != 0 and "--image" in missing.stderr
+
+
+def test_options_are_the_scripts_flags():
+  """launch_tpu.py reads actions.Options from its flags by name: one field per flag."""
+  xml = subprocess.run(LAUNCH + ["--helpxml"], capture_output=True, text=True, timeout=60)
+  names = {f.findtext("name") for f in ET.fromstring(xml.stdout).iter("flag")
+           if f.findtext("file", "").endswith("launch_tpu.py")}
+  assert names == {f.name for f in dataclasses.fields(actions.Options)}
+
+
+def test_actions_without_the_command_line():
+  opts = actions.Options(tpu="pod-1", zone="us-central2-b", project="proj")
+  assert actions.steps("stop", [], opts) == [tpu_vm.stop_cmd(tpu_vm.Target(
+      "pod-1", "us-central2-b", "proj"))]
+  assert actions.split_args(["run", "--config.optim.lr=1"]) == ("run", ["--config.optim.lr=1"])
+  with pytest.raises(actions.UsageError, match="first argument is the action"):
+    actions.split_args([])
+  with pytest.raises(actions.UsageError, match="only run and manifest"):
+    actions.split_args(["stop", "--config.optim.lr=1"])
+  with pytest.raises(actions.UsageError, match="--job NAME"):
+    actions.steps("logs", [], opts)
+  with pytest.raises(actions.UsageError, match="--tpu NAME and --zone ZONE"):
+    actions.launch("stop", [], actions.Options(dry_run=True))

@@ -12,9 +12,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from imagen_jax.launch import sweep as sweep_lib
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep as sweep_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 SWEEP = [sys.executable, str(ROOT / "scripts" / "sweep.py")]
 
@@ -172,3 +172,31 @@ def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeyp
                "--csv", str(tmp_path / "g.csv")])
   assert desc.returncode == 0 and "Sorted by grad_norm (descending)" in desc.stdout
   assert (tmp_path / "g.csv").is_file()
+
+
+def test_summary_of_fabricated_runs(tmp_path):
+  """The table and CSV from run directories alone (no training): sort order, unfinished runs."""
+  from imagen_jax.launch import sweep_summary  # pylint: disable=import-outside-toplevel
+  runs = {"lr=0.001": ({"optim.lr": 1e-3}, {"step": 3, "loss": 0.5, "accuracy": 0.9}),
+          "lr=0.01": ({"optim.lr": 1e-2}, {"step": 3, "loss": 0.2, "accuracy": 0.7}),
+          "lr=0.1": ({"optim.lr": 1e-1}, None)}
+  for name, (overrides, final) in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "sweep_run.json").write_text(json.dumps(
+        {"overrides": overrides, "metrics": ["accuracy"]}))
+    if final is not None:
+      (tmp_path / name / "final_metrics.json").write_text(json.dumps(final))
+  text = sweep_summary.summarize(str(tmp_path))
+  lines = text.splitlines()
+  assert lines[0].split() == ["run", "optim.lr", "accuracy", "step"]
+  assert [line.split()[0] for line in lines[2:]] == ["lr=0.001", "lr=0.01", "lr=0.1"]
+  assert "(unfinished)" in lines[4]
+  out = _run(["--summarize", str(tmp_path), "--sort_by", "loss", "--csv",
+              str(tmp_path / "s.csv")])
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith("Sorted by loss (ascending):")
+  assert [line.split()[0] for line in out.stdout.splitlines()[3:5]] == ["lr=0.01", "lr=0.001"]
+  with open(tmp_path / "s.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["run"] for r in rows] == ["lr=0.01", "lr=0.001", "lr=0.1"]
+  assert rows[2]["finished"] == "False" and rows[2]["loss"] == ""

@@ -1,13 +1,17 @@
-"""scripts/precompute_text_embeddings.py end to end (subprocess, tiny encoder)."""
+"""scripts/precompute_text_embeddings.py end to end (subprocess, tiny encoder), and the helpers
+of imagen_jax.text.precompute."""
 import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
+import pytest
 
 from imagen_jax import text
+from imagen_jax.text import precompute
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 _SCRIPT = _REPO / "scripts" / "precompute_text_embeddings.py"
@@ -48,3 +52,27 @@ def test_text_file_input(tmp_path):
   assert "2 to encode" in out
   enc = text.load_text_encoder("byt5-tiny-random", max_length=8)
   assert text.EmbeddingCache(cache_dir, enc.identity).missing(["one", "two"]) == []
+
+
+def test_deprecated_encoder_flag_still_works(tmp_path):
+  src = tmp_path / "captions.txt"
+  src.write_text("one\n")
+  out = _run(f"--captions={src}", f"--cache_dir={tmp_path / 'cache'}",
+             "--encoder=byt5-tiny-random")
+  identity = text.load_text_encoder("byt5-tiny-random").identity
+  assert f"encoder {identity}: 1 captions, 1 to encode" in out
+
+
+def test_library_helpers(tmp_path):
+  src = tmp_path / "c.jsonl"
+  src.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+  assert precompute.read_captions(str(src), "text") == ["a", "b"]
+  with pytest.raises(KeyError, match="no field 'caption'"):
+    precompute.read_captions(str(src), "caption")
+  assert precompute.resolve_settings(cache_dir="/c") == ("byt5-tiny-random", None, "/c")
+  text_cfg = ml_collections.ConfigDict({"encoder": "t5", "max_length": 64,
+                                        "cache_dir": "/cfg"})
+  assert precompute.resolve_settings(text_cfg, max_length=8) == ("t5", 8, "/cfg")
+  assert precompute.resolve_settings(text_cfg, encoder="e", cache_dir="/x") == ("e", 64, "/x")
+  with pytest.raises(ValueError, match="--cache_dir"):
+    precompute.resolve_settings()

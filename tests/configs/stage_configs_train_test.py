@@ -3,16 +3,14 @@ the trainer's entry point: the model takes the config's crops, the evals entries
 run, checkpoints and final metrics are written. Config-level checks alone missed all three."""
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
+from imagen_jax.launch import sweep as sweep_lib
 from imagen_jax.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep as sweep_lib  # noqa: E402  pylint: disable=wrong-import-position
 
 STAGES = [
     ("base64", "variant=tiny,runlocal,inception=random:0"),  # with the in-loop FID

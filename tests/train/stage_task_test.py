@@ -2,6 +2,7 @@
 import struct
 
 import jax
+import numpy as np
 import pytest
 from tensorboard.compat.proto import event_pb2
 
@@ -54,10 +55,23 @@ def test_config_evals_run_during_training(tmp_path):
   c.sampling.num_steps, c.sampling.guidance_scale = 2, 3.0
   c.evals = ml_collections.ConfigDict(
       {"alignment": dict(type="alignment", log_steps=2, num_samples=4, max_objects=1)})
-  loop.train_and_evaluate(c, str(tmp_path))
-  final = json.loads((tmp_path / "final_metrics.json").read_text())
+  # Trained on a folder of shapes renders with one corrupt image: the skipped record reaches
+  # the final metrics.
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from imagen_jax.data import shapes  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / "data"
+  folder.mkdir()
+  for i, scene in enumerate(shapes.sample_scene(np.random.default_rng(i)) for i in range(8)):
+    Image.fromarray(shapes.render(scene, 16)).save(folder / f"{i}.png")
+    (folder / f"{i}.txt").write_text(shapes.caption(scene))
+  (folder / "8.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+  (folder / "8.txt").write_text("a corrupt image")
+  c.input.dataset, c.input.path, c.input.shuffle = "folder", str(folder), False
+  loop.train_and_evaluate(c, str(tmp_path / "run"))
+  final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
   for key in ("alignment/accuracy", "alignment/chance", "alignment/colour"):
     assert 0.0 <= final[key] <= 1.0, (key, final)
+  assert final["input/skipped_records"] == 1
 
 
 def test_config_evals_on_an_sr_stage_fail_before_training(tmp_path):

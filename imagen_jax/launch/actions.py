@@ -69,7 +69,8 @@ class Options:
 
   @property
   def job_name(self) -> str:
-    return self.job or train_command.job_name(self.workdir)
+    return train_command.check_job_name(self.job) if self.job else train_command.job_name(
+        self.workdir)
 
   @property
   def log_dir(self) -> str:

@@ -203,11 +203,13 @@ def install_cmd(target: Target, python: str = "python3",
 
 def _log_path(job: str) -> str:
   # Expanded on each worker, so each gets its own log file.
+  train_command.check_job_name(job)
   return (_home(f"{LOG_DIR}/{job}.") + '"${TPU_WORKER_ID:-$(hostname)}"'
           + shlex.quote(".log"))
 
 
 def _pid_path(job: str) -> str:
+  train_command.check_job_name(job)
   return _home(f"{LOG_DIR}/{job}.pid")
 
 
@@ -238,6 +240,7 @@ def train_cmd(target: Target, train_flags: Sequence[str], *, job: str,
 
 
 def logs_cmd(target: Target, job: str, local_dir: str) -> list[str]:
+  train_command.check_job_name(job)  # the remote glob is left unquoted, to expand there
   return scp_cmd(target, f"{target.tpu}:{LOG_DIR}/{job}.*.log", local_dir)
 
 

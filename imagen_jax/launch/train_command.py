@@ -34,6 +34,18 @@ def train_flags(config: str, workdir: str, overrides: Sequence[str] = (),
   return [f"--config={config}", *overrides, f"--workdir={workdir}", *extra]
 
 
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=,+-]{0,99}")
+
+
+def check_job_name(job: str) -> str:
+  """`job` when it is safe in remote file names and shell words; ValueError naming it if not
+  (a `/` would point the log elsewhere, a space or quote would split the remote command)."""
+  if not _JOB_NAME.fullmatch(str(job)):
+    raise ValueError(f"--job={job!r}: a job name is 1-100 of A-Z a-z 0-9 . _ = , + - and "
+                     "starts with a letter or digit.")
+  return job
+
+
 def job_name(workdir: str) -> str:
   """A filesystem-safe job name from the workdir's last component."""
   name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", workdir.rstrip("/").rsplit("/", 1)[-1])

@@ -270,7 +270,10 @@ def test_hostile_arguments_survive_every_remote_command(tmp_path):
                                     [f"--config.text.encoder={HOSTILE}"],
                                     ["--num_processes=2", "--coordinator_address=127.0.0.1:1"])
   env = [f"MY_VAR={HOSTILE}"]
-  job = "job $(touch pwned) 'q'"
+  # A hostile job name is refused (it names remote files); every other value is quoted.
+  with pytest.raises(ValueError, match="a job name is"):
+    tpu_vm.train_cmd(target, flags, job="job $(touch pwned) 'q'", env=env)
+  job = "job-1.seed=2"
   home = _worker_home(tmp_path)
   for worker in ("0", "1"):
     run = tpu_vm.train_cmd(target, flags, job=job, env=env, detach=True,
@@ -456,3 +459,13 @@ def test_actions_without_the_command_line():
     actions.steps("logs", [], opts)
   with pytest.raises(actions.UsageError, match="--tpu NAME and --zone ZONE"):
     actions.launch("stop", [], actions.Options(dry_run=True))
+
+
+@pytest.mark.parametrize("job", ["a/b", "../up", "my job", "x$(id)", "-rf", "a'b"])
+def test_job_names_are_checked_before_any_command(job):
+  for action in (["run", *TRAIN], ["logs"], ["kill"]):
+    out = _launch([action[0], *TPU, "--job", job, "--dry_run", *action[1:]])
+    assert out.returncode != 0, (action, out.stdout)
+    assert f"--job={job!r}" in out.stderr, out.stderr[-2000:]
+    assert "gcloud" not in out.stdout
+  assert train_command.check_job_name("base64-v5p.run_2,seed=1") == "base64-v5p.run_2,seed=1"

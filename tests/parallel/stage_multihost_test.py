@@ -53,8 +53,12 @@ def _train(workdir, processes, total_steps):
 
 
 def _params(workdir, step):
-  state = ocp.PyTreeCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / str(step)
-                                           / "state")
+  """The committed params and EMA as numpy arrays (whatever layout wrote them)."""
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  state = checkpointer.restore(path, restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
   return {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(
               {"params": state["params"], "ema_params": state["ema_params"]})}

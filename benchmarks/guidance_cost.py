@@ -14,7 +14,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 from flax.core import meta
 
 from imagen_jax import diffusion

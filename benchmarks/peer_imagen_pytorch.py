@@ -58,7 +58,7 @@ def _datasets_stand_in() -> str | None:
   `datasets` for one helper (a user-agent string for URL downloads) that the benchmark never
   calls. Where `datasets` is missing, that helper alone is provided; returns a note saying so."""
   try:
-    import datasets.utils.file_utils  # pylint: disable=import-outside-toplevel,unused-import
+    import datasets.utils.file_utils  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
     return None
   except ImportError:
     pass

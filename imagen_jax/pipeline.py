@@ -17,7 +17,7 @@ mask; networks attend to learned null tokens for it.
 """
 
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,8 @@ class StagePipeline:
   prediction: str = "eps"
   loss_weighting: str = "none"
   min_snr_gamma: float = 5.0
-  aug_schedule: Optional[diffusion.Schedule] = None
-  aug_range: Tuple[float, float] = (0.0, 1.0)
+  aug_schedule: diffusion.Schedule | None = None
+  aug_range: tuple[float, float] = (0.0, 1.0)
 
   def __post_init__(self):
     diffusion.process.check_prediction(self.prediction)
@@ -68,7 +68,7 @@ class StagePipeline:
     return self.model.resolution
 
   @property
-  def lowres_resolution(self) -> Optional[int]:
+  def lowres_resolution(self) -> int | None:
     return self.model.lowres_resolution
 
   @property

@@ -4,7 +4,6 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from imagen_jax import demo

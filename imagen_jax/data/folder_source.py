@@ -45,7 +45,7 @@ import io
 import json
 import os
 import posixpath
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Entry(NamedTuple):
   """One listed record: the image, its captions, or why it cannot be used."""
   path: str
   captions: list
-  skip: Optional[tuple[str, str]] = None  # (reason, detail): a bad record
+  skip: tuple[str, str] | None = None  # (reason, detail): a bad record
 
 
 Items = list[Entry]
@@ -107,7 +107,7 @@ def join_inside(root: str, rel: str, where: str) -> str:
 
 
 def _resolve(root: str, rel: str, where: str,
-             allow_outside_root: bool) -> tuple[str, Optional[tuple[str, str]]]:
+             allow_outside_root: bool) -> tuple[str, tuple[str, str] | None]:
   """(path, None) inside the root; (rel, ("outside root", why)) for a refused one."""
   try:
     return join_inside(root, rel, where), None
@@ -231,7 +231,7 @@ def _manifest_items(path: str, manifest: str, image_key: str,
   return items
 
 
-def folder_items(path: str, manifest: Optional[str] = None,
+def folder_items(path: str, manifest: str | None = None,
                  image_key: str = "image", caption_key: str = "caption",
                  allow_missing_captions: bool = False, bad_caption: str = "skip",
                  allow_outside_root: bool = False) -> Items:
@@ -300,8 +300,8 @@ class _FileSource:
   """Records are listed entries, decoded on read; a bad entry raises BadExampleError."""
 
   def __init__(self, name: str, items: Sequence[Sequence],
-               min_side: Optional[int] = None,
-               max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB):
+               min_side: int | None = None,
+               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB):
     self.name = name
     self.min_side = min_side
     self.max_decoded_mb = preprocess.check_max_decoded_mb(max_decoded_mb)
@@ -333,10 +333,10 @@ class _FileSource:
 class FolderSource(_FileSource):
   """Images under a folder with sidecar `.txt` captions or a manifest."""
 
-  def __init__(self, path: str, manifest: Optional[str] = None,
+  def __init__(self, path: str, manifest: str | None = None,
                image_key: str = "image", caption_key: str = "caption",
-               min_side: Optional[int] = None,
-               max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB,
+               min_side: int | None = None,
+               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
                bad_caption: str = "skip", allow_outside_root: bool = False):
     items = folder_items(path, manifest, image_key, caption_key,
                          bad_caption=bad_caption, allow_outside_root=allow_outside_root)
@@ -347,8 +347,8 @@ class CocoJsonSource(_FileSource):
   """COCO `captions_*.json` + image folder; one record per image."""
 
   def __init__(self, annotations: str, image_dir: str,
-               min_side: Optional[int] = None,
-               max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB,
+               min_side: int | None = None,
+               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
                allow_outside_root: bool = False):
     if not annotations or not image_dir:
       raise ValueError("coco_json needs the captions file (annotations="

@@ -89,7 +89,7 @@ import math
 import queue
 import threading
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class InputStalledError(TimeoutError):
   """A record was not read within `read_timeout_s` (its reader thread is left behind)."""
 
 
-def check_read_timeout(value) -> Optional[float]:
+def check_read_timeout(value) -> float | None:
   """The read timeout in seconds (None: wait forever); ValueError naming a bad one."""
   if value is None:
     return None
@@ -175,10 +175,10 @@ class InputIterator:
   def __init__(self, source, preprocess: Callable[..., dict], *,
                batch_size: int, seed: int, process_index: int = 0,
                process_count: int = 1, shuffle: bool = True,
-               cond_drop_prob: float = 0.1, num_epochs: Optional[int] = None,
+               cond_drop_prob: float = 0.1, num_epochs: int | None = None,
                num_workers: int = 2, prefetch_batches: int = 2,
                text_cache: Any = None,
-               read_timeout_s: Optional[float] = DEFAULT_READ_TIMEOUT_S):
+               read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S):
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= process_index < process_count:
@@ -219,7 +219,7 @@ class InputIterator:
     b = self.batch_size
     return (k // b) * b * self.process_count + self.process_index * b + k % b
 
-  def _end(self) -> Optional[int]:
+  def _end(self) -> int | None:
     """One past the last global position, or None when infinite."""
     n = self.source.num_records
     if n is None or self.num_epochs is None:
@@ -279,7 +279,7 @@ class InputIterator:
           "stalled (the worker thread reading it is left behind; the run can resume "
           "from its last checkpoint)") from None
 
-  def _next_example(self) -> Optional[dict]:
+  def _next_example(self) -> dict | None:
     in_a_row = 0
     while True:
       self._fill()
@@ -464,10 +464,10 @@ def local_batch_size(global_batch_size: int, process_count: int,
 
 def create_input_iterator(input_config, *, global_batch_size: int,
                           resolution: int,
-                          lowres_resolution: Optional[int] = None, seed: int,
-                          process_index: Optional[int] = None,
-                          process_count: Optional[int] = None,
-                          devices_per_process: Optional[int] = None,
+                          lowres_resolution: int | None = None, seed: int,
+                          process_index: int | None = None,
+                          process_count: int | None = None,
+                          devices_per_process: int | None = None,
                           text_cache: Any = None) -> InputIterator:
   """This process's iterator for one stage; see the module docstring.
 

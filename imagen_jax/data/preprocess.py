@@ -35,7 +35,7 @@ import io
 import math
 import os
 import stat
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -74,7 +74,7 @@ def _check_regular(mode: int, path) -> None:
                               "only regular files are read")
 
 
-def open_regular_file(path: Union[str, os.PathLike]) -> BinaryIO:
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
   """`open(path, "rb")` for a local regular file; `NotRegularFileError` (an OSError) for
   a FIFO, device or socket, which would block the reader or never end. Checked before
   opening and again on the open descriptor (opened non-blocking, so a FIFO swapped in
@@ -90,7 +90,7 @@ def open_regular_file(path: Union[str, os.PathLike]) -> BinaryIO:
     raise
 
 
-def check_max_decoded_mb(value) -> Optional[float]:
+def check_max_decoded_mb(value) -> float | None:
   """The decoded-size limit in MB (10^6 bytes), None for none; ValueError naming a bad one."""
   if value is None:
     return None
@@ -149,9 +149,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
   return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: Union[bytes, str, os.PathLike, BinaryIO], name: str = "",
-                 min_side: Optional[int] = None,
-                 max_decoded_mb: Optional[float] = DEFAULT_MAX_DECODED_MB) -> np.ndarray:
+def decode_image(data: bytes | str | os.PathLike | BinaryIO, name: str = "",
+                 min_side: int | None = None,
+                 max_decoded_mb: float | None = DEFAULT_MAX_DECODED_MB) -> np.ndarray:
   """Decodes an encoded image (bytes, a local path or a binary file) to uint8 [H, W, 3].
 
   With `min_side`, a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8:
@@ -240,9 +240,9 @@ def resize(image: np.ndarray, height: int, width: int,
 class StagePreprocess:
   """Turns a decoded image into one stage's `image` (and `lowres`)."""
   resolution: int
-  lowres_resolution: Optional[int] = None
+  lowres_resolution: int | None = None
   crop: str = "centre"
-  crop_size: Optional[int] = None
+  crop_size: int | None = None
   random_flip: bool = False
   resize_method: str = "area"
 
@@ -271,7 +271,7 @@ class StagePreprocess:
     return self.crop_size or self.resolution
 
   @property
-  def output_lowres_size(self) -> Optional[int]:
+  def output_lowres_size(self) -> int | None:
     if self.lowres_resolution is None:
       return None
     return self.output_size * self.lowres_resolution // self.resolution

@@ -110,7 +110,7 @@ def _centre_range(size: str) -> tuple[float, float]:
   return _BORDER + half, 1.0 - _BORDER - half
 
 
-def _sample_at_place(rng, place: Optional[str], size: str,
+def _sample_at_place(rng, place: str | None, size: str,
                      loose: bool = False) -> tuple[float, float]:
   lo, hi = _centre_range(size)
   # Singles sit in the middle band of their side; `loose` (pairs) may use all
@@ -207,7 +207,7 @@ _LAYOUTS = (
 )
 
 
-def sample_scene(rng: Union[np.random.Generator, int, Sequence[int]],
+def sample_scene(rng: np.random.Generator | int | Sequence[int],
                  split: str = "train", *, max_objects: int = 3) -> Scene:
   """Samples a random scene; deterministic given the generator / seed.
 

@@ -25,7 +25,7 @@ attributes the scene has) and `accuracy`, the fraction over all checks, plus
 
 import dataclasses
 import functools
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 
@@ -174,7 +174,7 @@ def _object_checks(o: shapes_world.Object, d: Detection) -> dict:
 
 
 def score(image: np.ndarray, scene: shapes_world.Scene,
-          detections: Optional[list[Detection]] = None) -> dict:
+          detections: list[Detection] | None = None) -> dict:
   """Per-attribute correctness of `image` for `scene`, and overall accuracy.
 
   Returns a dict with, for the attributes the scene has, the fraction of

@@ -11,7 +11,6 @@ coverage the renderer draws with and the scorer fits.
 """
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -43,7 +42,7 @@ class Object:
   size: str
   x: float
   y: float
-  place: Optional[str] = None  # the absolute place the caption states
+  place: str | None = None  # the absolute place the caption states
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ Folder and COCO-json sources are in `folder_source.py`.
 import json
 import os
 import shlex
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def default_data_dir() -> str:
                                                           "tensorflow_datasets")
 
 
-def prepared_dir(name: str, data_dir: str) -> Optional[str]:
+def prepared_dir(name: str, data_dir: str) -> str | None:
   """The folder of TFDS dataset `name` ("n", "n/config", with ":version") in `data_dir`
   that holds a dataset_info.json, None when there is none (not prepared there)."""
   base, _, version = name.partition(":")
@@ -161,7 +161,7 @@ def prepare_command(name: str, output_dir: str, source: str = "coco_json") -> st
           f"--output_dir {shlex.quote(str(output_dir))}")
 
 
-def not_prepared_message(name: str, data_dir: Optional[str]) -> str:
+def not_prepared_message(name: str, data_dir: str | None) -> str:
   """What to run when TFDS dataset `name` is not in `data_dir` (None: TFDS's default)."""
   where = str(data_dir or default_data_dir())
   base = name.partition(":")[0].split("/")[0]
@@ -196,10 +196,10 @@ class TfdsSource:
   """
 
   def __init__(self, name: str, split: str = "train",
-               data_dir: Optional[str] = None,
-               fields: Optional[Mapping[str, str]] = None,
-               download: bool = False, min_side: Optional[int] = None,
-               max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB,
+               data_dir: str | None = None,
+               fields: Mapping[str, str] | None = None,
+               download: bool = False, min_side: int | None = None,
+               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
                bad_caption: str = "skip"):
     import tensorflow_datasets as tfds
     if data_dir and paths.is_remote(data_dir):

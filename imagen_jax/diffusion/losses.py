@@ -7,7 +7,7 @@ error, min-SNR-gamma is min(snr, gamma); for the eps and v objectives that
 becomes min(snr, gamma) / snr and min(snr, gamma) / (snr + 1) respectively.
 """
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ def loss_weight(log_snr, prediction, weighting="none", min_snr_gamma=5.0):
 
 def diffusion_loss(denoise_fn: Callable, x0, rng, *, schedule,
                    prediction: str = "eps", weighting: str = "none",
-                   min_snr_gamma: float = 5.0, t: Optional[jnp.ndarray] = None):
+                   min_snr_gamma: float = 5.0, t: jnp.ndarray | None = None):
   """Per-example diffusion loss [B].
 
   Args:

@@ -9,7 +9,7 @@ scenes scored against the captions: a generator that ignores the text) and `ceil
 (ground-truth renders at the sample resolution).
 """
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def references(scenes: Sequence, resolution: int) -> dict:
 
 
 def evaluate(sample_fn: SampleFn, num_samples: int = 64, seed: int = 0,
-             split: str = "heldout", max_objects: int = 1, sample_seed: Optional[int] = None,
+             split: str = "heldout", max_objects: int = 1, sample_seed: int | None = None,
              with_references: bool = True) -> dict:
   """Scores `sample_fn(captions, rng_seed)` on `num_samples` held-out captions.
 

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -61,9 +61,9 @@ class Protocol:
   read_threads: int = 8
 
 
-def open_source(annotations: Optional[str] = None, image_dir: Optional[str] = None,
-                tfds_name: Optional[str] = None, tfds_split: str = TFDS_VAL2014_SPLIT,
-                data_dir: Optional[str] = None):
+def open_source(annotations: str | None = None, image_dir: str | None = None,
+                tfds_name: str | None = None, tfds_split: str = TFDS_VAL2014_SPLIT,
+                data_dir: str | None = None):
   """The caption/image source: a COCO json + image folder (local or gs://), or TFDS."""
   from imagen_jax.data import folder_source  # pylint: disable=import-outside-toplevel
   from imagen_jax.data import sources  # pylint: disable=import-outside-toplevel
@@ -148,7 +148,7 @@ def read_json(path: str) -> Any:
 _COCO_DATASETS = ("coco_json",)
 
 
-def coco_training(config) -> Optional[str]:
+def coco_training(config) -> str | None:
   """Why a stage's saved config (its `input` group) trained on COCO, or None.
 
   COCO when `input.dataset` is `tfds:coco*` or `coco_json`, or when its `annotations` or
@@ -173,7 +173,7 @@ class CocoFid:
   """
 
   def __init__(self, source, extractor, out_dir: str, protocol: Protocol = Protocol(),
-               cache_dir: Optional[str] = None, process_index: int = 0,
+               cache_dir: str | None = None, process_index: int = 0,
                process_count: int = 1, barrier: Callable[[str], None] = multihost.sync):
     if protocol.num_samples < 2:
       raise ValueError(f"num_samples={protocol.num_samples}: FID needs at least 2 samples")
@@ -243,7 +243,7 @@ class CocoFid:
     ident = f"{d['reference_pixels_sha256']}|{self.protocol.resolution}|{self.extractor.identity}"
     return _sha(ident.encode())[:24]
 
-  def reference(self) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
+  def reference(self) -> tuple[np.ndarray, np.ndarray, str] | None:
     """(mu, sigma, stats path) of the drawn images, from the cache or computed, on process
     0; other processes only join the barrier and get None."""
     if self._ref is not None:
@@ -289,7 +289,7 @@ class CocoFid:
   def _shard_path(self, run_dir: str, k: int) -> str:
     return join(run_dir, "shards", f"shard-{k:05d}.npz")
 
-  def _load_shard(self, path: str, captions: Sequence[str]) -> Optional[np.ndarray]:
+  def _load_shard(self, path: str, captions: Sequence[str]) -> np.ndarray | None:
     try:
       z = fid.load_npz(path)
       ok = str(z["captions_sha256"]) == _captions_hash(captions)
@@ -343,8 +343,8 @@ class CocoFid:
             "sample_resolution": sample_res}
 
   def evaluate(self, sample_fn: SampleFn, name: str = "default",
-               settings: Optional[Mapping[str, Any]] = None,
-               save_images: bool = False) -> Optional[dict]:
+               settings: Mapping[str, Any] | None = None,
+               save_images: bool = False) -> dict | None:
     """Draw + reference + shards + FID; process 0 returns and writes the result dict."""
     start = time.perf_counter()
     d = self.draw()

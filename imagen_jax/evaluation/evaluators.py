@@ -18,7 +18,7 @@ of `EVALUATORS`; defaults to the entry's name), `log_steps` and the evaluator's 
         writer.write_scalars(step, {f"{name}/{key}": value})
 """
 
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -64,10 +64,10 @@ class FidEvaluator:
 
   def __init__(self, sample_fn: SampleFn, *, resolution: int, num_samples: int = 1000,
                seed: int = 0, dataset: str = "shapes", split: str = "heldout",
-               max_objects: int = 1, annotations: Optional[str] = None,
-               image_dir: Optional[str] = None, tfds_name: Optional[str] = None,
-               tfds_split: str = coco_fid.TFDS_VAL2014_SPLIT, data_dir: Optional[str] = None,
-               inception_weights: Optional[str] = None, inception_image_size: int = 299,
+               max_objects: int = 1, annotations: str | None = None,
+               image_dir: str | None = None, tfds_name: str | None = None,
+               tfds_split: str = coco_fid.TFDS_VAL2014_SPLIT, data_dir: str | None = None,
+               inception_weights: str | None = None, inception_image_size: int = 299,
                inception_batch_size: int = 64, sample_batch_size: int = 256):
     if dataset not in ("shapes", "coco"):
       raise ValueError(f"dataset must be 'shapes' or 'coco', got {dataset!r}")

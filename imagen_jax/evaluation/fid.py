@@ -22,7 +22,7 @@ memory: a local file is written to a temporary name and renamed, a remote one is
 import io
 import json
 import os
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
@@ -128,7 +128,7 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
 
 
 def save_statistics(path: str, mu, sigma, count: int,
-                    metadata: Optional[Mapping[str, str]] = None) -> None:
+                    metadata: Mapping[str, str] | None = None) -> None:
   """Writes mu/sigma/count (+ JSON metadata) to `path` (local or remote) atomically."""
   save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
            count=np.int64(count), metadata=json.dumps(dict(metadata or {}), sort_keys=True))

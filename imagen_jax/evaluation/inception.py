@@ -26,7 +26,7 @@ downloaded from the internet.
 import functools
 import hashlib
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -54,7 +54,7 @@ class WeightsNotFoundError(FileNotFoundError):
   pass
 
 
-def _missing_weights_message(path: Optional[str]) -> str:
+def _missing_weights_message(path: str | None) -> str:
   where = path or " or ".join(default_weights_paths())
   return (f"FID Inception weights not found at {where}. Nothing is downloaded at run time: "
           f"on a machine with network access fetch pytorch-fid's weights from\n  {WEIGHTS_URL}\n"
@@ -64,7 +64,7 @@ def _missing_weights_message(path: Optional[str]) -> str:
           f"--output {default_weights_paths()[0]}`.")
 
 
-def resolve_weights_path(path: Optional[str]) -> str:
+def resolve_weights_path(path: str | None) -> str:
   """A local file with the weights: `path` if it exists (a remote `path` is copied into the
   local cache first), else the first default location that exists; else a clear error."""
   if path and paths.is_remote(path):
@@ -353,7 +353,7 @@ def params_from_state_dict(sd: Mapping[str, np.ndarray]) -> dict:
   return params
 
 
-def load_params(path: Optional[str] = None) -> dict:
+def load_params(path: str | None = None) -> dict:
   """Flax params from pytorch-fid's `.pth` or the converted `.npz` (no downloads)."""
   return params_from_state_dict(read_state_dict(path))
 
@@ -412,7 +412,7 @@ class FeatureExtractor:
   """
 
   def __init__(self, params, *, batch_size: int = 64, image_size: int = FID_SIZE,
-               dtype=None, devices=None, weights_id: Optional[str] = None):
+               dtype=None, devices=None, weights_id: str | None = None):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     if image_size < MIN_SIZE:
       raise ValueError(f"image_size must be >= {MIN_SIZE}, got {image_size}")
@@ -435,7 +435,7 @@ class FeatureExtractor:
                             out_shardings=self._in_sharding)
 
   @classmethod
-  def from_weights(cls, path: Optional[str] = None, **kw) -> "FeatureExtractor":
+  def from_weights(cls, path: str | None = None, **kw) -> "FeatureExtractor":
     params = load_params(path)
     return cls(params, **kw)
 

@@ -44,7 +44,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 from imagen_jax.launch import accelerators
 from imagen_jax.launch import train_command
@@ -257,7 +257,7 @@ def delete_cmd(target: Target) -> list[str]:
   return _gcloud(target, "delete", "--quiet")
 
 
-Step = Union[Sequence[str], WaitActive]
+Step = Sequence[str] | WaitActive
 
 
 def execute(steps: Sequence[Step], *, dry_run: bool = False,

@@ -34,7 +34,7 @@ remat: "block" rematerialises every ResBlock and Attention layer, "full"
 every DBlock / UBlock (only block inputs/outputs are kept).
 """
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -125,17 +125,17 @@ class EfficientUNet(nn.Module):
   broadcast.
   """
   resolution: int = 256
-  lowres_resolution: Optional[int] = 64
+  lowres_resolution: int | None = 64
   text_dim: int = 4096
   in_channels: int = 3
   out_channels: int = 3
   lowres_channels: int = 3
   init_channels: int = 128
   channels: Sequence[int] = (128, 256, 512, 1024)
-  num_res_blocks: Union[int, Sequence[int]] = (2, 4, 8, 8)
-  strides: Union[int, Sequence[int]] = (2, 2, 2, 2)
-  self_attention: Union[bool, Sequence[bool]] = (False, False, False, True)
-  cross_attention: Union[bool, Sequence[bool]] = (False, False, False, True)
+  num_res_blocks: int | Sequence[int] = (2, 4, 8, 8)
+  strides: int | Sequence[int] = (2, 2, 2, 2)
+  self_attention: bool | Sequence[bool] = (False, False, False, True)
+  cross_attention: bool | Sequence[bool] = (False, False, False, True)
   per_head_channels: int = 64
   embed_dim: int = 1024
   cond_dim: int = 1024

@@ -34,7 +34,7 @@ Conditioning (paper §2.5, App. B.1):
 """
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -382,7 +382,7 @@ def _shape_error(what, expected, got):
 
 
 def validate_inputs(net, x_t, log_snr, text_emb, text_mask, lowres,
-                    lowres_log_snr, crop_multiple: Optional[int] = None) -> None:
+                    lowres_log_snr, crop_multiple: int | None = None) -> None:
   """Checks call arguments against a network's attributes (at trace time).
 
   `net` has `resolution`, `lowres_resolution` (None for a base stage),

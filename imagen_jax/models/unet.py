@@ -25,7 +25,7 @@ remat: "block" rematerialises every ResBlock and Attention layer, "full"
 every resolution level (only level inputs/outputs are kept).
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -137,7 +137,7 @@ class UNet(nn.Module):
   lowres_log_snr=None, train=False) -> float32 prediction shaped like x_t.
   """
   resolution: int = 64
-  lowres_resolution: Optional[int] = None
+  lowres_resolution: int | None = None
   text_dim: int = 4096
   in_channels: int = 3
   out_channels: int = 3

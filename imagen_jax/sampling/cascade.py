@@ -12,7 +12,7 @@ on the prompts, the seed and the settings.
 import dataclasses
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ class StageSettings:
   guidance_scale: float = 1.0
   threshold: str = "dynamic"
   percentile: float = diffusion.DEFAULT_PERCENTILE
-  max_value: Optional[float] = None
+  max_value: float | None = None
   aug_level: float = 0.0
 
   def validate(self, where: str = "stage"):
@@ -76,7 +76,7 @@ class Stage:
   step: int
 
 
-def load_stage(workdir: str, *, step: Optional[int] = None,
+def load_stage(workdir: str, *, step: int | None = None,
                use_ema: bool = True) -> Stage:
   """Rebuilds a stage from its workdir's checkpoint (EMA params by default)."""
   try:
@@ -125,9 +125,9 @@ class CascadeSampler:
   saved in its config, or all with `text_encoder`)."""
 
   def __init__(self, stages: Sequence[Stage],
-               settings: Optional[Sequence[StageSettings]] = None,
+               settings: Sequence[StageSettings] | None = None,
                *, batch_size: int = 16, devices=None,
-               text_encoder: Optional[str] = None):
+               text_encoder: str | None = None):
     """`text_encoder` (a built-in name, or a local or `gs://` T5 directory) replaces the
     encoder saved in every stage's config; its width is checked against each stage's
     model here, before anything is loaded or compiled."""
@@ -161,7 +161,7 @@ class CascadeSampler:
 
   @classmethod
   def from_workdirs(cls, workdirs: Sequence[str],
-                    settings: Optional[Sequence[StageSettings]] = None,
+                    settings: Sequence[StageSettings] | None = None,
                     **kw) -> "CascadeSampler":
     return cls([load_stage(w) for w in workdirs], settings, **kw)
 
@@ -202,7 +202,7 @@ class CascadeSampler:
     return self._fns[key]
 
   def sample(self, prompts: Sequence[str], seed: int = 0, *,
-             settings: Optional[Sequence[StageSettings]] = None,
+             settings: Sequence[StageSettings] | None = None,
              progress: bool = True) -> list:
     """Images of every stage for `prompts`: a list of uint8 [N, H, W, 3].
 

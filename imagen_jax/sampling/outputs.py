@@ -5,7 +5,7 @@ import dataclasses
 import io
 import json
 import textwrap
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,7 +15,7 @@ from imagen_jax.storage import paths
 
 
 def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[str], *,
-                  columns: Optional[int] = None, cell: int = 128,
+                  columns: int | None = None, cell: int = 128,
                   label_lines: int = 3) -> np.ndarray:
   """A grid of uint8 images, each upscaled to `cell` px with its label below."""
   if len(images) != len(labels):

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import pathlib
 from typing import Any, Sequence
 
 import jax

@@ -12,7 +12,6 @@ that needs them is built.
 
 import dataclasses
 import hashlib
-import os
 import pathlib
 import time
 from typing import Protocol, Sequence
@@ -20,7 +19,6 @@ from typing import Protocol, Sequence
 from absl import logging
 import numpy as np
 
-from imagen_jax.storage import paths
 from imagen_jax.text import remote
 
 SPIECE_FILE = "spiece.model"

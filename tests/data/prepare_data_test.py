@@ -22,7 +22,6 @@ from imagen_jax.data import shapes
 from imagen_jax.data.prepare import convert
 from imagen_jax.data.prepare import images
 from imagen_jax.data.prepare import readers
-from imagen_jax.storage import paths
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"

@@ -1,7 +1,6 @@
 """scripts/sweep.py: run names, printed commands (parsed back), a 2-run local sweep, summary."""
 import csv
 import json
-import os
 import pathlib
 import re
 import shlex

@@ -20,7 +20,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import time
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator
 
 from imagen_jax.data import preprocess
 from imagen_jax.data.prepare import images
@@ -62,8 +62,8 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
       yield pending.popleft().result()
 
 
-def _convert(item: readers.Item, max_side: Optional[int], features,
-             max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB):
+def _convert(item: readers.Item, max_side: int | None, features,
+             max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB):
   """("ok", serialized, re-encoded, captions) or ("skip", reason, detail)."""
   if item.skip:
     return ("skip",) + item.skip
@@ -115,7 +115,7 @@ def inputs_fingerprint(reader) -> str:
 
 
 def _check_resume(shards: dict, source: str, inputs: str,
-                  max_side: Optional[int], num_shards: int,
+                  max_side: int | None, num_shards: int,
                   split: str) -> None:
   for index, done in sorted(shards.items()):
     if done["num_shards"] != num_shards:
@@ -131,10 +131,10 @@ def _check_resume(shards: dict, source: str, inputs: str,
 
 
 def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
-            num_shards: int = 1, shard_index: Optional[int] = None,
-            max_side: Optional[int] = None, num_workers: int = 8,
+            num_shards: int = 1, shard_index: int | None = None,
+            max_side: int | None = None, num_workers: int = 8,
             log: Callable = print,
-            max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB,
+            max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
             **source_flags) -> Summary:
   """Converts shard `shard_index` (default: every shard) of `split`.
 

@@ -26,7 +26,6 @@ files.
 """
 
 import io
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -47,8 +46,8 @@ def _stored_as_is(img: Image.Image) -> bool:
   return img.format == "PNG" and img.tile[0].args == "RGB"  # 8 bits
 
 
-def for_storage(data: bytes, name: str, max_side: Optional[int] = None,
-                max_decoded_mb: Optional[float] = preprocess.DEFAULT_MAX_DECODED_MB
+def for_storage(data: bytes, name: str, max_side: int | None = None,
+                max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB
                 ) -> tuple[bytes, bool]:
   """(bytes to store, whether they were re-encoded); see the module docstring."""
   limit = preprocess.check_max_decoded_mb(max_decoded_mb)

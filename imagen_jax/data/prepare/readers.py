@@ -32,7 +32,7 @@ import json
 import os
 import posixpath
 import tarfile
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Sequence
 
 from imagen_jax.data import folder_source
 from imagen_jax.data import preprocess
@@ -46,8 +46,8 @@ SOURCES = ("coco_json", "folder", "webdataset")
 class Item:
   key: str                                   # unique within the dataset
   captions: tuple[str, ...]
-  load: Optional[Callable[[], bytes]] = None  # the encoded image; may raise
-  skip: Optional[tuple[str, str]] = None      # (reason, detail) when unusable
+  load: Callable[[], bytes] | None = None  # the encoded image; may raise
+  skip: tuple[str, str] | None = None      # (reason, detail) when unusable
 
 
 def _relative(root: str, path: str) -> str:
@@ -88,7 +88,7 @@ class CocoJsonReader(_ListedReader):
 
 class FolderReader(_ListedReader):
 
-  def __init__(self, path: str, manifest: Optional[str] = None,
+  def __init__(self, path: str, manifest: str | None = None,
                allow_outside_root: bool = False):
     if not path and not manifest:
       raise ValueError("--source folder needs --path (the image folder)")
@@ -221,7 +221,7 @@ class WebDatasetReader:
 
 
 def open_reader(source: str, *, path: str = "", annotations: str = "",
-                images: str = "", manifest: Optional[str] = None,
+                images: str = "", manifest: str | None = None,
                 allow_outside_root: bool = False):
   """The reader for `--source` (one of SOURCES) and its flags."""
   if source == "coco_json":

@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Optional
 
 from imagen_jax.storage import paths
 
@@ -207,7 +206,7 @@ def finalize(ds_dir: str, name: str, description: str,
   """Writes metadata for every complete split, then re-reads the done files
   and rewrites until nothing new completed meanwhile (a concurrent finisher
   that saw fewer splits may have written after us). Returns the splits."""
-  written: Optional[set] = None
+  written: set | None = None
   splits = {}
   for _ in range(max_rounds):
     splits = complete_splits(read_done(ds_dir))

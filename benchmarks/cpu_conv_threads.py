@@ -12,6 +12,7 @@ forward+backward (channels-last) if torch imports. A CPU/wall ratio near 1 on a 
 machine means the kernel runs on one core. BENCHMARKS.md ("Where the CPU time goes") has
 the figures of the development machine.
 """
+
 import argparse
 import os
 import time
@@ -58,17 +59,22 @@ def main():
 
   kernels = {
       "forward": (jax.jit(conv), (x, w)),
-      "input grad": (jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-                     (x, w, g)),
-      "weight grad": (jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
-                      (x, w, g)),
+      "input grad": (jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]), (x, w, g)),
+      "weight grad": (
+          jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+          (x, w, g),
+      ),
   }
-  print(f"3x3 conv {b}x{s}x{s}x{c} -> {c}, float32, {os.cpu_count()} cores, "
-        f"{jax.device_count()} JAX device(s), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(
+      f"3x3 conv {b}x{s}x{s}x{c} -> {c}, float32, {os.cpu_count()} cores, "
+      f"{jax.device_count()} JAX device(s), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+  )
   for name, (fn, fn_args) in kernels.items():
     wall, ratio = _time(fn, *fn_args, calls=args.calls)
-    print(f"  jax   {name:12s} {wall * 1e3:8.2f} ms {flop / wall / 1e9:7.1f} GFLOP/s  "
-          f"cpu/wall {ratio:.2f}")
+    print(
+        f"  jax   {name:12s} {wall * 1e3:8.2f} ms {flop / wall / 1e9:7.1f} GFLOP/s  "
+        f"cpu/wall {ratio:.2f}"
+    )
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -91,8 +97,10 @@ def main():
       fn()
     wall = (time.perf_counter() - wall) / args.calls
     ratio = (time.process_time() - cpu) / args.calls / wall
-    print(f"  torch {name:12s} {wall * 1e3:8.2f} ms {mult * flop / wall / 1e9:7.1f} GFLOP/s  "
-          f"cpu/wall {ratio:.2f}  ({torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(
+        f"  torch {name:12s} {wall * 1e3:8.2f} ms {mult * flop / wall / 1e9:7.1f} GFLOP/s  "
+        f"cpu/wall {ratio:.2f}  ({torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ excluded; median of repeats); the figure is the ratio.
   python benchmarks/guidance_cost.py --model shapes_base16 --variant tiny \
       --batch 32 --steps 16
 """
+
 import argparse
 import statistics
 import time
@@ -41,9 +42,18 @@ def main():
   def make(scale):
     @jax.jit
     def run(params, rng):
-      return pipe.sample(params, emb, b["text_mask"], rng, sampler="ddim",
-                         num_steps=args.steps, guidance_scale=scale,
-                         threshold="dynamic", lowres=lowres)
+      return pipe.sample(
+          params,
+          emb,
+          b["text_mask"],
+          rng,
+          sampler="ddim",
+          num_steps=args.steps,
+          guidance_scale=scale,
+          threshold="dynamic",
+          lowres=lowres,
+      )
+
     return run
 
   timings = {}
@@ -57,11 +67,12 @@ def main():
       times.append((time.perf_counter() - start) / args.steps)
     timings[name] = statistics.median(times)
   ratio = timings["guided"] / timings["unguided"]
-  print(f"device: {jax.devices()[0].device_kind}; model {args.model}/"
-        f"{args.variant}, batch {args.batch}, {args.steps} ddim steps")
+  print(
+      f"device: {jax.devices()[0].device_kind}; model {args.model}/"
+      f"{args.variant}, batch {args.batch}, {args.steps} ddim steps"
+  )
   for name, sec in timings.items():
-    print(f"{name:>9}: {sec * 1e3:8.1f} ms/step  "
-          f"{args.batch / sec:8.1f} img-steps/s")
+    print(f"{name:>9}: {sec * 1e3:8.1f} ms/step  {args.batch / sec:8.1f} img-steps/s")
   print(f"guided / unguided per step: {ratio:.2f}x")
 
 

@@ -13,6 +13,7 @@ machine. The differences between the rows say what the backward pass and the opt
   python benchmarks/hlo_size.py --config configs/base64.py:variant=small,data=shapes \
       --config.optim.name=adam [--batch 2] [--compile] [--json OUT]
 """
+
 import json
 import time
 
@@ -22,8 +23,9 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (path[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Stage config file (path[:arg]).", lock_config=True
+)
 _BATCH = flags.DEFINE_integer("batch", 2, "Batch the programs are lowered at.")
 _COMPILE = flags.DEFINE_bool("compile", False, "Also time XLA's compile of each program.")
 _TOP = flags.DEFINE_integer("top", 8, "Most common ops listed per program.")
@@ -52,16 +54,25 @@ def main(argv):
   params = jax.eval_shape(init_params, rng)
   state = jax.eval_shape(init_state, rng)
   n_params, n_tensors = benchmark.count_params(params), len(jax.tree.leaves(params))
-  print(f"{config.model.name}/{config.model.variant}: {n_params:,d} parameters in "
-        f"{n_tensors} tensors; batch {_BATCH.value}", flush=True)
-  host = benchmark.synthetic_batch(pipe, _BATCH.value, text_len,
-                                   float(config.input.get("cond_drop_prob", 0.1)))
+  print(
+      f"{config.model.name}/{config.model.variant}: {n_params:,d} parameters in "
+      f"{n_tensors} tensors; batch {_BATCH.value}",
+      flush=True,
+  )
+  host = benchmark.synthetic_batch(
+      pipe, _BATCH.value, text_len, float(config.input.get("cond_drop_prob", 0.1))
+  )
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
 
   loss = lambda p, b, r: pipe.loss_fn(p, b, r)[0]
-  step = step_lib.make_train_step(pipe.loss_fn, tx, ema_decay=float(config.ema.decay),
-                                  ema_warmup=bool(config.ema.warmup),
-                                  nonfinite=config.nonfinite, lr_schedule=lr_schedule)
+  step = step_lib.make_train_step(
+      pipe.loss_fn,
+      tx,
+      ema_decay=float(config.ema.decay),
+      ema_warmup=bool(config.ema.warmup),
+      nonfinite=config.nonfinite,
+      lr_schedule=lr_schedule,
+  )
   programs = {
       "init": (init_state, (rng,)),
       "forward": (loss, (params, batch, rng)),
@@ -79,16 +90,25 @@ def main(argv):
       lowered.compile()
       row["compile_seconds"] = time.perf_counter() - start
     rows[name] = row
-    print(f"{name:8s} {row['ops']:7,d} ops  convolutions {row['convolutions']:4d} "
-          f"({row['distinct_convolutions']} distinct)  dot_generals {row['dot_generals']:4d} "
-          f"({row['distinct_dot_generals']} distinct)  lowered in {row['lower_seconds']:.1f} s"
-          + (f", compiled in {row['compile_seconds']:.1f} s" if _COMPILE.value else ""),
-          flush=True)
+    print(
+        f"{name:8s} {row['ops']:7,d} ops  convolutions {row['convolutions']:4d} "
+        f"({row['distinct_convolutions']} distinct)  dot_generals {row['dot_generals']:4d} "
+        f"({row['distinct_dot_generals']} distinct)  lowered in {row['lower_seconds']:.1f} s"
+        + (f", compiled in {row['compile_seconds']:.1f} s" if _COMPILE.value else ""),
+        flush=True,
+    )
     print("         " + ", ".join(f"{op} {n:,d}" for op, n in row["top"]), flush=True)
-  record = {"model": f"{config.model.name}/{config.model.variant}", "batch": _BATCH.value,
-            "params": n_params, "param_tensors": n_tensors,
-            "dtype": str(jnp.dtype(pipe.model.dtype)), "optimizer": str(config.optim.name),
-            "backend": jax.default_backend(), "jax": jax.__version__, "programs": rows}
+  record = {
+      "model": f"{config.model.name}/{config.model.variant}",
+      "batch": _BATCH.value,
+      "params": n_params,
+      "param_tensors": n_tensors,
+      "dtype": str(jnp.dtype(pipe.model.dtype)),
+      "optimizer": str(config.optim.name),
+      "backend": jax.default_backend(),
+      "jax": jax.__version__,
+      "programs": rows,
+  }
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(record, f, indent=2)

@@ -17,6 +17,7 @@ matches torch). Works offline: imagen-pytorch looks up `google/t5-v1_1-base`'s c
 is imported, so this script points Hugging Face at a private cache holding that config alone
 (the T5 itself is never used).
 """
+
 import argparse
 import json
 import os
@@ -28,12 +29,27 @@ import time
 
 # google/t5-v1_1-base's published config (what imagen-pytorch's import-time lookup reads).
 _T5_BASE_CONFIG = {
-    "architectures": ["T5ForConditionalGeneration"], "d_ff": 2048, "d_kv": 64, "d_model": 768,
-    "decoder_start_token_id": 0, "dropout_rate": 0.1, "eos_token_id": 1,
-    "feed_forward_proj": "gated-gelu", "initializer_factor": 1.0, "is_encoder_decoder": True,
-    "layer_norm_epsilon": 1e-06, "model_type": "t5", "num_decoder_layers": 12,
-    "num_heads": 12, "num_layers": 12, "output_past": True, "pad_token_id": 0,
-    "relative_attention_num_buckets": 32, "tie_word_embeddings": False, "vocab_size": 32128}
+    "architectures": ["T5ForConditionalGeneration"],
+    "d_ff": 2048,
+    "d_kv": 64,
+    "d_model": 768,
+    "decoder_start_token_id": 0,
+    "dropout_rate": 0.1,
+    "eos_token_id": 1,
+    "feed_forward_proj": "gated-gelu",
+    "initializer_factor": 1.0,
+    "is_encoder_decoder": True,
+    "layer_norm_epsilon": 1e-06,
+    "model_type": "t5",
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+    "num_layers": 12,
+    "output_past": True,
+    "pad_token_id": 0,
+    "relative_attention_num_buckets": 32,
+    "tie_word_embeddings": False,
+    "vocab_size": 32128,
+}
 
 
 def _offline_hf_cache() -> str:
@@ -59,14 +75,17 @@ def _datasets_stand_in() -> str | None:
   calls. Where `datasets` is missing, that helper alone is provided; returns a note saying so."""
   try:
     import datasets.utils.file_utils  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+
     return None
   except ImportError:
     pass
   import types  # pylint: disable=import-outside-toplevel
+
   names = ("datasets", "datasets.utils", "datasets.utils.file_utils")
   modules = {name: types.ModuleType(name) for name in names}
   modules["datasets.utils.file_utils"].get_datasets_user_agent = (
-      lambda *args, **kwargs: "imagen-pytorch-benchmark")
+      lambda *args, **kwargs: "imagen-pytorch-benchmark"
+  )
   modules["datasets"].utils = modules["datasets.utils"]
   modules["datasets.utils"].file_utils = modules["datasets.utils.file_utils"]
   sys.modules.update(modules)
@@ -104,8 +123,9 @@ def main():
 
   if args.threads:
     torch.set_num_threads(args.threads)
-  device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                        if args.device == "auto" else args.device)
+  device = torch.device(
+      ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+  )
   cuda = device.type == "cuda"
   if cuda:
     torch.backends.cudnn.benchmark = True
@@ -125,8 +145,12 @@ def main():
   sr = len(sizes) == 2
   unets = (imagen_pytorch.NullUnet(), unet) if sr else unet
   imagen_kw = {k: v for k, v in spec["imagen"].items() if k != "image_sizes"}
-  imagen = imagen_pytorch.Imagen(unets=unets, image_sizes=tuple(sizes) if sr else sizes[0],
-                                 timesteps=int(spec["sample_steps"]), **imagen_kw).to(device)
+  imagen = imagen_pytorch.Imagen(
+      unets=unets,
+      image_sizes=tuple(sizes) if sr else sizes[0],
+      timesteps=int(spec["sample_steps"]),
+      **imagen_kw,
+  ).to(device)
   unet_number = 2 if sr else 1
   unet = imagen.unets[unet_number - 1]  # Imagen may rebuild the Unet (lowres_cond, channels)
   params = sum(p.numel() for p in unet.parameters())
@@ -146,8 +170,11 @@ def main():
   images01 = (images + 1) / 2  # imagen-pytorch normalises [0, 1] -> [-1, 1] itself
 
   o = spec["optimizer"]
-  opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-             "adafactor": getattr(torch.optim, "Adafactor", None)}.get(o["name"])
+  opt_cls = {
+      "adam": torch.optim.Adam,
+      "adamw": torch.optim.AdamW,
+      "adafactor": getattr(torch.optim, "Adafactor", None),
+  }.get(o["name"])
   if opt_cls is None:
     raise ValueError(f"optimizer {o['name']!r} has no torch counterpart in this torch")
   opt = opt_cls(unet.parameters(), lr=o["lr"])
@@ -176,13 +203,21 @@ def main():
   seconds, times = _median(train_step, sync, spec["repeats"], spec["inner"])
   loss = float(train_step().detach().float())
   out = {
-      "peer": spec["peer"], "peer_version": imagen_pytorch.__version__,
-      "torch": torch.__version__, "device": str(device),
+      "peer": spec["peer"],
+      "peer_version": imagen_pytorch.__version__,
+      "torch": torch.__version__,
+      "device": str(device),
       "device_kind": torch.cuda.get_device_name(device) if cuda else "cpu",
-      "threads": torch.get_num_threads(), "precision": spec["precision"],
-      "optimizer": o["name"], "params": params, "batch_size": b,
-      "step_seconds": seconds, "step_seconds_all": times, "img_per_s": b / seconds,
-      "flops_per_step": step_flops, "flops_per_image": step_flops / b,
+      "threads": torch.get_num_threads(),
+      "precision": spec["precision"],
+      "optimizer": o["name"],
+      "params": params,
+      "batch_size": b,
+      "step_seconds": seconds,
+      "step_seconds_all": times,
+      "img_per_s": b / seconds,
+      "flops_per_step": step_flops,
+      "flops_per_image": step_flops / b,
       "flops_counter": "torch.utils.flop_counter (matmul + conv, fwd + bwd)",
       "peak_device_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
       "loss": loss,
@@ -200,18 +235,30 @@ def main():
   imagen.eval()
   sampling = {"batch_size": sb, "num_steps": steps, "guidance_scale": spec["guidance_scale"]}
   for name, scale in (("unguided", 1.0), ("guided", spec["guidance_scale"])):
+
     def sample(scale=scale):
       with torch.no_grad(), autocast():
-        kw = dict(start_at_unet_number=2, start_image_or_video=lowres,
-                  stop_at_unet_number=2) if sr else {}
-        return imagen.sample(text_embeds=s_emb, text_masks=s_mask, cond_scale=scale,
-                             batch_size=sb, use_tqdm=False, cfg_remove_parallel_component=False,
-                             **kw)
+        kw = (
+            dict(start_at_unet_number=2, start_image_or_video=lowres, stop_at_unet_number=2)
+            if sr
+            else {}
+        )
+        return imagen.sample(
+            text_embeds=s_emb,
+            text_masks=s_mask,
+            cond_scale=scale,
+            batch_size=sb,
+            use_tqdm=False,
+            cfg_remove_parallel_component=False,
+            **kw,
+        )
+
     sample()  # warm-up (cuDNN autotuning)
     sec, _ = _median(sample, sync, max(1, spec["repeats"] // 2), 1)
     sampling[name] = {"seconds": sec, "step_seconds": sec / steps, "img_per_s": sb / sec}
-  sampling["guided_over_unguided_step"] = (sampling["guided"]["step_seconds"]
-                                           / sampling["unguided"]["step_seconds"])
+  sampling["guided_over_unguided_step"] = (
+      sampling["guided"]["step_seconds"] / sampling["unguided"]["step_seconds"]
+  )
   out["sampling"] = sampling
   out["host_peak_rss_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
   _write(out, args.out)
@@ -222,8 +269,11 @@ def _write(out: dict, path: str) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(out, f, indent=2)
   os.replace(path + ".tmp", path)
-  print(json.dumps({k: out[k] for k in ("params", "img_per_s", "step_seconds")}),
-        file=sys.stderr, flush=True)
+  print(
+      json.dumps({k: out[k] for k in ("params", "img_per_s", "step_seconds")}),
+      file=sys.stderr,
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -49,18 +49,34 @@ RES, LOWRES, TEXT_DIM = 64, 16, 64
 
 def build_models(width: float):
   c = lambda n: max(8, int(round(n * width / 8)) * 8)
-  common = dict(resolution=RES, lowres_resolution=LOWRES, text_dim=TEXT_DIM,
-                embed_dim=c(128), cond_dim=c(64), freq_dim=c(32),
-                per_head_channels=32, num_groups=8)
+  common = dict(
+      resolution=RES,
+      lowres_resolution=LOWRES,
+      text_dim=TEXT_DIM,
+      embed_dim=c(128),
+      cond_dim=c(64),
+      freq_dim=c(32),
+      per_head_channels=32,
+      num_groups=8,
+  )
   efficient = EfficientUNet(
-      init_channels=c(16), channels=(c(32), c(64), c(128)),
-      num_res_blocks=(1, 2, 4), strides=(2, 2, 2),
+      init_channels=c(16),
+      channels=(c(32), c(64), c(128)),
+      num_res_blocks=(1, 2, 4),
+      strides=(2, 2, 2),
       self_attention=(False, False, True),
-      cross_attention=(False, False, True), **common)
+      cross_attention=(False, False, True),
+      **common,
+  )
   # Standard (ADM / Imagen base) U-Net: 64 -> 32 -> 16 -> 8, 2 blocks per
   # level at every resolution, attention (self + text) at 8x8.
-  standard = UNet(channels=c(24), channel_mult=(1, 2, 4, 4), num_res_blocks=2,
-                  attention_resolutions=(8,), **common)
+  standard = UNet(
+      channels=c(24),
+      channel_mult=(1, 2, 4, 4),
+      num_res_blocks=2,
+      attention_resolutions=(8,),
+      **common,
+  )
   return {"efficient_unet": efficient, "standard_unet": standard}
 
 
@@ -73,18 +89,24 @@ def make_batch(batch: int, text_len: int):
       text_emb=rs.randn(batch, text_len, TEXT_DIM).astype(np.float32),
       text_mask=np.ones((batch, text_len), bool),
       lowres=rs.randn(batch, LOWRES, LOWRES, 3).astype(np.float32),
-      lowres_log_snr=rs.uniform(-5, 5, batch).astype(np.float32))
+      lowres_log_snr=rs.uniform(-5, 5, batch).astype(np.float32),
+  )
 
 
 def bench(model, batch, steps):
   """(params, fwd GFLOPs/img, temp MiB, median step s)."""
   b = batch
-  variables = jax.jit(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, RES, RES, 3)), jnp.zeros((1,)),
-      jnp.zeros((1, b["text_emb"].shape[1], TEXT_DIM)),
-      jnp.ones((1, b["text_emb"].shape[1]), bool),
-      lowres=jnp.zeros((1, LOWRES, LOWRES, 3)), lowres_log_snr=jnp.zeros((1,))
-  ))()
+  variables = jax.jit(
+      lambda: model.init(
+          jax.random.key(0),
+          jnp.zeros((1, RES, RES, 3)),
+          jnp.zeros((1,)),
+          jnp.zeros((1, b["text_emb"].shape[1], TEXT_DIM)),
+          jnp.ones((1, b["text_emb"].shape[1]), bool),
+          lowres=jnp.zeros((1, LOWRES, LOWRES, 3)),
+          lowres_log_snr=jnp.zeros((1,)),
+      )
+  )()
   params = nn.unbox(variables["params"])
   n_params = sum(x.size for x in jax.tree.leaves(params))
   tx = optax.adam(1e-4)
@@ -94,9 +116,16 @@ def bench(model, batch, steps):
     alpha = jnp.sqrt(jax.nn.sigmoid(batch["log_snr"]))[:, None, None, None]
     sigma = jnp.sqrt(jax.nn.sigmoid(-batch["log_snr"]))[:, None, None, None]
     x_t = alpha * batch["x0"] + sigma * batch["noise"]
-    eps = model.apply({"params": p}, x_t, batch["log_snr"], batch["text_emb"],
-                      batch["text_mask"], lowres=batch["lowres"],
-                      lowres_log_snr=batch["lowres_log_snr"], train=True)
+    eps = model.apply(
+        {"params": p},
+        x_t,
+        batch["log_snr"],
+        batch["text_emb"],
+        batch["text_mask"],
+        lowres=batch["lowres"],
+        lowres_log_snr=batch["lowres_log_snr"],
+        train=True,
+    )
     return jnp.mean((eps - batch["noise"]) ** 2)
 
   def train_step(p, o, batch):
@@ -129,15 +158,19 @@ def bench(model, batch, steps):
 def main(argv):
   del argv
   batch = make_batch(_BATCH.value, _TEXT_LEN.value)
-  print(f"backend={jax.default_backend()} devices={jax.device_count()} "
-        f"SR {LOWRES}->{RES} batch={_BATCH.value} steps={_STEPS.value}")
+  print(
+      f"backend={jax.default_backend()} devices={jax.device_count()} "
+      f"SR {LOWRES}->{RES} batch={_BATCH.value} steps={_STEPS.value}"
+  )
   results = {}
   for name, model in build_models(_WIDTH.value).items():
     n, gflops, temp, dt = bench(model, batch, _STEPS.value)
     results[name] = _BATCH.value / dt
-    print(f"{name:15s} params={n:>11,} fwd_GFLOPs/img={gflops:7.3f} "
-          f"step_temp_MiB={temp:8.1f} step_s={dt:7.3f} "
-          f"img/s={results[name]:7.2f}")
+    print(
+        f"{name:15s} params={n:>11,} fwd_GFLOPs/img={gflops:7.3f} "
+        f"step_temp_MiB={temp:8.1f} step_s={dt:7.3f} "
+        f"img/s={results[name]:7.2f}"
+    )
   ratio = results["efficient_unet"] / results["standard_unet"]
   print(f"ratio efficient/standard train img/s: {ratio:.2f}x")
 

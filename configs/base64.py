@@ -44,21 +44,25 @@ from imagen_jax import diffusion
 
 # variant: global batch, total steps, warm-up steps, FSDP axis size, dtype.
 _SIZES = {
-    "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=8,
-                  dtype="bfloat16"),
-    "small": dict(batch=64, steps=300_000, warmup=10_000, fsdp=1,
-                  dtype="bfloat16"),
+    "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=8, dtype="bfloat16"),
+    "small": dict(batch=64, steps=300_000, warmup=10_000, fsdp=1, dtype="bfloat16"),
     "tiny": dict(batch=8, steps=2_000, warmup=100, fsdp=1, dtype="float32"),
 }
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
-                             batch=0, encoder="", inception="",
-                             **config_lib.DATA_ARGS)
+  arg = config_lib.parse_arg(
+      arg,
+      variant="paper",
+      runlocal=False,
+      steps=0,
+      batch=0,
+      encoder="",
+      inception="",
+      **config_lib.DATA_ARGS,
+  )
   if arg.variant not in _SIZES:
-    raise ValueError(f"Unknown variant {arg.variant!r}; allowed: "
-                     f"{', '.join(_SIZES)}")
+    raise ValueError(f"Unknown variant {arg.variant!r}; allowed: {', '.join(_SIZES)}")
   size = _SIZES[arg.variant]
   tiny_text = arg.variant == "tiny" or arg.runlocal
   c = config_lib.stage_defaults()
@@ -71,28 +75,26 @@ def get_config(arg=None):
 
   c.model.name = "imagen_base64"
   c.model.variant = arg.variant
-  c.model.overrides.text_dim = (config_lib.BUILTIN_DIM if tiny_text
-                                 else config_lib.T5_XXL_DIM)
+  c.model.overrides.text_dim = config_lib.BUILTIN_DIM if tiny_text else config_lib.T5_XXL_DIM
   c.model.overrides.dtype = size["dtype"]
 
-  c.text.encoder = arg.encoder or (
-      config_lib.BUILTIN_ENCODER if tiny_text else config_lib.T5_XXL)
-  c.text.max_length = 128               # tokens (T5) or bytes (built-in ByT5)
+  c.text.encoder = arg.encoder or (config_lib.BUILTIN_ENCODER if tiny_text else config_lib.T5_XXL)
+  c.text.max_length = 128  # tokens (T5) or bytes (built-in ByT5)
 
-  c.diffusion.schedule = "cosine"          # the base model's schedule
+  c.diffusion.schedule = "cosine"  # the base model's schedule
   c.diffusion.prediction = "eps"
   c.diffusion.loss_weighting = "none"
-  c.diffusion.aug_schedule = "cosine"      # unused: no low-res input
+  c.diffusion.aug_schedule = "cosine"  # unused: no low-res input
   c.diffusion.aug_range = (0.0, 1.0)
 
   config_lib.set_dataset(c, arg.data, arg.path, arg.annotations)
   c.input.resolution = 64
   c.input.lowres_resolution = None
-  c.input.cond_drop_prob = 0.1             # 10% caption dropout (CFG)
+  c.input.cond_drop_prob = 0.1  # 10% caption dropout (CFG)
   c.input.crop = "centre"
   c.input.random_flip = False
 
-  c.optim.name = "adafactor"               # Adafactor for the base model
+  c.optim.name = "adafactor"  # Adafactor for the base model
   c.optim.lr = 1e-4
   c.optim.warmup_steps = size["warmup"]
   c.optim.decay = "constant"
@@ -112,8 +114,10 @@ def get_config(arg=None):
   c.sampling.guidance_scale = 5.0
   c.sampling.threshold = "dynamic"
   c.sampling.percentile = diffusion.DEFAULT_PERCENTILE
-  c.sample_prompts = ("A brown corgi wearing a red bowtie.",
-                      "A photo of a raccoon reading a book in a library.")
+  c.sample_prompts = (
+      "A brown corgi wearing a red bowtie.",
+      "A photo of a raccoon reading a book in a library.",
+  )
 
   # In-loop FID of the base stage's 64x64 samples, when `inception=` names the
   # FID Inception weights (docs/evaluation.md): against the shapes world's
@@ -124,11 +128,15 @@ def get_config(arg=None):
   if arg.inception:
     shapes = arg.data == "shapes" or arg.runlocal
     c.evals.fid = dict(
-        type="fid", log_steps=100_000 if arg.variant == "paper" else 10_000,
-        num_samples=30_000 if arg.variant == "paper" else 5_000, resolution=64,
+        type="fid",
+        log_steps=100_000 if arg.variant == "paper" else 10_000,
+        num_samples=30_000 if arg.variant == "paper" else 5_000,
+        resolution=64,
         dataset="shapes" if shapes else "coco",
         tfds_name=None if shapes else "coco_captions",
-        inception_weights=arg.inception, sample_batch_size=256)
+        inception_weights=arg.inception,
+        sample_batch_size=256,
+    )
     if not shapes:
       c.evals.fid.data_dir = c.input.get_ref("data_dir")
 

@@ -32,11 +32,9 @@ _STAGES = {
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, stage="base", variant="tiny",
-                             runlocal=False, steps=0, objects=1)
+  arg = config_lib.parse_arg(arg, stage="base", variant="tiny", runlocal=False, steps=0, objects=1)
   if arg.stage not in _STAGES:
-    raise ValueError(f"Unknown stage {arg.stage!r}; allowed: "
-                     f"{', '.join(_STAGES)}")
+    raise ValueError(f"Unknown stage {arg.stage!r}; allowed: {', '.join(_STAGES)}")
   model, res, lowres, steps, batch, lr = _STAGES[arg.stage]
   c = config_lib.stage_defaults()
   c.seed = 0
@@ -46,7 +44,7 @@ def get_config(arg=None):
 
   c.model.name = model
   c.model.variant = arg.variant
-  c.model.overrides.text_dim = 64          # byt5-tiny-random's d_model
+  c.model.overrides.text_dim = 64  # byt5-tiny-random's d_model
 
   c.text.encoder = "byt5-tiny-random"
   # ByT5 counts bytes: the longest captions are 71 / 106 / 142 bytes for
@@ -70,9 +68,9 @@ def get_config(arg=None):
   c.diffusion.aug_range = (0.0, 0.2)
 
   c.input.dataset = "shapes"
-  c.input.split = "train"                  # held-out colour/shape pairs unseen
+  c.input.split = "train"  # held-out colour/shape pairs unseen
   c.input.max_objects = arg.objects
-  c.input.path = ""                        # dataset=folder: an image folder instead
+  c.input.path = ""  # dataset=folder: an image folder instead
   c.input.resolution = res
   c.input.lowres_resolution = lowres
   c.input.cond_drop_prob = 0.1

@@ -41,11 +41,19 @@ from imagen_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
-                             batch=0, encoder="", **config_lib.DATA_ARGS)
-  return config_check.validate(config_lib.imagen_sr_config(
-      arg, model="imagen_sr1024", resolution=1024, lowres_resolution=256,
-      crop_size=256, sampling_steps=64))
+  arg = config_lib.parse_arg(
+      arg, variant="paper", runlocal=False, steps=0, batch=0, encoder="", **config_lib.DATA_ARGS
+  )
+  return config_check.validate(
+      config_lib.imagen_sr_config(
+          arg,
+          model="imagen_sr1024",
+          resolution=1024,
+          lowres_resolution=256,
+          crop_size=256,
+          sampling_steps=64,
+      )
+  )
 
 
 def sweep(add, arg=None):

@@ -39,11 +39,14 @@ from imagen_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="paper", runlocal=False, steps=0,
-                             batch=0, encoder="", **config_lib.DATA_ARGS)
-  return config_check.validate(config_lib.imagen_sr_config(
-      arg, model="imagen_sr256", resolution=256, lowres_resolution=64,
-      sampling_steps=128))
+  arg = config_lib.parse_arg(
+      arg, variant="paper", runlocal=False, steps=0, batch=0, encoder="", **config_lib.DATA_ARGS
+  )
+  return config_check.validate(
+      config_lib.imagen_sr_config(
+          arg, model="imagen_sr256", resolution=256, lowres_resolution=64, sampling_steps=128
+      )
+  )
 
 
 def sweep(add, arg=None):
@@ -51,8 +54,7 @@ def sweep(add, arg=None):
   del arg
   for top in (0.5, 1.0):
     for prediction in ("eps", "v"):
-      add(**{"diffusion.aug_range": (0.0, top),
-             "diffusion.prediction": prediction})
+      add(**{"diffusion.aug_range": (0.0, top), "diffusion.prediction": prediction})
 
 
 def metrics():

@@ -48,8 +48,7 @@ class ConfigError(ValueError):
 
 def _one_of(field: str, value: Any, allowed) -> None:
   if value not in allowed:
-    raise ConfigError(f"config.{field}={value!r}; expected one of "
-                      f"{', '.join(map(str, allowed))}")
+    raise ConfigError(f"config.{field}={value!r}; expected one of {', '.join(map(str, allowed))}")
 
 
 def _positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
@@ -83,11 +82,14 @@ def model_fields(config: Any) -> dict:
   m = config.model
   name, variant = config_lib.get(m, "name", ""), config_lib.get(m, "variant", "")
   if name not in registry.model_names():
-    raise ConfigError(f"config.model.name={name!r}; expected one of "
-                      f"{', '.join(registry.model_names())}")
+    raise ConfigError(
+        f"config.model.name={name!r}; expected one of {', '.join(registry.model_names())}"
+    )
   if variant not in registry.variants(name):
-    raise ConfigError(f"config.model.variant={variant!r} for model {name}; "
-                      f"expected one of {', '.join(registry.variants(name))}")
+    raise ConfigError(
+        f"config.model.variant={variant!r} for model {name}; "
+        f"expected one of {', '.join(registry.variants(name))}"
+    )
   overrides = dict(config_lib.get(m, "overrides", {}) or {})
   try:
     return registry.model_config(name, variant, **overrides)
@@ -113,63 +115,79 @@ def _check_model_and_input(config: Any) -> None:
   inp = config.input
   data_res = config_lib.get(inp, "resolution")
   if data_res is not None and int(data_res) != res:
-    raise ConfigError(f"config.input.resolution={data_res} but model {label} "
-                      f"has resolution {res}")
+    raise ConfigError(f"config.input.resolution={data_res} but model {label} has resolution {res}")
   data_lowres = config_lib.get(inp, "lowres_resolution")
   if lowres is None and data_lowres is not None:
-    raise ConfigError(f"config.input.lowres_resolution={data_lowres} but model "
-                      f"{label} is not a super-resolution stage")
-  if lowres is not None and data_lowres is not None and int(
-      data_lowres) != int(lowres):
-    raise ConfigError(f"config.input.lowres_resolution={data_lowres} but model "
-                      f"{label} takes a {lowres}x{lowres} low-res input")
+    raise ConfigError(
+        f"config.input.lowres_resolution={data_lowres} but model "
+        f"{label} is not a super-resolution stage"
+    )
+  if lowres is not None and data_lowres is not None and int(data_lowres) != int(lowres):
+    raise ConfigError(
+        f"config.input.lowres_resolution={data_lowres} but model "
+        f"{label} takes a {lowres}x{lowres} low-res input"
+    )
   if lowres is not None and not 0 < int(lowres) < res:
-    raise ConfigError(f"config.model: {label} has lowres_resolution {lowres} "
-                      f"not below its resolution {res}")
+    raise ConfigError(
+        f"config.model: {label} has lowres_resolution {lowres} not below its resolution {res}"
+    )
   down = _downsampling(fields)
   size = config_lib.get(inp, "crop_size") or res
-  size_field = "config.input.crop_size" if config_lib.get(inp, "crop_size") else (
-      "config.input.resolution")
+  size_field = (
+      "config.input.crop_size" if config_lib.get(inp, "crop_size") else ("config.input.resolution")
+  )
   if not 0 < int(size) <= res:
-    raise ConfigError(f"{size_field}={size} must be in (0, {res}] for model "
-                      f"{label}")
+    raise ConfigError(f"{size_field}={size} must be in (0, {res}] for model {label}")
   if int(size) % down:
-    raise ConfigError(f"{size_field}={size} is not divisible by {down}, the "
-                      f"total downsampling of model {label}")
+    raise ConfigError(
+        f"{size_field}={size} is not divisible by {down}, the "
+        f"total downsampling of model {label}"
+    )
   if lowres is not None and (int(size) * int(lowres)) % res:
-    raise ConfigError(f"{size_field}={size}: the low-res crop "
-                      f"{size} x {lowres} / {res} is not an integer")
+    raise ConfigError(
+        f"{size_field}={size}: the low-res crop {size} x {lowres} / {res} is not an integer"
+    )
 
 
 def _check_input(inp: Any) -> None:
   dataset = config_lib.get(inp, "dataset", "shapes")
   names = input_pipeline.DATASETS
-  if not (dataset in names or (isinstance(dataset, str)
-                               and dataset.startswith("tfds:")
-                               and len(dataset) > len("tfds:"))):
-    raise ConfigError(f"config.input.dataset={dataset!r}; expected one of "
-                      f"{', '.join(names)} or 'tfds:<name>'")
+  if not (
+      dataset in names
+      or (isinstance(dataset, str) and dataset.startswith("tfds:") and len(dataset) > len("tfds:"))
+  ):
+    raise ConfigError(
+        f"config.input.dataset={dataset!r}; expected one of {', '.join(names)} or 'tfds:<name>'"
+    )
   if dataset == "folder" and not config_lib.get(inp, "path"):
-    raise ConfigError("config.input.path must name the image folder when "
-                      "config.input.dataset='folder'")
-  if dataset == "coco_json" and not (config_lib.get(inp, "path") and
-                                     config_lib.get(inp, "annotations")):
-    raise ConfigError("config.input.path and config.input.annotations must be "
-                      "set when config.input.dataset='coco_json'")
+    raise ConfigError(
+        "config.input.path must name the image folder when config.input.dataset='folder'"
+    )
+  if dataset == "coco_json" and not (
+      config_lib.get(inp, "path") and config_lib.get(inp, "annotations")
+  ):
+    raise ConfigError(
+        "config.input.path and config.input.annotations must be "
+        "set when config.input.dataset='coco_json'"
+    )
   p = float(config_lib.get(inp, "cond_drop_prob", 0.1))
   if not 0.0 <= p <= 1.0:
     raise ConfigError(f"config.input.cond_drop_prob={p} must be in [0, 1]")
   for field in ("max_decoded_mb", "read_timeout_s"):
     value = config_lib.get(inp, field)
-    if value is not None and not (isinstance(value, (int, float)) and not isinstance(
-        value, bool) and math.isfinite(value) and value > 0):
+    if value is not None and not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
       raise ConfigError(f"config.input.{field}={value!r} must be positive and finite")
-  _one_of("input.bad_caption", config_lib.get(inp, "bad_caption", "skip"),
-          sources.BAD_CAPTION_POLICIES)
+  _one_of(
+      "input.bad_caption", config_lib.get(inp, "bad_caption", "skip"), sources.BAD_CAPTION_POLICIES
+  )
   outside = config_lib.get(inp, "allow_outside_root", False)
   if not isinstance(outside, bool):
-    raise ConfigError(f"config.input.allow_outside_root={outside!r} must be True or "
-                      "False")
+    raise ConfigError(f"config.input.allow_outside_root={outside!r} must be True or False")
   if dataset == "shapes":
     n = int(config_lib.get(inp, "max_objects", 3))
     if not 1 <= n <= 3:
@@ -178,39 +196,45 @@ def _check_input(inp: Any) -> None:
 
 def _check_diffusion(d: Any) -> None:
   _one_of("diffusion.schedule", config_lib.get(d, "schedule"), diffusion.SCHEDULES)
-  _one_of("diffusion.aug_schedule", config_lib.get(d, "aug_schedule", "cosine"),
-          diffusion.SCHEDULES)
-  _one_of("diffusion.prediction", config_lib.get(d, "prediction"),
-          diffusion.PREDICTIONS)
-  _one_of("diffusion.loss_weighting", config_lib.get(d, "loss_weighting", "none"),
-          diffusion_losses.WEIGHTINGS)
+  _one_of(
+      "diffusion.aug_schedule", config_lib.get(d, "aug_schedule", "cosine"), diffusion.SCHEDULES
+  )
+  _one_of("diffusion.prediction", config_lib.get(d, "prediction"), diffusion.PREDICTIONS)
+  _one_of(
+      "diffusion.loss_weighting",
+      config_lib.get(d, "loss_weighting", "none"),
+      diffusion_losses.WEIGHTINGS,
+  )
   if float(config_lib.get(d, "min_snr_gamma", 5.0)) <= 0:
-    raise ConfigError(f"config.diffusion.min_snr_gamma="
-                      f"{config_lib.get(d, 'min_snr_gamma')} must be positive")
-  lo = float(config_lib.get(d, "log_snr_min", -20.))
-  hi = float(config_lib.get(d, "log_snr_max", 20.))
+    raise ConfigError(
+        f"config.diffusion.min_snr_gamma={config_lib.get(d, 'min_snr_gamma')} must be positive"
+    )
+  lo = float(config_lib.get(d, "log_snr_min", -20.0))
+  hi = float(config_lib.get(d, "log_snr_max", 20.0))
   if not lo < hi:
-    raise ConfigError(f"config.diffusion.log_snr_min={lo} must be below "
-                      f"config.diffusion.log_snr_max={hi}")
+    raise ConfigError(
+        f"config.diffusion.log_snr_min={lo} must be below config.diffusion.log_snr_max={hi}"
+    )
   aug = tuple(config_lib.get(d, "aug_range", (0.0, 1.0)))
   if len(aug) != 2 or not 0.0 <= float(aug[0]) <= float(aug[1]) <= 1.0:
-    raise ConfigError(f"config.diffusion.aug_range={aug} must be (min, max) "
-                      "with 0 <= min <= max <= 1")
+    raise ConfigError(
+        f"config.diffusion.aug_range={aug} must be (min, max) with 0 <= min <= max <= 1"
+    )
 
 
 def _check_sampling(s: Any) -> None:
   if s is None:
     return
   _one_of("sampling.sampler", config_lib.get(s, "sampler", "ddpm"), diffusion.SAMPLERS)
-  _one_of("sampling.threshold", config_lib.get(s, "threshold", "dynamic"),
-          diffusion.THRESHOLDS)
+  _one_of("sampling.threshold", config_lib.get(s, "threshold", "dynamic"), diffusion.THRESHOLDS)
   _positive("sampling.num_steps", config_lib.get(s, "num_steps", 1))
   p = float(config_lib.get(s, "percentile", diffusion.DEFAULT_PERCENTILE))
   if not 0.0 < p <= 1.0:
     raise ConfigError(f"config.sampling.percentile={p} must be in (0, 1]")
   if float(config_lib.get(s, "guidance_scale", 1.0)) < 0:
-    raise ConfigError(f"config.sampling.guidance_scale="
-                      f"{config_lib.get(s, 'guidance_scale')} must be >= 0")
+    raise ConfigError(
+        f"config.sampling.guidance_scale={config_lib.get(s, 'guidance_scale')} must be >= 0"
+    )
   level = float(config_lib.get(s, "aug_level", 0.0))
   if not 0.0 <= level <= 1.0:
     raise ConfigError(f"config.sampling.aug_level={level} must be in [0, 1]")
@@ -223,20 +247,22 @@ def _check_optim(o: Any, ema: Any) -> None:
   # float32 is what the update computes in: 1e39 is inf there, and compiling the step (tens
   # of seconds) only to skip or halt at step 1 is a waste.
   if not (lr > 0 and math.isfinite(lr) and lr < float(np.finfo(np.float32).max)):
-    raise ConfigError(f"config.optim.lr={config_lib.get(o, 'lr')} must be positive and "
-                      "finite in float32")
+    raise ConfigError(
+        f"config.optim.lr={config_lib.get(o, 'lr')} must be positive and finite in float32"
+    )
   eps = config_lib.get(o, "eps")
   if eps is not None and not float(eps) > 0:
-    raise ConfigError(f"config.optim.eps={eps} must be positive (Adam divides by "
-                      "sqrt(nu) + eps: 0 gives NaN where a gradient is 0)")
+    raise ConfigError(
+        f"config.optim.eps={eps} must be positive (Adam divides by "
+        "sqrt(nu) + eps: 0 gives NaN where a gradient is 0)"
+    )
   _positive("optim.warmup_steps", config_lib.get(o, "warmup_steps", 0), allow_zero=True)
-  if (config_lib.get(o, "name") == "adam"
-      and float(config_lib.get(o, "weight_decay", 0.0))):
-    raise ConfigError("config.optim.weight_decay is set for optim.name='adam';"
-                      " use 'adamw'")
+  if config_lib.get(o, "name") == "adam" and float(config_lib.get(o, "weight_decay", 0.0)):
+    raise ConfigError("config.optim.weight_decay is set for optim.name='adam'; use 'adamw'")
   if float(config_lib.get(o, "grad_clip_norm", 0.0)) < 0:
-    raise ConfigError(f"config.optim.grad_clip_norm="
-                      f"{config_lib.get(o, 'grad_clip_norm')} must be >= 0")
+    raise ConfigError(
+        f"config.optim.grad_clip_norm={config_lib.get(o, 'grad_clip_norm')} must be >= 0"
+    )
   decay = float(config_lib.get(ema, "decay", 0.9999))
   if not 0.0 <= decay < 1.0:
     raise ConfigError(f"config.ema.decay={decay} must be in [0, 1)")
@@ -250,38 +276,41 @@ def _check_parallel(config: Any) -> None:
     raise ConfigError(str(e)) from None
   mesh = config_lib.get(par, "mesh", ())
   if not mesh:
-    raise ConfigError("config.parallel.mesh is empty; expected e.g. "
-                      "(('data', -1), ('fsdp', 1))")
+    raise ConfigError("config.parallel.mesh is empty; expected e.g. (('data', -1), ('fsdp', 1))")
   names, fixed = [], 1
   for entry in mesh:
     if len(entry) != 2 or not isinstance(entry[0], str):
-      raise ConfigError(f"config.parallel.mesh entry {tuple(entry)!r} is not "
-                        "a (name, size) pair")
+      raise ConfigError(f"config.parallel.mesh entry {tuple(entry)!r} is not a (name, size) pair")
     name, size = entry[0], int(entry[1])
     if name in names:
       raise ConfigError(f"config.parallel.mesh names axis {name!r} twice")
     if size == 0 or size < -1:
-      raise ConfigError(f"config.parallel.mesh axis {name!r} has size {size};"
-                        " sizes are positive or -1")
+      raise ConfigError(
+          f"config.parallel.mesh axis {name!r} has size {size}; sizes are positive or -1"
+      )
     names.append(name)
     if name in mesh_lib.DATA_AXES and size > 0:
       fixed *= size
   if [int(s) for _, s in mesh].count(-1) > 1:
     raise ConfigError("config.parallel.mesh has more than one -1 axis")
   if int(config.batch_size) % fixed:
-    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible"
-                      f" by the fixed data-parallel mesh axes (product {fixed}"
-                      " of the 'data'/'fsdp' sizes in config.parallel.mesh)")
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible"
+        f" by the fixed data-parallel mesh axes (product {fixed}"
+        " of the 'data'/'fsdp' sizes in config.parallel.mesh)"
+    )
 
 
 def _check_evals(evals: Any) -> None:
-  for name in (evals or {}):
+  for name in evals or {}:
     entry = evals[name]
     if not config_lib.get(entry, "type"):
       raise ConfigError(f"config.evals.{name}.type is missing")
     if entry["type"] not in evaluators.EVALUATORS:
-      raise ConfigError(f"config.evals.{name}.type={entry['type']!r} is not an evaluator; "
-                        f"known: {', '.join(evaluators.EVALUATORS)}")
+      raise ConfigError(
+          f"config.evals.{name}.type={entry['type']!r} is not an evaluator; "
+          f"known: {', '.join(evaluators.EVALUATORS)}"
+      )
     _positive(f"evals.{name}.log_steps", config_lib.get(entry, "log_steps", 0))
 
 
@@ -291,14 +320,16 @@ def validate(config: Any) -> Any:
   expose_model_overrides(config)
   for key in ("total_steps", "batch_size", "log_every_steps"):
     _positive(key, config[key])
-  _positive("checkpoint.every_steps", config_lib.get(config.checkpoint, "every_steps"),
-            allow_zero=True)
+  _positive(
+      "checkpoint.every_steps", config_lib.get(config.checkpoint, "every_steps"), allow_zero=True
+  )
   _positive("checkpoint.keep", config_lib.get(config.checkpoint, "keep", 1))
-  _one_of("nonfinite", config_lib.get(config, "nonfinite", "halt"),
-          step_lib.NONFINITE_POLICIES)
+  _one_of("nonfinite", config_lib.get(config, "nonfinite", "halt"), step_lib.NONFINITE_POLICIES)
   if not config_lib.get(config.text, "encoder"):
-    raise ConfigError("config.text.encoder is empty; give a T5 checkpoint "
-                      "directory or a built-in name (byt5-tiny-random)")
+    raise ConfigError(
+        "config.text.encoder is empty; give a T5 checkpoint "
+        "directory or a built-in name (byt5-tiny-random)"
+    )
   if config_lib.get(config.text, "max_length") is not None:
     _positive("text.max_length", config.text.max_length)
   _check_model_and_input(config)

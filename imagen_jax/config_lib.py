@@ -29,8 +29,7 @@ def _convert(key, value, default):
     if isinstance(default, float):
       return float(value)
   except ValueError:
-    raise ValueError(f"Config arg {key}={value!r} is not a "
-                     f"{type(default).__name__}") from None
+    raise ValueError(f"Config arg {key}={value!r} is not a {type(default).__name__}") from None
   return value
 
 
@@ -49,8 +48,7 @@ def parse_arg(arg, **spec):
     key, eq, value = item.partition("=")
     key = key.strip()
     if key not in spec:
-      raise ValueError(f"Unknown config arg {key!r} in {arg!r}; known: "
-                       f"{', '.join(spec)}")
+      raise ValueError(f"Unknown config arg {key!r} in {arg!r}; known: {', '.join(spec)}")
     if not eq:
       if not isinstance(spec[key], bool):
         raise ValueError(f"Config arg {key!r} needs a value ({key}=...)")
@@ -99,57 +97,91 @@ def stage_defaults():
   # Imported here so that `import imagen_jax.config_lib` stays free of jax
   # (data.input_pipeline imports it for `get`); diffusion imports no config.
   from imagen_jax import diffusion  # pylint: disable=import-outside-toplevel
+
   placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
-  c.batch_size = 32                 # global, over all processes and devices
+  c.batch_size = 32  # global, over all processes and devices
   c.log_every_steps = 50
-  c.sample_every_steps = 0          # 0: no periodic sample grids
+  c.sample_every_steps = 0  # 0: no periodic sample grids
   c.sample_prompts = ()
-  c.nonfinite = "halt"              # "skip" | "halt"
-  c.init_from = placeholder(str)    # a checkpoint dir: params only
+  c.nonfinite = "halt"  # "skip" | "halt"
+  c.init_from = placeholder(str)  # a checkpoint dir: params only
   c.resume_from = placeholder(str)  # a checkpoint dir: full state
 
   c.model = ml_collections.ConfigDict(dict(name="", variant="tiny"))
   c.model.overrides = ml_collections.ConfigDict()
 
-  c.diffusion = ml_collections.ConfigDict(dict(
-      schedule="cosine", prediction="eps", loss_weighting="none",
-      min_snr_gamma=5.0, log_snr_min=-20.0, log_snr_max=20.0,
-      aug_schedule="cosine", aug_range=(0.0, 1.0)))
+  c.diffusion = ml_collections.ConfigDict(
+      dict(
+          schedule="cosine",
+          prediction="eps",
+          loss_weighting="none",
+          min_snr_gamma=5.0,
+          log_snr_min=-20.0,
+          log_snr_max=20.0,
+          aug_schedule="cosine",
+          aug_range=(0.0, 1.0),
+      )
+  )
 
-  c.text = ml_collections.ConfigDict(dict(
-      encoder="byt5-tiny-random", max_length=placeholder(int),
-      cache_dir=placeholder(str)))
+  c.text = ml_collections.ConfigDict(
+      dict(encoder="byt5-tiny-random", max_length=placeholder(int), cache_dir=placeholder(str))
+  )
 
-  c.input = ml_collections.ConfigDict(dict(
-      dataset="shapes", split="train", max_objects=3, resolution=64,
-      lowres_resolution=placeholder(int), cond_drop_prob=0.1, num_workers=2,
-      prefetch_batches=2,
-      # Bad data (data/input_pipeline.py): images decoding to more MB are skipped
-      # (from their header); "skip" | "error" for a caption file that is not UTF-8;
-      # manifest/COCO paths that are absolute or have '..' are refused unless
-      # allowed; a record not read within read_timeout_s stops the run.
-      max_decoded_mb=256.0, bad_caption="skip", allow_outside_root=False,
-      read_timeout_s=300.0))
+  c.input = ml_collections.ConfigDict(
+      dict(
+          dataset="shapes",
+          split="train",
+          max_objects=3,
+          resolution=64,
+          lowres_resolution=placeholder(int),
+          cond_drop_prob=0.1,
+          num_workers=2,
+          prefetch_batches=2,
+          # Bad data (data/input_pipeline.py): images decoding to more MB are skipped
+          # (from their header); "skip" | "error" for a caption file that is not UTF-8;
+          # manifest/COCO paths that are absolute or have '..' are refused unless
+          # allowed; a record not read within read_timeout_s stops the run.
+          max_decoded_mb=256.0,
+          bad_caption="skip",
+          allow_outside_root=False,
+          read_timeout_s=300.0,
+      )
+  )
 
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adam", lr=1e-4, warmup_steps=0, decay="constant", b1=0.9,
-      b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0))
+  c.optim = ml_collections.ConfigDict(
+      dict(
+          name="adam",
+          lr=1e-4,
+          warmup_steps=0,
+          decay="constant",
+          b1=0.9,
+          b2=0.999,
+          eps=1e-8,
+          weight_decay=0.0,
+          grad_clip_norm=1.0,
+      )
+  )
   c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))
 
-  c.parallel = ml_collections.ConfigDict(dict(
-      mode="jit", mesh=(("data", -1), ("fsdp", 1)), min_fsdp_size_mb=4.0,
-      logical_rules=()))
+  c.parallel = ml_collections.ConfigDict(
+      dict(mode="jit", mesh=(("data", -1), ("fsdp", 1)), min_fsdp_size_mb=4.0, logical_rules=())
+  )
 
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, async_save=True))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
 
-  c.sampling = ml_collections.ConfigDict(dict(
-      sampler="ddpm", num_steps=256, guidance_scale=1.0,
-      threshold="dynamic", percentile=diffusion.DEFAULT_PERCENTILE,
-      aug_level=0.0))
+  c.sampling = ml_collections.ConfigDict(
+      dict(
+          sampler="ddpm",
+          num_steps=256,
+          guidance_scale=1.0,
+          threshold="dynamic",
+          percentile=diffusion.DEFAULT_PERCENTILE,
+          aug_level=0.0,
+      )
+  )
   c.evals = ml_collections.ConfigDict()
   return c
 
@@ -165,10 +197,12 @@ BUILTIN_DIM = 64
 # scripts/prepare_data.py (e.g. LAION-style webdataset tars), not COCO, whose
 # 2014 val split is the zero-shot FID-30K reference (docs/evaluation.md).
 DEFAULT_DATA = "tfds:laion_subset"
-DATA_HELP = ("tfds:NAME (a TFDS or prepare_data.py dataset; "
-             "--config.input.data_dir) | coco (tfds:coco_captions) | "
-             "coco_json (with annotations= and path= args) | folder (with "
-             "path=) | shapes | a folder path")
+DATA_HELP = (
+    "tfds:NAME (a TFDS or prepare_data.py dataset; "
+    "--config.input.data_dir) | coco (tfds:coco_captions) | "
+    "coco_json (with annotations= and path= args) | folder (with "
+    "path=) | shapes | a folder path"
+)
 # The `:arg` fields of a stage config that name the data (parse_arg specs).
 DATA_ARGS = dict(data=DEFAULT_DATA, path="", annotations="")
 
@@ -184,9 +218,12 @@ def set_dataset(c, data, path="", annotations=""):
   `--config.input.<field>=...` for any of them.
   """
   placeholder = ml_collections.config_dict.placeholder
-  for field, default in (("path", ""), ("manifest", placeholder(str)),
-                         ("annotations", placeholder(str)),
-                         ("data_dir", placeholder(str))):
+  for field, default in (
+      ("path", ""),
+      ("manifest", placeholder(str)),
+      ("annotations", placeholder(str)),
+      ("data_dir", placeholder(str)),
+  ):
     if field not in c.input:
       c.input[field] = default
   c.input.split = "train"
@@ -205,7 +242,8 @@ def set_dataset(c, data, path="", annotations=""):
       raise ValueError(
           f"data={data} needs {' and '.join(f'{k}=...' for k in missing)} in "
           "the config arg, e.g. configs/base64.py:data=coco_json,annotations="
-          "captions_train2014.json,path=train2014 (or data=folder,path=DIR)")
+          "captions_train2014.json,path=train2014 (or data=folder,path=DIR)"
+      )
     c.input.dataset = data
   elif data.startswith("tfds:"):
     if len(data) == len("tfds:"):
@@ -220,16 +258,15 @@ def set_dataset(c, data, path="", annotations=""):
 
 # SR stages, per variant: global batch, total steps, warm-up, FSDP size, dtype.
 SR_SIZES = {
-    "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=4,
-                  dtype="bfloat16"),
-    "small": dict(batch=32, steps=300_000, warmup=10_000, fsdp=1,
-                  dtype="bfloat16"),
+    "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=4, dtype="bfloat16"),
+    "small": dict(batch=32, steps=300_000, warmup=10_000, fsdp=1, dtype="bfloat16"),
     "tiny": dict(batch=8, steps=2_000, warmup=100, fsdp=1, dtype="float32"),
 }
 
 
-def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
-                     crop_size=None, sampling_steps=128):
+def imagen_sr_config(
+    arg, *, model, resolution, lowres_resolution, crop_size=None, sampling_steps=128
+):
   """The shared body of Imagen's SR stage configs (configs/sr256.py, sr1024.py).
 
   `arg` comes from `parse_arg(arg, variant=, runlocal=, steps=, batch=,
@@ -237,8 +274,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   target (the 256->1024 stage), `sampling_steps` is the default sampler length.
   """
   if arg.variant not in SR_SIZES:
-    raise ValueError(f"Unknown variant {arg.variant!r}; allowed: "
-                     f"{', '.join(SR_SIZES)}")
+    raise ValueError(f"Unknown variant {arg.variant!r}; allowed: {', '.join(SR_SIZES)}")
   size = SR_SIZES[arg.variant]
   tiny_text = arg.variant == "tiny" or arg.runlocal
   c = stage_defaults()
@@ -246,7 +282,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.total_steps = arg.steps or size["steps"]
   c.batch_size = arg.batch or size["batch"]
   c.log_every_steps = 100
-  c.sample_every_steps = 0             # SR stages sample only in the cascade
+  c.sample_every_steps = 0  # SR stages sample only in the cascade
   c.nonfinite = "skip" if arg.variant == "paper" else "halt"
 
   c.model.name = model
@@ -255,13 +291,13 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.model.overrides.dtype = size["dtype"]
 
   c.text.encoder = arg.encoder or (BUILTIN_ENCODER if tiny_text else T5_XXL)
-  c.text.max_length = 128               # tokens (T5) or bytes (built-in ByT5)
+  c.text.max_length = 128  # tokens (T5) or bytes (built-in ByT5)
 
-  c.diffusion.schedule = "linear"      # super-resolution stages: linear
+  c.diffusion.schedule = "linear"  # super-resolution stages: linear
   c.diffusion.prediction = "eps"
   c.diffusion.loss_weighting = "none"
   c.diffusion.aug_schedule = "linear"
-  c.diffusion.aug_range = (0.0, 1.0)   # training augmentation level ~ U[0, 1]
+  c.diffusion.aug_range = (0.0, 1.0)  # training augmentation level ~ U[0, 1]
 
   set_dataset(c, arg.data, arg.get("path", ""), arg.get("annotations", ""))
   c.input.resolution = resolution
@@ -273,7 +309,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.input.crop = "centre"
   c.input.random_flip = False
 
-  c.optim.name = "adam"                # Adam for the super-resolution stages
+  c.optim.name = "adam"  # Adam for the super-resolution stages
   c.optim.lr = 1e-4
   c.optim.warmup_steps = size["warmup"]
   c.optim.decay = "constant"
@@ -290,7 +326,7 @@ def imagen_sr_config(arg, *, model, resolution, lowres_resolution,
   c.sampling.sampler = "ddpm"
   c.sampling.num_steps = sampling_steps
   c.sampling.guidance_scale = 5.0
-  c.sampling.threshold = "dynamic"   # at stage_defaults' DEFAULT_PERCENTILE
+  c.sampling.threshold = "dynamic"  # at stage_defaults' DEFAULT_PERCENTILE
   c.sampling.aug_level = 0.0
 
   if arg.runlocal:

@@ -62,70 +62,93 @@ DEFAULT_SETTINGS = (
 
 def heldout_scenes(num: int, seed: int, max_objects: int):
   rng = np.random.default_rng(seed)
-  return [shapes.sample_scene(rng, "heldout", max_objects=max_objects)
-          for _ in range(num)]
+  return [shapes.sample_scene(rng, "heldout", max_objects=max_objects) for _ in range(num)]
 
 
 def scorer_reference(scenes, resolution):
   """(chance, ceiling): mean accuracy on unrelated scenes' and own renders."""
   renders = [shapes.render(s, resolution) for s in scenes]
-  own = shapes_score.mean_scores(
-      [shapes.score(r, s) for r, s in zip(renders, scenes)])
+  own = shapes_score.mean_scores([shapes.score(r, s) for r, s in zip(renders, scenes)])
   shifted = renders[1:] + renders[:1]
-  unrelated = shapes_score.mean_scores(
-      [shapes.score(r, s) for r, s in zip(shifted, scenes)])
+  unrelated = shapes_score.mean_scores([shapes.score(r, s) for r, s in zip(shifted, scenes)])
   return unrelated["accuracy"], own["accuracy"]
 
 
 def train_stages(configs: Sequence, workdir: pathlib.Path, names):
   for name, config in zip(names, configs):
     start = time.perf_counter()
-    logging.info("demo: training stage %s (%d steps) in %s", name,
-                 config.total_steps, workdir / name)
+    logging.info(
+        "demo: training stage %s (%d steps) in %s", name, config.total_steps, workdir / name
+    )
     loop.train_and_evaluate(config, str(workdir / name))
-    logging.info("demo: stage %s done in %.0fs", name,
-                 time.perf_counter() - start)
+    logging.info("demo: stage %s done in %.0fs", name, time.perf_counter() - start)
 
 
-def evaluate(workdirs, scenes, settings: Sequence[Setting], eval_dir,
-             *, num_steps: int, sampler: str, sr_num_steps: int,
-             sr_sampler: str, seed: int = 0):
+def evaluate(
+    workdirs,
+    scenes,
+    settings: Sequence[Setting],
+    eval_dir,
+    *,
+    num_steps: int,
+    sampler: str,
+    sr_num_steps: int,
+    sr_sampler: str,
+    seed: int = 0,
+):
   """Per setting: cascade images for the scenes' captions and their scores."""
   eval_dir.mkdir(parents=True, exist_ok=True)
   captions = [shapes.caption(s) for s in scenes]
-  cascade = sampling.CascadeSampler(
-      [sampling.load_stage(w) for w in workdirs], batch_size=32)
+  cascade = sampling.CascadeSampler([sampling.load_stage(w) for w in workdirs], batch_size=32)
   results, base_results, finals = {}, {}, {}
   for setting in settings:
-    cache = eval_dir / (setting.label.replace(" ", "_").replace(",", "")
-                        .replace("(", "").replace(")", "").replace("=", "")
-                        + ".npz")
+    cache = eval_dir / (
+        setting.label.replace(" ", "_")
+        .replace(",", "")
+        .replace("(", "")
+        .replace(")", "")
+        .replace("=", "")
+        + ".npz"
+    )
     if cache.exists():
       with np.load(cache) as saved:
         images, base = list(saved["images"]), list(saved["base"])
     else:
       # The setting applies to the base, where the text is decided; SR
       # stages upsample unguided from a clean (aug_level 0) low-res input.
-      stage_settings = [sampling.StageSettings(
-          sampler=sampler, num_steps=num_steps,
-          guidance_scale=setting.guidance_scale, threshold=setting.threshold)]
-      stage_settings += [sampling.StageSettings(
-          sampler=sr_sampler, num_steps=sr_num_steps, guidance_scale=1.0,
-          threshold="static", aug_level=0.0)] * (len(workdirs) - 1)
-      images = cascade.sample(captions, seed=seed, settings=stage_settings,
-                              progress=False)
+      stage_settings = [
+          sampling.StageSettings(
+              sampler=sampler,
+              num_steps=num_steps,
+              guidance_scale=setting.guidance_scale,
+              threshold=setting.threshold,
+          )
+      ]
+      stage_settings += [
+          sampling.StageSettings(
+              sampler=sr_sampler,
+              num_steps=sr_num_steps,
+              guidance_scale=1.0,
+              threshold="static",
+              aug_level=0.0,
+          )
+      ] * (len(workdirs) - 1)
+      images = cascade.sample(captions, seed=seed, settings=stage_settings, progress=False)
       np.savez(cache, images=np.stack(images[-1]), base=np.stack(images[0]))
       images, base = list(images[-1]), list(images[0])
-    scores = shapes_score.mean_scores(
-        [shapes.score(img, sc) for img, sc in zip(images, scenes)])
+    scores = shapes_score.mean_scores([shapes.score(img, sc) for img, sc in zip(images, scenes)])
     base_scores = shapes_score.mean_scores(
-        [shapes.score(_at_least(img, MIN_SCORE_RES), sc)
-         for img, sc in zip(base, scenes)])
+        [shapes.score(_at_least(img, MIN_SCORE_RES), sc) for img, sc in zip(base, scenes)]
+    )
     results[setting.label] = scores
     base_results[setting.label] = base_scores
     finals[setting.label] = images
-    logging.info("demo: %-20s accuracy %.3f (base stage %.3f)", setting.label,
-                 scores["accuracy"], base_scores["accuracy"])
+    logging.info(
+        "demo: %-20s accuracy %.3f (base stage %.3f)",
+        setting.label,
+        scores["accuracy"],
+        base_scores["accuracy"],
+    )
   return results, base_results, finals, captions
 
 
@@ -138,11 +161,18 @@ def _at_least(image, size):
   return np.repeat(np.repeat(image, factor, 0), factor, 1)
 
 
-def run_demo(configs, workdir, *, names=("base", "sr1"),
-             num_eval: int = 48, num_steps: int = 24,
-             sampler: str = "dpmpp_2m", sr_num_steps: int = 12,
-             sr_sampler: str = "ddim",
-             settings: Sequence[Setting] = DEFAULT_SETTINGS) -> dict:
+def run_demo(
+    configs,
+    workdir,
+    *,
+    names=("base", "sr1"),
+    num_eval: int = 48,
+    num_steps: int = 24,
+    sampler: str = "dpmpp_2m",
+    sr_num_steps: int = 12,
+    sr_sampler: str = "ddim",
+    settings: Sequence[Setting] = DEFAULT_SETTINGS,
+) -> dict:
   """Trains the stages, evaluates, writes demo_results.json and a grid."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -154,9 +184,15 @@ def run_demo(configs, workdir, *, names=("base", "sr1"),
   final_res = configs[-1].input.resolution
   chance, ceiling = scorer_reference(scenes, final_res)
   results, base_results, finals, captions = evaluate(
-      [workdir / n for n in names], scenes, settings, workdir / "eval",
-      num_steps=num_steps, sampler=sampler, sr_num_steps=sr_num_steps,
-      sr_sampler=sr_sampler)
+      [workdir / n for n in names],
+      scenes,
+      settings,
+      workdir / "eval",
+      num_steps=num_steps,
+      sampler=sampler,
+      sr_num_steps=sr_num_steps,
+      sr_sampler=sr_sampler,
+  )
   wall = time.perf_counter() - start
 
   cols = min(8, len(scenes))
@@ -164,16 +200,15 @@ def run_demo(configs, workdir, *, names=("base", "sr1"),
   for s in settings:
     rows += finals[s.label][:cols]
     labels += [f"{s.label}: {c}" for c in captions[:cols]]
-  grid = sampling.labelled_grid(rows, labels, columns=cols, cell=96,
-                                label_lines=4)
+  grid = sampling.labelled_grid(rows, labels, columns=cols, cell=96, label_lines=4)
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   Image.fromarray(grid).save(workdir / "demo_grid.png")
 
   record = {
       "accuracy": {k: v["accuracy"] for k, v in results.items()},
       "per_attribute": results,
-      "base_stage_accuracy": {k: v["accuracy"]
-                              for k, v in base_results.items()},
+      "base_stage_accuracy": {k: v["accuracy"] for k, v in base_results.items()},
       "base_stage_per_attribute": base_results,
       "chance": chance,
       "ground_truth": ceiling,
@@ -183,12 +218,20 @@ def run_demo(configs, workdir, *, names=("base", "sr1"),
       "eval_split": "heldout",
       "resolution": final_res,
       "base_sampling": {"sampler": sampler, "num_steps": num_steps},
-      "sr_sampling": {"sampler": sr_sampler, "num_steps": sr_num_steps,
-                      "guidance_scale": 1.0, "aug_level": 0.0},
-      "stages": {n: {"model": f"{c.model.name}/{c.model.variant}",
-                     "steps": int(c.total_steps),
-                     "batch_size": int(c.batch_size)}
-                 for n, c in zip(names, configs)},
+      "sr_sampling": {
+          "sampler": sr_sampler,
+          "num_steps": sr_num_steps,
+          "guidance_scale": 1.0,
+          "aug_level": 0.0,
+      },
+      "stages": {
+          n: {
+              "model": f"{c.model.name}/{c.model.variant}",
+              "steps": int(c.total_steps),
+              "batch_size": int(c.batch_size),
+          }
+          for n, c in zip(names, configs)
+      },
       "grid": "demo_grid.png",
   }
   (workdir / "demo_results.json").write_text(json.dumps(record, indent=2))

@@ -16,7 +16,6 @@ class _DropThirdPartyInfo(logging.Filter):
 
 def quiet_third_party():
   """Drops INFO records logged from Orbax/tensorstore code (warnings stay)."""
-  for handler in logging.getLogger().handlers + logging.getLogger(
-      "absl").handlers:
+  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(_DropThirdPartyInfo())
   logging.getLogger("absl").addFilter(_DropThirdPartyInfo())

@@ -29,6 +29,7 @@ from imagen_jax import models
 @dataclasses.dataclass(frozen=True)
 class StagePipeline:
   """A cascade stage: network + schedule + objective + augmentation."""
+
   model: Any
   schedule: diffusion.Schedule
   prediction: str = "eps"
@@ -42,8 +43,7 @@ class StagePipeline:
     diffusion.loss_weight(jnp.zeros(1), self.prediction, self.loss_weighting)
     lo, hi = self.aug_range
     if not 0.0 <= lo <= hi <= 1.0:
-      raise ValueError(
-          f"aug_range={self.aug_range} must satisfy 0 <= min <= max <= 1")
+      raise ValueError(f"aug_range={self.aug_range} must satisfy 0 <= min <= max <= 1")
 
   # ---------------------------------------------------------------- building
   @classmethod
@@ -52,16 +52,18 @@ class StagePipeline:
     m, d = config.model, config.diffusion
     overrides = dict(m.get("overrides", {}) or {})
     model = models.get_model(m.name, m.variant, **overrides)
-    sched_kw = dict(log_snr_min=d.get("log_snr_min", -20.0),
-                    log_snr_max=d.get("log_snr_max", 20.0))
+    sched_kw = dict(log_snr_min=d.get("log_snr_min", -20.0), log_snr_max=d.get("log_snr_max", 20.0))
     schedule = diffusion.get_schedule(d.schedule, **sched_kw)
-    aug_schedule = diffusion.get_schedule(d.get("aug_schedule", d.schedule),
-                                          **sched_kw)
-    return cls(model=model, schedule=schedule, prediction=d.prediction,
-               loss_weighting=d.get("loss_weighting", "none"),
-               min_snr_gamma=d.get("min_snr_gamma", 5.0),
-               aug_schedule=aug_schedule,
-               aug_range=tuple(d.get("aug_range", (0.0, 1.0))))
+    aug_schedule = diffusion.get_schedule(d.get("aug_schedule", d.schedule), **sched_kw)
+    return cls(
+        model=model,
+        schedule=schedule,
+        prediction=d.prediction,
+        loss_weighting=d.get("loss_weighting", "none"),
+        min_snr_gamma=d.get("min_snr_gamma", 5.0),
+        aug_schedule=aug_schedule,
+        aug_range=tuple(d.get("aug_range", (0.0, 1.0))),
+    )
 
   @property
   def resolution(self) -> int:
@@ -78,10 +80,11 @@ class StagePipeline:
   def dummy_inputs(self, batch_size, text_len):
     """Zero inputs of the right shapes, for init / eval_shape / lowering."""
     r = self.resolution
-    out = dict(image=jnp.zeros((batch_size, r, r, 3), jnp.float32),
-               text_emb=jnp.zeros((batch_size, text_len, self.model.text_dim),
-                                  jnp.float32),
-               text_mask=jnp.ones((batch_size, text_len), bool))
+    out = dict(
+        image=jnp.zeros((batch_size, r, r, 3), jnp.float32),
+        text_emb=jnp.zeros((batch_size, text_len, self.model.text_dim), jnp.float32),
+        text_mask=jnp.ones((batch_size, text_len), bool),
+    )
     if self.is_super_resolution:
       lr = self.lowres_resolution
       out["lowres"] = jnp.zeros((batch_size, lr, lr, 3), jnp.float32)
@@ -94,20 +97,21 @@ class StagePipeline:
     lowres_kw = {}
     if self.is_super_resolution:
       lowres_kw = dict(lowres=b["lowres"], lowres_log_snr=zeros)
-    return self.model.init(rng, b["image"], zeros, b["text_emb"],
-                           b["text_mask"], train=False, **lowres_kw)
+    return self.model.init(
+        rng, b["image"], zeros, b["text_emb"], b["text_mask"], train=False, **lowres_kw
+    )
 
   # ---------------------------------------------------------------- network
-  def apply(self, params, x_t, t, text_emb, text_mask, *, lowres=None,
-            aug_t=None, train=False):
+  def apply(self, params, x_t, t, text_emb, text_mask, *, lowres=None, aug_t=None, train=False):
     """The network's prediction at times t [B] (and augmentation times)."""
     kw = {}
     if self.is_super_resolution:
       if lowres is None or aug_t is None:
         raise ValueError("a super-resolution stage needs lowres and aug_t")
       kw = dict(lowres=lowres, lowres_log_snr=self.aug_schedule.log_snr(aug_t))
-    return self.model.apply({"params": params}, x_t, self.schedule.log_snr(t),
-                            text_emb, text_mask, train=train, **kw)
+    return self.model.apply(
+        {"params": params}, x_t, self.schedule.log_snr(t), text_emb, text_mask, train=train, **kw
+    )
 
   # ---------------------------------------------------------------- training
   def loss_fn(self, params, batch, rng):
@@ -124,23 +128,28 @@ class StagePipeline:
     lowres = aug_t = None
     if self.is_super_resolution:
       lowres, aug_t = diffusion.augment_lowres(
-          batch["lowres"], aug_rng, schedule=self.aug_schedule,
-          aug_range=self.aug_range)
+          batch["lowres"], aug_rng, schedule=self.aug_schedule, aug_range=self.aug_range
+      )
 
     def denoise(x_t, t):
-      return self.apply(params, x_t, t, text_emb, text_mask, lowres=lowres,
-                        aug_t=aug_t, train=True)
+      return self.apply(params, x_t, t, text_emb, text_mask, lowres=lowres, aug_t=aug_t, train=True)
 
     per_example, aux = diffusion.diffusion_loss(
-        denoise, batch["image"], loss_rng, schedule=self.schedule,
-        prediction=self.prediction, weighting=self.loss_weighting,
-        min_snr_gamma=self.min_snr_gamma)
+        denoise,
+        batch["image"],
+        loss_rng,
+        schedule=self.schedule,
+        prediction=self.prediction,
+        weighting=self.loss_weighting,
+        min_snr_gamma=self.min_snr_gamma,
+    )
     loss = jnp.mean(per_example)
     return loss, {"loss": loss, "mse": jnp.mean(aux["mse"])}
 
   # ---------------------------------------------------------------- sampling
-  def denoise_fn(self, params, text_emb, text_mask, guidance_scale: float = 1.0,
-                 *, lowres=None, aug_t=None):
+  def denoise_fn(
+      self, params, text_emb, text_mask, guidance_scale: float = 1.0, *, lowres=None, aug_t=None
+  ):
     """The guided ``denoise_fn(x_t, t)`` for ``diffusion.sample``.
 
     With a Python guidance_scale == 1 only the conditional pass runs;
@@ -149,25 +158,39 @@ class StagePipeline:
     batch and run as one forward pass, then combined with ``diffusion.cfg``.
     """
     if not is_guided(guidance_scale):
-      return lambda x_t, t: self.apply(params, x_t, t, text_emb, text_mask,
-                                       lowres=lowres, aug_t=aug_t)
+      return lambda x_t, t: self.apply(
+          params, x_t, t, text_emb, text_mask, lowres=lowres, aug_t=aug_t
+      )
     null_emb, null_mask = null_text(text_emb, text_mask, True)
     emb2 = jnp.concatenate([text_emb, null_emb])
     mask2 = jnp.concatenate([text_mask, null_mask])
     double = lambda a: None if a is None else jnp.concatenate([a, a])
 
     def guided(x_t, t):
-      pred = self.apply(params, double(x_t), double(t), emb2, mask2,
-                        lowres=double(lowres), aug_t=double(aug_t))
+      pred = self.apply(
+          params, double(x_t), double(t), emb2, mask2, lowres=double(lowres), aug_t=double(aug_t)
+      )
       cond, uncond = jnp.split(pred, 2)
       return diffusion.cfg(cond, uncond, guidance_scale)
 
     return guided
 
-  def sample(self, params, text_emb, text_mask, rng, *, sampler="ddpm",
-             num_steps=64, guidance_scale=1.0, threshold="dynamic",
-             percentile=diffusion.DEFAULT_PERCENTILE, max_value=None,
-             lowres=None, aug_level=0.0):
+  def sample(
+      self,
+      params,
+      text_emb,
+      text_mask,
+      rng,
+      *,
+      sampler="ddpm",
+      num_steps=64,
+      guidance_scale=1.0,
+      threshold="dynamic",
+      percentile=diffusion.DEFAULT_PERCENTILE,
+      max_value=None,
+      lowres=None,
+      aug_level=0.0,
+  ):
     """Samples images in [-1, 1] for the given text (and low-res input)."""
     batch = text_emb.shape[0]
     aug_rng, sample_rng = jax.random.split(rng)
@@ -176,14 +199,22 @@ class StagePipeline:
       if lowres is None:
         raise ValueError("a super-resolution stage needs a low-res input")
       lowres, aug_t = diffusion.augment_lowres(
-          lowres, aug_rng, schedule=self.aug_schedule, aug_level=aug_level)
-    fn = self.denoise_fn(params, text_emb, text_mask, guidance_scale,
-                         lowres=lowres, aug_t=aug_t)
+          lowres, aug_rng, schedule=self.aug_schedule, aug_level=aug_level
+      )
+    fn = self.denoise_fn(params, text_emb, text_mask, guidance_scale, lowres=lowres, aug_t=aug_t)
     r = self.resolution
     return diffusion.sample(
-        fn, (batch, r, r, 3), sample_rng, schedule=self.schedule,
-        sampler=sampler, num_steps=num_steps, prediction=self.prediction,
-        threshold=threshold, percentile=percentile, max_value=max_value)
+        fn,
+        (batch, r, r, 3),
+        sample_rng,
+        schedule=self.schedule,
+        sampler=sampler,
+        num_steps=num_steps,
+        prediction=self.prediction,
+        threshold=threshold,
+        percentile=percentile,
+        max_value=max_value,
+    )
 
 
 def is_guided(guidance_scale) -> bool:

@@ -9,6 +9,7 @@ The .pth is read with `torch.load(..., weights_only=True)` (no pickled code runs
 network before it is written. Get the .pth (on a machine with network access) from
 https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
 """
+
 import os
 
 from absl import app
@@ -18,8 +19,11 @@ import numpy as np
 from imagen_jax.evaluation import inception
 
 _INPUT = flags.DEFINE_string("input", None, "pytorch-fid .pth state dict.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path (default: the default "
-                              "weights location, ~/.cache/imagen_jax/).")
+_OUTPUT = flags.DEFINE_string(
+    "output",
+    None,
+    "Output .npz path (default: the default weights location, ~/.cache/imagen_jax/).",
+)
 
 
 def convert(src: str, dst: str) -> str:

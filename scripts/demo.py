@@ -10,6 +10,7 @@ The default cascade is base 16x16 -> sr1 32x32 (configs/shapes.py); add the
 32 -> 64 stage with --num_stages 3. On a CPU it trains on one virtual device
 per core (--cpu_devices; XLA:CPU runs each convolution on one core).
 """
+
 import os
 
 from absl import app
@@ -23,23 +24,27 @@ from imagen_jax import log_filter
 
 _CONFIGS = {
     name: config_flags.DEFINE_config_file(
-        f"{name}_config", f"configs/shapes.py:stage={name}",
-        f"Config of the {name} stage.", lock_config=True)
-    for name in ("base", "sr1", "sr2")}
+        f"{name}_config",
+        f"configs/shapes.py:stage={name}",
+        f"Config of the {name} stage.",
+        lock_config=True,
+    )
+    for name in ("base", "sr1", "sr2")
+}
 _NUM_STAGES = flags.DEFINE_integer(
-    "num_stages", 2, "Train and sample the first N stages (1-3): base 16x16,"
-    " sr1 32x32, sr2 64x64.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Demo directory.",
-                               required=True)
+    "num_stages", 2, "Train and sample the first N stages (1-3): base 16x16, sr1 32x32, sr2 64x64."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Demo directory.", required=True)
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Held-out eval captions.")
-_STEPS = flags.DEFINE_integer("num_steps", 24,
-                              "Base sampler (dpmpp_2m) steps.")
-_SR_STEPS = flags.DEFINE_integer("sr_num_steps", 12,
-                                 "SR sampler (ddim) steps.")
+_STEPS = flags.DEFINE_integer("num_steps", 24, "Base sampler (dpmpp_2m) steps.")
+_SR_STEPS = flags.DEFINE_integer("sr_num_steps", 12, "SR sampler (ddim) steps.")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", -1, "Virtual CPU devices (data-parallel): -1, one per core "
+    "cpu_devices",
+    -1,
+    "Virtual CPU devices (data-parallel): -1, one per core "
     "that divides every stage's batch; ignored where XLA_FLAGS already sets "
-    "--xla_force_host_platform_device_count or JAX runs on an accelerator.")
+    "--xla_force_host_platform_device_count or JAX runs on an accelerator.",
+)
 _DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
@@ -67,22 +72,33 @@ def main(argv):
   jax.config.update("jax_threefry_partitionable", True)
   if not 1 <= _NUM_STAGES.value <= 3:
     raise app.UsageError(f"--num_stages={_NUM_STAGES.value} must be 1-3")
-  names = list(_CONFIGS)[:_NUM_STAGES.value]
+  names = list(_CONFIGS)[: _NUM_STAGES.value]
   configs = [_CONFIGS[n].value for n in names]
   asked = _set_cpu_devices(configs)
   logging.info("JAX devices: %d x %s", jax.device_count(), jax.devices()[0].device_kind)
   if asked and jax.default_backend() == "cpu" and jax.local_device_count() != asked:
-    logging.warning("Asked XLA for %d CPU devices, got %d: JAX's CPU backend had started "
-                    "before XLA_FLAGS was set. Set XLA_FLAGS=%s=%d before starting.",
-                    asked, jax.local_device_count(), _DEVICES_FLAG, asked)
-  record = demo.run_demo(configs, _WORKDIR.value,
-                         names=names, num_eval=_NUM_EVAL.value,
-                         num_steps=_STEPS.value,
-                         sr_num_steps=_SR_STEPS.value)
+    logging.warning(
+        "Asked XLA for %d CPU devices, got %d: JAX's CPU backend had started "
+        "before XLA_FLAGS was set. Set XLA_FLAGS=%s=%d before starting.",
+        asked,
+        jax.local_device_count(),
+        _DEVICES_FLAG,
+        asked,
+    )
+  record = demo.run_demo(
+      configs,
+      _WORKDIR.value,
+      names=names,
+      num_eval=_NUM_EVAL.value,
+      num_steps=_STEPS.value,
+      sr_num_steps=_SR_STEPS.value,
+  )
   print(demo.format_table(record))
-  print(f"wall time {record['wall_seconds']:.0f}s; results in "
-        f"{_WORKDIR.value}/demo_results.json, grid in "
-        f"{_WORKDIR.value}/demo_grid.png")
+  print(
+      f"wall time {record['wall_seconds']:.0f}s; results in "
+      f"{_WORKDIR.value}/demo_results.json, grid in "
+      f"{_WORKDIR.value}/demo_grid.png"
+  )
   logging.flush()
 
 

@@ -23,6 +23,7 @@ does: imagen_jax/launch/actions.py; the commands, what runs on the workers and w
 stand-in gcloud must do: imagen_jax/launch/tpu_vm.py; the JobSet's fields:
 imagen_jax/launch/gke.py.
 """
+
 import pathlib
 
 from absl import app
@@ -40,39 +41,51 @@ flags.DEFINE_string("project", None, "Google Cloud project (default: gcloud's)."
 flags.DEFINE_bool("internal_ip", False, "ssh/scp: --internal-ip.")
 flags.DEFINE_bool("tunnel_through_iap", False, "ssh/scp: --tunnel-through-iap.")
 flags.DEFINE_bool("dry_run", False, "Print the commands, run none.")
-flags.DEFINE_string("accelerator_type", None, "create/manifest: v4-32, v5litepod-16, "
-                    "v5p-64, v6e-8, ...")
+flags.DEFINE_string(
+    "accelerator_type", None, "create/manifest: v4-32, v5litepod-16, v5p-64, v6e-8, ..."
+)
 flags.DEFINE_string("version", None, "create: TPU VM software version.")
 flags.DEFINE_bool("spot", False, "create: a Spot slice.")
 flags.DEFINE_bool("best_effort", False, "create --queued_resource: best effort.")
-flags.DEFINE_string("queued_resource", None, "create/wait/delete: through this "
-                    "queued resource (`gcloud compute tpus queued-resources`).")
-flags.DEFINE_float("wait_timeout", 0, "create/wait: seconds to wait for "
-                   "ACTIVE (0: no limit).")
+flags.DEFINE_string(
+    "queued_resource",
+    None,
+    "create/wait/delete: through this queued resource (`gcloud compute tpus queued-resources`).",
+)
+flags.DEFINE_float("wait_timeout", 0, "create/wait: seconds to wait for ACTIVE (0: no limit).")
 flags.DEFINE_float("poll_seconds", 30, "create/wait: seconds between state checks.")
 flags.DEFINE_bool("create", False, "run: create the slice first.")
 flags.DEFINE_bool("setup", False, "run: copy the code and install first.")
 flags.DEFINE_string("repo", str(REPO), "copy/setup: the checkout to copy.")
-flags.DEFINE_string("python", "python3", "install: the workers' Python (>= 3.11) "
-                    "that creates ~/imagen_jax/.venv; manifest: the image's Python.")
+flags.DEFINE_string(
+    "python",
+    "python3",
+    "install: the workers' Python (>= 3.11) "
+    "that creates ~/imagen_jax/.venv; manifest: the image's Python.",
+)
 flags.DEFINE_string("jax_package", "jax[tpu]", "install: the JAX requirement.")
 flags.DEFINE_string("config", None, "run/manifest: FILE.py[:ARG] (in the repo).")
 flags.DEFINE_string("workdir", None, "run/manifest: a gs:// path all workers see.")
-flags.DEFINE_multi_string("train_flag", [], "run/manifest: a train.py flag "
-                          "passed on verbatim (--num_processes=2).")
-flags.DEFINE_string("process_id_env", None, "run: pass --process_id=\"$VAR\" "
-                    "from this variable of each worker's shell.")
+flags.DEFINE_multi_string(
+    "train_flag", [], "run/manifest: a train.py flag passed on verbatim (--num_processes=2)."
+)
+flags.DEFINE_string(
+    "process_id_env",
+    None,
+    'run: pass --process_id="$VAR" ' "from this variable of each worker's shell.",
+)
 flags.DEFINE_string("job", None, "Name of the job's logs (default: from workdir).")
 flags.DEFINE_bool("detach", False, "run: start and return at once.")
 flags.DEFINE_multi_string("env", [], "run/manifest: KEY=VALUE for train.py.")
-flags.DEFINE_string("local_log_dir", None, "run/logs: the log directory here "
-                    "(default tpu_logs/<tpu>).")
+flags.DEFINE_string(
+    "local_log_dir", None, "run/logs: the log directory here (default tpu_logs/<tpu>)."
+)
 flags.DEFINE_string("image", None, "manifest: the container image.")
 flags.DEFINE_integer("num_slices", 1, "manifest: slices (JobSet replicas).")
-flags.DEFINE_string("topology", None, "manifest: the slice topology (default: "
-                    "from --accelerator_type).")
-flags.DEFINE_string("container_dir", "/imagen_jax", "manifest: the checkout "
-                    "in the image.")
+flags.DEFINE_string(
+    "topology", None, "manifest: the slice topology (default: from --accelerator_type)."
+)
+flags.DEFINE_string("container_dir", "/imagen_jax", "manifest: the checkout in the image.")
 flags.DEFINE_integer("max_restarts", 3, "manifest: JobSet restarts.")
 flags.DEFINE_string("manifest_out", "-", "manifest: YAML file ('-': stdout).")
 

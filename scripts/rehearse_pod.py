@@ -9,6 +9,7 @@ commands: prepare_data.py, precompute_text_embeddings.py, launch_tpu.py (copy, r
 run again), sample.py, eval_fid.py. Writes OUT/rehearsal.json and prints a table; exits 1
 unless every phase passed. The phases: imagen_jax/rehearsal/run.py.
 """
+
 import json
 import sys
 
@@ -28,9 +29,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   result = rehearsal.Rehearsal(
-      _OUT.value, num_workers=_WORKERS.value, devices_per_worker=_DEVICES.value,
-      base_steps=_BASE_STEPS.value, sr_steps=_SR_STEPS.value,
-      log=lambda line: print(line, flush=True)).run()
+      _OUT.value,
+      num_workers=_WORKERS.value,
+      devices_per_worker=_DEVICES.value,
+      base_steps=_BASE_STEPS.value,
+      sr_steps=_SR_STEPS.value,
+      log=lambda line: print(line, flush=True),
+  ).run()
   print(rehearsal.table(result))
   print(json.dumps({"rehearsal": f"{_OUT.value}/rehearsal.json", "ok": result["ok"]}))
   sys.exit(0 if result["ok"] else 1)

@@ -12,6 +12,7 @@ one value per stage, e.g. `--guidance_scale 5,1 --sampler ddpm,ddim`.
 Flag names: imagen_jax/sampling/cli_flags.py (`--workdir_sr256`, `--workdir_sr1024` and
 `--outdir` are deprecated aliases of `--workdir_sr1`, `--workdir_sr2` and `--output_dir`).
 """
+
 import json
 import time
 
@@ -24,15 +25,17 @@ from imagen_jax.storage import paths
 
 _WORKDIRS = cli_flags.define_workdirs()
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
-_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None,
-                                    "One prompt a line (local or gs://).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "One prompt a line (local or gs://).")
 _NUM = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUT = cli_flags.define_output_dir("samples", "Output directory (local or gs://).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per device batch.")
 _TEXT_ENCODER = flags.DEFINE_string(
-    "text_encoder", None, "T5 directory (local or gs://) or built-in name to use instead "
-    "of the one saved in the stages' configs; its width must match every stage's.")
+    "text_encoder",
+    None,
+    "T5 directory (local or gs://) or built-in name to use instead "
+    "of the one saved in the stages' configs; its width must match every stage's.",
+)
 _PER_STAGE = cli_flags.define_per_stage()
 flags.adopt_module_key_flags(cli_flags)  # --help lists them with this script's flags
 
@@ -52,25 +55,35 @@ def main(argv):
   per = cli_flags.per_stage(_PER_STAGE, len(workdirs))
   stages = [sampling.load_stage(w) for w in workdirs]
   settings = cli_flags.stage_settings(stages, per)
-  sampler = sampling.CascadeSampler(stages, settings,
-                                    batch_size=_BATCH.value,
-                                    text_encoder=_TEXT_ENCODER.value)
+  sampler = sampling.CascadeSampler(
+      stages, settings, batch_size=_BATCH.value, text_encoder=_TEXT_ENCODER.value
+  )
   expanded = [p for p in prompts for _ in range(_NUM.value)]
   start = time.perf_counter()
   images = sampler.sample(expanded, seed=_SEED.value)
   seconds = time.perf_counter() - start
   record = {
-      "prompts": prompts, "num_samples": _NUM.value, "seed": _SEED.value,
-      "stages": [{"workdir": s.workdir, "checkpoint_step": s.step,
-                  "model": f"{s.config.model.name}/{s.config.model.variant}",
-                  "settings": st} for s, st in zip(stages, settings)],
+      "prompts": prompts,
+      "num_samples": _NUM.value,
+      "seed": _SEED.value,
+      "stages": [
+          {
+              "workdir": s.workdir,
+              "checkpoint_step": s.step,
+              "model": f"{s.config.model.name}/{s.config.model.variant}",
+              "settings": st,
+          }
+          for s, st in zip(stages, settings)
+      ],
       "text_encoder": _TEXT_ENCODER.value,
       "seconds": seconds,
   }
   sampling.write_samples(_OUT.value, prompts, images[-1], _NUM.value, record)
   print(json.dumps({"outdir": _OUT.value, "images": len(expanded)}))
-  print(f"{len(expanded)} images in {seconds:.1f}s: "
-        f"{len(expanded) / seconds:.2f} images/s (incl. compilation)")
+  print(
+      f"{len(expanded)} images in {seconds:.1f}s: "
+      f"{len(expanded) / seconds:.2f} images/s (incl. compilation)"
+  )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from ml_collections import config_flags
 from imagen_jax.models import registry
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Stage config file (path:arg).", lock_config=True)
+    "config", None, "Stage config file (path:arg).", lock_config=True
+)
 _MODEL = flags.DEFINE_string("model", None, "Registry name, without --config.")
 _VARIANT = flags.DEFINE_string("variant", "paper", "Registry variant.")
 _TEXT_LEN = flags.DEFINE_integer("text_len", 128, "Text tokens per example.")
@@ -58,17 +59,19 @@ def model_from_flags():
 def abstract_inputs(model, batch: int, text_len: int):
   """ShapeDtypeStructs for the network call: (args, kwargs)."""
   r, f32 = model.resolution, jnp.float32
-  args = (jax.ShapeDtypeStruct((batch, r, r, model.in_channels), f32),
-          jax.ShapeDtypeStruct((batch,), f32),
-          jax.ShapeDtypeStruct((batch, text_len, model.text_dim), f32),
-          jax.ShapeDtypeStruct((batch, text_len), jnp.bool_))
+  args = (
+      jax.ShapeDtypeStruct((batch, r, r, model.in_channels), f32),
+      jax.ShapeDtypeStruct((batch,), f32),
+      jax.ShapeDtypeStruct((batch, text_len, model.text_dim), f32),
+      jax.ShapeDtypeStruct((batch, text_len), jnp.bool_),
+  )
   kwargs = {}
   if model.lowres_resolution is not None:
     lr = model.lowres_resolution
     kwargs = dict(
-        lowres=jax.ShapeDtypeStruct((batch, lr, lr, model.lowres_channels),
-                                    f32),
-        lowres_log_snr=jax.ShapeDtypeStruct((batch,), f32))
+        lowres=jax.ShapeDtypeStruct((batch, lr, lr, model.lowres_channels), f32),
+        lowres_log_snr=jax.ShapeDtypeStruct((batch,), f32),
+    )
   return args, kwargs
 
 
@@ -76,7 +79,8 @@ def summarize(model, text_len: int = 128):
   """(abstract params, param count, forward GFLOPs per example)."""
   args, kwargs = abstract_inputs(model, 1, text_len)
   variables = jax.eval_shape(
-      lambda *a, **k: model.init(jax.random.key(0), *a, **k), *args, **kwargs)
+      lambda *a, **k: model.init(jax.random.key(0), *a, **k), *args, **kwargs
+  )
   params = variables["params"]
   count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
   lowered = jax.jit(model.apply).lower(variables, *args, **kwargs)
@@ -91,9 +95,11 @@ def main(argv):
   del argv
   model, text_len = model_from_flags()
   params, count, gflops = summarize(model, text_len)
-  print(f"model: {type(model).__name__} resolution={model.resolution} "
-        f"lowres_resolution={model.lowres_resolution} "
-        f"text_dim={model.text_dim} text_len={text_len}")
+  print(
+      f"model: {type(model).__name__} resolution={model.resolution} "
+      f"lowres_resolution={model.lowres_resolution} "
+      f"text_dim={model.text_dim} text_len={text_len}"
+  )
   if _BREAKDOWN.value:
     per_module = collections.Counter()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):

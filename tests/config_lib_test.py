@@ -4,12 +4,12 @@ from imagen_jax import config_lib
 
 
 def test_parse_arg_semantics():
-  a = config_lib.parse_arg("variant=tiny,runlocal,steps=3,lr=0.5",
-                           variant="paper", runlocal=False, steps=10, lr=1.0)
+  a = config_lib.parse_arg(
+      "variant=tiny,runlocal,steps=3,lr=0.5", variant="paper", runlocal=False, steps=10, lr=1.0
+  )
   assert (a.variant, a.runlocal, a.steps, a.lr) == ("tiny", True, 3, 0.5)
   assert config_lib.parse_arg("small", variant="paper").variant == "small"
-  assert config_lib.parse_arg("runlocal", variant="paper",
-                              runlocal=False).runlocal is True
+  assert config_lib.parse_arg("runlocal", variant="paper", runlocal=False).runlocal is True
   assert config_lib.parse_arg(None, variant="paper").variant == "paper"
   assert config_lib.parse_arg("runlocal=false", runlocal=True).runlocal is False
 

@@ -7,6 +7,7 @@ compiled once is then reused from a fresh directory that lives as long as the se
 (the environment variable reaches the subprocesses too). Set JAX_COMPILATION_CACHE_DIR to
 use another directory, or to an empty string to compile everything afresh.
 """
+
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ import pytest  # noqa: E402
 def gcs_emulator(tmp_path_factory):
   """One fake-gcs-server for the session (filesystem backend under a temp dir)."""
   from imagen_jax.storage import emulator  # pylint: disable=import-outside-toplevel
+
   server = emulator.GcsEmulator(tmp_path_factory.mktemp("gcs") / "root").start()
   yield server
   server.stop()

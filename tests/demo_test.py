@@ -1,4 +1,5 @@
 """The embedded-default job (scripts/demo.py) at test size."""
+
 import json
 import pathlib
 import subprocess
@@ -20,8 +21,7 @@ def test_heldout_scenes_and_scorer_reference():
   chance, ceiling = demo.scorer_reference(scenes, 32)
   assert ceiling > 0.95
   assert chance < 0.7
-  table = demo.format_table({"accuracy": {"w=1": 0.5}, "chance": chance,
-                             "ground_truth": ceiling})
+  table = demo.format_table({"accuracy": {"w=1": 0.5}, "chance": chance, "ground_truth": ceiling})
   assert "w=1" in table and f"{chance:.3f}" in table
 
 
@@ -35,14 +35,18 @@ def test_cpu_device_count_divides_every_batch():
 
 @pytest.mark.slow
 def test_demo_script_end_to_end_and_resume(tmp_path):
-  cmd = [sys.executable, str(ROOT / "scripts/demo.py"),
-         f"--workdir={tmp_path}",
-         "--base_config=configs/shapes.py:stage=base,runlocal",
-         "--sr1_config=configs/shapes.py:stage=sr1,runlocal",
-         "--num_stages=2",
-         "--num_eval=4", "--num_steps=2", "--sr_num_steps=2"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                        cwd=ROOT)
+  cmd = [
+      sys.executable,
+      str(ROOT / "scripts/demo.py"),
+      f"--workdir={tmp_path}",
+      "--base_config=configs/shapes.py:stage=base,runlocal",
+      "--sr1_config=configs/shapes.py:stage=sr1,runlocal",
+      "--num_stages=2",
+      "--num_eval=4",
+      "--num_steps=2",
+      "--sr_num_steps=2",
+  ]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   record = json.loads((tmp_path / "demo_results.json").read_text())
   assert set(record["accuracy"]) == {s.label for s in demo.DEFAULT_SETTINGS}
@@ -51,8 +55,7 @@ def test_demo_script_end_to_end_and_resume(tmp_path):
   assert (tmp_path / "demo_grid.png").exists()
   first = dict(record["accuracy"])
   # A rerun resumes: no training, cached samples, the same numbers.
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                        cwd=ROOT)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   again = json.loads((tmp_path / "demo_results.json").read_text())
   assert again["accuracy"] == first

@@ -6,6 +6,7 @@ sub-package and top-level module of imagen_jax has exactly one rule, and no
 rule names a unit that does not exist. The module-level import graph has no
 cycle.
 """
+
 import ast
 import pathlib
 
@@ -25,30 +26,62 @@ ALLOWED = {
     # diffusion only inside the stage defaults (DEFAULT_PERCENTILE), so that
     # importing config_lib stays free of jax.
     "config_lib": {"diffusion"},
-    "config_check": {"models", "diffusion", "config_lib", "train", "parallel",
-                     "evaluation", "data"},
+    "config_check": {
+        "models",
+        "diffusion",
+        "config_lib",
+        "train",
+        "parallel",
+        "evaluation",
+        "data",
+    },
     "parallel": set(),
     "pipeline": {"diffusion", "models"},
-    "sampling": {"diffusion", "models", "text", "pipeline", "parallel",
-                 "config_lib", "data", "train", "storage"},
-    "evaluation": {"data", "diffusion", "sampling", "text", "parallel",
-                   "storage"},
+    "sampling": {
+        "diffusion",
+        "models",
+        "text",
+        "pipeline",
+        "parallel",
+        "config_lib",
+        "data",
+        "train",
+        "storage",
+    },
+    "evaluation": {"data", "diffusion", "sampling", "text", "parallel", "storage"},
     "log_filter": set(),
     "launch": {"config_check"},  # the sweep validates each run's config
     "demo": {"sampling", "data", "train", "config_lib", "storage"},
-    "train": {"pipeline", "data", "parallel", "evaluation", "diffusion",
-              "models", "text", "config_lib", "sampling", "config_check",
-              "storage"},
+    "train": {
+        "pipeline",
+        "data",
+        "parallel",
+        "evaluation",
+        "diffusion",
+        "models",
+        "text",
+        "config_lib",
+        "sampling",
+        "config_check",
+        "storage",
+    },
     # Benchmark tooling sits on top of the trainer, never under it.
-    "perf": {"pipeline", "data", "parallel", "train", "models", "diffusion",
-             "config_lib", "text", "storage", "sampling"},
+    "perf": {
+        "pipeline",
+        "data",
+        "parallel",
+        "train",
+        "models",
+        "diffusion",
+        "config_lib",
+        "text",
+        "storage",
+        "sampling",
+    },
 }
 
 # Directions that must stay closed even if a rule is widened by mistake.
-FORBIDDEN = {
-    "train": {"perf"},
-    "evaluation": {"train", "pipeline"},
-}
+FORBIDDEN = {"train": {"perf"}, "evaluation": {"train", "pipeline"}}
 
 
 def _modules():
@@ -90,7 +123,7 @@ def _imported_names(path):
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        up = package.split(".")[:len(package.split(".")) - node.level + 1]
+        up = package.split(".")[: len(package.split(".")) - node.level + 1]
         base = ".".join(up + ([base] if base else []))
       if base:
         yield node.lineno, base
@@ -107,25 +140,26 @@ def _project_imports(path):
 
 def test_rules_name_exactly_the_real_units():
   units = _units()
-  assert not set(ALLOWED) - units, (
-      f"ALLOWED has rules for units that do not exist: "
-      f"{sorted(set(ALLOWED) - units)}")
-  assert not units - set(ALLOWED), (
-      f"imagen_jax units without an import rule: {sorted(units - set(ALLOWED))}")
+  assert (
+      not set(ALLOWED) - units
+  ), f"ALLOWED has rules for units that do not exist: {sorted(set(ALLOWED) - units)}"
+  assert not units - set(
+      ALLOWED
+  ), f"imagen_jax units without an import rule: {sorted(units - set(ALLOWED))}"
   for owner, allowed in {**ALLOWED, **FORBIDDEN}.items():
-    assert allowed <= units, (
-        f"the rule for {owner!r} names units that do not exist: "
-        f"{sorted(allowed - units)}")
+    assert (
+        allowed <= units
+    ), f"the rule for {owner!r} names units that do not exist: {sorted(allowed - units)}"
 
 
 def test_forbidden_directions_stay_closed():
   for owner, forbidden in FORBIDDEN.items():
-    assert not ALLOWED[owner] & forbidden, (
-        f"{owner!r} may not import {sorted(ALLOWED[owner] & forbidden)}")
+    assert (
+        not ALLOWED[owner] & forbidden
+    ), f"{owner!r} may not import {sorted(ALLOWED[owner] & forbidden)}"
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(
-    p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_dependency_direction(path):
   rel = path.relative_to(ROOT)
   owner = _owner(path)
@@ -158,8 +192,7 @@ def _import_graph():
       if target not in modules:
         parent = target.rpartition(".")[0]
         if parent not in modules:
-          unresolved.append(f"{path.relative_to(ROOT.parent)}:{line} "
-                            f"imports {target}")
+          unresolved.append(f"{path.relative_to(ROOT.parent)}:{line} imports {target}")
           continue
         target = parent
       parts = target.split(".")
@@ -220,8 +253,7 @@ def _cycle_in(graph, component):
 
 def test_import_graph_resolves():
   _, unresolved = _import_graph()
-  assert not unresolved, "imports of missing project modules:\n" + "\n".join(
-      unresolved)
+  assert not unresolved, "imports of missing project modules:\n" + "\n".join(unresolved)
 
 
 def test_no_import_cycles():

@@ -2,6 +2,7 @@
 and nothing unused, the requirements files repeat its lists, the sdist carries what the
 README's install commands read and builds a wheel of the package alone, and (slow) that
 wheel installs from PyPI into a fresh virtual environment and imports."""
+
 import ast
 import collections
 import importlib.metadata
@@ -51,8 +52,11 @@ def _sources():
 
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-  names = {n.id for n in ast.walk(handler.type) if isinstance(n, ast.Name)} if handler.type \
+  names = (
+      {n.id for n in ast.walk(handler.type) if isinstance(n, ast.Name)}
+      if handler.type
       else {"ImportError"}
+  )
   return bool(names & {"ImportError", "ModuleNotFoundError"})
 
 
@@ -98,14 +102,20 @@ def test_every_import_is_declared():
     dists = _distributions(name)
     required = sorted(p for p, guarded in where.items() if not guarded)
     if not dists:
-      problems.append(f"`import {name}` ({', '.join(sorted(where))}): no installed "
-                      "distribution provides it (a sibling script? use imagen_jax.*)")
+      problems.append(
+          f"`import {name}` ({', '.join(sorted(where))}): no installed "
+          "distribution provides it (a sibling script? use imagen_jax.*)"
+      )
     elif required and not dists & RUNTIME:
-      problems.append(f"`import {name}` in {', '.join(required)} needs one of {sorted(dists)} "
-                      "in pyproject.toml's dependencies")
+      problems.append(
+          f"`import {name}` in {', '.join(required)} needs one of {sorted(dists)} "
+          "in pyproject.toml's dependencies"
+      )
     elif not dists & (RUNTIME | EXTRAS):
-      problems.append(f"optional `import {name}` ({', '.join(sorted(where))}) needs one of "
-                      f"{sorted(dists)} in an extra of pyproject.toml")
+      problems.append(
+          f"optional `import {name}` ({', '.join(sorted(where))}) needs one of "
+          f"{sorted(dists)} in an extra of pyproject.toml"
+      )
   assert not problems, "\n".join(problems)
 
 
@@ -140,8 +150,13 @@ def test_requirements_files_repeat_pyproject():
 
 def _copy_tree(dest: pathlib.Path) -> pathlib.Path:
   """The checkout's tracked and unignored files (what CI sees), without building in it."""
-  files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                         check=True, capture_output=True, text=True).stdout.split("\0")
+  files = subprocess.run(
+      ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout.split("\0")
   for rel in filter(None, files):
     src = ROOT / rel
     if src.is_file():
@@ -153,8 +168,13 @@ def _copy_tree(dest: pathlib.Path) -> pathlib.Path:
 def _build(tmp_path, *args) -> pathlib.Path:
   src = _copy_tree(tmp_path / "src")
   out = tmp_path / "dist"
-  subprocess.run([sys.executable, "-m", "build", *args, "--outdir", str(out), str(src)],
-                 check=True, capture_output=True, text=True, timeout=600)
+  subprocess.run(
+      [sys.executable, "-m", "build", *args, "--outdir", str(out), str(src)],
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   return out
 
 
@@ -164,7 +184,7 @@ def test_sdist_carries_the_install_files_and_builds_a_wheel_of_the_package(tmp_p
   (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
   with tarfile.open(sdist) as tar:
     top = f"{sdist.name[:-len('.tar.gz')]}/"
-    members = {m.name[len(top):] for m in tar.getmembers()}
+    members = {m.name[len(top) :] for m in tar.getmembers()}
   for name in ("pyproject.toml", "LICENSE", "README.md", *REQUIREMENTS):
     assert name in members, f"{sdist.name} lacks {name}"
   assert "imagen_jax/train/loop.py" in members
@@ -190,13 +210,17 @@ def test_wheel_from_sdist_installs_and_imports_in_a_fresh_venv(tmp_path):
   subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
   python = venv / "bin" / "python"
   start = time.monotonic()
-  subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True,
-                 timeout=1200)
+  subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=1200)
   print(f"pip install of the wheel and its dependencies: {time.monotonic() - start:.0f} s")
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-  probe = ("import imagen_jax, imagen_jax.train.loop, gcsfs, yaml; "
-           "print(imagen_jax.__file__)")
-  got = subprocess.run([str(python), "-c", probe], check=True, capture_output=True,
-                       text=True, cwd=tmp_path, env=dict(env, JAX_PLATFORMS="cpu"),
-                       timeout=300).stdout
+  probe = "import imagen_jax, imagen_jax.train.loop, gcsfs, yaml; print(imagen_jax.__file__)"
+  got = subprocess.run(
+      [str(python), "-c", probe],
+      check=True,
+      capture_output=True,
+      text=True,
+      cwd=tmp_path,
+      env=dict(env, JAX_PLATFORMS="cpu"),
+      timeout=300,
+  ).stdout
   assert str(venv) in got, got

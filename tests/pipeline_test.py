@@ -5,6 +5,7 @@ The reference computations call the network directly (`model.apply`) with the
 null text built here (zero embedding, all-False mask), never through the
 pipeline's own helpers.
 """
+
 import math
 
 import jax
@@ -55,8 +56,11 @@ def _stage(name, prediction, **overrides):
   # of forward passes on two CPU cores.
   model = registry.get_model(name, "tiny", text_dim=16, **overrides)
   pipe = pipeline_lib.StagePipeline(
-      model=model, schedule=diffusion.get_schedule("cosine"),
-      prediction=prediction, aug_schedule=diffusion.get_schedule("linear"))
+      model=model,
+      schedule=diffusion.get_schedule("cosine"),
+      prediction=prediction,
+      aug_schedule=diffusion.get_schedule("linear"),
+  )
   return pipe, _random_params(pipe, seed=1)
 
 
@@ -78,11 +82,11 @@ def _inputs(pipe, seed=0):
       text_emb=jax.random.normal(ks[1], (B, L, pipe.model.text_dim)),
       text_mask=jnp.arange(L)[None, :] < jnp.array([5, 3, 1])[:, None],
       x_t=jax.random.normal(ks[2], (B, r, r, 3)),
-      t=jnp.array([0.2, 0.5, 0.9]))
+      t=jnp.array([0.2, 0.5, 0.9]),
+  )
   if pipe.is_super_resolution:
     lr = pipe.lowres_resolution
-    out["lowres"] = jax.random.uniform(ks[3], (B, lr, lr, 3), minval=-1.0,
-                                       maxval=1.0)
+    out["lowres"] = jax.random.uniform(ks[3], (B, lr, lr, 3), minval=-1.0, maxval=1.0)
     out["aug_t"] = jnp.array([0.0, 0.3, 0.6])
   return out
 
@@ -91,11 +95,10 @@ def _network(pipe, params, emb, mask, inp):
   """The network's prediction at inp's x_t, t, called directly (the reference)."""
   kw = {}
   if pipe.is_super_resolution:
-    kw = dict(lowres=inp["lowres"],
-              lowres_log_snr=pipe.aug_schedule.log_snr(inp["aug_t"]))
-  return pipe.model.apply({"params": params}, inp["x_t"],
-                          pipe.schedule.log_snr(inp["t"]), emb, mask,
-                          train=False, **kw)
+    kw = dict(lowres=inp["lowres"], lowres_log_snr=pipe.aug_schedule.log_snr(inp["aug_t"]))
+  return pipe.model.apply(
+      {"params": params}, inp["x_t"], pipe.schedule.log_snr(inp["t"]), emb, mask, train=False, **kw
+  )
 
 
 def _null(emb, mask):
@@ -105,16 +108,16 @@ def _null(emb, mask):
 def _batch(inp, drop=(False,) * B):
   """A training batch; always with `drop_text` (one pytree structure, so one
   compilation of the loss)."""
-  out = {k: inp[k] for k in ("image", "text_emb", "text_mask", "lowres")
-         if k in inp}
+  out = {k: inp[k] for k in ("image", "text_emb", "text_mask", "lowres") if k in inp}
   return {**out, "drop_text": jnp.array(drop)}
 
 
 def _close(got, want, tol=1e-5):
   """Equal to `tol` relative to the largest |value| (float32 sums in another
   order, e.g. over a doubled batch, differ in the last bits)."""
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
-                             atol=tol * float(np.abs(want).max()))
+  np.testing.assert_allclose(
+      np.asarray(got), np.asarray(want), rtol=0, atol=tol * float(np.abs(want).max())
+  )
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +162,18 @@ def test_caption_dropout_gives_dropped_rows_the_null_text(base, base_loss):
   null_emb, null_mask = _null(emb, mask)
 
   all_dropped = loss(_batch(inp, drop=(True,) * B))
-  explicit_null = loss({**_batch(inp), "text_emb": null_emb,
-                        "text_mask": null_mask})
+  explicit_null = loss({**_batch(inp), "text_emb": null_emb, "text_mask": null_mask})
   np.testing.assert_allclose(all_dropped, explicit_null, rtol=1e-6)
 
   drop = jnp.array([True, False, True])
   some_dropped = loss(_batch(inp, drop=drop))
-  rows_nulled = loss({**_batch(inp),
-                      "text_emb": jnp.where(drop[:, None, None], 0.0, emb),
-                      "text_mask": jnp.where(drop[:, None], False, mask)})
+  rows_nulled = loss(
+      {
+          **_batch(inp),
+          "text_emb": jnp.where(drop[:, None, None], 0.0, emb),
+          "text_mask": jnp.where(drop[:, None], False, mask),
+      }
+  )
   np.testing.assert_allclose(some_dropped, rows_nulled, rtol=1e-6)
 
   none_dropped = loss(_batch(inp))
@@ -180,8 +186,7 @@ def test_unguided_denoise_fn_is_the_conditional_network(base, reference):
   inp, cond, _ = reference("base")
   emb, mask = inp["text_emb"], inp["text_mask"]
   assert not pipeline_lib.is_guided(1.0)
-  got = jax.jit(lambda p: pipe.denoise_fn(p, emb, mask, 1.0)(
-      inp["x_t"], inp["t"]))(params)
+  got = jax.jit(lambda p: pipe.denoise_fn(p, emb, mask, 1.0)(inp["x_t"], inp["t"]))(params)
   _close(got, cond)
 
 
@@ -190,7 +195,8 @@ def test_batched_cfg_equals_two_separate_passes(stage, request, reference):
   pipe, params = request.getfixturevalue(stage)
   inp, cond, uncond = reference(stage)
   assert float(jnp.abs(cond - uncond).max()) > 1e-2 * float(
-      jnp.abs(cond).max())  # the text matters, so the test can fail
+      jnp.abs(cond).max()
+  )  # the text matters, so the test can fail
   emb, mask = inp["text_emb"], inp["text_mask"]
   extra = {k: inp[k] for k in ("lowres", "aug_t") if k in inp}
 
@@ -199,8 +205,7 @@ def test_batched_cfg_equals_two_separate_passes(stage, request, reference):
     return pipe.denoise_fn(p, emb, mask, scale, **extra)(inp["x_t"], inp["t"])
 
   for scale in (0.0, 1.0, 3.0, 7.5):
-    _close(guided(params, jnp.float32(scale)),
-           diffusion.cfg(cond, uncond, scale))
+    _close(guided(params, jnp.float32(scale)), diffusion.cfg(cond, uncond, scale))
 
 
 def test_sampling_shape_range_and_determinism(base):
@@ -209,9 +214,16 @@ def test_sampling_shape_range_and_determinism(base):
 
   @jax.jit
   def sample(p, rng, scale):
-    return pipe.sample(p, inp["text_emb"], inp["text_mask"], rng,
-                       sampler="ddim", num_steps=2, guidance_scale=scale,
-                       threshold="dynamic")
+    return pipe.sample(
+        p,
+        inp["text_emb"],
+        inp["text_mask"],
+        rng,
+        sampler="ddim",
+        num_steps=2,
+        guidance_scale=scale,
+        threshold="dynamic",
+    )
 
   a = sample(params, jax.random.PRNGKey(0), 3.0)
   assert a.shape == (B, pipe.resolution, pipe.resolution, 3)
@@ -230,8 +242,16 @@ def test_sr_sampling_needs_and_uses_the_lowres_input(sr):
 
   @jax.jit
   def sample(p, lowres):
-    return pipe.sample(p, emb, mask, jax.random.PRNGKey(0), sampler="ddpm",
-                       num_steps=2, lowres=lowres, aug_level=0.1)
+    return pipe.sample(
+        p,
+        emb,
+        mask,
+        jax.random.PRNGKey(0),
+        sampler="ddpm",
+        num_steps=2,
+        lowres=lowres,
+        aug_level=0.1,
+    )
 
   a = sample(params, inp["lowres"])
   assert a.shape == (B, pipe.resolution, pipe.resolution, 3)

@@ -53,12 +53,12 @@ from imagen_jax.data import preprocess
 from imagen_jax.data import sources
 from imagen_jax.storage import paths
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif",
-                    ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class Entry(NamedTuple):
   """One listed record: the image, its captions, or why it cannot be used."""
+
   path: str
   captions: list
   skip: tuple[str, str] | None = None  # (reason, detail): a bad record
@@ -84,8 +84,7 @@ def decode_utf8(data: bytes, path: str) -> str:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{path}:{line}: not valid UTF-8 at byte {e.start} "
-                     f"({e.reason})") from None
+    raise ValueError(f"{path}:{line}: not valid UTF-8 at byte {e.start} ({e.reason})") from None
 
 
 def _read_text(path: str) -> str:
@@ -96,18 +95,26 @@ def join_inside(root: str, rel: str, where: str) -> str:
   """`root/rel`; ValueError when `rel` (from `where`) is absolute or has `..`."""
   rel = str(rel)
   parts = rel.replace("\\", "/").split("/")
-  if (not rel or rel.startswith(("/", "\\")) or "://" in rel
-      or os.path.isabs(rel) or ".." in parts
-      or (len(rel) > 2 and rel[1] == ":" and rel[2] in "/\\")):
-    raise ValueError(f"{where}: image path {rel!r} must be relative to the "
-                     f"dataset root {root!r} (no absolute path, no '..')")
+  if (
+      not rel
+      or rel.startswith(("/", "\\"))
+      or "://" in rel
+      or os.path.isabs(rel)
+      or ".." in parts
+      or (len(rel) > 2 and rel[1] == ":" and rel[2] in "/\\")
+  ):
+    raise ValueError(
+        f"{where}: image path {rel!r} must be relative to the "
+        f"dataset root {root!r} (no absolute path, no '..')"
+    )
   if paths.is_remote(root):
     return posixpath.join(root.rstrip("/"), *[p for p in parts if p])
   return os.path.join(root, *[p for p in parts if p])
 
 
-def _resolve(root: str, rel: str, where: str,
-             allow_outside_root: bool) -> tuple[str, tuple[str, str] | None]:
+def _resolve(
+    root: str, rel: str, where: str, allow_outside_root: bool
+) -> tuple[str, tuple[str, str] | None]:
   """(path, None) inside the root; (rel, ("outside root", why)) for a refused one."""
   try:
     return join_inside(root, rel, where), None
@@ -117,8 +124,7 @@ def _resolve(root: str, rel: str, where: str,
         return rel, None
       join = posixpath.join if paths.is_remote(root) else os.path.join
       return join(root, rel), None
-    return rel, (OUTSIDE_ROOT, f"{e}; refused (config.input.allow_outside_root=True "
-                               "reads it)")
+    return rel, (OUTSIDE_ROOT, f"{e}; refused (config.input.allow_outside_root=True reads it)")
 
 
 def _dirname(path: str) -> str:
@@ -134,8 +140,7 @@ def list_files(root: str) -> list[str]:
     names = list(paths.find_files(root))
   except FileNotFoundError:
     raise ValueError(f"folder:{root}: not a directory") from None
-  return sorted(names, key=lambda n: (tuple(n.split("/")[:-1]),
-                                      n.split("/")[-1]))
+  return sorted(names, key=lambda n: (tuple(n.split("/")[:-1]), n.split("/")[-1]))
 
 
 def _caption_lines(text: str) -> list[str]:
@@ -158,8 +163,9 @@ def _sidecar_items(root: str, allow_missing: bool, bad_caption: str) -> Items:
         captions = _caption_lines(_read_text(txt))
       except (ValueError, OSError) as e:  # not UTF-8, a FIFO, unreadable
         if bad_caption == "error":
-          raise ValueError(f"caption file of {image}: {e} "
-                           "(config.input.bad_caption='error')") from e
+          raise ValueError(
+              f"caption file of {image}: {e} (config.input.bad_caption='error')"
+          ) from e
         items.append(Entry(image, [], (BAD_CAPTION, f"caption file of {image}: {e}")))
         continue
     if not captions and not allow_missing:
@@ -176,11 +182,9 @@ def _jsonl_rows(text: str, manifest: str) -> Iterator[tuple[int, dict]]:
     try:
       row = json.loads(raw)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{manifest}:{line}: not valid JSON ({e.msg}, column "
-                       f"{e.colno})") from None
+      raise ValueError(f"{manifest}:{line}: not valid JSON ({e.msg}, column {e.colno})") from None
     if not isinstance(row, dict):
-      raise ValueError(f"{manifest}:{line}: expected a JSON object, got "
-                       f"{type(row).__name__}")
+      raise ValueError(f"{manifest}:{line}: expected a JSON object, got {type(row).__name__}")
     yield line, row
 
 
@@ -203,14 +207,18 @@ def _manifest_captions(value, where: str, key: str) -> list[str]:
     return []
   values = [value] if isinstance(value, str) else value
   if not isinstance(values, list) or not all(isinstance(c, str) for c in values):
-    raise ValueError(f"{where}: {key!r} must be a string or a list of strings, got "
-                     f"{value!r}")
+    raise ValueError(f"{where}: {key!r} must be a string or a list of strings, got {value!r}")
   return [c.strip() for c in values if c.strip()]
 
 
-def _manifest_items(path: str, manifest: str, image_key: str,
-                    caption_key: str, allow_missing: bool,
-                    allow_outside_root: bool) -> Items:
+def _manifest_items(
+    path: str,
+    manifest: str,
+    image_key: str,
+    caption_key: str,
+    allow_missing: bool,
+    allow_outside_root: bool,
+) -> Items:
   root = path or _dirname(manifest)
   text = _read_text(manifest)
   rows = (_csv_rows if manifest.endswith(".csv") else _jsonl_rows)(text, manifest)
@@ -219,8 +227,9 @@ def _manifest_items(path: str, manifest: str, image_key: str,
     where = f"{manifest}:{line}"
     rel = row.get(image_key)
     if rel is None or rel == "":
-      raise ValueError(f"{where}: no {image_key!r} " + (
-          "field" if image_key not in row else "value"))
+      raise ValueError(
+          f"{where}: no {image_key!r} " + ("field" if image_key not in row else "value")
+      )
     if not isinstance(rel, str):
       raise ValueError(f"{where}: {image_key!r} must be a path string, got {rel!r}")
     image, skip = _resolve(root, rel, where, allow_outside_root)
@@ -231,10 +240,15 @@ def _manifest_items(path: str, manifest: str, image_key: str,
   return items
 
 
-def folder_items(path: str, manifest: str | None = None,
-                 image_key: str = "image", caption_key: str = "caption",
-                 allow_missing_captions: bool = False, bad_caption: str = "skip",
-                 allow_outside_root: bool = False) -> Items:
+def folder_items(
+    path: str,
+    manifest: str | None = None,
+    image_key: str = "image",
+    caption_key: str = "caption",
+    allow_missing_captions: bool = False,
+    bad_caption: str = "skip",
+    allow_outside_root: bool = False,
+) -> Items:
   """The entries of a folder: sidecar `.txt` files or a manifest.
 
   A missing or empty caption raises ValueError unless `allow_missing_captions`
@@ -243,8 +257,9 @@ def folder_items(path: str, manifest: str | None = None,
   """
   sources.check_bad_caption(bad_caption)
   if manifest:
-    return _manifest_items(path, manifest, image_key, caption_key,
-                           allow_missing_captions, allow_outside_root)
+    return _manifest_items(
+        path, manifest, image_key, caption_key, allow_missing_captions, allow_outside_root
+    )
   return _sidecar_items(path, allow_missing_captions, bad_caption)
 
 
@@ -253,8 +268,7 @@ def _load_json(path: str):
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column "
-                     f"{e.colno})") from None
+    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
 
 
 def _field(entry, i: int, group: str, key: str, kind, annotations: str):
@@ -263,19 +277,26 @@ def _field(entry, i: int, group: str, key: str, kind, annotations: str):
   value = entry[key]
   if not isinstance(value, kind):
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    raise ValueError(f"{annotations}: {group}[{i}]: {key!r} must be a "
-                     f"{' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    raise ValueError(
+        f"{annotations}: {group}[{i}]: {key!r} must be a "
+        f"{' or '.join(k.__name__ for k in kinds)}, got {value!r}"
+    )
   return value
 
 
-def coco_items(annotations: str, image_dir: str,
-               allow_missing_captions: bool = False,
-               allow_outside_root: bool = False) -> Items:
+def coco_items(
+    annotations: str,
+    image_dir: str,
+    allow_missing_captions: bool = False,
+    allow_outside_root: bool = False,
+) -> Items:
   """(image path, all its captions) of a COCO captions json, by image id."""
   data = _load_json(annotations)
   if not isinstance(data, dict):
-    raise ValueError(f"{annotations}: expected a JSON object with 'images' and "
-                     f"'annotations', got {type(data).__name__}")
+    raise ValueError(
+        f"{annotations}: expected a JSON object with 'images' and "
+        f"'annotations', got {type(data).__name__}"
+    )
   captions = {}
   for i, ann in enumerate(data.get("annotations", [])):
     image_id = _field(ann, i, "annotations", "image_id", (int, str), annotations)
@@ -287,8 +308,9 @@ def coco_items(annotations: str, image_dir: str,
     listed.append((image_id, _field(img, i, "images", "file_name", str, annotations)))
   items = []
   for image_id, file_name in sorted(listed, key=lambda x: x[0]):
-    path, skip = _resolve(image_dir, file_name, f"{annotations}: image {image_id}",
-                          allow_outside_root)
+    path, skip = _resolve(
+        image_dir, file_name, f"{annotations}: image {image_id}", allow_outside_root
+    )
     caps = [c for c in captions.get(image_id, []) if c]
     if skip is None and not caps and not allow_missing_captions:
       raise ValueError(f"{annotations}: no caption for image {path}")
@@ -299,9 +321,13 @@ def coco_items(annotations: str, image_dir: str,
 class _FileSource:
   """Records are listed entries, decoded on read; a bad entry raises BadExampleError."""
 
-  def __init__(self, name: str, items: Sequence[Sequence],
-               min_side: int | None = None,
-               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB):
+  def __init__(
+      self,
+      name: str,
+      items: Sequence[Sequence],
+      min_side: int | None = None,
+      max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+  ):
     self.name = name
     self.min_side = min_side
     self.max_decoded_mb = preprocess.check_max_decoded_mb(max_decoded_mb)
@@ -310,8 +336,7 @@ class _FileSource:
     if not self._items:
       raise ValueError(f"{name}: no images found (empty dataset)")
 
-  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray,
-                                                                str]:
+  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     path, captions, skip = self._items[index]
     if skip is not None:
       raise preprocess.BadExampleError(skip[1])
@@ -333,28 +358,48 @@ class _FileSource:
 class FolderSource(_FileSource):
   """Images under a folder with sidecar `.txt` captions or a manifest."""
 
-  def __init__(self, path: str, manifest: str | None = None,
-               image_key: str = "image", caption_key: str = "caption",
-               min_side: int | None = None,
-               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
-               bad_caption: str = "skip", allow_outside_root: bool = False):
-    items = folder_items(path, manifest, image_key, caption_key,
-                         bad_caption=bad_caption, allow_outside_root=allow_outside_root)
+  def __init__(
+      self,
+      path: str,
+      manifest: str | None = None,
+      image_key: str = "image",
+      caption_key: str = "caption",
+      min_side: int | None = None,
+      max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+      bad_caption: str = "skip",
+      allow_outside_root: bool = False,
+  ):
+    items = folder_items(
+        path,
+        manifest,
+        image_key,
+        caption_key,
+        bad_caption=bad_caption,
+        allow_outside_root=allow_outside_root,
+    )
     super().__init__(f"folder:{manifest or path}", items, min_side, max_decoded_mb)
 
 
 class CocoJsonSource(_FileSource):
   """COCO `captions_*.json` + image folder; one record per image."""
 
-  def __init__(self, annotations: str, image_dir: str,
-               min_side: int | None = None,
-               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
-               allow_outside_root: bool = False):
+  def __init__(
+      self,
+      annotations: str,
+      image_dir: str,
+      min_side: int | None = None,
+      max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+      allow_outside_root: bool = False,
+  ):
     if not annotations or not image_dir:
-      raise ValueError("coco_json needs the captions file (annotations="
-                       f"{annotations!r}) and the image folder (path="
-                       f"{image_dir!r})")
-    super().__init__(f"coco_json:{annotations}",
-                     coco_items(annotations, image_dir,
-                                allow_outside_root=allow_outside_root),
-                     min_side, max_decoded_mb)
+      raise ValueError(
+          "coco_json needs the captions file (annotations="
+          f"{annotations!r}) and the image folder (path="
+          f"{image_dir!r})"
+      )
+    super().__init__(
+        f"coco_json:{annotations}",
+        coco_items(annotations, image_dir, allow_outside_root=allow_outside_root),
+        min_side,
+        max_decoded_mb,
+    )

@@ -113,8 +113,10 @@ def check_read_timeout(value) -> float | None:
   except (TypeError, ValueError):
     t = float("nan")
   if not (t > 0 and not math.isnan(t)):
-    raise ValueError(f"read_timeout_s={value!r} must be a positive number of seconds "
-                     "(or None to wait forever)")
+    raise ValueError(
+        f"read_timeout_s={value!r} must be a positive number of seconds "
+        "(or None to wait forever)"
+    )
   return t
 
 
@@ -172,21 +174,29 @@ class InputIterator:
       raising InputStalledError (None: forever).
   """
 
-  def __init__(self, source, preprocess: Callable[..., dict], *,
-               batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1, shuffle: bool = True,
-               cond_drop_prob: float = 0.1, num_epochs: int | None = None,
-               num_workers: int = 2, prefetch_batches: int = 2,
-               text_cache: Any = None,
-               read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S):
+  def __init__(
+      self,
+      source,
+      preprocess: Callable[..., dict],
+      *,
+      batch_size: int,
+      seed: int,
+      process_index: int = 0,
+      process_count: int = 1,
+      shuffle: bool = True,
+      cond_drop_prob: float = 0.1,
+      num_epochs: int | None = None,
+      num_workers: int = 2,
+      prefetch_batches: int = 2,
+      text_cache: Any = None,
+      read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S,
+  ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in "
-                       f"[0, {process_count})")
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if not 0.0 <= cond_drop_prob <= 1.0:
-      raise ValueError(f"cond_drop_prob must be in [0, 1], got "
-                       f"{cond_drop_prob}")
+      raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
     if source.num_records is not None and source.num_records < 1:
       raise ValueError(f"{source.name}: the dataset is empty")
     self.source = source
@@ -236,8 +246,7 @@ class InputIterator:
     perm = self._perms.get(epoch)
     if perm is None:
       perm = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(n)
-      self._perms = {epoch: perm, **{e: p for e, p in self._perms.items()
-                                     if e == epoch - 1}}
+      self._perms = {epoch: perm, **{e: p for e, p in self._perms.items() if e == epoch - 1}}
     return epoch, int(perm[i])
 
   # -- Loading ----------------------------------------------------------------
@@ -277,7 +286,8 @@ class InputIterator:
           f"input {self.source.name}: record {index} (stream position {g}) was not read "
           f"within read_timeout_s={self.read_timeout_s:g} s; the storage may be "
           "stalled (the worker thread reading it is left behind; the run can resume "
-          "from its last checkpoint)") from None
+          "from its last checkpoint)"
+      ) from None
 
   def _next_example(self) -> dict | None:
     in_a_row = 0
@@ -299,14 +309,16 @@ class InputIterator:
       self._first_skip = self._first_skip or str(item)
       in_a_row += 1
       if in_a_row >= (self.source.num_records or float("inf")):
-        raise ValueError(f"{self.source.name}: every example is bad "
-                         f"(first: {self._first_skip})")
+        raise ValueError(f"{self.source.name}: every example is bad (first: {self._first_skip})")
 
   def _log_skips(self) -> None:
     if self._num_skipped > self._logged_skips:
       logging.warning(
           "input %s: skipped %d bad example(s) so far (first: %s)",
-          self.source.name, self._num_skipped, self._first_skip)
+          self.source.name,
+          self._num_skipped,
+          self._first_skip,
+      )
       self._logged_skips = self._num_skipped
 
   # -- Iterator protocol --------------------------------------------------------
@@ -322,8 +334,11 @@ class InputIterator:
         self._log_skips()
         raise StopIteration
       examples.append(example)
-    batch = {key: np.stack([e[key] for e in examples])
-             for key in examples[0] if key not in ("caption", "drop_text")}
+    batch = {
+        key: np.stack([e[key] for e in examples])
+        for key in examples[0]
+        if key not in ("caption", "drop_text")
+    }
     batch["caption"] = np.array([e["caption"] for e in examples], dtype=object)
     batch["drop_text"] = np.array([e["drop_text"] for e in examples], bool)
     if self.text_cache is not None:
@@ -338,15 +353,22 @@ class InputIterator:
     return self._num_skipped
 
   def _identity(self) -> dict:
-    return {"source": self.source.name, "seed": self.seed,
-            "process_index": self.process_index,
-            "process_count": self.process_count}
+    return {
+        "source": self.source.name,
+        "seed": self.seed,
+        "process_index": self.process_index,
+        "process_count": self.process_count,
+    }
 
   def get_state(self) -> dict:
     """JSON-serialisable position; `set_state` on a fresh iterator resumes."""
-    return {"version": _STATE_VERSION, "position": self._position,
-            "num_skipped": self._num_skipped, "batch_size": self.batch_size,
-            **self._identity()}
+    return {
+        "version": _STATE_VERSION,
+        "position": self._position,
+        "num_skipped": self._num_skipped,
+        "batch_size": self.batch_size,
+        **self._identity(),
+    }
 
   def reshard_state(self, states: list) -> dict:
     """This process's state from the states of every process of a run with another process
@@ -354,34 +376,44 @@ class InputIterator:
     (bad examples skipped unevenly, or a changed global batch, re-read a few examples)."""
     if any(st.get("version") != _STATE_VERSION for st in states):
       raise ValueError("input states of another version cannot be resharded")
-    next_g = min(st["position"] // st["batch_size"] * st["batch_size"] * len(states)
-                 for st in states)
+    next_g = min(
+        st["position"] // st["batch_size"] * st["batch_size"] * len(states) for st in states
+    )
     global_batch = self.batch_size * self.process_count
     if next_g % global_batch or any(st["position"] % st["batch_size"] for st in states):
-      logging.warning("input %s: resharding %d processes' states to %d: the old processes "
-                      "stopped mid-batch or at other batch sizes; a few examples are read "
-                      "again", self.source.name, len(states), self.process_count)
-    return {"version": _STATE_VERSION,
-            "position": next_g // global_batch * self.batch_size,
-            "num_skipped": sum(int(st["num_skipped"]) for st in states),
-            "batch_size": self.batch_size, **self._identity()}
+      logging.warning(
+          "input %s: resharding %d processes' states to %d: the old processes "
+          "stopped mid-batch or at other batch sizes; a few examples are read "
+          "again",
+          self.source.name,
+          len(states),
+          self.process_count,
+      )
+    return {
+        "version": _STATE_VERSION,
+        "position": next_g // global_batch * self.batch_size,
+        "num_skipped": sum(int(st["num_skipped"]) for st in states),
+        "batch_size": self.batch_size,
+        **self._identity(),
+    }
 
   def set_state(self, state: dict) -> None:
     if state.get("version") != _STATE_VERSION:
       raise ValueError(f"unsupported input state version {state.get('version')}")
-    mismatched = {k: (state.get(k), v) for k, v in self._identity().items()
-                  if state.get(k) != v}
+    mismatched = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
     if mismatched:
-      raise ValueError("input state is from a different pipeline "
-                       f"(saved, current): {mismatched}")
+      raise ValueError(f"input state is from a different pipeline (saved, current): {mismatched}")
     for _, _, item, _, _ in self._pending:
       if isinstance(item, concurrent.futures.Future):
         item.cancel()
     self._pending.clear()
     self._position = self._submitted = int(state["position"])
     self._num_skipped = self._logged_skips = int(state["num_skipped"])
-    self._epoch = self._record(self._global_position(self._position))[0] if (
-        self.source.num_records is not None) else 0
+    self._epoch = (
+        self._record(self._global_position(self._position))[0]
+        if (self.source.num_records is not None)
+        else 0
+    )
 
   def close(self) -> None:
     self._log_skips()
@@ -411,95 +443,123 @@ def make_source(input_config, render_size: int):
   file sources may decode JPEGs at a reduced scale that stays above it.
   """
   from imagen_jax.data import sources
+
   dataset = config_lib.get(input_config, "dataset", "shapes")
   split = config_lib.get(input_config, "split", "train")
   fields = dict(config_lib.get(input_config, "fields", {}) or {})
-  max_mb = preprocess_lib.check_max_decoded_mb(config_lib.get(
-      input_config, "max_decoded_mb", preprocess_lib.DEFAULT_MAX_DECODED_MB))
-  bad_caption = sources.check_bad_caption(
-      config_lib.get(input_config, "bad_caption", "skip"))
+  max_mb = preprocess_lib.check_max_decoded_mb(
+      config_lib.get(input_config, "max_decoded_mb", preprocess_lib.DEFAULT_MAX_DECODED_MB)
+  )
+  bad_caption = sources.check_bad_caption(config_lib.get(input_config, "bad_caption", "skip"))
   outside = config_lib.get(input_config, "allow_outside_root", False)
   if not isinstance(outside, bool):
     raise ValueError(f"allow_outside_root={outside!r} must be True or False")
   if dataset == "shapes":
     return sources.ShapesSource(
-        render_size, split, int(config_lib.get(input_config, "max_objects", 3)))
+        render_size, split, int(config_lib.get(input_config, "max_objects", 3))
+    )
   if dataset.startswith("tfds:"):
     return sources.TfdsSource(
-        dataset[len("tfds:"):], split=split,
-        data_dir=config_lib.get(input_config, "data_dir"), fields=fields,
+        dataset[len("tfds:") :],
+        split=split,
+        data_dir=config_lib.get(input_config, "data_dir"),
+        fields=fields,
         download=bool(config_lib.get(input_config, "download", False)),
-        min_side=render_size, max_decoded_mb=max_mb, bad_caption=bad_caption)
+        min_side=render_size,
+        max_decoded_mb=max_mb,
+        bad_caption=bad_caption,
+    )
   if dataset == "folder":
     from imagen_jax.data import folder_source
+
     return folder_source.FolderSource(
         config_lib.get(input_config, "path", ""),
         config_lib.get(input_config, "manifest"),
         image_key=fields.get("image", "image"),
-        caption_key=fields.get("caption", "caption"), min_side=render_size,
-        max_decoded_mb=max_mb, bad_caption=bad_caption, allow_outside_root=outside)
+        caption_key=fields.get("caption", "caption"),
+        min_side=render_size,
+        max_decoded_mb=max_mb,
+        bad_caption=bad_caption,
+        allow_outside_root=outside,
+    )
   if dataset == "coco_json":
     from imagen_jax.data import folder_source
+
     return folder_source.CocoJsonSource(
         config_lib.get(input_config, "annotations"),
-        config_lib.get(input_config, "path"), min_side=render_size,
-        max_decoded_mb=max_mb, allow_outside_root=outside)
-  raise ValueError(f"unknown input dataset {dataset!r}; expected 'shapes', "
-                   "'tfds:<name>', 'folder' or 'coco_json'")
+        config_lib.get(input_config, "path"),
+        min_side=render_size,
+        max_decoded_mb=max_mb,
+        allow_outside_root=outside,
+    )
+  raise ValueError(
+      f"unknown input dataset {dataset!r}; expected 'shapes', "
+      "'tfds:<name>', 'folder' or 'coco_json'"
+  )
 
 
-def local_batch_size(global_batch_size: int, process_count: int,
-                     devices_per_process: int) -> int:
+def local_batch_size(global_batch_size: int, process_count: int, devices_per_process: int) -> int:
   """global / processes; ValueError unless it divides over all devices."""
   if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f"global batch size {global_batch_size} does not divide "
-                     f"over {process_count} processes")
+    raise ValueError(
+        f"global batch size {global_batch_size} does not divide over {process_count} processes"
+    )
   local = global_batch_size // process_count
   if local % devices_per_process:
     raise ValueError(
         f"global batch size {global_batch_size} does not divide over "
-        f"{process_count} processes x {devices_per_process} devices")
+        f"{process_count} processes x {devices_per_process} devices"
+    )
   return local
 
 
-def create_input_iterator(input_config, *, global_batch_size: int,
-                          resolution: int,
-                          lowres_resolution: int | None = None, seed: int,
-                          process_index: int | None = None,
-                          process_count: int | None = None,
-                          devices_per_process: int | None = None,
-                          text_cache: Any = None) -> InputIterator:
+def create_input_iterator(
+    input_config,
+    *,
+    global_batch_size: int,
+    resolution: int,
+    lowres_resolution: int | None = None,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    devices_per_process: int | None = None,
+    text_cache: Any = None,
+) -> InputIterator:
   """This process's iterator for one stage; see the module docstring.
 
   process_index / process_count / devices_per_process default to JAX's
   (`jax.process_index()`, `jax.process_count()`, `jax.local_device_count()`).
   """
-  if process_index is None or process_count is None or (
-      devices_per_process is None):
+  if process_index is None or process_count is None or (devices_per_process is None):
     import jax
-    process_index = jax.process_index() if process_index is None else (
-        process_index)
-    process_count = jax.process_count() if process_count is None else (
-        process_count)
-    devices_per_process = jax.local_device_count() if (
-        devices_per_process is None) else devices_per_process
-  batch = local_batch_size(global_batch_size, process_count,
-                           devices_per_process)
+
+    process_index = jax.process_index() if process_index is None else (process_index)
+    process_count = jax.process_count() if process_count is None else (process_count)
+    devices_per_process = (
+        jax.local_device_count() if (devices_per_process is None) else devices_per_process
+    )
+  batch = local_batch_size(global_batch_size, process_count, devices_per_process)
   stage = preprocess_lib.StagePreprocess(
       resolution=int(resolution),
       lowres_resolution=lowres_resolution,
       crop=config_lib.get(input_config, "crop", "centre"),
       crop_size=config_lib.get(input_config, "crop_size"),
       random_flip=bool(config_lib.get(input_config, "random_flip", False)),
-      resize_method=config_lib.get(input_config, "resize_method", "area"))
+      resize_method=config_lib.get(input_config, "resize_method", "area"),
+  )
   source = make_source(input_config, render_size=int(resolution))
   return InputIterator(
-      source, stage, batch_size=batch, seed=seed,
-      process_index=process_index, process_count=process_count,
+      source,
+      stage,
+      batch_size=batch,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
       shuffle=bool(config_lib.get(input_config, "shuffle", True)),
       cond_drop_prob=float(config_lib.get(input_config, "cond_drop_prob", 0.1)),
       num_epochs=config_lib.get(input_config, "num_epochs"),
       num_workers=int(config_lib.get(input_config, "num_workers", 2)),
       prefetch_batches=int(config_lib.get(input_config, "prefetch_batches", 2)),
       text_cache=text_cache,
-      read_timeout_s=config_lib.get(input_config, "read_timeout_s", DEFAULT_READ_TIMEOUT_S))
+      read_timeout_s=config_lib.get(input_config, "read_timeout_s", DEFAULT_READ_TIMEOUT_S),
+  )

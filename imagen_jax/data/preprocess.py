@@ -62,16 +62,21 @@ class NotRegularFileError(OSError):
 
 
 DEFAULT_MAX_DECODED_MB = 256
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISDIR, "a directory"))
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 def _check_regular(mode: int, path) -> None:
   if not stat.S_ISREG(mode):
     kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a file")
-    raise NotRegularFileError(f"{os.fspath(path)}: not a regular file ({kind}); "
-                              "only regular files are read")
+    raise NotRegularFileError(
+        f"{os.fspath(path)}: not a regular file ({kind}); only regular files are read"
+    )
 
 
 def open_regular_file(path: str | os.PathLike) -> BinaryIO:
@@ -80,8 +85,7 @@ def open_regular_file(path: str | os.PathLike) -> BinaryIO:
   opening and again on the open descriptor (opened non-blocking, so a FIFO swapped in
   meanwhile cannot block either)."""
   _check_regular(os.stat(path).st_mode, path)
-  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-               | getattr(os, "O_CLOEXEC", 0))
+  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
   try:
     _check_regular(os.fstat(fd).st_mode, path)
     return os.fdopen(fd, "rb")
@@ -99,15 +103,35 @@ def check_max_decoded_mb(value) -> float | None:
   except (TypeError, ValueError):
     limit = float("nan")
   if not (math.isfinite(limit) and limit > 0):
-    raise ValueError(f"max_decoded_mb={value!r} must be a positive number of MB "
-                     "(or None for no limit)")
+    raise ValueError(
+        f"max_decoded_mb={value!r} must be a positive number of MB (or None for no limit)"
+    )
   return limit
 
 
 # Bytes a pixel takes once PIL has decoded it, by mode.
-_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2,
-               "I;16L": 2, "I;16B": 2, "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3,
-               "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
+_MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "La": 2,
+    "PA": 2,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "RGBA": 4,
+    "RGBa": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+    "I": 4,
+    "F": 4,
+}
 
 
 def decoded_bytes(img: Image.Image) -> int:
@@ -133,7 +157,7 @@ def _int_to_rgb_array(img: Image.Image) -> np.ndarray:
   for top in range(0, h, rows):
     strip = np.asarray(img.crop((0, top, w, min(h, top + rows))), np.float64)
     strip = np.clip(np.rint(strip * scale), 0, 255).astype(np.uint8)
-    out[top:top + strip.shape[0]] = strip[..., None]
+    out[top : top + strip.shape[0]] = strip[..., None]
   return out
 
 
@@ -149,9 +173,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
   return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes | str | os.PathLike | BinaryIO, name: str = "",
-                 min_side: int | None = None,
-                 max_decoded_mb: float | None = DEFAULT_MAX_DECODED_MB) -> np.ndarray:
+def decode_image(
+    data: bytes | str | os.PathLike | BinaryIO,
+    name: str = "",
+    min_side: int | None = None,
+    max_decoded_mb: float | None = DEFAULT_MAX_DECODED_MB,
+) -> np.ndarray:
   """Decodes an encoded image (bytes, a local path or a binary file) to uint8 [H, W, 3].
 
   With `min_side`, a JPEG may be decoded at a reduced scale (1/2, 1/4, 1/8:
@@ -178,21 +205,20 @@ def decode_image(data: bytes | str | os.PathLike | BinaryIO, name: str = "",
       src = data
     with Image.open(src) as img:
       if min_side and img.format == "JPEG":
-        img.draft(img.mode if img.mode != "CMYK" else None,
-                  (min_side, min_side))
+        img.draft(img.mode if img.mode != "CMYK" else None, (min_side, min_side))
       size = decoded_bytes(img)
       if limit is not None and size > limit * 1e6:
         raise ImageTooLargeError(
             f"{name}: {img.size[0]}x{img.size[1]} {img.mode} decodes to "
             f"{size / 1e6:.1f} MB, above the limit config.input.max_decoded_mb="
-            f"{limit:g} (not decoded)")
+            f"{limit:g} (not decoded)"
+        )
       img.load()  # raises on truncated data
       if img.mode in _INT_MODES:
         out = _int_to_rgb_array(img)
       else:
         out = np.asarray(_to_rgb(img), np.uint8)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-          EOFError) as e:
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
     raise BadExampleError(f"{name}: cannot decode image ({e})") from e
   finally:
     if own is not None:
@@ -221,8 +247,9 @@ def to_rgb_array(image: np.ndarray, name: str = "") -> np.ndarray:
   return arr
 
 
-def resize(image: np.ndarray, height: int, width: int,
-           method: str = "area", box=None) -> np.ndarray:
+def resize(
+    image: np.ndarray, height: int, width: int, method: str = "area", box=None
+) -> np.ndarray:
   """Antialiased resize of uint8 [H, W, 3] (optionally of a source `box`)."""
   if image.shape[:2] == (height, width) and box is None:
     return image
@@ -239,6 +266,7 @@ def resize(image: np.ndarray, height: int, width: int,
 @dataclasses.dataclass(frozen=True)
 class StagePreprocess:
   """Turns a decoded image into one stage's `image` (and `lowres`)."""
+
   resolution: int
   lowres_resolution: int | None = None
   crop: str = "centre"
@@ -250,21 +278,23 @@ class StagePreprocess:
     if self.crop not in CROPS:
       raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
     if self.resize_method not in RESIZE_METHODS:
-      raise ValueError(f"resize_method must be one of {tuple(RESIZE_METHODS)}"
-                       f", got {self.resize_method!r}")
+      raise ValueError(
+          f"resize_method must be one of {tuple(RESIZE_METHODS)}, got {self.resize_method!r}"
+      )
     if self.crop_size is not None and not 0 < self.crop_size <= self.resolution:
-      raise ValueError(f"crop_size {self.crop_size} must be in "
-                       f"(0, resolution={self.resolution}]")
+      raise ValueError(f"crop_size {self.crop_size} must be in (0, resolution={self.resolution}]")
     if self.lowres_resolution is not None:
       if not 0 < self.lowres_resolution < self.resolution:
-        raise ValueError(f"lowres_resolution {self.lowres_resolution} must be "
-                         f"below resolution {self.resolution}")
-      if self.output_lowres_size * self.resolution != (
-          self.output_size * self.lowres_resolution):
+        raise ValueError(
+            f"lowres_resolution {self.lowres_resolution} must be "
+            f"below resolution {self.resolution}"
+        )
+      if self.output_lowres_size * self.resolution != (self.output_size * self.lowres_resolution):
         raise ValueError(
             f"crop_size {self.crop_size} x lowres_resolution "
             f"{self.lowres_resolution} / resolution {self.resolution} is not "
-            "an integer")
+            "an integer"
+        )
 
   @property
   def output_size(self) -> int:
@@ -284,14 +314,13 @@ class StagePreprocess:
     else:
       top = int(rng.integers(h - side + 1))
       left = int(rng.integers(w - side + 1))
-    box = None if (h, w) == (side, side) else (left, top, left + side,
-                                               top + side)
+    box = None if (h, w) == (side, side) else (left, top, left + side, top + side)
     res = self.resolution
     out = resize(image, res, res, self.resize_method, box=box)
     if self.crop_size is not None and self.crop_size < res:
       y = int(rng.integers(res - self.crop_size + 1))
       x = int(rng.integers(res - self.crop_size + 1))
-      out = out[y:y + self.crop_size, x:x + self.crop_size]
+      out = out[y : y + self.crop_size, x : x + self.crop_size]
     if self.random_flip and rng.random() < 0.5:
       out = out[:, ::-1]
     out = np.ascontiguousarray(out)

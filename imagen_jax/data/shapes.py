@@ -53,16 +53,20 @@ from imagen_jax.data.shapes_world import SHAPES
 from imagen_jax.data.shapes_world import signed_distance
 from imagen_jax.data.shapes_world import SIZES
 from imagen_jax.data.shapes_world import SPLITS
+
 # `score` is pinned here (DESIGN.md); the scorer imports shapes_world only.
 from imagen_jax.data.shapes_score import score
 
-_BORDER = 0.03     # min distance from an object's box to the image edge
-_GAP = 0.07        # min gap between two objects' boxes
+_BORDER = 0.03  # min distance from an object's box to the image edge
+_GAP = 0.07  # min gap between two objects' boxes
 _PLACE_BAND = 0.32  # left/right/top/bottom centres lie within this of an edge
-_INVERSE = {"left of": "right of", "right of": "left of",
-            "above": "below", "below": "above"}
-_DIRECTION = {"left of": (-1.0, 0.0), "right of": (1.0, 0.0),
-              "above": (0.0, -1.0), "below": (0.0, 1.0)}
+_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+_DIRECTION = {
+    "left of": (-1.0, 0.0),
+    "right of": (1.0, 0.0),
+    "above": (0.0, -1.0),
+    "below": (0.0, 1.0),
+}
 
 
 # ----------------------------------------------------------------------------
@@ -95,8 +99,7 @@ def _pick_identities(rng, n: int, split: str) -> list[tuple[str, str, str]]:
   forced = int(rng.integers(n)) if split == "heldout" else -1
   used, out = set(), []
   for i in range(n):
-    sub = "heldout_only" if i == forced else (
-        "all" if split == "all" else "train")
+    sub = "heldout_only" if i == forced else ("all" if split == "all" else "train")
     combos = _combos(sub, used)
     colour, shape = combos[int(rng.integers(len(combos)))]
     used.add(colour)
@@ -110,8 +113,7 @@ def _centre_range(size: str) -> tuple[float, float]:
   return _BORDER + half, 1.0 - _BORDER - half
 
 
-def _sample_at_place(rng, place: str | None, size: str,
-                     loose: bool = False) -> tuple[float, float]:
+def _sample_at_place(rng, place: str | None, size: str, loose: bool = False) -> tuple[float, float]:
   lo, hi = _centre_range(size)
   # Singles sit in the middle band of their side; `loose` (pairs) may use all
   # of it so that two objects fit.
@@ -138,15 +140,16 @@ def _fits(objs: Sequence[Object], gap: float = _GAP) -> bool:
     if not (lo - 1e-9 <= o.x <= hi + 1e-9 and lo - 1e-9 <= o.y <= hi + 1e-9):
       return False
   for i, a in enumerate(objs):
-    for b in objs[i + 1:]:
+    for b in objs[i + 1 :]:
       need = (SIZES[a.size] + SIZES[b.size]) / 2 + gap
       if abs(a.x - b.x) < need and abs(a.y - b.y) < need:
         return False
   return True
 
 
-def _sample_related(rng, relation: str, size_a: str, size_b: str,
-                    ref: tuple[float, float]) -> tuple[float, float]:
+def _sample_related(
+    rng, relation: str, size_a: str, size_b: str, ref: tuple[float, float]
+) -> tuple[float, float]:
   """A centre for an object that is `relation` the object centred at ref."""
   dx, dy = _DIRECTION[relation]
   base = (SIZES[size_a] + SIZES[size_b]) / 2 + _GAP
@@ -156,7 +159,7 @@ def _sample_related(rng, relation: str, size_a: str, size_b: str,
 
 
 def _layout_single(rng, ids):
-  (c, s, z), = ids
+  ((c, s, z),) = ids
   place = PLACES[int(rng.integers(len(PLACES)))]
   x, y = _sample_at_place(rng, place, z)
   return (Object(s, c, z, x, y, place),), (), ()
@@ -172,7 +175,7 @@ def _layout_relation(rng, ids):
 
 
 def _layout_absolute(rng, ids):
-  places = rng.permutation(len(PLACES))[:len(ids)]
+  places = rng.permutation(len(PLACES))[: len(ids)]
   objs = []
   for (c, s, z), p in zip(ids, places):
     x, y = _sample_at_place(rng, PLACES[int(p)], z)
@@ -181,16 +184,17 @@ def _layout_absolute(rng, ids):
 
 
 def _layout_pair(rng, ids):
-  (c, s, z), = ids
+  ((c, s, z),) = ids
   place = PLACES[int(rng.integers(4))]  # not "centre": no room for two
-  objs = tuple(Object(s, c, z, *_sample_at_place(rng, place, z, loose=True),
-                      place) for _ in range(2))
+  objs = tuple(
+      Object(s, c, z, *_sample_at_place(rng, place, z, loose=True), place) for _ in range(2)
+  )
   return objs, (), ((0, 1),)
 
 
 def _layout_relation_plus(rng, ids):
   objs, rels, _ = _layout_relation(rng, ids[:2])
-  (c, s, z), = ids[2:]
+  ((c, s, z),) = ids[2:]
   place = PLACES[int(rng.integers(len(PLACES)))]
   x, y = _sample_at_place(rng, place, z)
   return objs + (Object(s, c, z, x, y, place),), rels, ()
@@ -207,8 +211,9 @@ _LAYOUTS = (
 )
 
 
-def sample_scene(rng: np.random.Generator | int | Sequence[int],
-                 split: str = "train", *, max_objects: int = 3) -> Scene:
+def sample_scene(
+    rng: np.random.Generator | int | Sequence[int], split: str = "train", *, max_objects: int = 3
+) -> Scene:
   """Samples a random scene; deterministic given the generator / seed.
 
   Args:
@@ -224,8 +229,7 @@ def sample_scene(rng: np.random.Generator | int | Sequence[int],
   rng = _as_rng(rng)
   layouts = [l for l in _LAYOUTS if l[2] <= max_objects]
   cumulative = np.cumsum([l[3] for l in layouts])
-  pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1],
-                             side="right"))
+  pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
   layout, n_ids, _, _ = layouts[min(pick, len(layouts) - 1)]
   while True:
     ids = _pick_identities(rng, n_ids, split)
@@ -266,8 +270,7 @@ def _phrase(r: random.Random, o: Object) -> str:
   return text
 
 
-def _relation_phrase(r: random.Random, scene: Scene, rel: Relation,
-                     clause: bool) -> str:
+def _relation_phrase(r: random.Random, scene: Scene, rel: Relation, clause: bool) -> str:
   a, b = scene.objects[rel.subject], scene.objects[rel.reference]
   relation = rel.relation
   if r.random() < 0.5:  # say it the other way round
@@ -286,31 +289,30 @@ def _join(parts: list[str]) -> str:
 def caption(scene: Scene) -> str:
   """Describes everything `score` checks, in one of several phrasings."""
   r = random.Random(scene.style)
-  in_relation = {i for rel in scene.relations
-                 for i in (rel.subject, rel.reference)}
+  in_relation = {i for rel in scene.relations for i in (rel.subject, rel.reference)}
   grouped = {i for g in scene.groups for i in g}
   there_is = len(scene.objects) > 1 and not scene.groups and r.random() < 0.25
-  parts = [_relation_phrase(r, scene, rel, clause=not there_is)
-           for rel in scene.relations]
+  parts = [_relation_phrase(r, scene, rel, clause=not there_is) for rel in scene.relations]
   for group in scene.groups:
     o = scene.objects[group[0]]
     text = f"two {_noun(o, plural=True)}"
     if o.place is not None:
       text += r.choice(("", ", both")) + " " + r.choice(_PLACE_WORDS[o.place])
     parts.append(text)
-  singles = [i for i in range(len(scene.objects))
-             if i not in in_relation and i not in grouped]
+  singles = [i for i in range(len(scene.objects)) if i not in in_relation and i not in grouped]
   for i in singles:
     parts.append(_phrase(r, scene.objects[i]))
   text = _join(parts)
   if len(scene.objects) == 1 and r.random() < 0.5:
     o = scene.objects[0]
-    text = r.choice((
-        f"there is {text}",
-        f"a picture of {text}",
-        f"{text} on a grey background",
-        f"{r.choice(_PLACE_WORDS[o.place])}, a {_noun(o)}",
-    ))
+    text = r.choice(
+        (
+            f"there is {text}",
+            f"a picture of {text}",
+            f"{text} on a grey background",
+            f"{r.choice(_PLACE_WORDS[o.place])}, a {_noun(o)}",
+        )
+    )
   elif there_is:
     text = "there is " + text
   return text
@@ -340,4 +342,3 @@ def render(scene: Scene, size: int) -> np.ndarray:
     window = img[y0:y1, x0:x1]
     window += cov * (np.asarray(COLOURS[o.colour], np.float32) - window)
   return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-

@@ -36,8 +36,7 @@ from imagen_jax.data import shapes_world
 MIN_AREA = 0.006
 SIZE_THRESHOLD = (shapes_world.SIZES["small"] + shapes_world.SIZES["large"]) / 2
 _NAMES = (None,) + tuple(shapes_world.COLOURS)
-_PALETTE = np.array(
-    [shapes_world.BACKGROUND] + list(shapes_world.COLOURS.values()), np.float32)
+_PALETTE = np.array([shapes_world.BACKGROUND] + list(shapes_world.COLOURS.values()), np.float32)
 _ATTRIBUTES = ("colour", "shape", "size", "place", "relation", "count")
 
 
@@ -95,8 +94,7 @@ def _template(shape: str, height: int, width: int) -> np.ndarray:
   return shapes_world.shape_coverage(shape, height, width)
 
 
-def _classify_shape(coverage: np.ndarray, box: tuple[int, int, int, int]
-                    ) -> tuple[str, float]:
+def _classify_shape(coverage: np.ndarray, box: tuple[int, int, int, int]) -> tuple[str, float]:
   """Fits each shape to the detected box; returns the best and its error.
 
   `coverage` is the soft coverage of a region holding the box; `box` is
@@ -105,6 +103,7 @@ def _classify_shape(coverage: np.ndarray, box: tuple[int, int, int, int]
   pixel at either end, sharp or slightly blurred, keeping the best fit).
   """
   from scipy import ndimage
+
   top, bottom, left, right = box
   small = max(bottom - top, right - left) < _JITTER_BELOW
   jitter = _BOX_JITTER if small else _BOX_JITTER[:1]
@@ -132,6 +131,7 @@ def _classify_shape(coverage: np.ndarray, box: tuple[int, int, int, int]
 def detect(image: np.ndarray, min_area: float = MIN_AREA) -> list[Detection]:
   """The objects in an image, largest first."""
   from scipy import ndimage
+
   image = np.asarray(image)
   labels = classify_pixels(image)
   height, width = labels.shape
@@ -152,29 +152,34 @@ def detect(image: np.ndarray, min_area: float = MIN_AREA) -> list[Detection]:
       gx0, gx1 = max(x0 - 2, 0), min(x1 + 2, width)
       own = np.isin(components[gy0:gy1, gx0:gx1], (0, k))
       coverage = _soft_coverage(image[gy0:gy1, gx0:gx1], _NAMES[index]) * own
-      shape, err = _classify_shape(
-          coverage, (y0 - gy0, y1 - gy0, x0 - gx0, x1 - gx0))
+      shape, err = _classify_shape(coverage, (y0 - gy0, y1 - gy0, x0 - gx0, x1 - gx0))
       extent = max(h, w) / side
-      found.append(Detection(
-          colour=_NAMES[index], shape=shape,
-          size="large" if extent > SIZE_THRESHOLD else "small",
-          x=(box[1].start + box[1].stop) / 2 / width,
-          y=(box[0].start + box[0].stop) / 2 / height,
-          extent=extent, area=areas[k] / (height * width), shape_error=err))
+      found.append(
+          Detection(
+              colour=_NAMES[index],
+              shape=shape,
+              size="large" if extent > SIZE_THRESHOLD else "small",
+              x=(box[1].start + box[1].stop) / 2 / width,
+              y=(box[0].start + box[0].stop) / 2 / height,
+              extent=extent,
+              area=areas[k] / (height * width),
+              shape_error=err,
+          )
+      )
   found.sort(key=lambda d: -d.area)
   return found
 
 
 def _object_checks(o: shapes_world.Object, d: Detection) -> dict:
-  checks = {"colour": o.colour == d.colour, "shape": o.shape == d.shape,
-            "size": o.size == d.size}
+  checks = {"colour": o.colour == d.colour, "shape": o.shape == d.shape, "size": o.size == d.size}
   if o.place is not None:
     checks["place"] = shapes_world.place_holds(o.place, d.x, d.y)
   return checks
 
 
-def score(image: np.ndarray, scene: shapes_world.Scene,
-          detections: list[Detection] | None = None) -> dict:
+def score(
+    image: np.ndarray, scene: shapes_world.Scene, detections: list[Detection] | None = None
+) -> dict:
   """Per-attribute correctness of `image` for `scene`, and overall accuracy.
 
   Returns a dict with, for the attributes the scene has, the fraction of
@@ -184,6 +189,7 @@ def score(image: np.ndarray, scene: shapes_world.Scene,
   and "num_detected".
   """
   from scipy import optimize
+
   if detections is None:
     detections = detect(image)
   detections = detections[:8]
@@ -212,8 +218,10 @@ def score(image: np.ndarray, scene: shapes_world.Scene,
   for rel in scene.relations:
     a, b = matched.get(rel.subject), matched.get(rel.reference)
     results["relation"].append(
-        a is not None and b is not None and
-        shapes_world.relation_holds(rel.relation, (a.x, a.y), (b.x, b.y)))
+        a is not None
+        and b is not None
+        and shapes_world.relation_holds(rel.relation, (a.x, a.y), (b.x, b.y))
+    )
   results["count"].append(len(detections) == len(objs))
 
   out = {k: float(np.mean(v)) for k, v in results.items() if v}

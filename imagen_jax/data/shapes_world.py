@@ -37,6 +37,7 @@ SPLITS = ("train", "heldout", "all")
 @dataclasses.dataclass(frozen=True)
 class Object:
   """One object; (x, y) is the centre of its bounding square, normalised."""
+
   shape: str
   colour: str
   size: str
@@ -48,6 +49,7 @@ class Object:
 @dataclasses.dataclass(frozen=True)
 class Relation:
   """`objects[subject]` is `relation` `objects[reference]`."""
+
   subject: int
   relation: str
   reference: int
@@ -70,7 +72,8 @@ class Scene:
         objects=tuple(Object(**o) for o in d["objects"]),
         relations=tuple(Relation(**r) for r in d.get("relations", ())),
         style=int(d.get("style", 0)),
-        groups=tuple(tuple(g) for g in d.get("groups", ())))
+        groups=tuple(tuple(g) for g in d.get("groups", ())),
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -92,8 +95,7 @@ def place_holds(place: str, x: float, y: float) -> bool:
   raise ValueError(f"unknown place {place!r}")
 
 
-def relation_holds(relation: str, a: tuple[float, float],
-                   b: tuple[float, float]) -> bool:
+def relation_holds(relation: str, a: tuple[float, float], b: tuple[float, float]) -> bool:
   """Whether centre `a` is `relation` centre `b` (dominant axis decides)."""
   dx, dy = a[0] - b[0], a[1] - b[1]
   if relation in ("left of", "right of"):
@@ -107,8 +109,7 @@ def relation_holds(relation: str, a: tuple[float, float],
 # Shape geometry (the renderer draws it, the scorer fits it).
 
 
-def signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray,
-                    half: float) -> np.ndarray:
+def signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.ndarray:
   """Signed distance (normalised units, <0 inside) for a shape at the origin.
 
   Circles are exact; squares and triangles use the max over their edges'

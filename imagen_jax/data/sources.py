@@ -36,18 +36,15 @@ class ShapesSource:
 
   num_records = None
 
-  def __init__(self, render_size: int, split: str = "train",
-               max_objects: int = 3):
+  def __init__(self, render_size: int, split: str = "train", max_objects: int = 3):
     if split not in shapes.SPLITS:
-      raise ValueError(f"shapes split must be one of {shapes.SPLITS}, "
-                       f"got {split!r}")
+      raise ValueError(f"shapes split must be one of {shapes.SPLITS}, got {split!r}")
     self.render_size = int(render_size)
     self.split = split
     self.max_objects = int(max_objects)
     self.name = f"shapes[{split}]"
 
-  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray,
-                                                                str]:
+  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     del index  # the rng is already specific to this example
     scene = shapes.sample_scene(rng, self.split, max_objects=self.max_objects)
     return shapes.render(scene, self.render_size), shapes.caption(scene)
@@ -60,8 +57,7 @@ def get_field(record: Mapping[str, Any], path: str) -> Any:
   node = record
   for part in path.split("/"):
     if not isinstance(node, Mapping) or part not in node:
-      raise KeyError(f"field {path!r} not in record with keys "
-                     f"{sorted(record)}")
+      raise KeyError(f"field {path!r} not in record with keys {sorted(record)}")
     node = node[part]
   return node
 
@@ -72,8 +68,9 @@ BAD_CAPTION_POLICIES = ("skip", "error")
 
 def check_bad_caption(policy: str) -> str:
   if policy not in BAD_CAPTION_POLICIES:
-    raise ValueError(f"bad_caption={policy!r}; expected one of "
-                     f"{', '.join(map(repr, BAD_CAPTION_POLICIES))}")
+    raise ValueError(
+        f"bad_caption={policy!r}; expected one of {', '.join(map(repr, BAD_CAPTION_POLICIES))}"
+    )
   return policy
 
 
@@ -82,7 +79,8 @@ def _text(value: bytes, name: str) -> str:
     return value.decode("utf-8")
   except UnicodeDecodeError as e:
     raise preprocess.BadExampleError(
-        f"{name}: caption is not valid UTF-8 at byte {e.start} ({e.reason})") from None
+        f"{name}: caption is not valid UTF-8 at byte {e.start} ({e.reason})"
+    ) from None
 
 
 def pick_caption(value: Any, rng: np.random.Generator, name: str) -> str:
@@ -97,8 +95,10 @@ def pick_caption(value: Any, rng: np.random.Generator, name: str) -> str:
   if isinstance(value, bytes):
     value = _text(value, name)
   if not isinstance(value, str):
-    raise TypeError(f"{name}: caption field is {type(value).__name__}, "
-                    "expected str, bytes or a sequence of them")
+    raise TypeError(
+        f"{name}: caption field is {type(value).__name__}, "
+        "expected str, bytes or a sequence of them"
+    )
   return value
 
 
@@ -115,23 +115,24 @@ def all_captions(value: Any, name: str) -> list[str]:
       except preprocess.BadExampleError:
         continue  # read() skips and counts it; the text cache needs no entry
     if not isinstance(v, str):
-      raise TypeError(f"{name}: caption field is {type(v).__name__}, "
-                      "expected str, bytes or a sequence of them")
+      raise TypeError(
+          f"{name}: caption field is {type(v).__name__}, "
+          "expected str, bytes or a sequence of them"
+      )
     out.append(v)
   return out
 
 
 # Field mappings that work out of the box, by TFDS dataset name.
-TFDS_FIELDS = {
-    "coco_captions": {"image": "image", "caption": "captions/text"},
-}
+TFDS_FIELDS = {"coco_captions": {"image": "image", "caption": "captions/text"}}
 _BUG_TYPES = (IndexError, KeyError, TypeError, AttributeError, NameError)
 
 
 def default_data_dir() -> str:
   """TFDS's default data_dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                          "tensorflow_datasets")
+  return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+      os.path.expanduser("~"), "tensorflow_datasets"
+  )
 
 
 def prepared_dir(name: str, data_dir: str) -> str | None:
@@ -150,15 +151,20 @@ def prepared_dir(name: str, data_dir: str) -> str | None:
   return None
 
 
-PREPARE_DOCS = "docs/zero_to_fid.md step 2, docs/launching.md \"Preparing data\""
+PREPARE_DOCS = 'docs/zero_to_fid.md step 2, docs/launching.md "Preparing data"'
 
 
 def prepare_command(name: str, output_dir: str, source: str = "coco_json") -> str:
   """The scripts/prepare_data.py command that writes TFDS dataset `name` into `output_dir`."""
-  flags = {"coco_json": "--annotations captions_train2014.json --images train2014",
-           "webdataset": "--path 'TARS/*.tar'", "folder": "--path IMAGE_DIR"}[source]
-  return (f"python scripts/prepare_data.py --source {source} {flags} --name {name} "
-          f"--output_dir {shlex.quote(str(output_dir))}")
+  flags = {
+      "coco_json": "--annotations captions_train2014.json --images train2014",
+      "webdataset": "--path 'TARS/*.tar'",
+      "folder": "--path IMAGE_DIR",
+  }[source]
+  return (
+      f"python scripts/prepare_data.py --source {source} {flags} --name {name} "
+      f"--output_dir {shlex.quote(str(output_dir))}"
+  )
 
 
 def not_prepared_message(name: str, data_dir: str | None) -> str:
@@ -168,17 +174,21 @@ def not_prepared_message(name: str, data_dir: str | None) -> str:
   # TFDS's registered coco_captions builder owns that name (and needs TensorFlow to
   # build it), so the data prepared by prepare_data.py goes under a name of its own.
   target = "coco_train2014" if base == "coco_captions" else base
-  msg = (f"TFDS dataset {name!r} is not prepared in {where} (no dataset_info.json "
-         f"under {where.rstrip('/')}/{name.partition(':')[0]}). Prepare it first with "
-         f"scripts/prepare_data.py ({PREPARE_DOCS}):\n  "
-         + prepare_command(target, where)
-         + "\n  (or --source webdataset --path 'TARS/*.tar', or --source folder --path "
-         f"IMAGE_DIR)\nthen train with --config.input.dataset=tfds:{target} "
-         f"--config.input.data_dir={shlex.quote(where)}.")
+  msg = (
+      f"TFDS dataset {name!r} is not prepared in {where} (no dataset_info.json "
+      f"under {where.rstrip('/')}/{name.partition(':')[0]}). Prepare it first with "
+      f"scripts/prepare_data.py ({PREPARE_DOCS}):\n  "
+      + prepare_command(target, where)
+      + "\n  (or --source webdataset --path 'TARS/*.tar', or --source folder --path "
+      f"IMAGE_DIR)\nthen train with --config.input.dataset=tfds:{target} "
+      f"--config.input.data_dir={shlex.quote(where)}."
+  )
   if base == "coco_captions":
-    msg += (" TFDS's own coco_captions builder needs TensorFlow (pip install "
-            "tensorflow-cpu) and builder.download_and_prepare(file_format="
-            "'array_record').")
+    msg += (
+        " TFDS's own coco_captions builder needs TensorFlow (pip install "
+        "tensorflow-cpu) and builder.download_and_prepare(file_format="
+        "'array_record')."
+    )
   return msg
 
 
@@ -195,21 +205,26 @@ class TfdsSource:
   (the stage resolution) allows, like the folder sources.
   """
 
-  def __init__(self, name: str, split: str = "train",
-               data_dir: str | None = None,
-               fields: Mapping[str, str] | None = None,
-               download: bool = False, min_side: int | None = None,
-               max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
-               bad_caption: str = "skip"):
+  def __init__(
+      self,
+      name: str,
+      split: str = "train",
+      data_dir: str | None = None,
+      fields: Mapping[str, str] | None = None,
+      download: bool = False,
+      min_side: int | None = None,
+      max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+      bad_caption: str = "skip",
+  ):
     import tensorflow_datasets as tfds
+
     if data_dir and paths.is_remote(data_dir):
       paths.prefer_gcsfs()
     self.name = f"tfds:{name}[{split}]"
     self.min_side = min_side
     self.max_decoded_mb = preprocess.check_max_decoded_mb(max_decoded_mb)
     self.bad_caption = check_bad_caption(bad_caption)
-    self.fields = dict(TFDS_FIELDS.get(name, {"image": "image",
-                                              "caption": "caption"}))
+    self.fields = dict(TFDS_FIELDS.get(name, {"image": "image", "caption": "caption"}))
     self.fields.update(fields or {})
     try:
       builder = tfds.builder(name, data_dir=data_dir)
@@ -223,7 +238,8 @@ class TfdsSource:
           f"TFDS's registered builder for {name!r} needs {e.name or 'a module'} that is "
           f"not installed ({e}), even to read its data prepared in {where}: pip install "
           "tensorflow-cpu, or convert the data into a dataset of your own with\n  "
-          + prepare_command("my_" + name.partition(":")[0].split("/")[0], where)) from e
+          + prepare_command("my_" + name.partition(":")[0].split("/")[0], where)
+      ) from e
     if download:
       builder.download_and_prepare(file_format="array_record")
     image_field = self.fields["image"]
@@ -234,9 +250,12 @@ class TfdsSource:
     # is also what tfds.testing.mock_data can fake (its encoded fakes break
     # ragged sequences once decoders are given).
     from_files = isinstance(builder, tfds.core.read_only_builder.ReadOnlyBuilder)
-    if from_files and isinstance(features, tfds.features.FeaturesDict) and (
-        image_field in features.keys()) and isinstance(
-            features[image_field], tfds.features.Image):
+    if (
+        from_files
+        and isinstance(features, tfds.features.FeaturesDict)
+        and (image_field in features.keys())
+        and isinstance(features[image_field], tfds.features.Image)
+    ):
       decoders = {image_field: tfds.decode.SkipDecoding()}
     try:
       self._ds = builder.as_data_source(split=split, decoders=decoders)
@@ -252,12 +271,14 @@ class TfdsSource:
     self._sidecar = None
     if from_files and split in builder.info.splits:
       info = builder.info.splits[split]
-      self._sidecar = (str(builder.data_dir), list(info.filenames),
-                       np.cumsum([0, *info.shard_lengths]))
+      self._sidecar = (
+          str(builder.data_dir),
+          list(info.filenames),
+          np.cumsum([0, *info.shard_lengths]),
+      )
     self._sidecar_shard = (None, None)
 
-  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray,
-                                                                str]:
+  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     label = f"{self.name}#{index}"
     try:
       record = self._ds[index]
@@ -287,11 +308,12 @@ class TfdsSource:
         path = paths.path(f"{root}/captions/{files[shard]}.json")
         rows = json.loads(path.read_text()) if path.exists() else None
         if rows is not None and len(rows) != starts[shard + 1] - starts[shard]:
-          raise ValueError(f"{path}: {len(rows)} rows for a shard of "
-                           f"{starts[shard + 1] - starts[shard]} records")
+          raise ValueError(
+              f"{path}: {len(rows)} rows for a shard of "
+              f"{starts[shard + 1] - starts[shard]} records"
+          )
         self._sidecar_shard = (shard, rows)
       rows = self._sidecar_shard[1]
       if rows is not None:
         return [str(c) for c in rows[index - starts[shard]]]
-    return all_captions(get_field(self._ds[index], self.fields["caption"]),
-                        f"{self.name}#{index}")
+    return all_captions(get_field(self._ds[index], self.fields["caption"]), f"{self.name}#{index}")

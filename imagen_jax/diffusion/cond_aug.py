@@ -13,8 +13,7 @@ import jax.numpy as jnp
 from imagen_jax.diffusion import process
 
 
-def augment_lowres(lowres, rng, *, schedule, aug_range=(0.0, 1.0),
-                   aug_level=None):
+def augment_lowres(lowres, rng, *, schedule, aug_range=(0.0, 1.0), aug_level=None):
   """Noises the low-res image; returns (noised_lowres, aug_t [B]).
 
   Args:

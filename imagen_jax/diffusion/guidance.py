@@ -40,8 +40,7 @@ def dynamic_threshold(x0, percentile=DEFAULT_PERCENTILE, max_value=None):
   return jnp.clip(x0, -s, s) / s
 
 
-def apply_threshold(x0, threshold="none", percentile=DEFAULT_PERCENTILE,
-                    max_value=None):
+def apply_threshold(x0, threshold="none", percentile=DEFAULT_PERCENTILE, max_value=None):
   """Applies the named threshold ("none" | "static" | "dynamic") to x0."""
   if threshold == "none":
     return x0
@@ -49,5 +48,4 @@ def apply_threshold(x0, threshold="none", percentile=DEFAULT_PERCENTILE,
     return static_threshold(x0)
   if threshold == "dynamic":
     return dynamic_threshold(x0, percentile, max_value)
-  raise ValueError(f"Unknown threshold {threshold!r}; allowed values: "
-                   f"{', '.join(THRESHOLDS)}")
+  raise ValueError(f"Unknown threshold {threshold!r}; allowed values: {', '.join(THRESHOLDS)}")

@@ -24,8 +24,9 @@ def loss_weight(log_snr, prediction, weighting="none", min_snr_gamma=5.0):
   if weighting == "none":
     return jnp.ones_like(log_snr)
   if weighting != "min_snr":
-    raise ValueError(f"Unknown loss weighting {weighting!r}; allowed values: "
-                     f"{', '.join(WEIGHTINGS)}")
+    raise ValueError(
+        f"Unknown loss weighting {weighting!r}; allowed values: {', '.join(WEIGHTINGS)}"
+    )
   snr = jnp.exp(log_snr)
   clipped = jnp.minimum(snr, min_snr_gamma)
   if prediction == "eps":
@@ -35,9 +36,17 @@ def loss_weight(log_snr, prediction, weighting="none", min_snr_gamma=5.0):
   return clipped
 
 
-def diffusion_loss(denoise_fn: Callable, x0, rng, *, schedule,
-                   prediction: str = "eps", weighting: str = "none",
-                   min_snr_gamma: float = 5.0, t: jnp.ndarray | None = None):
+def diffusion_loss(
+    denoise_fn: Callable,
+    x0,
+    rng,
+    *,
+    schedule,
+    prediction: str = "eps",
+    weighting: str = "none",
+    min_snr_gamma: float = 5.0,
+    t: jnp.ndarray | None = None,
+):
   """Per-example diffusion loss [B].
 
   Args:
@@ -60,8 +69,7 @@ def diffusion_loss(denoise_fn: Callable, x0, rng, *, schedule,
   noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
   log_snr = schedule.log_snr(t)
   alpha, sigma = schedules.alpha_sigma_from_log_snr(log_snr)
-  x_t = process.broadcast_to(alpha, x0) * x0 + process.broadcast_to(
-      sigma, x0) * noise
+  x_t = process.broadcast_to(alpha, x0) * x0 + process.broadcast_to(sigma, x0) * noise
   pred = denoise_fn(x_t, t).astype(jnp.float32)
   tgt = process.target(x0, noise, alpha, sigma, prediction)
   mse = jnp.mean(jnp.square(pred - tgt), axis=tuple(range(1, x0.ndim)))

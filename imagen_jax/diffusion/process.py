@@ -13,8 +13,7 @@ PREDICTIONS = ("eps", "v", "x0")
 
 def check_prediction(prediction: str) -> str:
   if prediction not in PREDICTIONS:
-    raise ValueError(f"Unknown prediction {prediction!r}; allowed values: "
-                     f"{', '.join(PREDICTIONS)}")
+    raise ValueError(f"Unknown prediction {prediction!r}; allowed values: {', '.join(PREDICTIONS)}")
   return prediction
 
 

@@ -27,13 +27,23 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 def _check_sampler(sampler):
   if sampler not in SAMPLERS:
-    raise ValueError(f"Unknown sampler {sampler!r}; allowed values: "
-                     f"{', '.join(SAMPLERS)}")
+    raise ValueError(f"Unknown sampler {sampler!r}; allowed values: {', '.join(SAMPLERS)}")
 
 
-def sample(denoise_fn, shape, rng, *, schedule, sampler="ddpm", num_steps=256,
-           prediction="eps", threshold="none",
-           percentile=guidance.DEFAULT_PERCENTILE, max_value=None, x_init=None):
+def sample(
+    denoise_fn,
+    shape,
+    rng,
+    *,
+    schedule,
+    sampler="ddpm",
+    num_steps=256,
+    prediction="eps",
+    threshold="none",
+    percentile=guidance.DEFAULT_PERCENTILE,
+    max_value=None,
+    x_init=None,
+):
   """Draws samples x0 of the given shape.
 
   Args:
@@ -55,8 +65,9 @@ def sample(denoise_fn, shape, rng, *, schedule, sampler="ddpm", num_steps=256,
   _check_sampler(sampler)
   process.check_prediction(prediction)
   if threshold not in guidance.THRESHOLDS:
-    raise ValueError(f"Unknown threshold {threshold!r}; allowed values: "
-                     f"{', '.join(guidance.THRESHOLDS)}")
+    raise ValueError(
+        f"Unknown threshold {threshold!r}; allowed values: {', '.join(guidance.THRESHOLDS)}"
+    )
   num_steps = int(num_steps)
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1")
@@ -77,8 +88,7 @@ def sample(denoise_fn, shape, rng, *, schedule, sampler="ddpm", num_steps=256,
     log_snr = schedule.log_snr(t)
     alpha, sigma = schedules.alpha_sigma_from_log_snr(log_snr)
     pred = denoise_fn(x, jnp.full((batch,), t, jnp.float32))
-    x0, _ = process.x0_eps_from_prediction(
-        pred.astype(jnp.float32), x, alpha, sigma, prediction)
+    x0, _ = process.x0_eps_from_prediction(pred.astype(jnp.float32), x, alpha, sigma, prediction)
     x0 = guidance.apply_threshold(x0, threshold, percentile, max_value)
     eps = (x - alpha * x0) / sigma
     return x0, eps, log_snr, alpha, sigma

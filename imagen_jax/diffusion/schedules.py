@@ -37,6 +37,7 @@ SCHEDULES = ("cosine", "linear")
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """A VP schedule given by a (clipped) log-SNR function of t in [0, 1]."""
+
   name: str
   raw_log_snr: Callable[[jnp.ndarray], jnp.ndarray]
   log_snr_min: float = -20.0
@@ -71,8 +72,9 @@ def _linear_log_snr(t, beta_0=0.1, beta_1=20.0):
   return -jnp.log(jnp.expm1(beta_0 * t + 0.5 * (beta_1 - beta_0) * t**2))
 
 
-def get_schedule(name: str, *, log_snr_min: float = -20.0,
-                 log_snr_max: float = 20.0, **kw) -> Schedule:
+def get_schedule(
+    name: str, *, log_snr_min: float = -20.0, log_snr_max: float = 20.0, **kw
+) -> Schedule:
   """Returns the named schedule.
 
   Args:
@@ -83,8 +85,7 @@ def get_schedule(name: str, *, log_snr_min: float = -20.0,
       linear (in continuous VP-SDE units, i.e. 1000 x the discrete betas).
   """
   if log_snr_min >= log_snr_max:
-    raise ValueError(
-        f"log_snr_min={log_snr_min} must be below log_snr_max={log_snr_max}")
+    raise ValueError(f"log_snr_min={log_snr_min} must be below log_snr_max={log_snr_max}")
   if name == "cosine":
     allowed = {"s"}
     fn = lambda t: _cosine_log_snr(t, **kw)
@@ -92,10 +93,11 @@ def get_schedule(name: str, *, log_snr_min: float = -20.0,
     allowed = {"beta_0", "beta_1"}
     fn = lambda t: _linear_log_snr(t, **kw)
   else:
-    raise ValueError(
-        f"Unknown schedule {name!r}; allowed values: {', '.join(SCHEDULES)}")
+    raise ValueError(f"Unknown schedule {name!r}; allowed values: {', '.join(SCHEDULES)}")
   unknown = set(kw) - allowed
   if unknown:
-    raise ValueError(f"Unknown parameters {sorted(unknown)} for schedule "
-                     f"{name!r}; allowed: {sorted(allowed)}")
+    raise ValueError(
+        f"Unknown parameters {sorted(unknown)} for schedule "
+        f"{name!r}; allowed: {sorted(allowed)}"
+    )
   return Schedule(name, fn, float(log_snr_min), float(log_snr_max))

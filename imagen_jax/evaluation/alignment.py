@@ -19,8 +19,7 @@ from imagen_jax.data import shapes_score
 SampleFn = Callable[[list, int], np.ndarray]
 
 
-def draw_scenes(num: int, seed: int = 0, split: str = "heldout",
-                max_objects: int = 1) -> list:
+def draw_scenes(num: int, seed: int = 0, split: str = "heldout", max_objects: int = 1) -> list:
   if num < 1:
     raise ValueError(f"num_samples={num} must be >= 1")
   rng = np.random.default_rng(seed)
@@ -41,13 +40,21 @@ def references(scenes: Sequence, resolution: int) -> dict:
   """{"chance": unrelated renders' accuracy, "ceiling": own renders' accuracy}."""
   renders = np.stack([shapes.render(s, resolution) for s in scenes])
   shifted = np.roll(renders, 1, axis=0)
-  return {"chance": score_images(shifted, scenes)["accuracy"] if len(scenes) > 1 else 0.0,
-          "ceiling": score_images(renders, scenes)["accuracy"]}
+  return {
+      "chance": score_images(shifted, scenes)["accuracy"] if len(scenes) > 1 else 0.0,
+      "ceiling": score_images(renders, scenes)["accuracy"],
+  }
 
 
-def evaluate(sample_fn: SampleFn, num_samples: int = 64, seed: int = 0,
-             split: str = "heldout", max_objects: int = 1, sample_seed: int | None = None,
-             with_references: bool = True) -> dict:
+def evaluate(
+    sample_fn: SampleFn,
+    num_samples: int = 64,
+    seed: int = 0,
+    split: str = "heldout",
+    max_objects: int = 1,
+    sample_seed: int | None = None,
+    with_references: bool = True,
+) -> dict:
   """Scores `sample_fn(captions, rng_seed)` on `num_samples` held-out captions.
 
   Returns the mean per-attribute scores (`accuracy`, `colour`, `shape`, ..., `all_correct`)

@@ -61,23 +61,30 @@ class Protocol:
   read_threads: int = 8
 
 
-def open_source(annotations: str | None = None, image_dir: str | None = None,
-                tfds_name: str | None = None, tfds_split: str = TFDS_VAL2014_SPLIT,
-                data_dir: str | None = None):
+def open_source(
+    annotations: str | None = None,
+    image_dir: str | None = None,
+    tfds_name: str | None = None,
+    tfds_split: str = TFDS_VAL2014_SPLIT,
+    data_dir: str | None = None,
+):
   """The caption/image source: a COCO json + image folder (local or gs://), or TFDS."""
   from imagen_jax.data import folder_source  # pylint: disable=import-outside-toplevel
   from imagen_jax.data import sources  # pylint: disable=import-outside-toplevel
+
   if tfds_name:
     return sources.TfdsSource(tfds_name, split=tfds_split, data_dir=data_dir)
   if not annotations or not paths.path(annotations).is_file():
     raise FileNotFoundError(
         f"COCO captions file {annotations!r} not found: give --coco_annotations="
         f".../annotations/captions_val2014.json (from {COCO_ANNOTATIONS_URL}) or "
-        "--tfds_name=coco_captions")
+        "--tfds_name=coco_captions"
+    )
   if not image_dir or not paths.path(image_dir).is_dir():
     raise FileNotFoundError(
         f"COCO reference image directory {image_dir!r} not found: give --coco_images=.../"
-        f"val2014 (the folder of COCO_val2014_*.jpg from {COCO_IMAGES_URL})")
+        f"val2014 (the folder of COCO_val2014_*.jpg from {COCO_IMAGES_URL})"
+    )
   return folder_source.CocoJsonSource(annotations, image_dir)
 
 
@@ -107,7 +114,8 @@ def draw_indices(source, num_samples: int, seed: int) -> np.ndarray:
         f"num_samples={num_samples} is larger than the {n} records of {source.name}. "
         "The protocol draws records without replacement (one caption per drawn image); "
         "sampling with replacement would duplicate reference images and captions and bias "
-        f"FID low, so it is not allowed: use --num_samples <= {n}.")
+        f"FID low, so it is not allowed: use --num_samples <= {n}."
+    )
   return np.sort(np.random.default_rng(seed).choice(n, num_samples, replace=False))
 
 
@@ -118,8 +126,10 @@ def read_record(source, index: int, seed: int, resolution: int) -> tuple[np.ndar
   try:
     image, caption = source.read(int(index), rng)
   except preprocess.BadExampleError as e:
-    raise ValueError(f"reference record {index} of {source.name} is unreadable ({e}); "
-                     "the FID reference must be exactly the drawn images") from e
+    raise ValueError(
+        f"reference record {index} of {source.name} is unreadable ({e}); "
+        "the FID reference must be exactly the drawn images"
+    ) from e
   return to_resolution(image[None], resolution)[0], caption
 
 
@@ -172,9 +182,17 @@ class CocoFid:
   `extractor` is an `inception.FeatureExtractor` (uint8 images -> [N, 2048]).
   """
 
-  def __init__(self, source, extractor, out_dir: str, protocol: Protocol = Protocol(),
-               cache_dir: str | None = None, process_index: int = 0,
-               process_count: int = 1, barrier: Callable[[str], None] = multihost.sync):
+  def __init__(
+      self,
+      source,
+      extractor,
+      out_dir: str,
+      protocol: Protocol = Protocol(),
+      cache_dir: str | None = None,
+      process_index: int = 0,
+      process_count: int = 1,
+      barrier: Callable[[str], None] = multihost.sync,
+  ):
     if protocol.num_samples < 2:
       raise ValueError(f"num_samples={protocol.num_samples}: FID needs at least 2 samples")
     if protocol.shard_size < 1:
@@ -202,7 +220,7 @@ class CocoFid:
     chunk = max(self.extractor.batch_size, 64)
     with concurrent.futures.ThreadPoolExecutor(self.protocol.read_threads) as pool:
       for lo in range(0, len(indices), chunk):
-        pairs = list(pool.map(self._read, indices[lo:lo + chunk]))
+        pairs = list(pool.map(self._read, indices[lo : lo + chunk]))
         on_chunk(np.stack([p[0] for p in pairs]), [p[1] for p in pairs])
 
   def draw(self) -> dict:
@@ -211,8 +229,12 @@ class CocoFid:
       return self._draw
     path = join(self.out_dir, "captions.json")
     p = self.protocol
-    expect = {"seed": p.seed, "num_samples": p.num_samples, "resolution": p.resolution,
-              "source": self.source.name}
+    expect = {
+        "seed": p.seed,
+        "num_samples": p.num_samples,
+        "resolution": p.resolution,
+        "source": self.source.name,
+    }
     if self.process_index == 0 and not paths.path(path).exists():
       indices = self._indices()
       start = time.perf_counter()
@@ -223,18 +245,31 @@ class CocoFid:
         captions.extend(caps)
 
       self._read_all(indices, collect)
-      write_json(path, {**expect, "indices": [int(i) for i in indices], "captions": captions,
-                         "captions_sha256": _captions_hash(captions),
-                         "reference_pixels_sha256": pixels.hexdigest(),
-                         "sampling": "without replacement"})
-      logging.info("drew %d captions from %s in %.1fs", len(captions), self.source.name,
-                   time.perf_counter() - start)
+      write_json(
+          path,
+          {
+              **expect,
+              "indices": [int(i) for i in indices],
+              "captions": captions,
+              "captions_sha256": _captions_hash(captions),
+              "reference_pixels_sha256": pixels.hexdigest(),
+              "sampling": "without replacement",
+          },
+      )
+      logging.info(
+          "drew %d captions from %s in %.1fs",
+          len(captions),
+          self.source.name,
+          time.perf_counter() - start,
+      )
     self.barrier("coco_fid_draw")
     draw = read_json(path)
     mismatch = {k: (draw.get(k), v) for k, v in expect.items() if draw.get(k) != v}
     if mismatch:
-      raise ValueError(f"{path} was made with different settings (found, wanted): {mismatch}; "
-                       "use a new output directory")
+      raise ValueError(
+          f"{path} was made with different settings (found, wanted): {mismatch}; "
+          "use a new output directory"
+      )
     self._draw = draw
     return draw
 
@@ -261,18 +296,32 @@ class CocoFid:
 
       self._read_all(np.asarray(d["indices"]), featurize)
       if pixels.hexdigest() != d["reference_pixels_sha256"]:
-        raise ValueError(f"the reference images of {self.source.name} changed since "
-                         f"{self.out_dir}/captions.json was written; use a new output directory")
+        raise ValueError(
+            f"the reference images of {self.source.name} changed since "
+            f"{self.out_dir}/captions.json was written; use a new output directory"
+        )
       feats = np.concatenate(feats)
       if len(feats) <= inception.FEATURE_DIM:  # small runs: exact, cheap feature-form FID
         fid.save_npy(path[:-4] + "_features.npy", feats)
       mu, sigma = fid.statistics(feats)
-      fid.save_statistics(path, mu, sigma, len(d["indices"]),
-                          {"source": self.source.name, "pixels_sha256": d["reference_pixels_sha256"],
-                           "inception": self.extractor.identity,
-                           "resolution": str(self.protocol.resolution)})
-      logging.info("reference statistics of %d images in %.1fs -> %s", len(d["indices"]),
-                   time.perf_counter() - start, path)
+      fid.save_statistics(
+          path,
+          mu,
+          sigma,
+          len(d["indices"]),
+          {
+              "source": self.source.name,
+              "pixels_sha256": d["reference_pixels_sha256"],
+              "inception": self.extractor.identity,
+              "resolution": str(self.protocol.resolution),
+          },
+      )
+      logging.info(
+          "reference statistics of %d images in %.1fs -> %s",
+          len(d["indices"]),
+          time.perf_counter() - start,
+          path,
+      )
     self.barrier("coco_fid_reference")
     if self.process_index != 0:
       return None
@@ -284,7 +333,7 @@ class CocoFid:
 
   def _shards(self) -> list[tuple[int, list[str]]]:
     caps, size = self.draw()["captions"], self.protocol.shard_size
-    return [(k, caps[lo:lo + size]) for k, lo in enumerate(range(0, len(caps), size))]
+    return [(k, caps[lo : lo + size]) for k, lo in enumerate(range(0, len(caps), size))]
 
   def _shard_path(self, run_dir: str, k: int) -> str:
     return join(run_dir, "shards", f"shard-{k:05d}.npz")
@@ -321,30 +370,48 @@ class CocoFid:
       start = time.perf_counter()
       images = np.asarray(sample_fn(list(captions), seed_for_shard(p.seed, k)))
       if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise TypeError(f"sample_fn must return uint8 [n, H, W, 3], got {images.dtype} "
-                        f"{images.shape}")
+        raise TypeError(
+            f"sample_fn must return uint8 [n, H, W, 3], got {images.dtype} {images.shape}"
+        )
       if images.shape[0] != len(captions):
-        raise ValueError(f"sample_fn returned {images.shape[0]} images for "
-                         f"{len(captions)} captions")
+        raise ValueError(
+            f"sample_fn returned {images.shape[0]} images for {len(captions)} captions"
+        )
       if sample_res is None and min(images.shape[1:3]) < p.resolution:
-        logging.warning("samples are %dx%d, upsampled to %d: not the paper protocol",
-                        images.shape[1], images.shape[2], p.resolution)
+        logging.warning(
+            "samples are %dx%d, upsampled to %d: not the paper protocol",
+            images.shape[1],
+            images.shape[2],
+            p.resolution,
+        )
       sample_res = images.shape[1]
       images = to_resolution(images, p.resolution)
       feats = self.extractor(images)
       extra = {"images": images} if save_images else {}
-      fid.save_npz(path, features=feats, captions_sha256=_captions_hash(captions),
-                   rng_seed=seed_for_shard(p.seed, k), **extra)
+      fid.save_npz(
+          path,
+          features=feats,
+          captions_sha256=_captions_hash(captions),
+          rng_seed=seed_for_shard(p.seed, k),
+          **extra,
+      )
       generated += 1
       seconds += time.perf_counter() - start
-      logging.info("shard %d: %d samples in %.1fs", k, len(captions),
-                   time.perf_counter() - start)
-    return {"reused": reused, "generated": generated, "seconds": seconds,
-            "sample_resolution": sample_res}
+      logging.info("shard %d: %d samples in %.1fs", k, len(captions), time.perf_counter() - start)
+    return {
+        "reused": reused,
+        "generated": generated,
+        "seconds": seconds,
+        "sample_resolution": sample_res,
+    }
 
-  def evaluate(self, sample_fn: SampleFn, name: str = "default",
-               settings: Mapping[str, Any] | None = None,
-               save_images: bool = False) -> dict | None:
+  def evaluate(
+      self,
+      sample_fn: SampleFn,
+      name: str = "default",
+      settings: Mapping[str, Any] | None = None,
+      save_images: bool = False,
+  ) -> dict | None:
     """Draw + reference + shards + FID; process 0 returns and writes the result dict."""
     start = time.perf_counter()
     d = self.draw()
@@ -359,8 +426,10 @@ class CocoFid:
     for k, captions in self._shards():
       f = self._load_shard(self._shard_path(run_dir, k), captions)
       if f is None:
-        raise RuntimeError(f"shard {k} of {run_dir} is missing (process "
-                           f"{k % self.process_count} did not finish it); rerun to resume")
+        raise RuntimeError(
+            f"shard {k} of {run_dir} is missing (process "
+            f"{k % self.process_count} did not finish it); rerun to resume"
+        )
       feats.append(f)
     feats = np.concatenate(feats)
     ref_feats = ref_path[:-4] + "_features.npy"
@@ -374,23 +443,37 @@ class CocoFid:
         "fid": value,
         "name": name,
         "settings": dict(settings or {}),
-        "protocol": {**dataclasses.asdict(p), "sampling": "captions drawn without replacement",
-                     "reference": "drawn images, centre crop, PIL bicubic to resolution",
-                     "resize_to_inception": "clean-fid (PIL bicubic on float channels)"},
+        "protocol": {
+            **dataclasses.asdict(p),
+            "sampling": "captions drawn without replacement",
+            "reference": "drawn images, centre crop, PIL bicubic to resolution",
+            "resize_to_inception": "clean-fid (PIL bicubic on float channels)",
+        },
         "seed": p.seed,
-        "counts": {"samples": int(feats.shape[0]), "reference": len(d["indices"]),
-                   "shards": len(self._shards()), "shards_generated_now": stats["generated"],
-                   "shards_reused": stats["reused"], "processes": self.process_count},
-        "hashes": {"captions_sha256": d["captions_sha256"],
-                   "reference_pixels_sha256": d["reference_pixels_sha256"],
-                   "reference_stats": ref_path, "inception": self.extractor.identity},
+        "counts": {
+            "samples": int(feats.shape[0]),
+            "reference": len(d["indices"]),
+            "shards": len(self._shards()),
+            "shards_generated_now": stats["generated"],
+            "shards_reused": stats["reused"],
+            "processes": self.process_count,
+        },
+        "hashes": {
+            "captions_sha256": d["captions_sha256"],
+            "reference_pixels_sha256": d["reference_pixels_sha256"],
+            "reference_stats": ref_path,
+            "inception": self.extractor.identity,
+        },
         "source": self.source.name,
         "sample_resolution": stats["sample_resolution"],
         "inception_image_size": self.extractor.image_size,
-        "comparable_to_published_fid": bool(self.extractor.image_size == 299 and
-                                            not self.extractor.weights_id.startswith("random")),
-        "seconds": {"generation_this_process": stats["seconds"],
-                    "total": time.perf_counter() - start},
+        "comparable_to_published_fid": bool(
+            self.extractor.image_size == 299 and not self.extractor.weights_id.startswith("random")
+        ),
+        "seconds": {
+            "generation_this_process": stats["seconds"],
+            "total": time.perf_counter() - start,
+        },
     }
     write_json(join(run_dir, "result.json"), result)
     return result

@@ -33,17 +33,28 @@ SampleFn = Callable[[Any, list, int], np.ndarray]
 class AlignmentEvaluator:
   """Shapes-world caption alignment (the demo's metric) of held-out captions."""
 
-  def __init__(self, sample_fn: SampleFn, *, num_samples: int = 64, seed: int = 0,
-               split: str = "heldout", max_objects: int = 1):
+  def __init__(
+      self,
+      sample_fn: SampleFn,
+      *,
+      num_samples: int = 64,
+      seed: int = 0,
+      split: str = "heldout",
+      max_objects: int = 1,
+  ):
     self.sample_fn = sample_fn
-    self.kw = dict(num_samples=int(num_samples), seed=int(seed), split=split,
-                   max_objects=int(max_objects))
+    self.kw = dict(
+        num_samples=int(num_samples), seed=int(seed), split=split, max_objects=int(max_objects)
+    )
     self._refs = None
 
   def run(self, params: Any) -> Iterator[tuple[str, float]]:
     # The same captions and noise every time: steps are comparable.
-    res = alignment.evaluate(lambda captions, seed: self.sample_fn(params, captions, seed),
-                             with_references=self._refs is None, **self.kw)
+    res = alignment.evaluate(
+        lambda captions, seed: self.sample_fn(params, captions, seed),
+        with_references=self._refs is None,
+        **self.kw,
+    )
     if self._refs is None:
       self._refs = {k: res.pop(k) for k in ("chance", "ceiling")}
     res.update(self._refs)
@@ -62,20 +73,41 @@ class FidEvaluator:
   is not an FID).
   """
 
-  def __init__(self, sample_fn: SampleFn, *, resolution: int, num_samples: int = 1000,
-               seed: int = 0, dataset: str = "shapes", split: str = "heldout",
-               max_objects: int = 1, annotations: str | None = None,
-               image_dir: str | None = None, tfds_name: str | None = None,
-               tfds_split: str = coco_fid.TFDS_VAL2014_SPLIT, data_dir: str | None = None,
-               inception_weights: str | None = None, inception_image_size: int = 299,
-               inception_batch_size: int = 64, sample_batch_size: int = 256):
+  def __init__(
+      self,
+      sample_fn: SampleFn,
+      *,
+      resolution: int,
+      num_samples: int = 1000,
+      seed: int = 0,
+      dataset: str = "shapes",
+      split: str = "heldout",
+      max_objects: int = 1,
+      annotations: str | None = None,
+      image_dir: str | None = None,
+      tfds_name: str | None = None,
+      tfds_split: str = coco_fid.TFDS_VAL2014_SPLIT,
+      data_dir: str | None = None,
+      inception_weights: str | None = None,
+      inception_image_size: int = 299,
+      inception_batch_size: int = 64,
+      sample_batch_size: int = 256,
+  ):
     if dataset not in ("shapes", "coco"):
       raise ValueError(f"dataset must be 'shapes' or 'coco', got {dataset!r}")
     self.sample_fn = sample_fn
     self.resolution, self.num_samples, self.seed = int(resolution), int(num_samples), int(seed)
     self.sample_batch_size = int(sample_batch_size)
-    self._source_args = (dataset, split, max_objects, annotations, image_dir, tfds_name,
-                         tfds_split, data_dir)
+    self._source_args = (
+        dataset,
+        split,
+        max_objects,
+        annotations,
+        image_dir,
+        tfds_name,
+        tfds_split,
+        data_dir,
+    )
     kw = dict(batch_size=inception_batch_size, image_size=inception_image_size)
     if inception_weights and inception_weights.startswith("random:"):
       self.extractor = inception.FeatureExtractor.random(int(inception_weights[7:]), **kw)
@@ -85,10 +117,12 @@ class FidEvaluator:
     self._ref = None
 
   def _source(self):
-    (dataset, split, max_objects, annotations, image_dir, tfds_name, tfds_split,
-     data_dir) = self._source_args
+    dataset, split, max_objects, annotations, image_dir, tfds_name, tfds_split, data_dir = (
+        self._source_args
+    )
     if dataset == "shapes":
       from imagen_jax.data import sources  # pylint: disable=import-outside-toplevel
+
       return sources.ShapesSource(self.resolution, split, max_objects)
     return coco_fid.open_source(annotations, image_dir, tfds_name, tfds_split, data_dir)
 
@@ -97,8 +131,10 @@ class FidEvaluator:
     indices = coco_fid.draw_indices(source, self.num_samples, self.seed)
     captions, feats = [], []
     for lo in range(0, len(indices), self.sample_batch_size):
-      pairs = [coco_fid.read_record(source, i, self.seed, self.resolution)
-               for i in indices[lo:lo + self.sample_batch_size]]
+      pairs = [
+          coco_fid.read_record(source, i, self.seed, self.resolution)
+          for i in indices[lo : lo + self.sample_batch_size]
+      ]
       captions += [c for _, c in pairs]
       feats.append(self.extractor(np.stack([im for im, _ in pairs])))
     self._captions = captions
@@ -110,17 +146,14 @@ class FidEvaluator:
     feats = []
     bs = self.sample_batch_size
     for k, lo in enumerate(range(0, len(self._captions), bs)):
-      caps = self._captions[lo:lo + bs]
+      caps = self._captions[lo : lo + bs]
       images = np.asarray(self.sample_fn(params, caps, coco_fid.seed_for_shard(self.seed, k)))
       inception.check_images(images, "sample_fn output")
       feats.append(self.extractor(coco_fid.to_resolution(images, self.resolution)))
     yield "fid", fid.frechet_distance_from_features(np.concatenate(feats), self._ref)
 
 
-EVALUATORS = {
-    "alignment": AlignmentEvaluator,
-    "fid": FidEvaluator,
-}
+EVALUATORS = {"alignment": AlignmentEvaluator, "fid": FidEvaluator}
 
 
 def from_config(evals: Mapping[str, Any], sample_fn: SampleFn) -> list[tuple[str, Any, int]]:
@@ -131,10 +164,10 @@ def from_config(evals: Mapping[str, Any], sample_fn: SampleFn) -> list[tuple[str
     kind = cfg.pop("type", name)
     log_steps = cfg.pop("log_steps", None)
     if kind not in EVALUATORS:
-      raise ValueError(f"config.evals.{name}: unknown type {kind!r}; known: "
-                       f"{', '.join(EVALUATORS)}")
+      raise ValueError(
+          f"config.evals.{name}: unknown type {kind!r}; known: {', '.join(EVALUATORS)}"
+      )
     if not log_steps or int(log_steps) < 1:
-      raise ValueError(f"config.evals.{name}: log_steps must be a positive int, got "
-                       f"{log_steps!r}")
+      raise ValueError(f"config.evals.{name}: log_steps must be a positive int, got {log_steps!r}")
     out.append((name, EVALUATORS[kind](sample_fn, **cfg), int(log_steps)))
   return out

@@ -56,6 +56,7 @@ def _check_stats(mu, sigma, name):
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
   from scipy import linalg
+
   w, v = linalg.eigh((sigma + sigma.T) / 2)
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
@@ -63,6 +64,7 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   """tr((sigma1 sigma2)^(1/2)) for symmetric PSD matrices (float64)."""
   from scipy import linalg
+
   a = _psd_sqrt(sigma1)
   m = a @ sigma2 @ a
   w = linalg.eigvalsh((m + m.T) / 2)
@@ -127,11 +129,17 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
   return np.load(io.BytesIO(paths.path(path).read_bytes()), allow_pickle=False)
 
 
-def save_statistics(path: str, mu, sigma, count: int,
-                    metadata: Mapping[str, str] | None = None) -> None:
+def save_statistics(
+    path: str, mu, sigma, count: int, metadata: Mapping[str, str] | None = None
+) -> None:
   """Writes mu/sigma/count (+ JSON metadata) to `path` (local or remote) atomically."""
-  save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-           count=np.int64(count), metadata=json.dumps(dict(metadata or {}), sort_keys=True))
+  save_npz(
+      path,
+      mu=np.asarray(mu, np.float64),
+      sigma=np.asarray(sigma, np.float64),
+      count=np.int64(count),
+      metadata=json.dumps(dict(metadata or {}), sort_keys=True),
+  )
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray, int, dict]:
@@ -140,5 +148,9 @@ def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray, int, dict]:
     z = load_npz(path)
   except FileNotFoundError:
     raise FileNotFoundError(f"no FID statistics file at {path}") from None
-  return (z["mu"], z["sigma"], int(z["count"]),
-          json.loads(str(z["metadata"])) if "metadata" in z else {})
+  return (
+      z["mu"],
+      z["sigma"],
+      int(z["count"]),
+      json.loads(str(z["metadata"])) if "metadata" in z else {},
+  )

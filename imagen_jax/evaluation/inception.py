@@ -35,8 +35,10 @@ import numpy as np
 
 from imagen_jax.storage import paths
 
-WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               "pt_inception-2015-12-05-6726825d.pth")
+WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d"
 DEFAULT_WEIGHTS_DIR = os.path.join("~", ".cache", "imagen_jax")
 FEATURE_DIM = 2048
@@ -56,12 +58,14 @@ class WeightsNotFoundError(FileNotFoundError):
 
 def _missing_weights_message(path: str | None) -> str:
   where = path or " or ".join(default_weights_paths())
-  return (f"FID Inception weights not found at {where}. Nothing is downloaded at run time: "
-          f"on a machine with network access fetch pytorch-fid's weights from\n  {WEIGHTS_URL}\n"
-          f"and put the file at {default_weights_paths()[1]} (or pass its path, e.g. "
-          "--inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth). Without torch, "
-          "convert it once with `python scripts/convert_inception_weights.py --input FILE.pth "
-          f"--output {default_weights_paths()[0]}`.")
+  return (
+      f"FID Inception weights not found at {where}. Nothing is downloaded at run time: "
+      f"on a machine with network access fetch pytorch-fid's weights from\n  {WEIGHTS_URL}\n"
+      f"and put the file at {default_weights_paths()[1]} (or pass its path, e.g. "
+      "--inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth). Without torch, "
+      "convert it once with `python scripts/convert_inception_weights.py --input FILE.pth "
+      f"--output {default_weights_paths()[0]}`."
+  )
 
 
 def resolve_weights_path(path: str | None) -> str:
@@ -95,6 +99,7 @@ _kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal
 
 class BatchNorm(nn.Module):
   """Inference BatchNorm with torch's names for the statistics; float32 math."""
+
   eps: float = BN_EPS
 
   @nn.compact
@@ -118,9 +123,17 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     ph, pw = self.padding
-    x = nn.Conv(self.features, tuple(self.kernel), tuple(self.strides),
-                padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=_kernel_init, name="conv")(x)
+    x = nn.Conv(
+        self.features,
+        tuple(self.kernel),
+        tuple(self.strides),
+        padding=((ph, ph), (pw, pw)),
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_kernel_init,
+        name="conv",
+    )(x)
     return nn.relu(BatchNorm(name="bn")(x)).astype(self.dtype)
 
 
@@ -207,12 +220,22 @@ class InceptionE(nn.Module):
     c = functools.partial(BasicConv, dtype=self.dtype)
     b1 = c(320, (1, 1), name="branch1x1")(x)
     b3 = c(384, (1, 1), name="branch3x3_1")(x)
-    b3 = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
-                          c(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], -1)
+    b3 = jnp.concatenate(
+        [
+            c(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+            c(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
+        ],
+        -1,
+    )
     bd = c(448, (1, 1), name="branch3x3dbl_1")(x)
     bd = c(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([c(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
-                          c(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], -1)
+    bd = jnp.concatenate(
+        [
+            c(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+            c(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
+        ],
+        -1,
+    )
     if self.max_pool:
       pooled = nn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
     else:
@@ -223,13 +246,16 @@ class InceptionE(nn.Module):
 
 class InceptionV3(nn.Module):
   """FID InceptionV3: x [N, H, W, 3] in [-1, 1] -> pool features [N, 2048] float32."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if x.shape[1] < MIN_SIZE or x.shape[2] < MIN_SIZE:
-      raise ValueError(f"Inception input must be at least {MIN_SIZE}x{MIN_SIZE}, got "
-                       f"{x.shape[1]}x{x.shape[2]}")
+      raise ValueError(
+          f"Inception input must be at least {MIN_SIZE}x{MIN_SIZE}, got "
+          f"{x.shape[1]}x{x.shape[2]}"
+      )
     d = self.dtype
     c = functools.partial(BasicConv, dtype=d)
     x = x.astype(d)
@@ -294,13 +320,17 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError(f"reading {path} needs torch; convert it to .npz once with "
-                      "scripts/convert_inception_weights.py on a machine that has torch") from e
+    raise ImportError(
+        f"reading {path} needs torch; convert it to .npz once with "
+        "scripts/convert_inception_weights.py on a machine that has torch"
+    ) from e
   sd = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(sd, Mapping):
     raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
-  return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
-          for k, v in sd.items()}
+  return {
+      k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
+      for k, v in sd.items()
+  }
 
 
 def params_from_state_dict(sd: Mapping[str, np.ndarray]) -> dict:
@@ -333,21 +363,32 @@ def params_from_state_dict(sd: Mapping[str, np.ndarray]) -> dict:
       node = node.setdefault(p, {})
     node[name] = value
   if unknown:
-    raise ValueError(f"not a pytorch-fid Inception state dict: unexpected keys {unknown[:5]}"
-                     f"{' ...' if len(unknown) > 5 else ''}")
-  flat_exp = {jax.tree_util.keystr(k): v for k, v in
-              jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]}
-  flat_got = {jax.tree_util.keystr(k): v.shape for k, v in
-              jax.tree_util.tree_flatten_with_path(params)[0]}
+    raise ValueError(
+        f"not a pytorch-fid Inception state dict: unexpected keys {unknown[:5]}"
+        f"{' ...' if len(unknown) > 5 else ''}"
+    )
+  flat_exp = {
+      jax.tree_util.keystr(k): v
+      for k, v in jax.tree_util.tree_flatten_with_path(
+          expected, is_leaf=lambda x: isinstance(x, tuple)
+      )[0]
+  }
+  flat_got = {
+      jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   missing = sorted(set(flat_exp) - set(flat_got))
   if missing:
-    raise ValueError(f"Inception state dict is missing {len(missing)} parameters, e.g. "
-                     f"{missing[:3]}")
+    raise ValueError(
+        f"Inception state dict is missing {len(missing)} parameters, e.g. {missing[:3]}"
+    )
   extra = sorted(set(flat_got) - set(flat_exp))
   if extra:
     raise ValueError(f"Inception state dict has unexpected parameters {extra[:3]}")
-  bad = [(k, flat_got[k], tuple(flat_exp[k])) for k in flat_exp
-         if tuple(flat_got[k]) != tuple(flat_exp[k])]
+  bad = [
+      (k, flat_got[k], tuple(flat_exp[k]))
+      for k in flat_exp
+      if tuple(flat_got[k]) != tuple(flat_exp[k])
+  ]
   if bad:
     raise ValueError(f"Inception parameter shapes differ (key, file, expected): {bad[:3]}")
   return params
@@ -370,14 +411,17 @@ def params_identity(params) -> str:
 # ----------------------------------------------------------------------------
 # Preprocessing (clean-fid) and the batched, sharded extractor.
 
+
 def check_images(images, name: str = "images") -> np.ndarray:
   """uint8 [N, H, W, 3] numpy, or a clear TypeError / ValueError."""
   if not isinstance(images, np.ndarray):
     images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise TypeError(f"{name} must be uint8 in [0, 255] (the FID protocol quantises like a saved "
-                    f"PNG), got dtype {images.dtype}; convert floats in [-1, 1] with "
-                    "np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8)")
+    raise TypeError(
+        f"{name} must be uint8 in [0, 255] (the FID protocol quantises like a saved "
+        f"PNG), got dtype {images.dtype}; convert floats in [-1, 1] with "
+        "np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8)"
+    )
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"{name} must be [N, H, W, 3], got shape {images.shape}")
   return images
@@ -389,6 +433,7 @@ def clean_resize(images: np.ndarray, size: int = FID_SIZE) -> np.ndarray:
   Returns float32 [N, size, size, 3] in [0, 255]; images already `size` pass unchanged.
   """
   from PIL import Image
+
   images = check_images(images)
   n, h, w, _ = images.shape
   if (h, w) == (size, size):
@@ -411,9 +456,18 @@ class FeatureExtractor:
   smaller (>= 75) only for tests, and such numbers are not FID.
   """
 
-  def __init__(self, params, *, batch_size: int = 64, image_size: int = FID_SIZE,
-               dtype=None, devices=None, weights_id: str | None = None):
+  def __init__(
+      self,
+      params,
+      *,
+      batch_size: int = 64,
+      image_size: int = FID_SIZE,
+      dtype=None,
+      devices=None,
+      weights_id: str | None = None,
+  ):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
     if image_size < MIN_SIZE:
       raise ValueError(f"image_size must be >= {MIN_SIZE}, got {image_size}")
     self.devices = list(devices or jax.local_devices())
@@ -431,8 +485,9 @@ class FeatureExtractor:
     def forward(params, x):  # x: float32 [B, S, S, 3] in [0, 255]
       return model.apply({"params": params}, x / 255.0 * 2.0 - 1.0)
 
-    self._forward = jax.jit(forward, in_shardings=(replicated, self._in_sharding),
-                            out_shardings=self._in_sharding)
+    self._forward = jax.jit(
+        forward, in_shardings=(replicated, self._in_sharding), out_shardings=self._in_sharding
+    )
 
   @classmethod
   def from_weights(cls, path: str | None = None, **kw) -> "FeatureExtractor":
@@ -455,11 +510,11 @@ class FeatureExtractor:
     out = np.empty((n, FEATURE_DIM), np.float32)
     bs = self.batch_size
     for start in range(0, n, bs):
-      chunk = clean_resize(images[start:start + bs], self.image_size)
+      chunk = clean_resize(images[start : start + bs], self.image_size)
       m = chunk.shape[0]
       if m < bs:
         chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], np.float32)])
       x = jax.device_put(chunk, self._in_sharding)
       feats = jax.device_get(self._forward(self._params, x))
-      out[start:start + m] = feats[:m]
+      out[start : start + m] = feats[:m]
     return out

@@ -7,6 +7,7 @@ from imagen_jax.launch.tpu_vm, or the GKE JobSet of imagen_jax.launch.gke) and r
 (or, with `dry_run`, prints them). `overrides` are train.py's `--config.FIELD=VALUE` flags,
 taken by run and manifest only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,19 @@ from imagen_jax.launch import gke
 from imagen_jax.launch import tpu_vm
 from imagen_jax.launch import train_command
 
-ACTIONS = ("create", "wait", "setup", "copy", "install", "run", "logs", "kill", "stop",
-           "delete", "manifest")
+ACTIONS = (
+    "create",
+    "wait",
+    "setup",
+    "copy",
+    "install",
+    "run",
+    "logs",
+    "kill",
+    "stop",
+    "delete",
+    "manifest",
+)
 
 
 class UsageError(ValueError):
@@ -29,6 +41,7 @@ class UsageError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Options:
   """scripts/launch_tpu.py's flags; their help texts say what each is for."""
+
   tpu: str | None = None
   zone: str | None = None
   project: str | None = None
@@ -69,8 +82,9 @@ class Options:
 
   @property
   def job_name(self) -> str:
-    return train_command.check_job_name(self.job) if self.job else train_command.job_name(
-        self.workdir)
+    return (
+        train_command.check_job_name(self.job) if self.job else train_command.job_name(self.workdir)
+    )
 
   @property
   def log_dir(self) -> str:
@@ -80,13 +94,17 @@ class Options:
 def split_args(args: Sequence[str]) -> tuple[str, list[str]]:
   """The positional arguments (after absl's flags) -> (action, `--config.*` overrides)."""
   if not args or args[0] not in ACTIONS:
-    raise UsageError(f"The first argument is the action, one of {', '.join(ACTIONS)}; "
-                     f"got {list(args[:1]) or 'none'}.")
+    raise UsageError(
+        f"The first argument is the action, one of {', '.join(ACTIONS)}; "
+        f"got {list(args[:1]) or 'none'}."
+    )
   action, rest = args[0], list(args[1:])
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad or (rest and action not in ("run", "manifest")):
-    raise UsageError(f"Unexpected arguments {bad or rest}; only run and manifest take "
-                     "--config.FIELD=VALUE overrides.")
+    raise UsageError(
+        f"Unexpected arguments {bad or rest}; only run and manifest take "
+        "--config.FIELD=VALUE overrides."
+    )
   return action, rest
 
 
@@ -94,8 +112,11 @@ def train_flags(opts: Options, overrides: Sequence[str]) -> list[str]:
   if not opts.config or not opts.workdir:
     raise UsageError("run and manifest need --config FILE.py[:ARG] and --workdir DIR.")
   if not opts.workdir.startswith("gs://"):
-    print(f"Warning: --workdir {opts.workdir!r} is not a gs:// path; every worker must "
-          "see the same directory.", file=sys.stderr)
+    print(
+        f"Warning: --workdir {opts.workdir!r} is not a gs:// path; every worker must "
+        "see the same directory.",
+        file=sys.stderr,
+    )
   try:
     return train_command.train_flags(opts.config, opts.workdir, overrides, opts.train_flag)
   except ValueError as e:
@@ -106,13 +127,20 @@ def manifest(opts: Options, overrides: Sequence[str]) -> None:
   """Writes the GKE JobSet to `manifest_out` ('-': stdout)."""
   if not opts.accelerator_type or not opts.image:
     raise UsageError("manifest needs --accelerator_type (e.g. v5p-32) and --image.")
-  argv = train_command.train_argv(train_flags(opts, overrides), python=opts.python,
-                                  env=opts.env)
+  argv = train_command.train_argv(train_flags(opts, overrides), python=opts.python, env=opts.env)
   name = gke.jobset_name(opts.job_name)
-  text = gke.to_yaml(gke.jobset(
-      name=name, image=opts.image, accelerator_type=opts.accelerator_type, command=argv,
-      num_slices=opts.num_slices, topology=opts.topology, max_restarts=opts.max_restarts,
-      working_dir=opts.container_dir))
+  text = gke.to_yaml(
+      gke.jobset(
+          name=name,
+          image=opts.image,
+          accelerator_type=opts.accelerator_type,
+          command=argv,
+          num_slices=opts.num_slices,
+          topology=opts.topology,
+          max_restarts=opts.max_restarts,
+          working_dir=opts.container_dir,
+      )
+  )
   if opts.manifest_out == "-":
     sys.stdout.write(text)
   else:
@@ -122,8 +150,9 @@ def manifest(opts: Options, overrides: Sequence[str]) -> None:
 
 def steps(action: str, overrides: Sequence[str], opts: Options) -> list[tpu_vm.Step]:
   """The commands of a TPU VM `action`, in order (tpu_vm.execute runs them)."""
-  target = tpu_vm.Target(opts.tpu, opts.zone, opts.project, opts.internal_ip,
-                         opts.tunnel_through_iap)
+  target = tpu_vm.Target(
+      opts.tpu, opts.zone, opts.project, opts.internal_ip, opts.tunnel_through_iap
+  )
   queued = opts.queued_resource
   wait = tpu_vm.WaitActive(target, queued or "", opts.wait_timeout, opts.poll_seconds)
   out = []
@@ -132,10 +161,21 @@ def steps(action: str, overrides: Sequence[str], opts: Options) -> list[tpu_vm.S
       raise UsageError("create needs --accelerator_type (e.g. v4-32).")
     if opts.best_effort and not queued:
       raise UsageError("--best_effort needs --queued_resource.")
-    out += ([tpu_vm.queued_create_cmd(target, queued, opts.accelerator_type, opts.version,
-                                      spot=opts.spot, best_effort=opts.best_effort), wait]
-            if queued else
-            [tpu_vm.create_cmd(target, opts.accelerator_type, opts.version, opts.spot)])
+    out += (
+        [
+            tpu_vm.queued_create_cmd(
+                target,
+                queued,
+                opts.accelerator_type,
+                opts.version,
+                spot=opts.spot,
+                best_effort=opts.best_effort,
+            ),
+            wait,
+        ]
+        if queued
+        else [tpu_vm.create_cmd(target, opts.accelerator_type, opts.version, opts.spot)]
+    )
   if action == "wait":
     if not queued:
       raise UsageError("wait needs --queued_resource NAME.")
@@ -145,19 +185,28 @@ def steps(action: str, overrides: Sequence[str], opts: Options) -> list[tpu_vm.S
   if action in ("setup", "install") or (action == "run" and opts.setup):
     out.append(tpu_vm.install_cmd(target, opts.python, opts.jax_package))
   if action == "run":
-    out.append(tpu_vm.train_cmd(target, train_flags(opts, overrides), job=opts.job_name,
-                                detach=opts.detach, env=opts.env,
-                                process_id_env=opts.process_id_env))
+    out.append(
+        tpu_vm.train_cmd(
+            target,
+            train_flags(opts, overrides),
+            job=opts.job_name,
+            detach=opts.detach,
+            env=opts.env,
+            process_id_env=opts.process_id_env,
+        )
+    )
   if action in ("logs", "kill"):
     if not opts.job:
       raise UsageError(f"{action} needs --job NAME.")
-    out.append(tpu_vm.logs_cmd(target, opts.job, opts.log_dir) if action == "logs"
-               else tpu_vm.kill_cmd(target, opts.job))
+    out.append(
+        tpu_vm.logs_cmd(target, opts.job, opts.log_dir)
+        if action == "logs"
+        else tpu_vm.kill_cmd(target, opts.job)
+    )
   if action == "stop":
     out.append(tpu_vm.stop_cmd(target))
   if action == "delete":
-    out.append(tpu_vm.queued_delete_cmd(target, queued) if queued
-               else tpu_vm.delete_cmd(target))
+    out.append(tpu_vm.queued_delete_cmd(target, queued) if queued else tpu_vm.delete_cmd(target))
   return out
 
 

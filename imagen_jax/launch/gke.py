@@ -37,6 +37,7 @@ The manifest, field by field:
         MEGASCALE_SLICE_ID              the pod's annotation jobset.sigs.k8s.io/job-index
                                         (downward API): which slice it belongs to.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,18 +54,30 @@ PORTS = (8471, 8080, 8482)
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
-def jobset(*, name: str, image: str, accelerator_type: str, command: Sequence[str],
-           num_slices: int = 1, topology: str | None = None, max_restarts: int = 0,
-           working_dir: str | None = None, termination_grace_s: int = 300) -> dict[str, Any]:
+def jobset(
+    *,
+    name: str,
+    image: str,
+    accelerator_type: str,
+    command: Sequence[str],
+    num_slices: int = 1,
+    topology: str | None = None,
+    max_restarts: int = 0,
+    working_dir: str | None = None,
+    termination_grace_s: int = 300,
+) -> dict[str, Any]:
   """The JobSet manifest (a dict) running `command` on every host of `num_slices` slices."""
   shape = accelerators.slice_shape(accelerator_type, topology)
   if not _DNS_LABEL.fullmatch(name):
-    raise ValueError(f"JobSet name {name!r} must be a DNS label: lower-case letters, digits "
-                     "and '-', starting with a letter (e.g. base64-paper).")
+    raise ValueError(
+        f"JobSet name {name!r} must be a DNS label: lower-case letters, digits "
+        "and '-', starting with a letter (e.g. base64-paper)."
+    )
   last_pod = f"{name}-{REPLICATED_JOB}-{num_slices - 1}-{shape.hosts - 1}"
   if len(last_pod) > 63:
-    raise ValueError(f"JobSet name {name!r} is too long: pod hostname {last_pod!r} exceeds "
-                     "63 characters.")
+    raise ValueError(
+        f"JobSet name {name!r} is too long: pod hostname {last_pod!r} exceeds 63 characters."
+    )
   if num_slices < 1:
     raise ValueError(f"num_slices must be >= 1, got {num_slices}.")
   if not image:
@@ -84,8 +97,12 @@ def jobset(*, name: str, image: str, accelerator_type: str, command: Sequence[st
     container["env"] = [
         {"name": "MEGASCALE_COORDINATOR_ADDRESS", "value": f"{name}-{REPLICATED_JOB}-0-0.{name}"},
         {"name": "MEGASCALE_NUM_SLICES", "value": str(num_slices)},
-        {"name": "MEGASCALE_SLICE_ID", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['jobset.sigs.k8s.io/job-index']"}}},
+        {
+            "name": "MEGASCALE_SLICE_ID",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.annotations['jobset.sigs.k8s.io/job-index']"}
+            },
+        },
     ]
   pod_spec = {
       "restartPolicy": "Never",
@@ -104,22 +121,27 @@ def jobset(*, name: str, image: str, accelerator_type: str, command: Sequence[st
       "metadata": {
           "name": name,
           "annotations": {
-              "alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"},
+              "alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"
+          },
       },
       "spec": {
           "failurePolicy": {"maxRestarts": max_restarts},
           "network": {"enableDNSHostnames": True},
-          "replicatedJobs": [{
-              "name": REPLICATED_JOB,
-              "replicas": num_slices,
-              "template": {"spec": {
-                  "parallelism": shape.hosts,
-                  "completions": shape.hosts,
-                  "backoffLimit": 0,
-                  "completionMode": "Indexed",
-                  "template": {"spec": pod_spec},
-              }},
-          }],
+          "replicatedJobs": [
+              {
+                  "name": REPLICATED_JOB,
+                  "replicas": num_slices,
+                  "template": {
+                      "spec": {
+                          "parallelism": shape.hosts,
+                          "completions": shape.hosts,
+                          "backoffLimit": 0,
+                          "completionMode": "Indexed",
+                          "template": {"spec": pod_spec},
+                      }
+                  },
+              }
+          ],
       },
   }
 

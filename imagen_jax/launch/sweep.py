@@ -9,6 +9,7 @@ launched. A run's workdir is `<workdir>/<name>`, the name made from its override
 last step) or the checkpoint of its last step exists. The table of finished runs:
 imagen_jax.launch.sweep_summary.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -31,7 +32,7 @@ RUN_FILE = "sweep_run.json"
 
 # ---------------------------------------------------------------- expansion
 def split_spec(spec: str) -> tuple[str, str | None]:
-  """"configs/x.py:a=1,b" -> ("configs/x.py", "a=1,b")."""
+  """ "configs/x.py:a=1,b" -> ("configs/x.py", "a=1,b")."""
   path, sep, arg = spec.partition(".py:")
   if sep:
     return path + ".py", arg
@@ -57,8 +58,7 @@ def apply_overrides(config: Any, overrides: dict) -> Any:
     node = config
     for i, part in enumerate(parents):
       if part not in node:
-        raise KeyError(f"Sweep override {key!r}: config has no field "
-                       f"{'.'.join(parents[:i + 1])!r}")
+        raise KeyError(f"Sweep override {key!r}: config has no field {'.'.join(parents[:i + 1])!r}")
       node = node[part]
     if leaf not in node:
       raise KeyError(f"Sweep override {key!r}: config has no field {key!r}")
@@ -108,6 +108,7 @@ def expand(spec: str) -> tuple[Any, list[dict]]:
   """
   # config_check imports the models (JAX): only when a sweep is expanded.
   from imagen_jax import config_check  # pylint: disable=import-outside-toplevel
+
   path, arg = split_spec(spec)
   module = load_module(path)
   if not hasattr(module, "sweep"):
@@ -131,8 +132,9 @@ def expand(spec: str) -> tuple[Any, list[dict]]:
   return module, runs
 
 
-def train_command(spec: str, overrides: dict, workdir: str, *, python: str,
-                  script: str = "scripts/train.py") -> list[str]:
+def train_command(
+    spec: str, overrides: dict, workdir: str, *, python: str, script: str = "scripts/train.py"
+) -> list[str]:
   cmd = [python, script, f"--config={spec}"]
   cmd += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
   return cmd + [f"--workdir={workdir}"]
@@ -149,8 +151,14 @@ def rundir_of(workdir: str, name: str) -> str:
 def print_commands(spec: str, workdir: str, *, python: str | None = None) -> list[str]:
   """Prints (and returns) one scripts/train.py command line per run."""
   _, runs = expand(spec)
-  lines = [shlex.join(train_command(spec, run["overrides"], rundir_of(workdir, run["name"]),
-                                    python=python or "python")) for run in runs]
+  lines = [
+      shlex.join(
+          train_command(
+              spec, run["overrides"], rundir_of(workdir, run["name"]), python=python or "python"
+          )
+      )
+      for run in runs
+  ]
   for line in lines:
     print(line)
   return lines
@@ -171,12 +179,19 @@ def _run_one(cmd: list[str], rundir: pathlib.Path, repo: pathlib.Path) -> int:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
   with open(rundir / "train.log", "ab") as log:
-    return subprocess.run(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
-                          check=False).returncode
+    return subprocess.run(
+        cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+    ).returncode
 
 
-def run_local(spec: str, workdir: str, *, repo: str | os.PathLike, parallel: int = 1,
-              python: str | None = None) -> dict[str, str]:
+def run_local(
+    spec: str,
+    workdir: str,
+    *,
+    repo: str | os.PathLike,
+    parallel: int = 1,
+    python: str | None = None,
+) -> dict[str, str]:
   """Runs every unfinished run with `repo`'s scripts/train.py (cwd `repo`, `parallel` at
   a time); returns {name: "done" | "skipped" | "failed (rc N)"}."""
   repo = pathlib.Path(repo)
@@ -192,11 +207,26 @@ def run_local(spec: str, workdir: str, *, repo: str | os.PathLike, parallel: int
       print(f"[sweep] {run['name']}: finished already, skipped", flush=True)
       continue
     rundir.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(spec, run["overrides"], str(rundir), python=python or sys.executable,
-                        script=str(repo / "scripts" / "train.py"))
-    (rundir / RUN_FILE).write_text(json.dumps(dict(
-        name=run["name"], overrides=run["overrides"], config=spec,
-        metrics=headline_metrics(module), command=shlex.join(cmd)), indent=2, default=str))
+    cmd = train_command(
+        spec,
+        run["overrides"],
+        str(rundir),
+        python=python or sys.executable,
+        script=str(repo / "scripts" / "train.py"),
+    )
+    (rundir / RUN_FILE).write_text(
+        json.dumps(
+            dict(
+                name=run["name"],
+                overrides=run["overrides"],
+                config=spec,
+                metrics=headline_metrics(module),
+                command=shlex.join(cmd),
+            ),
+            indent=2,
+            default=str,
+        )
+    )
     jobs[run["name"]] = (cmd, rundir)
 
   with concurrent.futures.ThreadPoolExecutor(max(1, int(parallel))) as pool:
@@ -211,14 +241,23 @@ def run_local(spec: str, workdir: str, *, repo: str | os.PathLike, parallel: int
   return status
 
 
-def run_tpu(spec: str, workdir: str, *, tpu: str, zone: str, project: str | None = None,
-            dry_run: bool = False, python: str | None = None) -> None:
+def run_tpu(
+    spec: str,
+    workdir: str,
+    *,
+    tpu: str,
+    zone: str,
+    project: str | None = None,
+    dry_run: bool = False,
+    python: str | None = None,
+) -> None:
   """Launches the runs one after another on every worker of a TPU VM slice."""
   _, runs = expand(spec)
   target = tpu_vm.Target(tpu=tpu, zone=zone, project=project)
   for run in runs:
     rundir = rundir_of(workdir, run["name"])
     train_flags = train_command(spec, run["overrides"], rundir, python="python3")[2:]
-    cmd = tpu_vm.train_cmd(target, train_flags, job=run["name"],
-                           python=python or tpu_vm.VENV_PYTHON)
+    cmd = tpu_vm.train_cmd(
+        target, train_flags, job=run["name"], python=python or tpu_vm.VENV_PYTHON
+    )
     tpu_vm.execute([cmd], dry_run=dry_run)

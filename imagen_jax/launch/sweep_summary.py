@@ -1,6 +1,7 @@
 """The table of a sweep's runs (scripts/sweep.py --summarize): final metrics, sorted, and a CSV
 of every metric. Reads what imagen_jax.launch.sweep and the trainer leave in each run's
 directory: `sweep_run.json` (overrides, headline metrics) and `final_metrics.json`."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,14 @@ from typing import Any
 
 from imagen_jax.launch import sweep
 
-HIGHER_IS_BETTER = ("accuracy", "clip_score", "inception_score", "steps_per_sec",
-                    "images_per_sec", "mfu")
+HIGHER_IS_BETTER = (
+    "accuracy",
+    "clip_score",
+    "inception_score",
+    "steps_per_sec",
+    "images_per_sec",
+    "mfu",
+)
 
 
 def collect(root: str | os.PathLike) -> list[dict]:
@@ -26,9 +33,15 @@ def collect(root: str | os.PathLike) -> list[dict]:
       continue
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     metrics = json.loads(final_path.read_text()) if final_path.is_file() else {}
-    rows.append(dict(name=rundir.name, overrides=info.get("overrides", {}),
-                     headline=info.get("metrics", []), metrics=metrics,
-                     finished=final_path.is_file()))
+    rows.append(
+        dict(
+            name=rundir.name,
+            overrides=info.get("overrides", {}),
+            headline=info.get("metrics", []),
+            metrics=metrics,
+            finished=final_path.is_file(),
+        )
+    )
   return rows
 
 
@@ -39,8 +52,9 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def summarize(root: str, *, sort_by: str | None = None, order: str = "auto",
-              csv_path: str | None = None) -> str:
+def summarize(
+    root: str, *, sort_by: str | None = None, order: str = "auto", csv_path: str | None = None
+) -> str:
   """Prints and returns a table of the runs' final metrics; writes a CSV of all metrics.
 
   `sort_by` defaults to the config's first headline metric that the runs have, else loss;
@@ -53,12 +67,14 @@ def summarize(root: str, *, sort_by: str | None = None, order: str = "auto",
   present = {k for r in rows for k in r["metrics"]}
   if sort_by is None:
     sort_by = next((m for m in headline if m in present), "loss")
-  descending = order == "desc" or (order == "auto" and any(
-      sort_by.endswith(h) for h in HIGHER_IS_BETTER))
+  descending = order == "desc" or (
+      order == "auto" and any(sort_by.endswith(h) for h in HIGHER_IS_BETTER)
+  )
 
   def key(row):
     v = _number(row["metrics"].get(sort_by))
     return (v is None, -(v or 0.0) if descending else (v or 0.0))
+
   rows.sort(key=key)
 
   override_keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
@@ -66,8 +82,7 @@ def summarize(root: str, *, sort_by: str | None = None, order: str = "auto",
   header = ["run"] + override_keys + shown
   table = [header]
   for r in rows:
-    cells = [r["name"]] + [sweep.short_value(r["overrides"].get(k, ""))
-                           for k in override_keys]
+    cells = [r["name"]] + [sweep.short_value(r["overrides"].get(k, "")) for k in override_keys]
     for m in shown:
       v = r["metrics"].get(m)
       n = _number(v)
@@ -88,8 +103,10 @@ def summarize(root: str, *, sort_by: str | None = None, order: str = "auto",
     writer = csv.writer(f)
     writer.writerow(["run", "finished"] + override_keys + all_metrics)
     for r in rows:
-      writer.writerow([r["name"], r["finished"]] + [r["overrides"].get(k, "") for k in
-                                                   override_keys]
-                      + [r["metrics"].get(m, "") for m in all_metrics])
+      writer.writerow(
+          [r["name"], r["finished"]]
+          + [r["overrides"].get(k, "") for k in override_keys]
+          + [r["metrics"].get(m, "") for m in all_metrics]
+      )
   print(f"Wrote {csv_path}")
   return text

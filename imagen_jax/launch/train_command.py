@@ -1,4 +1,5 @@
 """The one train command every launch path runs (TPU VM workers, GKE pods, sweeps)."""
+
 from __future__ import annotations
 
 import re
@@ -9,11 +10,12 @@ from typing import Sequence
 # arguments, which finds the pod from the TPU VM's metadata or GKE's TPU_WORKER_* variables;
 # explicit --coordinator_address/--num_processes/--process_id flags win over it.
 DISTRIBUTED_ENV = "IMAGEN_JAX_DISTRIBUTED"
-TRAIN_SCRIPT = "scripts/train.py"   # relative to the checkout
+TRAIN_SCRIPT = "scripts/train.py"  # relative to the checkout
 
 
-def train_argv(train_flags: Sequence[str], *, python: str = "python3",
-               env: Sequence[str] = ()) -> list[str]:
+def train_argv(
+    train_flags: Sequence[str], *, python: str = "python3", env: Sequence[str] = ()
+) -> list[str]:
   """`env IMAGEN_JAX_DISTRIBUTED=1 [KEY=VALUE...] PYTHON scripts/train.py FLAGS...`."""
   for kv in env:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", kv, flags=re.S):
@@ -21,8 +23,9 @@ def train_argv(train_flags: Sequence[str], *, python: str = "python3",
   return ["env", f"{DISTRIBUTED_ENV}=1", *env, python, TRAIN_SCRIPT, *train_flags]
 
 
-def train_flags(config: str, workdir: str, overrides: Sequence[str] = (),
-                extra: Sequence[str] = ()) -> list[str]:
+def train_flags(
+    config: str, workdir: str, overrides: Sequence[str] = (), extra: Sequence[str] = ()
+) -> list[str]:
   """scripts/train.py's flags: the config, its `--config.*` overrides, the workdir, then
   any other train.py flags (`--coordinator_address=...`) verbatim."""
   for o in overrides:
@@ -41,8 +44,10 @@ def check_job_name(job: str) -> str:
   """`job` when it is safe in remote file names and shell words; ValueError naming it if not
   (a `/` would point the log elsewhere, a space or quote would split the remote command)."""
   if not _JOB_NAME.fullmatch(str(job)):
-    raise ValueError(f"--job={job!r}: a job name is 1-100 of A-Z a-z 0-9 . _ = , + - and "
-                     "starts with a letter or digit.")
+    raise ValueError(
+        f"--job={job!r}: a job name is 1-100 of A-Z a-z 0-9 . _ = , + - and "
+        "starts with a letter or digit."
+    )
   return job
 
 

@@ -7,5 +7,4 @@ from imagen_jax.models.registry import model_names
 from imagen_jax.models.registry import variants
 from imagen_jax.models.unet import UNet
 
-__all__ = ["EfficientUNet", "UNet", "get_model", "model_config",
-           "model_names", "variants"]
+__all__ = ["EfficientUNet", "UNet", "get_model", "model_config", "model_names", "variants"]

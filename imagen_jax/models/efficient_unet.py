@@ -46,6 +46,7 @@ Dtype = Any
 
 class DBlock(nn.Module):
   """Strided conv downsample, then ResBlocks, then optional attention."""
+
   features: int
   num_res_blocks: int
   strides: int
@@ -66,24 +67,31 @@ class DBlock(nn.Module):
     attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
     x = layers.conv(self.features, 3, self.strides, name="downsample", **kw)(x)
     for i in range(self.num_res_blocks):
-      x = res_cls(self.features, self.num_groups, self.dropout,
-                  self.deterministic, name=f"res_{i}", **kw)(x, emb)
+      x = res_cls(
+          self.features, self.num_groups, self.dropout, self.deterministic, name=f"res_{i}", **kw
+      )(x, emb)
     if self.self_attention or self.cross_attention:
-      x = attn_cls(self.per_head_channels, self.self_attention,
-                   self.cross_attention, self.num_groups, name="attn", **kw)(
-                       x, context, context_mask)
+      x = attn_cls(
+          self.per_head_channels,
+          self.self_attention,
+          self.cross_attention,
+          self.num_groups,
+          name="attn",
+          **kw,
+      )(x, context, context_mask)
     return x
 
 
 class UBlock(nn.Module):
   """[Concat scaled skip], ResBlocks, optional attention, then upsample."""
+
   features: int
   out_features: int
   num_res_blocks: int
   strides: int
   self_attention: bool = False
   cross_attention: bool = False
-  skip_scale: float = 2 ** -0.5
+  skip_scale: float = 2**-0.5
   per_head_channels: int = 64
   num_groups: int = 32
   dropout: float = 0.0
@@ -101,12 +109,18 @@ class UBlock(nn.Module):
     if skip is not None:
       x = jnp.concatenate([x, skip.astype(self.dtype) * self.skip_scale], -1)
     for i in range(self.num_res_blocks):
-      x = res_cls(self.features, self.num_groups, self.dropout,
-                  self.deterministic, name=f"res_{i}", **kw)(x, emb)
+      x = res_cls(
+          self.features, self.num_groups, self.dropout, self.deterministic, name=f"res_{i}", **kw
+      )(x, emb)
     if self.self_attention or self.cross_attention:
-      x = attn_cls(self.per_head_channels, self.self_attention,
-                   self.cross_attention, self.num_groups, name="attn", **kw)(
-                       x, context, context_mask)
+      x = attn_cls(
+          self.per_head_channels,
+          self.self_attention,
+          self.cross_attention,
+          self.num_groups,
+          name="attn",
+          **kw,
+      )(x, context, context_mask)
     if self.strides > 1 or self.out_features != x.shape[-1]:
       x = layers.upsample_nearest(x, self.strides)
       x = layers.conv(self.out_features, 3, name="upsample", **kw)(x)
@@ -124,6 +138,7 @@ class EfficientUNet(nn.Module):
   `self_attention`, `cross_attention`) have one entry per level; ints/bools
   broadcast.
   """
+
   resolution: int = 256
   lowres_resolution: int | None = 64
   text_dim: int = 4096
@@ -142,7 +157,7 @@ class EfficientUNet(nn.Module):
   freq_dim: int = 256
   num_groups: int = 32
   dropout: float = 0.0
-  skip_scale: float = 2 ** -0.5
+  skip_scale: float = 2**-0.5
   remat: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -150,29 +165,44 @@ class EfficientUNet(nn.Module):
   def level_config(self):
     """Per-level (channels, num_res_blocks, strides, self_attn, cross_attn)."""
     n = len(self.channels)
-    return list(zip(
-        tuple(self.channels),
-        layers.int_tuple(self.num_res_blocks, n, "num_res_blocks"),
-        layers.int_tuple(self.strides, n, "strides"),
-        layers.optional_bool_tuple(self.self_attention, n, "self_attention"),
-        layers.optional_bool_tuple(self.cross_attention, n,
-                                   "cross_attention")))
+    return list(
+        zip(
+            tuple(self.channels),
+            layers.int_tuple(self.num_res_blocks, n, "num_res_blocks"),
+            layers.int_tuple(self.strides, n, "strides"),
+            layers.optional_bool_tuple(self.self_attention, n, "self_attention"),
+            layers.optional_bool_tuple(self.cross_attention, n, "cross_attention"),
+        )
+    )
 
   @nn.compact
-  def __call__(self, x_t, log_snr, text_emb, text_mask, *, lowres=None,
-               lowres_log_snr=None, train: bool = False):
+  def __call__(
+      self,
+      x_t,
+      log_snr,
+      text_emb,
+      text_mask,
+      *,
+      lowres=None,
+      lowres_log_snr=None,
+      train: bool = False,
+  ):
     cfg = self.level_config()
     total_stride = 1
     for _, _, s, _, _ in cfg:
       total_stride *= s
     if self.resolution % total_stride:
-      raise ValueError(f"resolution {self.resolution} is not divisible by the "
-                       f"product of strides ({total_stride})")
+      raise ValueError(
+          f"resolution {self.resolution} is not divisible by the "
+          f"product of strides ({total_stride})"
+      )
     # Fully convolutional (attention has no positions): trains on crops.
-    layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres,
-                           lowres_log_snr, crop_multiple=total_stride)
+    layers.validate_inputs(
+        self, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr, crop_multiple=total_stride
+    )
     kw, common, emb, context, mask, x = layers.network_setup(
-        self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr)
+        self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr
+    )
     full = self.remat == "full"
     dblock_cls = layers.maybe_remat(DBlock, full)
     ublock_cls = layers.maybe_remat(UBlock, full)
@@ -181,8 +211,7 @@ class EfficientUNet(nn.Module):
     full_res = x
     skips = []
     for i, (ch, n, s, sa, ca) in enumerate(cfg):
-      x = dblock_cls(ch, n, s, sa, ca, name=f"down_{i}", **common)(
-          x, emb, context, mask)
+      x = dblock_cls(ch, n, s, sa, ca, name=f"down_{i}", **common)(x, emb, context, mask)
       skips.append(x)
     for i in reversed(range(len(cfg))):
       ch, n, s, sa, ca = cfg[i]
@@ -190,15 +219,17 @@ class EfficientUNet(nn.Module):
       skip = skips.pop()
       if i == len(cfg) - 1:
         skip = None  # the deepest UBlock's input is this skip already
-      x = ublock_cls(ch, out_ch, n, s, sa, ca, skip_scale=self.skip_scale,
-                     name=f"up_{i}", **common)(x, skip, emb, context, mask)
+      x = ublock_cls(
+          ch, out_ch, n, s, sa, ca, skip_scale=self.skip_scale, name=f"up_{i}", **common
+      )(x, skip, emb, context, mask)
     # Full-resolution path: without it the output would be an upsampled
     # low-resolution feature map that cannot reproduce per-pixel noise (eps)
     # or the input's finest detail. One ResBlock at init_channels over the
     # in_conv features (scaled like every skip) keeps it cheap.
     x = jnp.concatenate([x, full_res * self.skip_scale], -1)
     x = layers.maybe_remat(layers.ResBlock, self.remat == "block")(
-        self.init_channels, self.num_groups, self.dropout, not train,
-        name="out_res", **kw)(x, emb)
-    return layers.output_head(x, self.out_channels, self.num_groups,
-                              self.dtype, self.param_dtype, "out")
+        self.init_channels, self.num_groups, self.dropout, not train, name="out_res", **kw
+    )(x, emb)
+    return layers.output_head(
+        x, self.out_channels, self.num_groups, self.dtype, self.param_dtype, "out"
+    )

@@ -68,22 +68,34 @@ def maybe_remat(cls, enabled: bool):
   return nn.remat(cls) if enabled else cls
 
 
-def conv(features: int, kernel: int = 3, strides: int = 1, *, dtype: Dtype,
-         param_dtype: Dtype, name: str) -> nn.Conv:
+def conv(
+    features: int, kernel: int = 3, strides: int = 1, *, dtype: Dtype, param_dtype: Dtype, name: str
+) -> nn.Conv:
   """A SAME-padded 2D conv with logically partitioned kernel and bias."""
   return nn.Conv(
-      features, (kernel, kernel), strides=(strides, strides), padding="SAME",
-      dtype=dtype, param_dtype=param_dtype,
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding="SAME",
+      dtype=dtype,
+      param_dtype=param_dtype,
       kernel_init=_part(_kernel_init(), (None, None, "conv_in", "conv_out")),
-      bias_init=_part(nn.initializers.zeros_init(), ("conv_out",)), name=name)
+      bias_init=_part(nn.initializers.zeros_init(), ("conv_out",)),
+      name=name,
+  )
 
 
-def dense(features: int, axes=("embed", "mlp"), *, dtype: Dtype,
-          param_dtype: Dtype, name: str) -> nn.Dense:
+def dense(
+    features: int, axes=("embed", "mlp"), *, dtype: Dtype, param_dtype: Dtype, name: str
+) -> nn.Dense:
   return nn.Dense(
-      features, dtype=dtype, param_dtype=param_dtype,
+      features,
+      dtype=dtype,
+      param_dtype=param_dtype,
       kernel_init=_part(_kernel_init(), axes),
-      bias_init=_part(nn.initializers.zeros_init(), (axes[-1],)), name=name)
+      bias_init=_part(nn.initializers.zeros_init(), (axes[-1],)),
+      name=name,
+  )
 
 
 def upsample_nearest(x: jnp.ndarray, factor: int) -> jnp.ndarray:
@@ -95,9 +107,9 @@ def upsample_nearest(x: jnp.ndarray, factor: int) -> jnp.ndarray:
   return x.reshape(b, h * factor, w * factor, c)
 
 
-def sinusoidal_embedding(x: jnp.ndarray, dim: int, *,
-                         scale: float = LOG_SNR_SCALE,
-                         max_period: float = MAX_PERIOD) -> jnp.ndarray:
+def sinusoidal_embedding(
+    x: jnp.ndarray, dim: int, *, scale: float = LOG_SNR_SCALE, max_period: float = MAX_PERIOD
+) -> jnp.ndarray:
   """[B] continuous values -> [B, dim] float32 [sin | cos] features.
 
   Computes ``scale * x`` against ``dim // 2`` frequencies geometrically spaced
@@ -130,8 +142,10 @@ def num_heads_for(channels: int, per_head_channels: int) -> tuple[int, int]:
   """(heads, head_dim) for `channels` split into `per_head_channels` heads."""
   head_dim = min(per_head_channels, channels)
   if channels % head_dim:
-    raise ValueError(f"attention channels ({channels}) must be a multiple of "
-                     f"per_head_channels ({per_head_channels})")
+    raise ValueError(
+        f"attention channels ({channels}) must be a multiple of "
+        f"per_head_channels ({per_head_channels})"
+    )
   return channels // head_dim, head_dim
 
 
@@ -141,6 +155,7 @@ class GroupNorm(nn.Module):
   The group count is gcd(num_groups, channels) so tiny models work too.
   Returns `dtype`.
   """
+
   num_groups: int = 32
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
@@ -150,10 +165,12 @@ class GroupNorm(nn.Module):
   def __call__(self, x, scale_shift=None):
     c = x.shape[-1]
     g = math.gcd(self.num_groups, c)
-    gamma = self.param("scale", _part(nn.initializers.ones_init(), ("norm",)),
-                       (c,), self.param_dtype)
-    beta = self.param("bias", _part(nn.initializers.zeros_init(), ("norm",)),
-                      (c,), self.param_dtype)
+    gamma = self.param(
+        "scale", _part(nn.initializers.ones_init(), ("norm",)), (c,), self.param_dtype
+    )
+    beta = self.param(
+        "bias", _part(nn.initializers.zeros_init(), ("norm",)), (c,), self.param_dtype
+    )
     x32 = x.astype(_f32)
     xg = x32.reshape(x.shape[:-1] + (g, c // g))
     red = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
@@ -170,16 +187,19 @@ class GroupNorm(nn.Module):
 
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis in float32 (returns float32)."""
+
   epsilon: float = 1e-6
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    gamma = self.param("scale", _part(nn.initializers.ones_init(), ("norm",)),
-                       (c,), self.param_dtype)
-    beta = self.param("bias", _part(nn.initializers.zeros_init(), ("norm",)),
-                      (c,), self.param_dtype)
+    gamma = self.param(
+        "scale", _part(nn.initializers.ones_init(), ("norm",)), (c,), self.param_dtype
+    )
+    beta = self.param(
+        "bias", _part(nn.initializers.zeros_init(), ("norm",)), (c,), self.param_dtype
+    )
     x = x.astype(_f32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -194,6 +214,7 @@ class ResBlock(nn.Module):
   dropout -> conv3x3, plus a 1x1 conv shortcut when the channel count changes.
   (scale, shift) come from a dense layer on swish(emb).
   """
+
   features: int
   num_groups: int = 32
   dropout: float = 0.0
@@ -206,8 +227,13 @@ class ResBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = GroupNorm(self.num_groups, name="norm1", **kw)(x)
     h = conv(self.features, name="conv1", **kw)(nn.swish(h))
-    ss = dense(2 * self.features, ("embed", "conv_out"), name="emb_proj",
-               dtype=_f32, param_dtype=self.param_dtype)(nn.swish(emb))
+    ss = dense(
+        2 * self.features,
+        ("embed", "conv_out"),
+        name="emb_proj",
+        dtype=_f32,
+        param_dtype=self.param_dtype,
+    )(nn.swish(emb))
     scale, shift = jnp.split(ss, 2, axis=-1)
     h = GroupNorm(self.num_groups, name="norm2", **kw)(h, (scale, shift))
     h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=self.deterministic)
@@ -227,6 +253,7 @@ class Attention(nn.Module):
   key-value pairs of self-attention". Heads have `per_head_channels` channels.
   Residual output.
   """
+
   per_head_channels: int = 64
   self_attention: bool = True
   cross_attention: bool = False
@@ -244,10 +271,12 @@ class Attention(nn.Module):
 
     def proj(name, inputs):
       return nn.DenseGeneral(
-          (heads, hd), name=name,
+          (heads, hd),
+          name=name,
           kernel_init=_part(_kernel_init(), ("embed", "heads", "kv")),
           bias_init=_part(nn.initializers.zeros_init(), ("heads", "kv")),
-          **kw)(inputs)
+          **kw,
+      )(inputs)
 
     tokens = GroupNorm(self.num_groups, name="norm", **kw)(x)
     tokens = tokens.reshape(b, h * w, c)
@@ -265,23 +294,27 @@ class Attention(nn.Module):
     if self.cross_attention:
       if context is None or context_mask is None:
         raise ValueError("cross-attention needs context and context_mask")
-      ctx = LayerNorm(name="context_norm", param_dtype=self.param_dtype)(
-          context).astype(self.dtype)
+      ctx = LayerNorm(name="context_norm", param_dtype=self.param_dtype)(context).astype(self.dtype)
       ks.append(proj("context_key", ctx))
       vs.append(proj("context_value", ctx))
       masks.append(context_mask.astype(bool))
-    out = dot_product_attention(q, jnp.concatenate(ks, 1),
-                                jnp.concatenate(vs, 1),
-                                jnp.concatenate(masks, 1), self.dtype)
+    out = dot_product_attention(
+        q, jnp.concatenate(ks, 1), jnp.concatenate(vs, 1), jnp.concatenate(masks, 1), self.dtype
+    )
     out = nn.DenseGeneral(
-        c, axis=(-2, -1), name="out",
+        c,
+        axis=(-2, -1),
+        name="out",
         kernel_init=_part(_kernel_init(), ("heads", "kv", "embed")),
-        bias_init=_part(nn.initializers.zeros_init(), ("embed",)), **kw)(out)
+        bias_init=_part(nn.initializers.zeros_init(), ("embed",)),
+        **kw,
+    )(out)
     return x.astype(self.dtype) + out.reshape(b, h, w, c)
 
 
 class TimeMLP(nn.Module):
   """Sinusoidal embedding of a [B] noise level -> dense -> swish -> dense."""
+
   embed_dim: int
   freq_dim: int = 256
   param_dtype: Dtype = jnp.float32
@@ -291,8 +324,7 @@ class TimeMLP(nn.Module):
     kw = dict(dtype=_f32, param_dtype=self.param_dtype)
     e = sinusoidal_embedding(log_snr, self.freq_dim)
     e = dense(self.embed_dim, ("embed", "mlp"), name="dense1", **kw)(e)
-    return dense(self.embed_dim, ("mlp", "embed"), name="dense2", **kw)(
-        nn.swish(e))
+    return dense(self.embed_dim, ("mlp", "embed"), name="dense2", **kw)(nn.swish(e))
 
 
 class TextConditioning(nn.Module):
@@ -303,6 +335,7 @@ class TextConditioning(nn.Module):
   with a learned query over [learned null token, tokens], projected to
   `embed_dim` (float32); a null-text row pools to the null token only.
   """
+
   cond_dim: int
   embed_dim: int
   per_head_channels: int = 64
@@ -315,38 +348,54 @@ class TextConditioning(nn.Module):
     mask = text_mask.astype(bool)
     t = jnp.where(mask[..., None], text_emb.astype(_f32), 0.0)
     t = LayerNorm(name="text_norm", param_dtype=self.param_dtype)(t)
-    context = dense(self.cond_dim, ("mlp", "embed"), name="text_proj",
-                    dtype=self.dtype, param_dtype=self.param_dtype)(t)
+    context = dense(
+        self.cond_dim,
+        ("mlp", "embed"),
+        name="text_proj",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )(t)
 
     heads, hd = num_heads_for(self.cond_dim, self.per_head_channels)
     pkw = dict(dtype=_f32, param_dtype=self.param_dtype)
-    null_tok = self.param("pool_null_token",
-                          _part(nn.initializers.normal(1.0), (None, "embed")),
-                          (1, self.cond_dim), self.param_dtype)
-    query = self.param("pool_query",
-                       _part(nn.initializers.normal(1.0), ("heads", "kv")),
-                       (heads, hd), self.param_dtype)
+    null_tok = self.param(
+        "pool_null_token",
+        _part(nn.initializers.normal(1.0), (None, "embed")),
+        (1, self.cond_dim),
+        self.param_dtype,
+    )
+    query = self.param(
+        "pool_query",
+        _part(nn.initializers.normal(1.0), ("heads", "kv")),
+        (heads, hd),
+        self.param_dtype,
+    )
     seq = jnp.concatenate(
-        [jnp.broadcast_to(null_tok.astype(_f32), (b, 1, self.cond_dim)),
-         context.astype(_f32)], axis=1)
+        [jnp.broadcast_to(null_tok.astype(_f32), (b, 1, self.cond_dim)), context.astype(_f32)],
+        axis=1,
+    )
     seq_mask = jnp.concatenate([jnp.ones((b, 1), bool), mask], axis=1)
     seq = LayerNorm(name="pool_norm", param_dtype=self.param_dtype)(seq)
 
     def proj(name):
       return nn.DenseGeneral(
-          (heads, hd), name=name,
+          (heads, hd),
+          name=name,
           kernel_init=_part(_kernel_init(), ("embed", "heads", "kv")),
           bias_init=_part(nn.initializers.zeros_init(), ("heads", "kv")),
-          **pkw)(seq)
+          **pkw,
+      )(seq)
 
     q = jnp.broadcast_to(query.astype(_f32), (b, 1, heads, hd))
-    pooled = dot_product_attention(q, proj("pool_key"), proj("pool_value"),
-                                   seq_mask, _f32)
+    pooled = dot_product_attention(q, proj("pool_key"), proj("pool_value"), seq_mask, _f32)
     pooled = nn.DenseGeneral(
-        self.embed_dim, axis=(-2, -1), name="pool_out",
+        self.embed_dim,
+        axis=(-2, -1),
+        name="pool_out",
         kernel_init=_part(_kernel_init(), ("heads", "kv", "embed")),
         bias_init=_part(nn.initializers.zeros_init(), ("embed",)),
-        **pkw)(pooled)[:, 0]
+        **pkw,
+    )(pooled)[:, 0]
     return context, mask, pooled
 
 
@@ -355,6 +404,7 @@ class Conditioning(nn.Module):
 
   emb = MLP(log_snr) [+ MLP(lowres_log_snr) for SR] + pooled text vector.
   """
+
   embed_dim: int
   cond_dim: int
   freq_dim: int = 256
@@ -365,15 +415,19 @@ class Conditioning(nn.Module):
 
   @nn.compact
   def __call__(self, log_snr, text_emb, text_mask, lowres_log_snr=None):
-    emb = TimeMLP(self.embed_dim, self.freq_dim, self.param_dtype,
-                  name="time")(log_snr)
+    emb = TimeMLP(self.embed_dim, self.freq_dim, self.param_dtype, name="time")(log_snr)
     if self.super_res:
-      emb = emb + TimeMLP(self.embed_dim, self.freq_dim, self.param_dtype,
-                          name="aug_time")(lowres_log_snr)
+      emb = emb + TimeMLP(self.embed_dim, self.freq_dim, self.param_dtype, name="aug_time")(
+          lowres_log_snr
+      )
     context, mask, pooled = TextConditioning(
-        self.cond_dim, self.embed_dim, self.per_head_channels,
-        dtype=self.dtype, param_dtype=self.param_dtype, name="text")(
-            text_emb, text_mask)
+        self.cond_dim,
+        self.embed_dim,
+        self.per_head_channels,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="text",
+    )(text_emb, text_mask)
     return emb + pooled, context, mask
 
 
@@ -381,8 +435,9 @@ def _shape_error(what, expected, got):
   return ValueError(f"{what}: expected {expected}, got {got}")
 
 
-def validate_inputs(net, x_t, log_snr, text_emb, text_mask, lowres,
-                    lowres_log_snr, crop_multiple: int | None = None) -> None:
+def validate_inputs(
+    net, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr, crop_multiple: int | None = None
+) -> None:
   """Checks call arguments against a network's attributes (at trace time).
 
   `net` has `resolution`, `lowres_resolution` (None for a base stage),
@@ -400,44 +455,47 @@ def validate_inputs(net, x_t, log_snr, text_emb, text_mask, lowres,
   if crop_multiple is None and (h, w) != (res, res):
     raise _shape_error(f"{name} x_t image size", f"{res}x{res}", f"{h}x{w}")
   if crop_multiple is not None and (h % crop_multiple or w % crop_multiple):
-    raise _shape_error(f"{name} x_t image size",
-                       f"{res}x{res} or a crop with sides divisible by {crop_multiple}",
-                       f"{h}x{w}")
+    raise _shape_error(
+        f"{name} x_t image size",
+        f"{res}x{res} or a crop with sides divisible by {crop_multiple}",
+        f"{h}x{w}",
+    )
   if x_t.shape[3] != net.in_channels:
     raise _shape_error(f"{name} x_t channels", net.in_channels, x_t.shape[3])
   if tuple(log_snr.shape) != (b,):
     raise _shape_error(f"{name} log_snr shape", (b,), log_snr.shape)
   if text_emb.ndim != 3 or text_emb.shape[0] != b:
-    raise _shape_error(f"{name} text_emb shape", f"[{b}, L, {net.text_dim}]",
-                       text_emb.shape)
+    raise _shape_error(f"{name} text_emb shape", f"[{b}, L, {net.text_dim}]", text_emb.shape)
   if text_emb.shape[2] != net.text_dim:
-    raise _shape_error(f"{name} text_emb dim (text_dim)", net.text_dim,
-                       text_emb.shape[2])
+    raise _shape_error(f"{name} text_emb dim (text_dim)", net.text_dim, text_emb.shape[2])
   if tuple(text_mask.shape) != tuple(text_emb.shape[:2]):
-    raise _shape_error(f"{name} text_mask shape", text_emb.shape[:2],
-                       text_mask.shape)
+    raise _shape_error(f"{name} text_mask shape", text_emb.shape[:2], text_mask.shape)
   lr = net.lowres_resolution
   if lr is None:
     if lowres is not None or lowres_log_snr is not None:
-      raise ValueError(f"{name} is a base stage (lowres_resolution=None) but "
-                       "got lowres / lowres_log_snr")
+      raise ValueError(
+          f"{name} is a base stage (lowres_resolution=None) but got lowres / lowres_log_snr"
+      )
     return
   if lowres is None or lowres_log_snr is None:
-    raise ValueError(f"{name} is a super-resolution stage ({lr}->{res}): "
-                     "lowres and lowres_log_snr are required")
+    raise ValueError(
+        f"{name} is a super-resolution stage ({lr}->{res}): "
+        "lowres and lowres_log_snr are required"
+    )
   if (h * lr) % res or (w * lr) % res:
-    raise _shape_error(f"{name} x_t image size", f"sides that are multiples of "
-                       f"{res // math.gcd(res, lr)} ({lr}->{res})", f"{h}x{w}")
+    raise _shape_error(
+        f"{name} x_t image size",
+        f"sides that are multiples of {res // math.gcd(res, lr)} ({lr}->{res})",
+        f"{h}x{w}",
+    )
   expected = (b, h * lr // res, w * lr // res, net.lowres_channels)
   if tuple(lowres.shape) != expected:
     raise _shape_error(f"{name} lowres shape", expected, lowres.shape)
   if tuple(lowres_log_snr.shape) != (b,):
-    raise _shape_error(f"{name} lowres_log_snr shape", (b,),
-                       lowres_log_snr.shape)
+    raise _shape_error(f"{name} lowres_log_snr shape", (b,), lowres_log_snr.shape)
 
 
-def network_setup(net, train: bool, x_t, log_snr, text_emb, text_mask, lowres,
-                  lowres_log_snr):
+def network_setup(net, train: bool, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr):
   """The start both U-Nets share, called inside their compact `__call__`.
 
   Returns (kw, common, emb, context, mask, x): `kw` the dtype kwargs; `common`
@@ -447,14 +505,23 @@ def network_setup(net, train: bool, x_t, log_snr, text_emb, text_mask, lowres,
   """
   check_remat(net.remat)
   kw = dict(dtype=net.dtype, param_dtype=net.param_dtype)
-  common = dict(per_head_channels=net.per_head_channels,
-                num_groups=net.num_groups, dropout=net.dropout,
-                deterministic=not train,
-                remat_blocks=net.remat == "block", **kw)
+  common = dict(
+      per_head_channels=net.per_head_channels,
+      num_groups=net.num_groups,
+      dropout=net.dropout,
+      deterministic=not train,
+      remat_blocks=net.remat == "block",
+      **kw,
+  )
   emb, context, mask = Conditioning(
-      net.embed_dim, net.cond_dim, net.freq_dim, net.per_head_channels,
-      super_res=net.lowres_resolution is not None, name="cond", **kw)(
-          log_snr, text_emb, text_mask, lowres_log_snr)
+      net.embed_dim,
+      net.cond_dim,
+      net.freq_dim,
+      net.per_head_channels,
+      super_res=net.lowres_resolution is not None,
+      name="cond",
+      **kw,
+  )(log_snr, text_emb, text_mask, lowres_log_snr)
   return kw, common, emb, context, mask, network_input(x_t, lowres, net.dtype)
 
 
@@ -464,8 +531,7 @@ def network_input(x_t, lowres, dtype):
   if lowres is None:
     return x
   b, h, w, _ = x_t.shape
-  up = jax.image.resize(lowres.astype(_f32), (b, h, w, lowres.shape[-1]),
-                        method="bilinear")
+  up = jax.image.resize(lowres.astype(_f32), (b, h, w, lowres.shape[-1]), method="bilinear")
   return jnp.concatenate([x, up.astype(dtype)], axis=-1)
 
 
@@ -494,4 +560,3 @@ def int_tuple(value, n: int, what: str) -> tuple:
   if len(value) != n:
     raise ValueError(f"{what}: expected {n} entries, got {len(value)}")
   return value
-

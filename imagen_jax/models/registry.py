@@ -39,21 +39,44 @@ T5_XXL_DIM = 4096  # Imagen's frozen text encoder (T5-XXL encoder width).
 # gives 2.13B params (summary.py). The sinusoidal frequency dim = channels.
 _BASE64 = {
     "paper": dict(
-        resolution=64, text_dim=T5_XXL_DIM, channels=512,
-        channel_mult=(1, 2, 3, 4), num_res_blocks=3,
-        attention_resolutions=(32, 16, 8), per_head_channels=64,
-        embed_dim=2048, cond_dim=2048, freq_dim=512),
+        resolution=64,
+        text_dim=T5_XXL_DIM,
+        channels=512,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(32, 16, 8),
+        per_head_channels=64,
+        embed_dim=2048,
+        cond_dim=2048,
+        freq_dim=512,
+    ),
     # One-GPU size: the paper's shape at a quarter of the width (~135M).
     "small": dict(
-        resolution=64, text_dim=T5_XXL_DIM, channels=128,
-        channel_mult=(1, 2, 3, 4), num_res_blocks=3,
-        attention_resolutions=(32, 16, 8), per_head_channels=64,
-        embed_dim=512, cond_dim=512, freq_dim=128),
+        resolution=64,
+        text_dim=T5_XXL_DIM,
+        channels=128,
+        channel_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attention_resolutions=(32, 16, 8),
+        per_head_channels=64,
+        embed_dim=512,
+        cond_dim=512,
+        freq_dim=128,
+    ),
     # CPU tests: two downsamplings, attention only at 16x16.
     "tiny": dict(
-        resolution=64, text_dim=32, channels=16, channel_mult=(1, 2, 2),
-        num_res_blocks=1, attention_resolutions=(16,), per_head_channels=16,
-        embed_dim=32, cond_dim=32, freq_dim=16, num_groups=8),
+        resolution=64,
+        text_dim=32,
+        channels=16,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(16,),
+        per_head_channels=16,
+        embed_dim=32,
+        cond_dim=32,
+        freq_dim=16,
+        num_groups=8,
+    ),
 }
 
 # 64->256 SR stage: Efficient U-Net (Fig. A.30). Paper: 600M params; blocks
@@ -65,26 +88,52 @@ _BASE64 = {
 # 563M (within 7% of 600M).
 _SR256 = {
     "paper": dict(
-        resolution=256, lowres_resolution=64, text_dim=T5_XXL_DIM,
-        init_channels=128, channels=(128, 256, 512, 1024),
-        num_res_blocks=(2, 4, 8, 8), strides=(2, 2, 2, 2),
+        resolution=256,
+        lowres_resolution=64,
+        text_dim=T5_XXL_DIM,
+        init_channels=128,
+        channels=(128, 256, 512, 1024),
+        num_res_blocks=(2, 4, 8, 8),
+        strides=(2, 2, 2, 2),
         self_attention=(False, False, False, True),
-        cross_attention=(False, False, False, True), per_head_channels=128,
-        embed_dim=2048, cond_dim=2048, freq_dim=256),
+        cross_attention=(False, False, False, True),
+        per_head_channels=128,
+        embed_dim=2048,
+        cond_dim=2048,
+        freq_dim=256,
+    ),
     # One-GPU size: half the width, half the blocks at the bottom (~50M).
     "small": dict(
-        resolution=256, lowres_resolution=64, text_dim=T5_XXL_DIM,
-        init_channels=64, channels=(64, 128, 256, 512),
-        num_res_blocks=(2, 2, 4, 4), strides=(2, 2, 2, 2),
+        resolution=256,
+        lowres_resolution=64,
+        text_dim=T5_XXL_DIM,
+        init_channels=64,
+        channels=(64, 128, 256, 512),
+        num_res_blocks=(2, 2, 4, 4),
+        strides=(2, 2, 2, 2),
         self_attention=(False, False, False, True),
-        cross_attention=(False, False, False, True), per_head_channels=64,
-        embed_dim=512, cond_dim=512, freq_dim=128),
+        cross_attention=(False, False, False, True),
+        per_head_channels=64,
+        embed_dim=512,
+        cond_dim=512,
+        freq_dim=128,
+    ),
     "tiny": dict(
-        resolution=256, lowres_resolution=64, text_dim=32, init_channels=8,
-        channels=(8, 16, 32, 32), num_res_blocks=(1, 1, 1, 2),
-        strides=(2, 2, 2, 2), self_attention=(False, False, False, True),
-        cross_attention=(False, False, False, True), per_head_channels=16,
-        embed_dim=32, cond_dim=32, freq_dim=16, num_groups=8),
+        resolution=256,
+        lowres_resolution=64,
+        text_dim=32,
+        init_channels=8,
+        channels=(8, 16, 32, 32),
+        num_res_blocks=(1, 1, 1, 2),
+        strides=(2, 2, 2, 2),
+        self_attention=(False, False, False, True),
+        cross_attention=(False, False, False, True),
+        per_head_channels=16,
+        embed_dim=32,
+        cond_dim=32,
+        freq_dim=16,
+        num_groups=8,
+    ),
 }
 
 # 256->1024 SR stage: Efficient U-Net (Fig. A.31). Paper: 400M params; the
@@ -97,23 +146,51 @@ _SR256 = {
 # cond_dim = 1024): 449M (+12% over 400M).
 _SR1024 = {
     "paper": dict(
-        resolution=1024, lowres_resolution=256, text_dim=T5_XXL_DIM,
-        init_channels=128, channels=(128, 256, 512, 1024),
-        num_res_blocks=(2, 4, 8, 8), strides=(2, 2, 2, 2),
-        self_attention=False, cross_attention=(False, False, False, True),
-        per_head_channels=128, embed_dim=512, cond_dim=1024, freq_dim=256),
+        resolution=1024,
+        lowres_resolution=256,
+        text_dim=T5_XXL_DIM,
+        init_channels=128,
+        channels=(128, 256, 512, 1024),
+        num_res_blocks=(2, 4, 8, 8),
+        strides=(2, 2, 2, 2),
+        self_attention=False,
+        cross_attention=(False, False, False, True),
+        per_head_channels=128,
+        embed_dim=512,
+        cond_dim=1024,
+        freq_dim=256,
+    ),
     "small": dict(
-        resolution=1024, lowres_resolution=256, text_dim=T5_XXL_DIM,
-        init_channels=64, channels=(64, 128, 256, 512),
-        num_res_blocks=(2, 2, 4, 4), strides=(2, 2, 2, 2),
-        self_attention=False, cross_attention=(False, False, False, True),
-        per_head_channels=64, embed_dim=256, cond_dim=512, freq_dim=128),
+        resolution=1024,
+        lowres_resolution=256,
+        text_dim=T5_XXL_DIM,
+        init_channels=64,
+        channels=(64, 128, 256, 512),
+        num_res_blocks=(2, 2, 4, 4),
+        strides=(2, 2, 2, 2),
+        self_attention=False,
+        cross_attention=(False, False, False, True),
+        per_head_channels=64,
+        embed_dim=256,
+        cond_dim=512,
+        freq_dim=128,
+    ),
     "tiny": dict(
-        resolution=1024, lowres_resolution=256, text_dim=32, init_channels=8,
-        channels=(8, 16, 32, 32), num_res_blocks=(1, 1, 1, 2),
-        strides=(2, 2, 2, 2), self_attention=False,
-        cross_attention=(False, False, False, True), per_head_channels=16,
-        embed_dim=32, cond_dim=32, freq_dim=16, num_groups=8),
+        resolution=1024,
+        lowres_resolution=256,
+        text_dim=32,
+        init_channels=8,
+        channels=(8, 16, 32, 32),
+        num_res_blocks=(1, 1, 1, 2),
+        strides=(2, 2, 2, 2),
+        self_attention=False,
+        cross_attention=(False, False, False, True),
+        per_head_channels=16,
+        embed_dim=32,
+        cond_dim=32,
+        freq_dim=16,
+        num_groups=8,
+    ),
 }
 
 # Shapes-world CPU demo, base 32x32: a standard U-Net (Imagen's base model
@@ -124,13 +201,31 @@ _SR1024 = {
 # For a faster demo override e.g. channels=16 (~4x fewer FLOPs).
 _SHAPES_BASE32 = {
     "tiny": dict(
-        resolution=32, text_dim=64, channels=32, channel_mult=(1, 2, 2),
-        num_res_blocks=1, attention_resolutions=(8,), per_head_channels=32,
-        embed_dim=128, cond_dim=64, freq_dim=32, num_groups=8),
+        resolution=32,
+        text_dim=64,
+        channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        per_head_channels=32,
+        embed_dim=128,
+        cond_dim=64,
+        freq_dim=32,
+        num_groups=8,
+    ),
     "small": dict(
-        resolution=32, text_dim=64, channels=64, channel_mult=(1, 2, 2),
-        num_res_blocks=2, attention_resolutions=(16, 8), per_head_channels=32,
-        embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
+        resolution=32,
+        text_dim=64,
+        channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16, 8),
+        per_head_channels=32,
+        embed_dim=256,
+        cond_dim=128,
+        freq_dim=64,
+        num_groups=16,
+    ),
 }
 
 # Shapes-world CPU demo, SR 32->64: Efficient U-Net 64 -> 32 -> 16 -> 8, one
@@ -138,17 +233,37 @@ _SHAPES_BASE32 = {
 # Measured as above: tiny 0.6M params ~0.5 s, small 4.1M ~1.6 s per step.
 _SHAPES_SR64 = {
     "tiny": dict(
-        resolution=64, lowres_resolution=32, text_dim=64, init_channels=16,
-        channels=(16, 32, 64), num_res_blocks=(1, 1, 2), strides=(2, 2, 2),
+        resolution=64,
+        lowres_resolution=32,
+        text_dim=64,
+        init_channels=16,
+        channels=(16, 32, 64),
+        num_res_blocks=(1, 1, 2),
+        strides=(2, 2, 2),
         self_attention=(False, False, True),
-        cross_attention=(False, False, True), per_head_channels=32,
-        embed_dim=128, cond_dim=64, freq_dim=32, num_groups=8),
+        cross_attention=(False, False, True),
+        per_head_channels=32,
+        embed_dim=128,
+        cond_dim=64,
+        freq_dim=32,
+        num_groups=8,
+    ),
     "small": dict(
-        resolution=64, lowres_resolution=32, text_dim=64, init_channels=32,
-        channels=(32, 64, 128), num_res_blocks=(1, 2, 4), strides=(2, 2, 2),
+        resolution=64,
+        lowres_resolution=32,
+        text_dim=64,
+        init_channels=32,
+        channels=(32, 64, 128),
+        num_res_blocks=(1, 2, 4),
+        strides=(2, 2, 2),
         self_attention=(False, False, True),
-        cross_attention=(False, False, True), per_head_channels=32,
-        embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
+        cross_attention=(False, False, True),
+        per_head_channels=32,
+        embed_dim=256,
+        cond_dim=128,
+        freq_dim=64,
+        num_groups=16,
+    ),
 }
 
 # Shapes-world CPU demo, base 16x16: on two CPU cores a 32x32 step costs 4x a
@@ -157,30 +272,68 @@ _SHAPES_SR64 = {
 # and 4x4, and super-resolution stages add the detail.
 _SHAPES_BASE16 = {
     "tiny": dict(
-        resolution=16, text_dim=64, channels=32, channel_mult=(1, 2, 2),
-        num_res_blocks=2, attention_resolutions=(8, 4), per_head_channels=32,
-        embed_dim=128, cond_dim=64, freq_dim=32, num_groups=8),
+        resolution=16,
+        text_dim=64,
+        channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(8, 4),
+        per_head_channels=32,
+        embed_dim=128,
+        cond_dim=64,
+        freq_dim=32,
+        num_groups=8,
+    ),
     "small": dict(
-        resolution=16, text_dim=64, channels=64, channel_mult=(1, 2, 2),
-        num_res_blocks=2, attention_resolutions=(8, 4), per_head_channels=32,
-        embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
+        resolution=16,
+        text_dim=64,
+        channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(8, 4),
+        per_head_channels=32,
+        embed_dim=256,
+        cond_dim=128,
+        freq_dim=64,
+        num_groups=16,
+    ),
 }
 
 # Shapes-world CPU demo, SR 16->32: Efficient U-Net 32 -> 16 -> 8 -> 4 with
 # attention (self + text) at 4x4 only.
 _SHAPES_SR32 = {
     "tiny": dict(
-        resolution=32, lowres_resolution=16, text_dim=64, init_channels=16,
-        channels=(16, 32, 64), num_res_blocks=(1, 1, 2), strides=(2, 2, 2),
+        resolution=32,
+        lowres_resolution=16,
+        text_dim=64,
+        init_channels=16,
+        channels=(16, 32, 64),
+        num_res_blocks=(1, 1, 2),
+        strides=(2, 2, 2),
         self_attention=(False, False, True),
-        cross_attention=(False, False, True), per_head_channels=32,
-        embed_dim=128, cond_dim=64, freq_dim=32, num_groups=8),
+        cross_attention=(False, False, True),
+        per_head_channels=32,
+        embed_dim=128,
+        cond_dim=64,
+        freq_dim=32,
+        num_groups=8,
+    ),
     "small": dict(
-        resolution=32, lowres_resolution=16, text_dim=64, init_channels=32,
-        channels=(32, 64, 128), num_res_blocks=(1, 2, 4), strides=(2, 2, 2),
+        resolution=32,
+        lowres_resolution=16,
+        text_dim=64,
+        init_channels=32,
+        channels=(32, 64, 128),
+        num_res_blocks=(1, 2, 4),
+        strides=(2, 2, 2),
         self_attention=(False, False, True),
-        cross_attention=(False, False, True), per_head_channels=32,
-        embed_dim=256, cond_dim=128, freq_dim=64, num_groups=16),
+        cross_attention=(False, False, True),
+        per_head_channels=32,
+        embed_dim=256,
+        cond_dim=128,
+        freq_dim=64,
+        num_groups=16,
+    ),
 }
 
 _REGISTRY = {
@@ -210,8 +363,7 @@ def variants(name: str) -> list[str]:
 
 def _table(name: str):
   if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; expected one of "
-                     f"{model_names()}")
+    raise ValueError(f"unknown model {name!r}; expected one of {model_names()}")
   return _REGISTRY[name]
 
 
@@ -219,21 +371,22 @@ def model_config(name: str, variant: str, **overrides) -> dict[str, Any]:
   """The field dict `get_model` would build (table entry + overrides)."""
   cls, table = _table(name)
   if variant not in table:
-    raise ValueError(f"unknown variant {variant!r} of {name}; expected one of "
-                     f"{sorted(table)}")
+    raise ValueError(f"unknown variant {variant!r} of {name}; expected one of {sorted(table)}")
   fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   unknown = sorted(set(overrides) - fields)
   if unknown:
-    raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; expected "
-                     f"some of {sorted(fields)}")
+    raise ValueError(
+        f"unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(fields)}"
+    )
   config = {**table[variant], **{k: v for k, v in overrides.items() if v is not None}}
   for key in ("dtype", "param_dtype"):  # configs may spell dtypes as strings
     if isinstance(config.get(key), str):
       try:
         config[key] = jnp.dtype(config[key])
       except TypeError:
-        raise ValueError(f"{key}={config[key]!r} is not a dtype name (e.g. 'float32', "
-                         "'bfloat16')") from None
+        raise ValueError(
+            f"{key}={config[key]!r} is not a dtype name (e.g. 'float32', 'bfloat16')"
+        ) from None
   if "remat" in config and config["remat"] not in REMAT_MODES:
     raise ValueError(f"remat={config['remat']!r}; expected one of {REMAT_MODES}")
   return config
@@ -260,8 +413,7 @@ def override_types(name: str) -> dict[str, type]:
       types[f.name] = bool
     elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
       types[f.name] = int
-    elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        for v in values):
+    elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
       types[f.name] = float
     elif not values and "int" in str(f.type):  # e.g. Optional[int], None in every variant
       types[f.name] = int

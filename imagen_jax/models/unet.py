@@ -37,6 +37,7 @@ Dtype = Any
 
 class DownLevel(nn.Module):
   """One resolution of the encoder: ResBlocks (+ attention), downsample."""
+
   features: int
   num_res_blocks: int
   attention: bool
@@ -57,12 +58,18 @@ class DownLevel(nn.Module):
     attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
     skips = []
     for i in range(self.num_res_blocks):
-      x = res_cls(self.features, self.num_groups, self.dropout,
-                  self.deterministic, name=f"res_{i}", **kw)(x, emb)
+      x = res_cls(
+          self.features, self.num_groups, self.dropout, self.deterministic, name=f"res_{i}", **kw
+      )(x, emb)
       if self.attention:
-        x = attn_cls(self.per_head_channels, True, self.text_cross_attention,
-                     self.num_groups, name=f"attn_{i}", **kw)(
-                         x, context, context_mask)
+        x = attn_cls(
+            self.per_head_channels,
+            True,
+            self.text_cross_attention,
+            self.num_groups,
+            name=f"attn_{i}",
+            **kw,
+        )(x, context, context_mask)
       skips.append(x)
     if self.downsample:
       x = layers.conv(self.features, 3, 2, name="downsample", **kw)(x)
@@ -72,6 +79,7 @@ class DownLevel(nn.Module):
 
 class MidLevel(nn.Module):
   """ResBlock, attention (self + text), ResBlock at the lowest resolution."""
+
   features: int
   text_cross_attention: bool
   per_head_channels: int = 64
@@ -87,16 +95,20 @@ class MidLevel(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     res_cls = layers.maybe_remat(layers.ResBlock, self.remat_blocks)
     attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
-    x = res_cls(self.features, self.num_groups, self.dropout,
-                self.deterministic, name="res_0", **kw)(x, emb)
-    x = attn_cls(self.per_head_channels, True, self.text_cross_attention,
-                 self.num_groups, name="attn", **kw)(x, context, context_mask)
-    return res_cls(self.features, self.num_groups, self.dropout,
-                   self.deterministic, name="res_1", **kw)(x, emb)
+    x = res_cls(
+        self.features, self.num_groups, self.dropout, self.deterministic, name="res_0", **kw
+    )(x, emb)
+    x = attn_cls(
+        self.per_head_channels, True, self.text_cross_attention, self.num_groups, name="attn", **kw
+    )(x, context, context_mask)
+    return res_cls(
+        self.features, self.num_groups, self.dropout, self.deterministic, name="res_1", **kw
+    )(x, emb)
 
 
 class UpLevel(nn.Module):
   """One resolution of the decoder: [concat skip, ResBlock (+ attn)] x len(skips)."""
+
   features: int
   attention: bool
   text_cross_attention: bool
@@ -118,12 +130,18 @@ class UpLevel(nn.Module):
     for i, skip in enumerate(skips):
       skip = skip.astype(self.dtype) * self.skip_scale
       x = jnp.concatenate([x.astype(self.dtype), skip], axis=-1)
-      x = res_cls(self.features, self.num_groups, self.dropout,
-                  self.deterministic, name=f"res_{i}", **kw)(x, emb)
+      x = res_cls(
+          self.features, self.num_groups, self.dropout, self.deterministic, name=f"res_{i}", **kw
+      )(x, emb)
       if self.attention:
-        x = attn_cls(self.per_head_channels, True, self.text_cross_attention,
-                     self.num_groups, name=f"attn_{i}", **kw)(
-                         x, context, context_mask)
+        x = attn_cls(
+            self.per_head_channels,
+            True,
+            self.text_cross_attention,
+            self.num_groups,
+            name=f"attn_{i}",
+            **kw,
+        )(x, context, context_mask)
     if self.upsample:
       x = layers.upsample_nearest(x, 2)
       x = layers.conv(self.features, 3, name="upsample", **kw)(x)
@@ -136,6 +154,7 @@ class UNet(nn.Module):
   __call__(x_t, log_snr, text_emb, text_mask, *, lowres=None,
   lowres_log_snr=None, train=False) -> float32 prediction shaped like x_t.
   """
+
   resolution: int = 64
   lowres_resolution: int | None = None
   text_dim: int = 4096
@@ -159,45 +178,64 @@ class UNet(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_t, log_snr, text_emb, text_mask, *, lowres=None,
-               lowres_log_snr=None, train: bool = False):
-    layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres,
-                           lowres_log_snr)
+  def __call__(
+      self,
+      x_t,
+      log_snr,
+      text_emb,
+      text_mask,
+      *,
+      lowres=None,
+      lowres_log_snr=None,
+      train: bool = False,
+  ):
+    layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr)
     levels = len(self.channel_mult)
     if self.resolution % 2 ** (levels - 1):
-      raise ValueError(f"resolution {self.resolution} is not divisible by "
-                       f"2**{levels - 1} ({levels} levels)")
+      raise ValueError(
+          f"resolution {self.resolution} is not divisible by 2**{levels - 1} ({levels} levels)"
+      )
     kw, common, emb, context, mask, x = layers.network_setup(
-        self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr)
+        self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr
+    )
     full = self.remat == "full"
     down_cls = layers.maybe_remat(DownLevel, full)
     mid_cls = layers.maybe_remat(MidLevel, full)
     up_cls = layers.maybe_remat(UpLevel, full)
 
-    x = layers.conv(self.channels * self.channel_mult[0], name="in_conv",
-                    **kw)(x)
+    x = layers.conv(self.channels * self.channel_mult[0], name="in_conv", **kw)(x)
     skips = [x]
     res = self.resolution
     for i, mult in enumerate(self.channel_mult):
       x, level_skips = down_cls(
-          self.channels * mult, self.num_res_blocks,
-          res in self.attention_resolutions, self.text_cross_attention,
-          downsample=i < levels - 1, name=f"down_{i}", **common)(
-              x, emb, context, mask)
+          self.channels * mult,
+          self.num_res_blocks,
+          res in self.attention_resolutions,
+          self.text_cross_attention,
+          downsample=i < levels - 1,
+          name=f"down_{i}",
+          **common,
+      )(x, emb, context, mask)
       skips.extend(level_skips)
       res = res // 2 if i < levels - 1 else res
-    x = mid_cls(self.channels * self.channel_mult[-1],
-                self.text_cross_attention, name="mid", **common)(
-                    x, emb, context, mask)
+    x = mid_cls(
+        self.channels * self.channel_mult[-1], self.text_cross_attention, name="mid", **common
+    )(x, emb, context, mask)
     for i in reversed(range(levels)):
       n = self.num_res_blocks + 1
       level_skips = tuple(skips[-n:][::-1])
       del skips[-n:]
-      x = up_cls(self.channels * self.channel_mult[i],
-                 res in self.attention_resolutions, self.text_cross_attention,
-                 upsample=i > 0, skip_scale=self.skip_scale, name=f"up_{i}",
-                 **common)(x, level_skips, emb, context, mask)
+      x = up_cls(
+          self.channels * self.channel_mult[i],
+          res in self.attention_resolutions,
+          self.text_cross_attention,
+          upsample=i > 0,
+          skip_scale=self.skip_scale,
+          name=f"up_{i}",
+          **common,
+      )(x, level_skips, emb, context, mask)
       res *= 2
     assert not skips, len(skips)
-    return layers.output_head(x, self.out_channels, self.num_groups,
-                              self.dtype, self.param_dtype, "out")
+    return layers.output_head(
+        x, self.out_channels, self.num_groups, self.dtype, self.param_dtype, "out"
+    )

@@ -2,6 +2,7 @@
 
 A size of -1 takes the devices left over by the other axes (at most one -1).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -14,7 +15,9 @@ from jax.sharding import Mesh
 DATA_AXES = ("data", "fsdp")
 
 
-def parse_mesh_spec(spec: Sequence[Any], num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def parse_mesh_spec(
+    spec: Sequence[Any], num_devices: int
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
   """Resolves `[(name, size), ...]` (one size may be -1) against `num_devices`."""
   if not spec:
     raise ValueError("config.parallel.mesh is empty; expected e.g. [('data', -1), ('fsdp', 1)].")
@@ -36,11 +39,13 @@ def parse_mesh_spec(spec: Sequence[Any], num_devices: int) -> tuple[tuple[str, .
     if num_devices % known:
       raise ValueError(
           f"Mesh {list(spec)!r}: the fixed axes need a multiple of {known} devices, "
-          f"but there are {num_devices}.")
+          f"but there are {num_devices}."
+      )
     sizes[sizes.index(-1)] = num_devices // known
   elif known != num_devices:
     raise ValueError(
-        f"Mesh {list(spec)!r} has {known} devices in total, but there are {num_devices}.")
+        f"Mesh {list(spec)!r} has {known} devices in total, but there are {num_devices}."
+    )
   return tuple(names), tuple(sizes)
 
 

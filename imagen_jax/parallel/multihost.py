@@ -1,4 +1,5 @@
 """Multi-process set-up and small cross-process helpers."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,19 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-
-
 # Set by scripts/launch_tpu.py on every worker (as big_vision's BV_JAX_INIT): the
 # environment of a TPU VM shell does not always say that it is one worker of a pod
 # (libtpu finds that out from the VM's metadata), so the launcher says it.
 DISTRIBUTED_ENV = "IMAGEN_JAX_DISTRIBUTED"
 
 
-_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-               "SLURM_LOCALID")
+_SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
 
 
 def _count(var: str) -> int:
@@ -71,13 +75,18 @@ def wait_for_coordinator(address: str, timeout_s: float, process_id: int) -> Non
             f"Process {process_id}: the coordinator {address} did not answer within "
             f"{timeout_s:g} s ({type(e).__name__}: {e}). Start process 0 with the same "
             "--coordinator_address, check the host, port and firewall, or allow longer with "
-            "--connect_timeout_s.") from None
+            "--connect_timeout_s."
+        ) from None
       time.sleep(0.5)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, heartbeat_timeout_s: int | None = None,
-               connect_timeout_s: float = 300.0) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    heartbeat_timeout_s: int | None = None,
+    connect_timeout_s: float = 300.0,
+) -> bool:
   """Calls `jax.distributed.initialize` when needed; returns whether it did.
 
   Explicit flags (all three, or none) win; otherwise a cluster JAX configures by itself
@@ -91,29 +100,43 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """
   given = [coordinator_address is not None, num_processes is not None, process_id is not None]
   if any(given) and not all(given):
-    raise ValueError("--coordinator_address, --num_processes and --process_id go together; got "
-                     f"{coordinator_address!r}, {num_processes!r}, {process_id!r}.")
+    raise ValueError(
+        "--coordinator_address, --num_processes and --process_id go together; got "
+        f"{coordinator_address!r}, {num_processes!r}, {process_id!r}."
+    )
   if all(given):
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise ValueError(f"process_id {process_id} is not in [0, {num_processes}).")
     if num_processes == 1:
       return False
-    extra = ({} if heartbeat_timeout_s is None else
-             {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)})
+    extra = (
+        {}
+        if heartbeat_timeout_s is None
+        else {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
+    )
     if process_id != 0:
       wait_for_coordinator(coordinator_address, connect_timeout_s, process_id)
-    jax.distributed.initialize(initialization_timeout=max(1, int(connect_timeout_s)),
-                               coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id, **extra)
+    jax.distributed.initialize(
+        initialization_timeout=max(1, int(connect_timeout_s)),
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        **extra,
+    )
     how = "explicit flags"
   else:
     how = detected_cluster()
     if how is None:
       return False
     jax.distributed.initialize()
-  logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices.", how,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+      "jax.distributed (%s): process %d of %d, %d local / %d global devices.",
+      how,
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
   return True
 
 
@@ -138,6 +161,7 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
   if jax.process_count() == 1:
     return
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
 
@@ -153,8 +177,12 @@ def sum_over_processes(values: list[int]) -> list[int]:
   """Each entry summed over the processes (a collective: call on all processes)."""
   if jax.process_count() == 1:
     return [int(v) for v in values]
-  return [int(v) for v in np.asarray(
-      multihost_utils.process_allgather(np.asarray(values, np.int64))).sum(axis=0)]
+  return [
+      int(v)
+      for v in np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64))).sum(
+          axis=0
+      )
+  ]
 
 
 def allgather_json(obj: Any) -> list[Any]:
@@ -164,7 +192,9 @@ def allgather_json(obj: Any) -> list[Any]:
   data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
   lengths = multihost_utils.process_allgather(np.asarray([data.size], np.int32))
   padded = np.zeros((int(np.max(lengths)),), np.uint8)
-  padded[:data.size] = data
+  padded[: data.size] = data
   gathered = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:int(n)]).decode("utf-8"))
-          for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1))]
+  return [
+      json.loads(bytes(row[: int(n)]).decode("utf-8"))
+      for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1))
+  ]

@@ -10,6 +10,7 @@ The loop and the benchmark talk to a `Placement` only, t5x's partitioner in smal
 for the state, the compiled step, batches on devices, the state as checkpoints store it
 (global arrays), host metrics, the FLOPs' device count. Neither branches on the mode.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -32,8 +33,10 @@ def canonical_mode(mode: str) -> str:
   """The mode's canonical name; ValueError naming the value when it is not one."""
   canonical = MODE_ALIASES.get(mode, mode)
   if canonical not in MODES:
-    raise ValueError(f"config.parallel.mode={mode!r}; expected one of {MODES} "
-                     f"(or the alias {', '.join(MODE_ALIASES)}).")
+    raise ValueError(
+        f"config.parallel.mode={mode!r}; expected one of {MODES} "
+        f"(or the alias {', '.join(MODE_ALIASES)})."
+    )
   return canonical
 
 
@@ -42,8 +45,9 @@ class JitPlacement:
 
   mode = "jit"
 
-  def __init__(self, mesh: Mesh, *, logical_rules: Sequence[Any] | None = None,
-               min_fsdp_size_mb: float = 4.0):
+  def __init__(
+      self, mesh: Mesh, *, logical_rules: Sequence[Any] | None = None, min_fsdp_size_mb: float = 4.0
+  ):
     self.mesh = mesh
     self.logical_rules = logical_rules
     self.min_fsdp_size_mb = float(min_fsdp_size_mb)
@@ -56,38 +60,49 @@ class JitPlacement:
     return jax.device_count()
 
   def param_shardings(self, boxed_params: Any) -> Any:
-    shardings = sharding_lib.param_shardings(boxed_params, self.mesh, self.logical_rules,
-                                             self.min_fsdp_size_mb)
-    logging.info("Largest params and their shardings:\n%s",
-                 sharding_lib.describe(shardings, meta.unbox(boxed_params)))
+    shardings = sharding_lib.param_shardings(
+        boxed_params, self.mesh, self.logical_rules, self.min_fsdp_size_mb
+    )
+    logging.info(
+        "Largest params and their shardings:\n%s",
+        sharding_lib.describe(shardings, meta.unbox(boxed_params)),
+    )
     return shardings
 
-  def opt_state_shardings(self, tx: Any, abstract_opt_state: Any, abstract_params: Any,
-                          param_shardings: Any) -> Any:
-    return sharding_lib.opt_state_shardings(tx, abstract_opt_state, abstract_params,
-                                            param_shardings, self.mesh, self.min_fsdp_size_mb)
+  def opt_state_shardings(
+      self, tx: Any, abstract_opt_state: Any, abstract_params: Any, param_shardings: Any
+  ) -> Any:
+    return sharding_lib.opt_state_shardings(
+        tx, abstract_opt_state, abstract_params, param_shardings, self.mesh, self.min_fsdp_size_mb
+    )
 
-  def lower_step(self, step_body: Callable[..., Any], state_shardings: Any, state: Any,
-                 batch: Any) -> Any:
+  def lower_step(
+      self, step_body: Callable[..., Any], state_shardings: Any, state: Any, batch: Any
+  ) -> Any:
     """The lowered `step_body(state, batch) -> (state, metrics)`, state donated."""
-    step_fn = jax.jit(step_body, in_shardings=(state_shardings, self.batch_sharding),
-                      out_shardings=(state_shardings, self.replicated), donate_argnums=(0,))
+    step_fn = jax.jit(
+        step_body,
+        in_shardings=(state_shardings, self.batch_sharding),
+        out_shardings=(state_shardings, self.replicated),
+        donate_argnums=(0,),
+    )
     return step_fn.lower(state, batch)
 
   def put_state(self, state: Any) -> Any:
     """The state as the step takes it, from the global arrays `init`/restore give."""
     return state
 
-  def batch_putter(self, preprocess: Callable[[Any, dict], dict] | None = None,
-                   frozen_params: Any = None) -> Callable[[dict], dict]:
+  def batch_putter(
+      self, preprocess: Callable[[Any, dict], dict] | None = None, frozen_params: Any = None
+  ) -> Callable[[dict], dict]:
     """`put(numeric host batch) -> device batch`: this process's rows assembled into global
     arrays, then `preprocess(frozen_params, batch)` (jitted) when given."""
-    prep = None if preprocess is None else jax.jit(preprocess,
-                                                   out_shardings=self.batch_sharding)
+    prep = None if preprocess is None else jax.jit(preprocess, out_shardings=self.batch_sharding)
 
     def put(numeric: dict) -> dict:
       batch = batch_lib.make_global_batch(numeric, self.batch_sharding)
       return batch if prep is None else prep(frozen_params, batch)
+
     return put
 
   def checkpoint_state(self, state: Any, state_shardings: Any) -> Any:
@@ -116,8 +131,9 @@ class PmapPlacement(JitPlacement):
   def param_shardings(self, boxed_params: Any) -> Any:
     return jax.tree.map(lambda _: self.replicated, meta.unbox(boxed_params))
 
-  def opt_state_shardings(self, tx: Any, abstract_opt_state: Any, abstract_params: Any,
-                          param_shardings: Any) -> Any:
+  def opt_state_shardings(
+      self, tx: Any, abstract_opt_state: Any, abstract_params: Any, param_shardings: Any
+  ) -> Any:
     del tx, abstract_params, param_shardings
     return jax.tree.map(lambda _: self.replicated, abstract_opt_state)
 
@@ -141,6 +157,7 @@ class PmapPlacement(JitPlacement):
     def put(numeric):
       batch = put_global(numeric)
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
     return put
 
   def checkpoint_state(self, state, state_shardings):
@@ -159,13 +176,18 @@ class PmapPlacement(JitPlacement):
 def for_config(parallel_config: Any, mesh: Mesh) -> JitPlacement:
   """The placement `config.parallel` names (`mode`, `logical_rules`, `min_fsdp_size_mb`)."""
   cls = {"jit": JitPlacement, "pmap": PmapPlacement}[canonical_mode(parallel_config.mode)]
-  return cls(mesh, logical_rules=parallel_config.get("logical_rules"),
-             min_fsdp_size_mb=float(parallel_config.get("min_fsdp_size_mb", 4.0)))
+  return cls(
+      mesh,
+      logical_rules=parallel_config.get("logical_rules"),
+      min_fsdp_size_mb=float(parallel_config.get("min_fsdp_size_mb", 4.0)),
+  )
 
 
 def _to_global(tree: Any, shardings: Any) -> Any:
   """Host values (identical on every process) -> global arrays with `shardings`."""
+
   def put(x, s):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
   return jax.tree.map(put, tree, shardings)

@@ -4,6 +4,7 @@ Params carry logical axis names (`nn.with_logical_partitioning`); `config.parall
 maps them to mesh axes. On top of that, the FSDP rule shards the largest still-unsharded dimension
 divisible by the `fsdp` axis size of every array of at least `min_fsdp_size_mb` MiB.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -43,8 +44,9 @@ def _spec_axes(spec: P) -> set[str]:
   return used
 
 
-def _apply_fsdp(spec: P, shape: tuple[int, ...], itemsize: int, mesh: Mesh,
-                min_size_mb: float) -> P:
+def _apply_fsdp(
+    spec: P, shape: tuple[int, ...], itemsize: int, mesh: Mesh, min_size_mb: float
+) -> P:
   """Adds `fsdp` to the largest unsharded divisible dim of a large enough array."""
   n = mesh.shape.get(FSDP, 1)
   entries = list(spec) + [None] * (len(shape) - len(spec))
@@ -68,21 +70,29 @@ def _drop_indivisible(spec: P, shape: tuple[int, ...], mesh: Mesh, where: str) -
     axes = entry if isinstance(entry, tuple) else (entry,)
     n = int(np.prod([mesh.shape[a] for a in axes]))
     if shape[dim] % n:
-      logging.warning("%s: dim %d of shape %s is not divisible by mesh axes %s (size %d); "
-                      "replicating it.", where, dim, shape, axes, n)
+      logging.warning(
+          "%s: dim %d of shape %s is not divisible by mesh axes %s (size %d); replicating it.",
+          where,
+          dim,
+          shape,
+          axes,
+          n,
+      )
       entries[dim] = None
   return P(*entries)
 
 
-def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[Any] | None,
-                    min_fsdp_size_mb: float) -> Any:
+def param_shardings(
+    boxed_abstract: Any, mesh: Mesh, rules: Sequence[Any] | None, min_fsdp_size_mb: float
+) -> Any:
   """NamedShardings (unboxed tree structure) for a boxed abstract param tree."""
   rules = normalize_rules(rules)
   logical = nn.get_partition_spec(boxed_abstract)
   mesh_specs = nn.logical_to_mesh(logical, rules)
   unboxed = meta.unbox(boxed_abstract)
   paths_specs = jax.tree_util.tree_flatten_with_path(
-      mesh_specs, is_leaf=lambda x: isinstance(x, P))[0]
+      mesh_specs, is_leaf=lambda x: isinstance(x, P)
+  )[0]
   leaves, treedef = jax.tree.flatten(unboxed)
   if len(paths_specs) != len(leaves):
     raise ValueError("Partition specs and params have different structures.")
@@ -101,8 +111,7 @@ def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[Any] | None
 def _keep_axes(entry: Any, mesh: Mesh) -> Any:
   if entry is None:
     return None
-  axes = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,))
-               if a in mesh.axis_names)
+  axes = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a in mesh.axis_names)
   if not axes:
     return None
   return axes if len(axes) > 1 else axes[0]
@@ -115,19 +124,31 @@ def shape_sharding(leaf: Any, mesh: Mesh, min_fsdp_size_mb: float) -> NamedShard
   return NamedSharding(mesh, _apply_fsdp(P(), shape, itemsize, mesh, min_fsdp_size_mb))
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any,
-                        abstract_params: Any, params_shardings: Any, mesh: Mesh,
-                        min_fsdp_size_mb: float) -> Any:
+def opt_state_shardings(
+    tx: optax.GradientTransformation,
+    abstract_opt_state: Any,
+    abstract_params: Any,
+    params_shardings: Any,
+    mesh: Mesh,
+    min_fsdp_size_mb: float,
+) -> Any:
   """Optimizer leaves shaped like their param follow its sharding; other leaves (counts,
   Adafactor's factored rows/cols) use the shape rule."""
+
   def follow(leaf, param, sharding):
     if tuple(leaf.shape) == tuple(param.shape):
       return sharding
     return shape_sharding(leaf, mesh, min_fsdp_size_mb)
+
   return optax.tree_map_params(
-      tx, follow, abstract_opt_state, abstract_params, params_shardings,
+      tx,
+      follow,
+      abstract_opt_state,
+      abstract_params,
+      params_shardings,
       transform_non_params=lambda x: shape_sharding(x, mesh, min_fsdp_size_mb),
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+      is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -148,6 +169,8 @@ def describe(shardings: Any, abstract: Any, max_lines: int = 20) -> str:
   flat_a = jax.tree_util.tree_flatten_with_path(abstract)[0]
   flat_s = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
   for (path, a), s in zip(flat_a, flat_s):
-    rows.append((int(np.prod(a.shape)), f"{jax.tree_util.keystr(path)}: {tuple(a.shape)} -> {s.spec}"))
+    rows.append(
+        (int(np.prod(a.shape)), f"{jax.tree_util.keystr(path)}: {tuple(a.shape)} -> {s.spec}")
+    )
   rows.sort(key=lambda r: -r[0])
   return "\n".join(r[1] for r in rows[:max_lines])

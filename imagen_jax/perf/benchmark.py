@@ -10,6 +10,7 @@ embeddings given (the frozen encoder's cost is not part of the step, as with ima
 Timings exclude compilation and a warm-up; each figure is the median over `repeats` timings
 of a block of calls ended by `block_until_ready`.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,13 @@ def peak_device_memory() -> int | None:
   return int(peak) if peak is not None else None
 
 
-def synthetic_batch(pipe: pipeline_lib.StagePipeline, batch_size: int, text_len: int,
-                    cond_drop_prob: float, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(
+    pipe: pipeline_lib.StagePipeline,
+    batch_size: int,
+    text_len: int,
+    cond_drop_prob: float,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
   """A host batch in the loss's format: images in [-1, 1], random text embeddings with
   random-length masks, `drop_text` at the config's caption-dropout rate, `lowres` for SR."""
   rng = np.random.default_rng(seed)
@@ -69,8 +75,9 @@ def synthetic_batch(pipe: pipeline_lib.StagePipeline, batch_size: int, text_len:
   lengths = rng.integers(1, text_len + 1, size=batch_size)
   out = {
       "image": rng.uniform(-1, 1, (batch_size, r, r, 3)).astype(np.float32),
-      "text_emb": rng.standard_normal((batch_size, text_len, pipe.model.text_dim)
-                                      ).astype(np.float32),
+      "text_emb": rng.standard_normal((batch_size, text_len, pipe.model.text_dim)).astype(
+          np.float32
+      ),
       "text_mask": np.arange(text_len)[None, :] < lengths[:, None],
       "drop_text": rng.uniform(size=batch_size) < cond_drop_prob,
   }
@@ -84,9 +91,16 @@ def count_params(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5,
-               warmup: int = 2, profile_dir: str | None = None,
-               profile_steps: int = 3) -> dict[str, Any]:
+def train_step(
+    config: Any,
+    *,
+    batch_size: int,
+    repeats: int = 5,
+    inner: int = 5,
+    warmup: int = 2,
+    profile_dir: str | None = None,
+    profile_steps: int = 3,
+) -> dict[str, Any]:
   """Times the trainer's step for `config` at global `batch_size`; a dict of figures.
 
   With `profile_dir`, `profile_steps` more steps are traced there after the timing (so the
@@ -100,20 +114,31 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
   text_len = int(config.text.max_length)
   tx, lr_schedule = optim.make_optimizer(config.optim, int(config.total_steps))
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  spec = state_lib.state_spec(placement, lambda rng: pipe.init(rng, batch_size=1,
-                                                              text_len=text_len),
-                              tx, init_rng, state_rng)
+  spec = state_lib.state_spec(
+      placement,
+      lambda rng: pipe.init(rng, batch_size=1, text_len=text_len),
+      tx,
+      init_rng,
+      state_rng,
+  )
   start = time.perf_counter()
   state = jax.block_until_ready(
-      jax.jit(spec.init, out_shardings=spec.shardings)(init_rng, state_rng))
+      jax.jit(spec.init, out_shardings=spec.shardings)(init_rng, state_rng)
+  )
   init_s = time.perf_counter() - start
   # The initialiser is a program of its own (a threefry hash per parameter) that can take
   # as long to compile as the step on a CPU: logged, so a stopped run shows where it was.
   logging.info("train state initialised in %.1f s (compile included)", init_s)
-  body = step_lib.make_train_step(pipe.loss_fn, tx, ema_decay=float(config.ema.decay),
-                                  ema_warmup=bool(config.ema.warmup), lr_schedule=lr_schedule)
-  host = synthetic_batch(pipe, batch_size, text_len,
-                         float(config.input.get("cond_drop_prob", 0.1)), int(config.seed))
+  body = step_lib.make_train_step(
+      pipe.loss_fn,
+      tx,
+      ema_decay=float(config.ema.decay),
+      ema_warmup=bool(config.ema.warmup),
+      lr_schedule=lr_schedule,
+  )
+  host = synthetic_batch(
+      pipe, batch_size, text_len, float(config.input.get("cond_drop_prob", 0.1)), int(config.seed)
+  )
   batch = placement.batch_putter()(host)
   state = placement.put_state(state)
 
@@ -138,8 +163,10 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
   seconds, times = median_seconds(one_step, repeats=repeats, inner=inner)
   loss = float(np.asarray(jax.device_get(one_step()["loss"])).reshape(-1)[0])
   if not np.isfinite(loss):
-    raise FloatingPointError(f"The benchmarked step's loss is {loss}; the figures would be "
-                             "of a step that skips its update.")
+    raise FloatingPointError(
+        f"The benchmarked step's loss is {loss}; the figures would be "
+        "of a step that skips its update."
+    )
   out = {
       "model": f"{config.model.name}/{config.model.variant}",
       "resolution": pipe.resolution,
@@ -176,37 +203,65 @@ def train_step(config: Any, *, batch_size: int, repeats: int = 5, inner: int = 5
   return out
 
 
-def sampling(config: Any, *, batch_size: int, num_steps: int, guidance_scale: float,
-             sampler: str = "ddpm", repeats: int = 3) -> dict[str, Any]:
+def sampling(
+    config: Any,
+    *,
+    batch_size: int,
+    num_steps: int,
+    guidance_scale: float,
+    sampler: str = "ddpm",
+    repeats: int = 3,
+) -> dict[str, Any]:
   """Times whole jitted sampling loops (`num_steps` steps) at guidance 1 (the conditional pass
   alone) and at `guidance_scale` (conditional + unconditional as one batched pass)."""
   pipe = pipeline_lib.StagePipeline.from_config(config)
   text_len = int(config.text.max_length)
   params = jax.jit(lambda rng: pipe.init(rng, batch_size=1, text_len=text_len)["params"])(
-      jax.random.PRNGKey(0))
+      jax.random.PRNGKey(0)
+  )
   from flax.core import meta  # pylint: disable=import-outside-toplevel
+
   params = meta.unbox(params)
   host = synthetic_batch(pipe, batch_size, text_len, cond_drop_prob=0.0)
   emb, mask = jnp.asarray(host["text_emb"]), jnp.asarray(host["text_mask"])
   lowres = jnp.asarray(host["lowres"]) if "lowres" in host else None
   threshold = str(config.sampling.get("threshold", "dynamic"))
   percentile = float(config.sampling.get("percentile", 0.995))
-  out: dict[str, Any] = {"batch_size": batch_size, "num_steps": num_steps, "sampler": sampler,
-                         "threshold": threshold, "guidance_scale": guidance_scale}
+  out: dict[str, Any] = {
+      "batch_size": batch_size,
+      "num_steps": num_steps,
+      "sampler": sampler,
+      "threshold": threshold,
+      "guidance_scale": guidance_scale,
+  }
   for name, scale in (("unguided", 1.0), ("guided", float(guidance_scale))):
+
     def run(params, rng, scale=scale):
-      return pipe.sample(params, emb, mask, rng, sampler=sampler, num_steps=num_steps,
-                         guidance_scale=scale, threshold=threshold, percentile=percentile,
-                         lowres=lowres)
+      return pipe.sample(
+          params,
+          emb,
+          mask,
+          rng,
+          sampler=sampler,
+          num_steps=num_steps,
+          guidance_scale=scale,
+          threshold=threshold,
+          percentile=percentile,
+          lowres=lowres,
+      )
+
     start = time.perf_counter()
     compiled = jax.jit(run).lower(params, jax.random.PRNGKey(0)).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(params, jax.random.PRNGKey(1)))
     seconds, _ = median_seconds(lambda: compiled(params, jax.random.PRNGKey(2)), repeats=repeats)
-    out[name] = {"seconds": seconds, "step_seconds": seconds / num_steps,
-                 "img_per_s": batch_size / seconds, "compile_seconds": compile_s}
-  out["guided_over_unguided_step"] = (out["guided"]["step_seconds"]
-                                      / out["unguided"]["step_seconds"])
+    out[name] = {
+        "seconds": seconds,
+        "step_seconds": seconds / num_steps,
+        "img_per_s": batch_size / seconds,
+        "compile_seconds": compile_s,
+    }
+  out["guided_over_unguided_step"] = out["guided"]["step_seconds"] / out["unguided"]["step_seconds"]
   out["peak_device_memory_bytes"] = peak_device_memory()
   return out
 
@@ -214,11 +269,18 @@ def sampling(config: Any, *, batch_size: int, num_steps: int, guidance_scale: fl
 def input_pipeline(config: Any, *, batch_size: int, seconds: float = 5.0) -> dict[str, Any]:
   """Images per second from `config.input` as this process would read them for the stage."""
   from imagen_jax.data import input_pipeline as input_lib  # pylint: disable=import-outside-toplevel
+
   pipe = pipeline_lib.StagePipeline.from_config(config)
   it = input_lib.create_input_iterator(
-      config.input, global_batch_size=batch_size, resolution=pipe.resolution,
-      lowres_resolution=pipe.lowres_resolution, seed=int(config.seed), process_index=0,
-      process_count=1, devices_per_process=1)
+      config.input,
+      global_batch_size=batch_size,
+      resolution=pipe.resolution,
+      lowres_resolution=pipe.lowres_resolution,
+      seed=int(config.seed),
+      process_index=0,
+      process_count=1,
+      devices_per_process=1,
+  )
   try:
     next(it)  # worker start-up, first decode
     count, start = 0, time.perf_counter()
@@ -228,5 +290,9 @@ def input_pipeline(config: Any, *, batch_size: int, seconds: float = 5.0) -> dic
   finally:
     if hasattr(it, "close"):
       it.close()
-  return {"dataset": str(config.input.dataset), "batch_size": batch_size,
-          "workers": config.input.get("num_workers"), "img_per_s": count / elapsed}
+  return {
+      "dataset": str(config.input.dataset),
+      "batch_size": batch_size,
+      "workers": config.input.get("num_workers"),
+      "img_per_s": count / elapsed,
+  }

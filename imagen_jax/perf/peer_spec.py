@@ -22,6 +22,7 @@ prints both and their ratio so the match can be judged. Diffusion settings follo
 (objective, schedule, caption dropout, min-SNR weighting, dynamic-threshold percentile);
 precision is bf16 autocast where our compute dtype is bfloat16, float32 otherwise.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,8 +46,12 @@ def unet_kwargs(model_name: str, model_config: dict[str, Any], max_text_len: int
   if model_name not in registry.model_names():
     raise ValueError(f"unknown model {model_name!r}; expected one of {registry.model_names()}")
   c = model_config
-  common = dict(text_embed_dim=int(c["text_dim"]), cond_dim=int(c["cond_dim"]),
-                attn_dim_head=int(c["per_head_channels"]), max_text_len=int(max_text_len))
+  common = dict(
+      text_embed_dim=int(c["text_dim"]),
+      cond_dim=int(c["cond_dim"]),
+      attn_dim_head=int(c["per_head_channels"]),
+      max_text_len=int(max_text_len),
+  )
   if "channel_mult" in c:  # UNet
     mults = tuple(int(m) for m in c["channel_mult"])
     res = int(c["resolution"])
@@ -54,27 +59,46 @@ def unet_kwargs(model_name: str, model_config: dict[str, Any], max_text_len: int
     attn = tuple(r in tuple(c["attention_resolutions"]) for r in level_res)
     widths = [int(c["channels"]) * m for m, a in zip(mults, attn) if a]
     if c.get("lowres_resolution"):
-      raise ValueError(f"{model_name}: a standard U-Net SR stage has no imagen-pytorch match "
-                       "in this benchmark; use an Efficient U-Net stage.")
-    return dict(dim=int(c["channels"]), dim_mults=mults,
-                num_resnet_blocks=int(c["num_res_blocks"]), layer_attns=attn,
-                layer_cross_attns=attn, attn_heads=_heads(widths, c), **common)
+      raise ValueError(
+          f"{model_name}: a standard U-Net SR stage has no imagen-pytorch match "
+          "in this benchmark; use an Efficient U-Net stage."
+      )
+    return dict(
+        dim=int(c["channels"]),
+        dim_mults=mults,
+        num_resnet_blocks=int(c["num_res_blocks"]),
+        layer_attns=attn,
+        layer_cross_attns=attn,
+        attn_heads=_heads(widths, c),
+        **common,
+    )
   channels = [int(x) for x in c["channels"]]
   n = len(channels)
   if any(ch % channels[0] for ch in channels):
-    raise ValueError(f"{model_name}: channels {channels} are not multiples of the first; "
-                     "imagen-pytorch widths are dim * dim_mults.")
+    raise ValueError(
+        f"{model_name}: channels {channels} are not multiples of the first; "
+        "imagen-pytorch widths are dim * dim_mults."
+    )
   if any(int(s) != 2 for s in _tuple(c.get("strides", 2), n)):
-    raise ValueError(f"{model_name}: strides {c.get('strides')}; imagen-pytorch's Efficient "
-                     "U-Net downsamples by 2 at every level.")
+    raise ValueError(
+        f"{model_name}: strides {c.get('strides')}; imagen-pytorch's Efficient "
+        "U-Net downsamples by 2 at every level."
+    )
   self_attn = tuple(bool(a) for a in _tuple(c.get("self_attention", False), n))
   cross_attn = tuple(bool(a) for a in _tuple(c.get("cross_attention", False), n))
   widths = [ch for ch, a, x in zip(channels, self_attn, cross_attn) if a or x]
-  return dict(dim=channels[0], dim_mults=tuple(ch // channels[0] for ch in channels),
-              num_resnet_blocks=tuple(int(b) for b in _tuple(c["num_res_blocks"], n)),
-              layer_attns=self_attn, layer_cross_attns=cross_attn,
-              attend_at_middle=bool(self_attn[-1]), memory_efficient=True, lowres_cond=True,
-              attn_heads=_heads(widths, c), **common)
+  return dict(
+      dim=channels[0],
+      dim_mults=tuple(ch // channels[0] for ch in channels),
+      num_resnet_blocks=tuple(int(b) for b in _tuple(c["num_res_blocks"], n)),
+      layer_attns=self_attn,
+      layer_cross_attns=cross_attn,
+      attend_at_middle=bool(self_attn[-1]),
+      memory_efficient=True,
+      lowres_cond=True,
+      attn_heads=_heads(widths, c),
+      **common,
+  )
 
 
 def _heads(widths: list[int], c: dict[str, Any]) -> int:
@@ -83,9 +107,17 @@ def _heads(widths: list[int], c: dict[str, Any]) -> int:
   return max(2, int(round(np.mean([w / int(c["per_head_channels"]) for w in widths]))))
 
 
-def spec(config: Any, *, batch_size: int, sample_batch_size: int, sample_steps: int,
-         guidance_scale: float, repeats: int, inner: int, sample: bool = True
-         ) -> dict[str, Any]:
+def spec(
+    config: Any,
+    *,
+    batch_size: int,
+    sample_batch_size: int,
+    sample_steps: int,
+    guidance_scale: float,
+    repeats: int,
+    inner: int,
+    sample: bool = True,
+) -> dict[str, Any]:
   """The JSON-able job for `benchmarks/peer_imagen_pytorch.py --spec` (`sample=False`: the
   train step only)."""
   m, d = config.model, config.diffusion
@@ -93,34 +125,47 @@ def spec(config: Any, *, batch_size: int, sample_batch_size: int, sample_steps: 
   text_len = int(config.text.max_length)
   prediction = str(d.prediction)
   if prediction not in _OBJECTIVES:
-    raise ValueError(f"config.diffusion.prediction={prediction!r} has no imagen-pytorch "
-                     f"objective; expected one of {sorted(_OBJECTIVES)}")
+    raise ValueError(
+        f"config.diffusion.prediction={prediction!r} has no imagen-pytorch "
+        f"objective; expected one of {sorted(_OBJECTIVES)}"
+    )
   schedule = str(d.schedule)
   if schedule not in ("cosine", "linear"):
-    raise ValueError(f"config.diffusion.schedule={schedule!r}; imagen-pytorch has cosine "
-                     "and linear")
+    raise ValueError(
+        f"config.diffusion.schedule={schedule!r}; imagen-pytorch has cosine and linear"
+    )
   weighting = str(d.get("loss_weighting", "none"))
   dtype = np.dtype(model_config.get("dtype", np.float32)).name
   lowres = model_config.get("lowres_resolution")
   return {
-      "peer": PEER, "peer_version": PEER_VERSION,
+      "peer": PEER,
+      "peer_version": PEER_VERSION,
       "unet": unet_kwargs(m.name, model_config, text_len),
       "imagen": dict(
           image_sizes=([int(lowres)] if lowres else []) + [int(model_config["resolution"])],
           text_embed_dim=int(model_config["text_dim"]),
           cond_drop_prob=float(config.input.get("cond_drop_prob", 0.1)),
-          pred_objectives=_OBJECTIVES[prediction], noise_schedules=schedule,
+          pred_objectives=_OBJECTIVES[prediction],
+          noise_schedules=schedule,
           lowres_noise_schedule=str(d.get("aug_schedule", schedule)),
           min_snr_loss_weight=weighting == "min_snr",
           min_snr_gamma=float(d.get("min_snr_gamma", 5.0)),
           dynamic_thresholding=str(config.sampling.get("threshold", "dynamic")) == "dynamic",
-          dynamic_thresholding_percentile=float(config.sampling.get("percentile", 0.995))),
+          dynamic_thresholding_percentile=float(config.sampling.get("percentile", 0.995)),
+      ),
       "precision": "bf16" if dtype == "bfloat16" else "fp32",
-      "optimizer": dict(name=str(config.optim.name), lr=float(config.optim.lr),
-                        grad_clip_norm=float(config.optim.get("grad_clip_norm", 0.0) or 0.0),
-                        ema_decay=float(config.ema.decay)),
-      "batch_size": int(batch_size), "text_len": text_len,
-      "sample_batch_size": int(sample_batch_size), "sample_steps": int(sample_steps),
-      "guidance_scale": float(guidance_scale), "repeats": int(repeats), "inner": int(inner),
+      "optimizer": dict(
+          name=str(config.optim.name),
+          lr=float(config.optim.lr),
+          grad_clip_norm=float(config.optim.get("grad_clip_norm", 0.0) or 0.0),
+          ema_decay=float(config.ema.decay),
+      ),
+      "batch_size": int(batch_size),
+      "text_len": text_len,
+      "sample_batch_size": int(sample_batch_size),
+      "sample_steps": int(sample_steps),
+      "guidance_scale": float(guidance_scale),
+      "repeats": int(repeats),
+      "inner": int(inner),
       "sample": bool(sample),
   }

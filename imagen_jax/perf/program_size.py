@@ -6,6 +6,7 @@ JAX emits a jitted helper (`jnp.where`, `jax.nn.gelu`, a Flax `nn.jit` ...) once
 signature as a private function and `call`s it from each use; XLA inlines every call. The
 counts here are of the inlined program: each call adds its callee's ops again.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,9 +28,14 @@ def _functions(mlir_text: str) -> dict[str, dict]:
   for line in mlir_text.splitlines():
     m = _FUNC.match(line)
     if m:
-      current = funcs.setdefault(m.group(1), {
-          "ops": collections.Counter(), "calls": collections.Counter(),
-          "signatures": {k: set() for k in _SIGNATURE_OPS}})
+      current = funcs.setdefault(
+          m.group(1),
+          {
+              "ops": collections.Counter(),
+              "calls": collections.Counter(),
+              "signatures": {k: set() for k in _SIGNATURE_OPS},
+          },
+      )
       continue
     if current is None:
       continue
@@ -53,8 +59,10 @@ def op_stats(mlir_text: str, top: int = 8) -> dict:
   program with every call inlined; `functions` is how many functions the text defines."""
   funcs = _functions(mlir_text)
   if not funcs:
-    raise ValueError("No func.func in the text: expected a lowered module "
-                     "(`jax.jit(f).lower(...).as_text()`).")
+    raise ValueError(
+        "No func.func in the text: expected a lowered module "
+        "(`jax.jit(f).lower(...).as_text()`)."
+    )
   entry = "main" if "main" in funcs else next(iter(funcs))
 
   @functools.lru_cache(maxsize=None)

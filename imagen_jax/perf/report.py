@@ -5,6 +5,7 @@ backend), `ours` ({"train", "sample", "input"}: `perf.benchmark`'s figures or {"
 `peer` (the peer's figures, its `spec`, maybe an "error") and the `ratio_*` keys.
 Plain dicts and strings; no JAX.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,12 @@ def ratios(ours: dict, peer: dict) -> dict[str, float | None]:
   out = {
       "ratio_train_img_per_s": _ratio(train.get("img_per_s"), ptrain.get("img_per_s")),
       "ratio_params": _ratio(train.get("params"), ptrain.get("params")),
-      "ratio_flops_per_image": _ratio(train.get("flops_per_image"),
-                                      ptrain.get("flops_per_image")),
+      "ratio_flops_per_image": _ratio(train.get("flops_per_image"), ptrain.get("flops_per_image")),
   }
   for name in ("unguided", "guided"):
-    out[f"ratio_sample_{name}_img_per_s"] = _ratio(sample.get(name, {}).get("img_per_s"),
-                                                   psample.get(name, {}).get("img_per_s"))
+    out[f"ratio_sample_{name}_img_per_s"] = _ratio(
+        sample.get(name, {}).get("img_per_s"), psample.get(name, {}).get("img_per_s")
+    )
   return out
 
 
@@ -46,31 +47,58 @@ def table(result: dict) -> str:
   ps = peer.get("sampling", {})
   rows = [
       ("params", t.get("params"), peer.get("params"), result.get("ratio_params")),
-      ("train img/s", t.get("img_per_s"), peer.get("img_per_s"),
-       result.get("ratio_train_img_per_s")),
-      ("train step ms", t.get("step_seconds") and 1e3 * t["step_seconds"],
-       peer.get("step_seconds") and 1e3 * peer["step_seconds"], None),
-      ("GFLOP / image (train)", t.get("flops_per_image") and t["flops_per_image"] / 1e9,
-       peer.get("flops_per_image") and peer["flops_per_image"] / 1e9,
-       result.get("ratio_flops_per_image")),
+      (
+          "train img/s",
+          t.get("img_per_s"),
+          peer.get("img_per_s"),
+          result.get("ratio_train_img_per_s"),
+      ),
+      (
+          "train step ms",
+          t.get("step_seconds") and 1e3 * t["step_seconds"],
+          peer.get("step_seconds") and 1e3 * peer["step_seconds"],
+          None,
+      ),
+      (
+          "GFLOP / image (train)",
+          t.get("flops_per_image") and t["flops_per_image"] / 1e9,
+          peer.get("flops_per_image") and peer["flops_per_image"] / 1e9,
+          result.get("ratio_flops_per_image"),
+      ),
       ("TFLOP/s per device", t.get("tflops_per_device"), None, None),
       ("MFU", t.get("mfu"), None, None),
-      ("peak device MiB", t.get("peak_device_memory_bytes")
-       and t["peak_device_memory_bytes"] / 2**20,
-       peer.get("peak_device_memory_bytes") and peer["peak_device_memory_bytes"] / 2**20, None),
-      ("sample img/s unguided", s.get("unguided", {}).get("img_per_s"),
-       ps.get("unguided", {}).get("img_per_s"), result.get("ratio_sample_unguided_img_per_s")),
-      ("sample img/s guided", s.get("guided", {}).get("img_per_s"),
-       ps.get("guided", {}).get("img_per_s"), result.get("ratio_sample_guided_img_per_s")),
-      ("guided / unguided step", s.get("guided_over_unguided_step"),
-       ps.get("guided_over_unguided_step"), None),
+      (
+          "peak device MiB",
+          t.get("peak_device_memory_bytes") and t["peak_device_memory_bytes"] / 2**20,
+          peer.get("peak_device_memory_bytes") and peer["peak_device_memory_bytes"] / 2**20,
+          None,
+      ),
+      (
+          "sample img/s unguided",
+          s.get("unguided", {}).get("img_per_s"),
+          ps.get("unguided", {}).get("img_per_s"),
+          result.get("ratio_sample_unguided_img_per_s"),
+      ),
+      (
+          "sample img/s guided",
+          s.get("guided", {}).get("img_per_s"),
+          ps.get("guided", {}).get("img_per_s"),
+          result.get("ratio_sample_guided_img_per_s"),
+      ),
+      (
+          "guided / unguided step",
+          s.get("guided_over_unguided_step"),
+          ps.get("guided_over_unguided_step"),
+          None,
+      ),
       ("input pipeline img/s", i.get("img_per_s"), None, None),
       ("state init s (+compile)", t.get("init_seconds"), None, None),
       ("train step compile s", t.get("compile_seconds"), None, None),
   ]
   head = f"{'':24s} {'imagen_jax':>12s} {'imagen-pytorch':>15s} {'ours/theirs':>12s}"
-  lines = [head] + [f"{n:24s} {fmt(a):>12s} {fmt(b):>15s} {fmt(r, '{:.2f}x'):>12s}"
-                    for n, a, b, r in rows]
+  lines = [head] + [
+      f"{n:24s} {fmt(a):>12s} {fmt(b):>15s} {fmt(r, '{:.2f}x'):>12s}" for n, a, b, r in rows
+  ]
   if i.get("img_per_s") and t.get("img_per_s"):
     lines.append(f"input pipeline / train step img/s: {i['img_per_s'] / t['img_per_s']:.1f}x")
   for side, res in (("ours", ours), ("peer", peer)):

@@ -8,6 +8,7 @@ and after each part, so a run stopped later keeps the figures it had; a failed s
 input part is kept as {"error": ...}, a failed train part is written and raised. The peer
 alone (`only=()`) leaves the devices untouched by JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ PARTS = ("train", "sample", "input")
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What to measure on our side, and where the JSON goes."""
+
   json_path: str
   batch_size: int = 0  # the global train batch; 0: config.batch_size
   repeats: int = 5  # timings per figure (the median is reported)
@@ -43,6 +45,7 @@ class Settings:
 @dataclasses.dataclass(frozen=True)
 class Peer:
   """How to run the peer: its environment's Python and benchmarks/peer_imagen_pytorch.py."""
+
   python: str
   script: str
   name: str = "imagen-pytorch"
@@ -77,13 +80,22 @@ def run_peer(spec: dict, peer: Peer) -> dict:
     spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "peer.json")
     with open(spec_path, "w") as f:
       json.dump(spec, f, indent=2)
-    cmd = [peer.python, os.path.normpath(peer.script), "--spec", spec_path,
-           "--out", out_path, "--device", peer.device, "--threads", str(peer.threads)]
+    cmd = [
+        peer.python,
+        os.path.normpath(peer.script),
+        "--spec",
+        spec_path,
+        "--out",
+        out_path,
+        "--device",
+        peer.device,
+        "--threads",
+        str(peer.threads),
+    ]
     start = time.time()
     failure = None
     try:
-      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=peer.timeout,
-                            check=False)
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=peer.timeout, check=False)
       if proc.returncode != 0:
         failure = {"error": f"exit status {proc.returncode}", "stderr_tail": proc.stderr[-4000:]}
     except subprocess.TimeoutExpired:
@@ -100,21 +112,31 @@ def run_peer(spec: dict, peer: Peer) -> dict:
     return result
 
 
-def run(config: Any, settings: Settings, peer: Peer | None = None,
-        command: str = "") -> dict:
+def run(config: Any, settings: Settings, peer: Peer | None = None, command: str = "") -> dict:
   """Measures `config`'s stage as `settings` says, beside `peer` if given; prints the table
   and returns the result that is also in `settings.json_path`."""
   s = settings
   batch = s.batch_size or int(config.batch_size)
-  result = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(),
-            "command": command, "batch_size": batch}
+  result = {
+      "date": time.strftime("%Y-%m-%d"),
+      "host": platform.node(),
+      "command": command,
+      "batch_size": batch,
+  }
   peer_result = None
   if peer is not None:  # first, before JAX takes the accelerator's memory
     from imagen_jax.perf import peer_spec  # pylint: disable=import-outside-toplevel
-    spec = peer_spec.spec(config, batch_size=batch, sample_batch_size=s.sample_batch,
-                          sample_steps=s.sample_steps, guidance_scale=s.guidance_scale,
-                          repeats=s.repeats, inner=s.inner,
-                          sample=not s.only or "sample" in s.only)
+
+    spec = peer_spec.spec(
+        config,
+        batch_size=batch,
+        sample_batch_size=s.sample_batch,
+        sample_steps=s.sample_steps,
+        guidance_scale=s.guidance_scale,
+        repeats=s.repeats,
+        inner=s.inner,
+        sample=not s.only or "sample" in s.only,
+    )
     print(f"running {peer.name} with {peer.python} ...", flush=True)
     peer_result = run_peer(spec, peer)
     peer_result["spec"] = spec
@@ -122,6 +144,7 @@ def run(config: Any, settings: Settings, peer: Peer | None = None,
     report.write(s.json_path, result, {}, peer_result)
 
   import jax  # pylint: disable=import-outside-toplevel
+
   result.update(xla_flags=os.environ.get("XLA_FLAGS", ""), jax=jax.__version__)
   if not s.only:  # the peer alone: leave the accelerator untouched by JAX
     report.write(s.json_path, result, {}, peer_result)
@@ -129,19 +152,30 @@ def run(config: Any, settings: Settings, peer: Peer | None = None,
     print(f"wrote {s.json_path}")
     return result
   from imagen_jax.perf import benchmark  # pylint: disable=import-outside-toplevel
-  result.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-                devices=jax.device_count())
+
+  result.update(
+      backend=jax.default_backend(),
+      device_kind=jax.devices()[0].device_kind,
+      devices=jax.device_count(),
+  )
   ours = {}
   jobs = {
-      "train": lambda: benchmark.train_step(config, batch_size=batch, repeats=s.repeats,
-                                            inner=s.inner, profile_dir=s.profile_dir,
-                                            profile_steps=s.profile_steps),
-      "sample": lambda: benchmark.sampling(config, batch_size=s.sample_batch,
-                                           num_steps=s.sample_steps,
-                                           guidance_scale=s.guidance_scale,
-                                           repeats=max(1, s.repeats // 2)),
-      "input": lambda: benchmark.input_pipeline(config, batch_size=batch,
-                                                seconds=s.input_seconds),
+      "train": lambda: benchmark.train_step(
+          config,
+          batch_size=batch,
+          repeats=s.repeats,
+          inner=s.inner,
+          profile_dir=s.profile_dir,
+          profile_steps=s.profile_steps,
+      ),
+      "sample": lambda: benchmark.sampling(
+          config,
+          batch_size=s.sample_batch,
+          num_steps=s.sample_steps,
+          guidance_scale=s.guidance_scale,
+          repeats=max(1, s.repeats // 2),
+      ),
+      "input": lambda: benchmark.input_pipeline(config, batch_size=batch, seconds=s.input_seconds),
   }
   for name in PARTS:
     if name not in s.only:
@@ -156,11 +190,14 @@ def run(config: Any, settings: Settings, peer: Peer | None = None,
       ours[name] = {"error": f"{type(e).__name__}: {e}"}
     report.write(s.json_path, result, ours, peer_result)  # a run stopped later keeps these
   report.write(s.json_path, result, ours, peer_result)
-  print(f"{config.model.name}/{config.model.variant} batch {batch} on "
-        f"{result['devices']} x {result['device_kind']} (jax {result['jax']})")
+  print(
+      f"{config.model.name}/{config.model.variant} batch {batch} on "
+      f"{result['devices']} x {result['device_kind']} (jax {result['jax']})"
+  )
   print(report.table(result))
   if "profile" in ours.get("train", {}):
     from imagen_jax.perf import trace_summary  # pylint: disable=import-outside-toplevel
+
     print(f"profile of the train step ({s.profile_dir}):")
     print(trace_summary.format_summary(ours["train"]["profile"]))
   print(f"wrote {s.json_path}")

@@ -18,6 +18,7 @@ threads and steps and divided by `steps`. They are thread-busy time, not wall ti
 ops on different threads overlap; and an op whose kernel runs asynchronously (XLA:CPU's Eigen
 convolutions, GPU kernels launched from a host thread) is charged only for what its event spans.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,6 +42,7 @@ _WRAPPER = re.compile(r"^(?:jit|jvp|transpose|vmap|pjit|remat|checkpoint)\((.*)\
 def capture(fn: Callable[[], Any], steps: int, log_dir: str) -> None:
   """Traces `steps` calls of `fn` (each waited for) into `log_dir`, with a Perfetto trace."""
   import jax  # pylint: disable=import-outside-toplevel
+
   if steps < 1:
     raise ValueError(f"steps={steps} must be >= 1.")
   jax.block_until_ready(fn())  # nothing of a first call's set-up in the trace
@@ -53,8 +55,10 @@ def find_trace(log_dir: str) -> str:
   """The newest `perfetto_trace.json.gz` under `log_dir`."""
   found = glob.glob(os.path.join(log_dir, "plugins", "profile", "*", "perfetto_trace.json.gz"))
   if not found:
-    raise FileNotFoundError(f"No perfetto_trace.json.gz under {log_dir}/plugins/profile/; "
-                            "was it captured with create_perfetto_trace=True?")
+    raise FileNotFoundError(
+        f"No perfetto_trace.json.gz under {log_dir}/plugins/profile/; "
+        "was it captured with create_perfetto_trace=True?"
+    )
   return max(found, key=os.path.getmtime)
 
 
@@ -79,9 +83,12 @@ def op_table(hlo_text: str) -> dict[str, dict[str, str]]:
     meta = _OP_NAME.search(line)
     lib = _FUSION_KIND.search(line) or _CUSTOM_TARGET.search(line)
     calls = _CALLS.search(line)
-    ops[name] = {"opcode": opcode, "op_name": meta.group(1) if meta else "",
-                 "library": lib.group(1) if lib else "",
-                 "calls": calls.group(1) if calls else ""}
+    ops[name] = {
+        "opcode": opcode,
+        "op_name": meta.group(1) if meta else "",
+        "library": lib.group(1) if lib else "",
+        "calls": calls.group(1) if calls else "",
+    }
     if line.lstrip().startswith("ROOT ") and comp:
       roots[comp] = name
   for info in ops.values():
@@ -144,22 +151,29 @@ def op_events(trace: dict | list) -> Iterable[tuple[str, float]]:
       yield op, float(e.get("dur", 0.0))
 
 
-def summarize(log_dir: str, hlo_text: str, *, steps: int = 1, top: int = 12,
-              scope_depth: int = 2) -> dict[str, Any]:
+def summarize(
+    log_dir: str, hlo_text: str, *, steps: int = 1, top: int = 12, scope_depth: int = 2
+) -> dict[str, Any]:
   """Traced op time per step (seconds), folded four ways; see the module docstring."""
   with gzip.open(find_trace(log_dir), "rt") as f:
     trace = json.load(f)
-  return fold(op_events(trace), op_table(hlo_text), steps=steps, top=top,
-              scope_depth=scope_depth)
+  return fold(op_events(trace), op_table(hlo_text), steps=steps, top=top, scope_depth=scope_depth)
 
 
-def fold(events: Iterable[tuple[str, float]], ops: dict[str, dict[str, str]], *,
-         steps: int = 1, top: int = 12, scope_depth: int = 2) -> dict[str, Any]:
+def fold(
+    events: Iterable[tuple[str, float]],
+    ops: dict[str, dict[str, str]],
+    *,
+    steps: int = 1,
+    top: int = 12,
+    scope_depth: int = 2,
+) -> dict[str, Any]:
   """The folding of `summarize`, on (op, microseconds) pairs and an `op_table`."""
   if steps < 1:
     raise ValueError(f"steps={steps} must be >= 1.")
-  tables = {k: collections.Counter()
-            for k in ("primitive", "pass", "scope", "layer", "library", "op")}
+  tables = {
+      k: collections.Counter() for k in ("primitive", "pass", "scope", "layer", "library", "op")
+  }
   total = 0.0
   for op, micros in events:
     seconds = micros * 1e-6 / steps
@@ -171,8 +185,9 @@ def fold(events: Iterable[tuple[str, float]], ops: dict[str, dict[str, str]], *,
     tables["primitive"][primitive or info.get("opcode") or base] += seconds
     tables["pass"][direction or "other"] += seconds
     tables["scope"][scope or "(outside the model)"] += seconds
-    tables["layer"][f"{layer or '(outside the model)'} "
-                    f"{primitive or info.get('opcode') or 'unknown'}"] += seconds
+    tables["layer"][
+        f"{layer or '(outside the model)'} {primitive or info.get('opcode') or 'unknown'}"
+    ] += seconds
     tables["library"][info.get("library") or info.get("opcode") or "unknown"] += seconds
     tables["op"][op] += seconds
   out: dict[str, Any] = {"traced_seconds_per_step": total, "steps": steps}
@@ -184,10 +199,14 @@ def fold(events: Iterable[tuple[str, float]], ops: dict[str, dict[str, str]], *,
 def format_summary(summary: dict[str, Any]) -> str:
   """A few lines per table: name, seconds per step, share of the traced time."""
   total = summary["traced_seconds_per_step"] or 1.0
-  lines = [f"traced op time per step: {summary['traced_seconds_per_step']:.3f} s "
-           "(thread-busy time, summed over threads)"]
+  lines = [
+      f"traced op time per step: {summary['traced_seconds_per_step']:.3f} s "
+      "(thread-busy time, summed over threads)"
+  ]
   for key in ("pass", "primitive", "library", "scope", "layer", "op"):
     lines.append(f"  by {key}:")
-    lines += [f"    {secs:9.4f} s {100 * secs / total:5.1f}%  {name}"
-              for name, secs in summary[f"by_{key}"]]
+    lines += [
+        f"    {secs:9.4f} s {100 * secs / total:5.1f}%  {name}"
+        for name, secs in summary[f"by_{key}"]
+    ]
   return "\n".join(lines)

@@ -15,6 +15,7 @@ Every call is appended to `$REHEARSAL_WORKERS_ROOT/gcloud_calls.jsonl`.
 
 `install(bin_dir)` writes the `gcloud` executable that runs this module.
 """
+
 from __future__ import annotations
 
 import glob
@@ -36,8 +37,10 @@ def install(bin_dir: str | os.PathLike, python: str = sys.executable) -> pathlib
   """Writes `bin_dir/gcloud` (runs this module with `python`); returns its path."""
   path = pathlib.Path(bin_dir) / "gcloud"
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(f"#!/bin/sh\nexec {shlex.quote(str(python))} -m "
-                  "imagen_jax.rehearsal.gcloud_stand_in \"$@\"\n")
+  path.write_text(
+      f"#!/bin/sh\nexec {shlex.quote(str(python))} -m "
+      'imagen_jax.rehearsal.gcloud_stand_in "$@"\n'
+  )
   path.chmod(0o755)
   return path
 
@@ -51,7 +54,7 @@ def _option(args: list[str], name: str) -> str | None:
     if a == name and k + 1 < len(args):
       return args[k + 1]
     if a.startswith(name + "="):
-      return a[len(name) + 1:]
+      return a[len(name) + 1 :]
   return None
 
 
@@ -87,9 +90,15 @@ def ssh(args: list[str], root: pathlib.Path) -> int:
   for i in _workers(args):
     home = worker_home(root, i)
     home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["bash", "-c", command], cwd=home, env=_env(i, home),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=home,
+        env=_env(i, home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     t = threading.Thread(target=_pump, args=(proc.stdout, f"[worker {i}] "), daemon=True)
     t.start()
     procs.append((proc, t))
@@ -101,8 +110,12 @@ def ssh(args: list[str], root: pathlib.Path) -> int:
 
 
 def scp(args: list[str], root: pathlib.Path) -> int:
-  positional = [a for k, a in enumerate(args) if not a.startswith("-") and
-                (k == 0 or args[k - 1] not in ("--zone", "--project", "--worker"))]
+  positional = [
+      a
+      for k, a in enumerate(args)
+      if not a.startswith("-")
+      and (k == 0 or args[k - 1] not in ("--zone", "--project", "--worker"))
+  ]
   src, dest = positional[0], positional[1]
   for i in _workers(args):
     home = worker_home(root, i)

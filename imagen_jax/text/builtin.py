@@ -30,11 +30,21 @@ class BuiltinSpec:
 BUILTINS = {
     "byt5-tiny-random": BuiltinSpec(
         config=t5.T5Config(
-            vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-            num_heads=4, relative_attention_num_buckets=32,
-            relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
-            feed_forward_proj="gated-gelu"),
-        seed=20240601, max_length=64, tokenizer="byte"),
+            vocab_size=384,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+            layer_norm_epsilon=1e-6,
+            feed_forward_proj="gated-gelu",
+        ),
+        seed=20240601,
+        max_length=64,
+        tokenizer="byte",
+    )
 }
 
 
@@ -62,8 +72,9 @@ def _init_std(config: t5.T5Config, name: str) -> float | None:
   raise KeyError(name)
 
 
-def random_params(config: t5.T5Config, seed: int,
-                  place: Callable[[str, np.ndarray], object]) -> dict:
+def random_params(
+    config: t5.T5Config, seed: int, place: Callable[[str, np.ndarray], object]
+) -> dict:
   """Deterministic T5-scaled params, generated in canonical name order.
 
   Uniform on [-sqrt(3), sqrt(3)] * std (variance std^2): uniform doubles from

@@ -72,8 +72,10 @@ class CacheError(ValueError):
 def caption_keys(identity: str, captions: Sequence[str]) -> np.ndarray:
   """The cache keys (S16) of captions under an encoder identity."""
   prefix = identity.encode() + b"\0"
-  return np.array([hashlib.sha256(prefix + str(c).encode("utf-8")).digest()[:KEY_BYTES]
-                   for c in captions], dtype=_KEY_DTYPE)
+  return np.array(
+      [hashlib.sha256(prefix + str(c).encode("utf-8")).digest()[:KEY_BYTES] for c in captions],
+      dtype=_KEY_DTYPE,
+  )
 
 
 def _buckets(keys: np.ndarray, num_buckets: int) -> np.ndarray:
@@ -103,8 +105,8 @@ class _SortedIndex:
   """Sorted keys with (run, offset, length) entries: arrays, looked up by searchsorted."""
 
   def __init__(self, keys: np.ndarray, entries: np.ndarray):
-    self.keys = keys          # S16 [n], sorted (may be a memmap)
-    self.entries = entries    # uint32 [n, 3]: run id, row offset, length (may be a memmap)
+    self.keys = keys  # S16 [n], sorted (may be a memmap)
+    self.entries = entries  # uint32 [n, 3]: run id, row offset, length (may be a memmap)
 
   def __len__(self):
     return len(self.keys)
@@ -140,12 +142,18 @@ class EmbeddingCache:
       `paths.cache_root()`).
   """
 
-  def __init__(self, directory, encoder_identity: str, *,
-               max_length: int | None = None, storage_dtype: str = "bfloat16",
-               num_buckets: int = DEFAULT_NUM_BUCKETS, local_dir=None):
+  def __init__(
+      self,
+      directory,
+      encoder_identity: str,
+      *,
+      max_length: int | None = None,
+      storage_dtype: str = "bfloat16",
+      num_buckets: int = DEFAULT_NUM_BUCKETS,
+      local_dir=None,
+  ):
     if storage_dtype not in _STORAGE:
-      raise ValueError(f"storage_dtype must be one of {sorted(_STORAGE)}, "
-                       f"got {storage_dtype!r}")
+      raise ValueError(f"storage_dtype must be one of {sorted(_STORAGE)}, got {storage_dtype!r}")
     if not encoder_identity or "/" in encoder_identity:
       raise ValueError(f"bad encoder identity {encoder_identity!r}")
     self.identity = encoder_identity
@@ -165,7 +173,7 @@ class EmbeddingCache:
     self._bucket_index: dict[int, _SortedIndex] = {}
     self.buckets_loaded = 0
     # Runs not in the generation: merged into one sorted overflow index.
-    self._runs: list[str] = []              # run id -> name (generation's first)
+    self._runs: list[str] = []  # run id -> name (generation's first)
     self._run_ids: dict[str, int] = {}
     self._overflow = _SortedIndex(np.zeros(0, _KEY_DTYPE), np.zeros((0, 3), np.uint32))
     self._overflow_runs: set[str] = set()
@@ -183,9 +191,15 @@ class EmbeddingCache:
     cache = cls(directory, encoder.identity, **kwargs)
     fp = getattr(encoder, "fingerprint", None)
     if fp is not None:
-      cache._alias = {"format": _ALIAS_FORMAT, "fingerprint": fp, "identity": encoder.identity,
-                      "encoder": str(encoder.source), "max_length": encoder.max_length,
-                      "dtype": encoder.dtype.name, "dim": encoder.dim}
+      cache._alias = {
+          "format": _ALIAS_FORMAT,
+          "fingerprint": fp,
+          "identity": encoder.identity,
+          "encoder": str(encoder.source),
+          "max_length": encoder.max_length,
+          "dtype": encoder.dtype.name,
+          "dim": encoder.dim,
+      }
     return cache
 
   # -- finding a cache without the encoder's weights -------------------------------
@@ -205,8 +219,15 @@ class EmbeddingCache:
     return out
 
   @classmethod
-  def resolve(cls, directory, *, fingerprint: str | None = None, encoder: str | None = None,
-              max_length: int | None = None, dtype: str = "float32") -> dict | None:
+  def resolve(
+      cls,
+      directory,
+      *,
+      fingerprint: str | None = None,
+      encoder: str | None = None,
+      max_length: int | None = None,
+      dtype: str = "float32",
+  ) -> dict | None:
     """The alias record of the encoder with `fingerprint` (cheap, see
     `text.describe_encoder`), else of the one written from the path `encoder` with
     `max_length`/`dtype` (for an encoder directory that is gone); None if there is none.
@@ -218,15 +239,20 @@ class EmbeddingCache:
         return hits[0]
       if encoder is None:
         return None
-    hits = [r for r in records if r.get("encoder") == str(encoder)
-            and (max_length is None or r.get("max_length") == max_length)
-            and r.get("dtype", "float32") == dtype]
+    hits = [
+        r
+        for r in records
+        if r.get("encoder") == str(encoder)
+        and (max_length is None or r.get("max_length") == max_length)
+        and r.get("dtype", "float32") == dtype
+    ]
     identities = sorted({r["identity"] for r in hits})
     if len(identities) > 1:
       raise CacheError(
           f"{directory}: {len(identities)} different encoders were cached from "
           f"{encoder!r} (max_length={max_length}): {identities}; restore the encoder "
-          "directory so its fingerprint picks one, or use a fresh cache_dir")
+          "directory so its fingerprint picks one, or use a fresh cache_dir"
+      )
     return hits[0] if hits else None
 
   @staticmethod
@@ -258,10 +284,12 @@ class EmbeddingCache:
       raise CacheError(
           f"{meta_path}: a cache in layout {fmt!r}, this version reads {FORMAT!r}; "
           "re-run scripts/precompute_text_embeddings.py into a new cache_dir (the old "
-          "layout indexed every caption in one in-memory dict)")
+          "layout indexed every caption in one in-memory dict)"
+      )
     if meta.get("identity") != self.identity:
-      raise CacheError(f"{meta_path}: written for encoder "
-                       f"{meta.get('identity')!r}, not {self.identity!r}")
+      raise CacheError(
+          f"{meta_path}: written for encoder {meta.get('identity')!r}, not {self.identity!r}"
+      )
     self._dim = int(meta["dim"])
     self._storage_dtype = meta["storage_dtype"]
     self._num_buckets = int(meta["num_buckets"])
@@ -273,9 +301,15 @@ class EmbeddingCache:
       return
     meta_path = self.root / "meta.json"
     if not meta_path.is_file():
-      meta = {"format": FORMAT, "identity": self.identity, "dim": dim,
-              "max_length": max_length, "storage_dtype": self._storage_dtype,
-              "num_buckets": self._num_buckets, "key_bytes": KEY_BYTES}
+      meta = {
+          "format": FORMAT,
+          "identity": self.identity,
+          "dim": dim,
+          "max_length": max_length,
+          "storage_dtype": self._storage_dtype,
+          "num_buckets": self._num_buckets,
+          "key_bytes": KEY_BYTES,
+      }
       if self._alias:
         meta.update({k: self._alias[k] for k in ("encoder", "dtype", "fingerprint")})
       remote.write_atomic(meta_path, json.dumps(meta, indent=1))
@@ -284,8 +318,9 @@ class EmbeddingCache:
     if self._alias:
       alias_path = remote.path(self.directory) / "encoders" / f"{self._alias['fingerprint']}.json"
       if not alias_path.is_file():
-        remote.write_atomic(alias_path, json.dumps({**self._alias, "written": time.time()},
-                                                  indent=1))
+        remote.write_atomic(
+            alias_path, json.dumps({**self._alias, "written": time.time()}, indent=1)
+        )
     self._meta_written = True
 
   @property
@@ -343,7 +378,7 @@ class EmbeddingCache:
     new = []
     if runs_dir.is_dir():
       for f in sorted(runs_dir.glob("*.npz")):
-        run = f.name[:-len(".npz")]
+        run = f.name[: -len(".npz")]
         if run not in in_gen and run not in self._overflow_runs:
           new.append((run, f))
     if new:
@@ -351,9 +386,14 @@ class EmbeddingCache:
       for run, f in new:
         with np.load(io.BytesIO(f.read_bytes())) as idx:
           k = idx["keys"].astype(_KEY_DTYPE)
-          e = np.stack([np.full(len(k), self._run_id(run), np.uint32),
-                        idx["offsets"].astype(np.uint32),
-                        idx["lengths"].astype(np.uint32)], axis=1)
+          e = np.stack(
+              [
+                  np.full(len(k), self._run_id(run), np.uint32),
+                  idx["offsets"].astype(np.uint32),
+                  idx["lengths"].astype(np.uint32),
+              ],
+              axis=1,
+          )
         keys.append(k)
         entries.append(e)
         self._overflow_runs.add(run)
@@ -375,7 +415,8 @@ class EmbeddingCache:
       local = remote.path(local)
       self._bucket_index[b] = _SortedIndex(
           np.load(os.fspath(local / "keys.npy"), mmap_mode="r"),
-          np.load(os.fspath(local / "entries.npy"), mmap_mode="r"))
+          np.load(os.fspath(local / "entries.npy"), mmap_mode="r"),
+      )
       self.buckets_loaded += 1
     return self._bucket_index[b]
 
@@ -442,7 +483,8 @@ class EmbeddingCache:
     if emb.ndim != 3 or mask.shape != emb.shape[:2] or len(captions) != len(emb):
       raise ValueError(
           f"put: expected {len(captions)} captions, emb [B, L, D] and mask "
-          f"[B, L], got emb {emb.shape} and mask {mask.shape}")
+          f"[B, L], got emb {emb.shape} and mask {mask.shape}"
+      )
     _, length, dim = emb.shape
     if self._dim is not None and dim != self._dim:
       raise ValueError(f"{self.root}: cache holds dim {self._dim}, got {dim}")
@@ -469,13 +511,25 @@ class EmbeddingCache:
     run = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:16]}"
     remote.write_atomic(self.root / "data" / f"{run}.npy", _npy_bytes(data))
     order = np.argsort(keys[rows_i], kind="stable")
-    remote.write_atomic(self.root / "runs" / f"{run}.npz", _npz_bytes(
-        keys=keys[rows_i][order], offsets=offsets[order], lengths=lens[order].astype(np.int32)))
+    remote.write_atomic(
+        self.root / "runs" / f"{run}.npz",
+        _npz_bytes(
+            keys=keys[rows_i][order], offsets=offsets[order], lengths=lens[order].astype(np.int32)
+        ),
+    )
     run_id = self._run_id(run)
-    entries = np.stack([np.full(len(rows_i), run_id, np.uint32), offsets.astype(np.uint32),
-                        lens.astype(np.uint32)], axis=1)
-    self._overflow = self._merge(np.concatenate([self._overflow.keys, keys[rows_i]]),
-                                 np.concatenate([self._overflow.entries, entries]))
+    entries = np.stack(
+        [
+            np.full(len(rows_i), run_id, np.uint32),
+            offsets.astype(np.uint32),
+            lens.astype(np.uint32),
+        ],
+        axis=1,
+    )
+    self._overflow = self._merge(
+        np.concatenate([self._overflow.keys, keys[rows_i]]),
+        np.concatenate([self._overflow.entries, entries]),
+    )
     self._overflow_runs.add(run)
     return len(rows_i)
 
@@ -504,8 +558,10 @@ class EmbeddingCache:
       remote.write_atomic(gen_dir / f"{b:05d}" / "entries.npy", _npy_bytes(merged.entries))
       if self._gen is not None:
         self._bucket_index.pop(b, None)
-    remote.write_atomic(gen_dir / "manifest.json", json.dumps(
-        {"runs": runs, "num_keys": total, "num_buckets": self._num_buckets}))
+    remote.write_atomic(
+        gen_dir / "manifest.json",
+        json.dumps({"runs": runs, "num_keys": total, "num_buckets": self._num_buckets}),
+    )
     self._gen = None
     self._gen_runs = []
     self.refresh()
@@ -519,11 +575,13 @@ class EmbeddingCache:
   def _fs(self):
     if not hasattr(self, "_fs_cached"):
       import fsspec  # pylint: disable=import-outside-toplevel
+
       self._fs_cached = fsspec.core.url_to_fs(self.directory)[0]
     return self._fs_cached
 
   def _remote_name(self, run_id: int) -> str:
     import fsspec  # pylint: disable=import-outside-toplevel
+
     return fsspec.core.url_to_fs(os.fspath(self._data_path(run_id)))[1]
 
   def _header(self, run_id: int) -> tuple[str, int, int, np.dtype]:
@@ -533,19 +591,23 @@ class EmbeddingCache:
       name = self._remote_name(run_id)
       head = io.BytesIO(self._fs().cat_file(name, start=0, end=4096))
       version = np.lib.format.read_magic(head)
-      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
+      read = (
+          np.lib.format.read_array_header_1_0
+          if version == (1, 0)
+          else np.lib.format.read_array_header_2_0
+      )
       shape, fortran, dtype = read(head)
       if fortran or len(shape) != 2:
-        raise CacheError(f"{self._data_path(run_id)}: expected C-ordered [T, D] data, "
-                         f"got shape {shape}")
+        raise CacheError(
+            f"{self._data_path(run_id)}: expected C-ordered [T, D] data, got shape {shape}"
+        )
       self._headers[run_id] = (name, head.tell(), int(shape[1]), dtype)
     return self._headers[run_id]
 
   def _read_rows_local(self, run_id, off, n):
     if run_id not in self._mmaps:
       self._mmaps[run_id] = np.load(os.fspath(self._data_path(run_id)), mmap_mode="r")
-    return np.asarray(self._mmaps[run_id][off:off + n])
+    return np.asarray(self._mmaps[run_id][off : off + n])
 
   def _read_rows_remote(self, run_id, off, n):
     """One ranged GET of exactly the caption's rows."""
@@ -553,12 +615,13 @@ class EmbeddingCache:
     row = width * dtype.itemsize
     raw = self._fs().cat_file(name, start=start + off * row, end=start + (off + n) * row)
     if len(raw) != n * row:
-      raise CacheError(f"{self._data_path(run_id)}: short read ({len(raw)} of {n * row} "
-                       f"bytes at row {off}): the data file is truncated")
+      raise CacheError(
+          f"{self._data_path(run_id)}: short read ({len(raw)} of {n * row} "
+          f"bytes at row {off}): the data file is truncated"
+      )
     return np.frombuffer(raw, dtype).reshape(n, width)
 
-  def get_many(self, captions: Sequence[str], dtype=np.float32
-               ) -> tuple[np.ndarray, np.ndarray]:
+  def get_many(self, captions: Sequence[str], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """``(emb [B, max_length, D] dtype, mask bool [B, max_length])``, zero-padded.
 
     Raises KeyError (with the number and an example) if any caption is missing.
@@ -569,7 +632,8 @@ class EmbeddingCache:
       missing = [c for c, f in zip(captions, found) if not f]
       raise KeyError(
           f"{self.root}: {len(missing)} of {len(captions)} captions not cached "
-          f"(e.g. {missing[0]!r}); run scripts/precompute_text_embeddings.py")
+          f"(e.g. {missing[0]!r}); run scripts/precompute_text_embeddings.py"
+      )
     if self._max_length is None or self._dim is None:
       raise ValueError(f"{self.root}: max_length/dim unknown; pass max_length")
     length = self._max_length
@@ -585,8 +649,8 @@ class EmbeddingCache:
     for i, r in enumerate(rows):
       if self._storage_dtype == "bfloat16":
         r = r.view(ml_dtypes.bfloat16)
-      emb[i, :len(r)] = r.astype(dtype)
-      mask[i, :len(r)] = True
+      emb[i, : len(r)] = r.astype(dtype)
+      mask[i, : len(r)] = True
     return emb, mask
 
   def close(self):
@@ -596,6 +660,11 @@ class EmbeddingCache:
 
   def stats(self) -> dict[str, Any]:
     """Index structure sizes, for logs and tests."""
-    return {"generation": self._gen, "generation_runs": len(self._gen_runs),
-            "overflow_runs": len(self._overflow_runs), "overflow_keys": len(self._overflow),
-            "buckets_loaded": self.buckets_loaded, "num_buckets": self._num_buckets}
+    return {
+        "generation": self._gen,
+        "generation_runs": len(self._gen_runs),
+        "overflow_runs": len(self._overflow_runs),
+        "overflow_keys": len(self._overflow),
+        "buckets_loaded": self.buckets_loaded,
+        "num_buckets": self._num_buckets,
+    }

@@ -71,6 +71,7 @@ class CheckpointError(ValueError):
 
 class TensorSource:
   """Base: ``keys()``, ``shape(key)``, ``read(key)``, ``where(key)``."""
+
   description = ""
 
   def keys(self) -> list[str]:
@@ -93,6 +94,7 @@ class SafetensorsSource(TensorSource):
 
   def __init__(self, files: list[pathlib.Path]):
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
     self._safe_open = safe_open
     self.description = ", ".join(str(f) for f in files)
     self._file, self._shape = {}, {}
@@ -126,14 +128,14 @@ class TorchBinSource(TensorSource):
       raise CheckpointError(
           f"{files[0]}: reading PyTorch .bin weights needs torch, which is not "
           "installed; install torch or convert the checkpoint to "
-          "model.safetensors") from e
+          "model.safetensors"
+      ) from e
     self._torch = torch
     self.description = ", ".join(str(f) for f in files)
     self._tensors, self._file = {}, {}
     for f in files:
       try:
-        sd = torch.load(str(f), map_location="cpu", weights_only=True,
-                        mmap=True)
+        sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
       except RuntimeError:  # Legacy (non-zip) serialization cannot be mmapped.
         sd = torch.load(str(f), map_location="cpu", weights_only=True)
       for k, v in sd.items():
@@ -157,8 +159,7 @@ class TorchBinSource(TensorSource):
 
 
 def _is_ts_spec(x) -> bool:
-  return isinstance(x, dict) and "driver" in x and (
-      "kvstore" in x or "path" in x)
+  return isinstance(x, dict) and "driver" in x and ("kvstore" in x or "path" in x)
 
 
 def _flatten(tree, prefix=""):
@@ -183,13 +184,13 @@ class _TensorStoreSource(TensorSource):
   def _open(self, key):
     if key not in self._opened:
       import tensorstore as ts  # pylint: disable=import-outside-toplevel
+
       try:
-        self._opened[key] = ts.open(self._leaves[key], open=True,
-                                    read=True).result()
+        self._opened[key] = ts.open(self._leaves[key], open=True, read=True).result()
       except Exception as e:  # tensorstore raises ValueError subclasses.
         raise CheckpointError(
-            f"{self.description}: cannot open array {key!r} "
-            f"(spec {self._leaves[key]}): {e}") from e
+            f"{self.description}: cannot open array {key!r} (spec {self._leaves[key]}): {e}"
+        ) from e
     return self._opened[key]
 
   def keys(self):
@@ -215,7 +216,7 @@ def kvstore(p) -> dict:
   the gcs driver honours `TENSORSTORE_GCS_HTTP_URL`)."""
   s = os.fspath(p)
   if s.startswith("gs://"):
-    bucket, _, key = s[len("gs://"):].partition("/")
+    bucket, _, key = s[len("gs://") :].partition("/")
     return {"driver": "gcs", "bucket": bucket, "path": key}
   if paths.is_remote(s):
     raise CheckpointError(f"{s}: t5x checkpoints are read from local disk or gs:// only")
@@ -224,6 +225,7 @@ def kvstore(p) -> dict:
 
 def _legacy_t5x_source(ckpt_dir: pathlib.Path) -> TensorSource:
   from flax import serialization  # pylint: disable=import-outside-toplevel
+
   path = ckpt_dir / "checkpoint"
   raw = path.read_bytes()
   if raw.startswith(b"model_checkpoint_path"):
@@ -249,8 +251,7 @@ def _legacy_t5x_source(ckpt_dir: pathlib.Path) -> TensorSource:
     else:
       local = pathlib.Path(rel)
       if not local.is_absolute() or not local.exists():
-        local = ckpt_dir / local.name if kv.get("driver") == "gcs" else (
-            ckpt_dir / rel)
+        local = ckpt_dir / local.name if kv.get("driver") == "gcs" else (ckpt_dir / rel)
       new_kv = {"driver": "file", "path": str(local)}
     if "kvstore" in spec:
       spec["kvstore"] = new_kv
@@ -272,8 +273,9 @@ def _orbax_source(ckpt_dir: pathlib.Path) -> TensorSource:
   for entry in tree.values():
     names = [str(k["key"]) for k in entry["key_metadata"]]
     value_type = entry.get("value_metadata", {}).get("value_type", "")
-    if value_type in ("scalar", "string", "None") or entry.get(
-        "value_metadata", {}).get("skip_deserialize", False):
+    if value_type in ("scalar", "string", "None") or entry.get("value_metadata", {}).get(
+        "skip_deserialize", False
+    ):
       continue
     ts_name = ".".join(names)
     base = ckpt_dir if paths.is_remote(ckpt_dir) else pathlib.Path(ckpt_dir).resolve()
@@ -303,8 +305,11 @@ def find_t5x_checkpoint(path: pathlib.Path) -> pathlib.Path | None:
   step = _latest_step_dir(path)
   if step is not None:
     return find_t5x_checkpoint(step)
-  items = [d for d in path.iterdir() if d.is_dir()
-           and (d / "_METADATA").is_file()] if path.is_dir() else []
+  items = (
+      [d for d in path.iterdir() if d.is_dir() and (d / "_METADATA").is_file()]
+      if path.is_dir()
+      else []
+  )
   if len(items) == 1:
     return items[0]
   return None
@@ -334,23 +339,25 @@ def config_from_hf(path: pathlib.Path) -> t5.T5Config:
         f"{path}: unsupported architecture: expected model_type in "
         f"{list(_SUPPORTED_MODEL_TYPES)} with architectures T5*/MT5* "
         f"(original T5, T5 v1.1, Flan-T5, mT5), found model_type="
-        f"{model_type!r}, architectures={archs}")
-  required = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
-              "num_heads")
+        f"{model_type!r}, architectures={archs}"
+    )
+  required = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
   missing = [k for k in required if k not in cfg]
   if missing:
     raise CheckpointError(f"{path}: missing config fields {missing}")
   try:
     return t5.T5Config(
-        vocab_size=int(cfg["vocab_size"]), d_model=int(cfg["d_model"]),
-        d_kv=int(cfg["d_kv"]), d_ff=int(cfg["d_ff"]),
-        num_layers=int(cfg["num_layers"]), num_heads=int(cfg["num_heads"]),
-        relative_attention_num_buckets=int(
-            cfg.get("relative_attention_num_buckets", 32)),
-        relative_attention_max_distance=int(
-            cfg.get("relative_attention_max_distance", 128)),
+        vocab_size=int(cfg["vocab_size"]),
+        d_model=int(cfg["d_model"]),
+        d_kv=int(cfg["d_kv"]),
+        d_ff=int(cfg["d_ff"]),
+        num_layers=int(cfg["num_layers"]),
+        num_heads=int(cfg["num_heads"]),
+        relative_attention_num_buckets=int(cfg.get("relative_attention_num_buckets", 32)),
+        relative_attention_max_distance=int(cfg.get("relative_attention_max_distance", 128)),
         layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-6)),
-        feed_forward_proj=str(cfg.get("feed_forward_proj", "relu")))
+        feed_forward_proj=str(cfg.get("feed_forward_proj", "relu")),
+    )
   except ValueError as e:
     raise CheckpointError(f"{path}: {e}") from e
 
@@ -366,10 +373,12 @@ def _t5x_name(source: TensorSource) -> Callable[[str], str | None]:
     raise CheckpointError(
         f"{source.description}: scanned-layer t5x checkpoints are not "
         f"supported (found {sorted(scanned)[0]!r}); expected per-layer keys "
-        "like 'target/encoder/layers_0/attention/query/kernel'")
+        "like 'target/encoder/layers_0/attention/query/kernel'"
+    )
   raise CheckpointError(
       f"{source.description}: not a t5x T5 checkpoint: expected key "
-      f"'target/token_embedder/embedding', found {sorted(keys)[:8]}")
+      f"'target/token_embedder/embedding', found {sorted(keys)[:8]}"
+  )
 
 
 def config_from_t5x(source: TensorSource) -> t5.T5Config:
@@ -380,8 +389,11 @@ def config_from_t5x(source: TensorSource) -> t5.T5Config:
   rel = name("encoder/relpos_bias/rel_embedding")
   if rel not in keys:
     per_layer = [k for k in keys if "layers_0/relpos_bias" in k]
-    what = (f"per-layer relative biases ({per_layer[0]!r}, UMT5) are not "
-            "supported" if per_layer else f"missing key {rel!r}")
+    what = (
+        f"per-layer relative biases ({per_layer[0]!r}, UMT5) are not supported"
+        if per_layer
+        else f"missing key {rel!r}"
+    )
     raise CheckpointError(f"{source.description}: {what}")
   num_heads, num_buckets = source.shape(rel)
   num_layers = 0
@@ -390,14 +402,18 @@ def config_from_t5x(source: TensorSource) -> t5.T5Config:
   q_shape = source.shape(name("encoder/layers_0/attention/query/kernel"))
   inner = int(np.prod(q_shape[1:]))
   gated = name("encoder/layers_0/mlp/wi_0/kernel") in keys
-  wi = name("encoder/layers_0/mlp/wi_0/kernel" if gated
-            else "encoder/layers_0/mlp/wi/kernel")
+  wi = name("encoder/layers_0/mlp/wi_0/kernel" if gated else "encoder/layers_0/mlp/wi/kernel")
   d_ff = source.shape(wi)[-1]
   return t5.T5Config(
-      vocab_size=int(vocab), d_model=int(d_model),
-      d_kv=inner // int(num_heads), d_ff=int(d_ff), num_layers=num_layers,
-      num_heads=int(num_heads), relative_attention_num_buckets=int(num_buckets),
-      feed_forward_proj="gated-gelu" if gated else "relu")
+      vocab_size=int(vocab),
+      d_model=int(d_model),
+      d_kv=inner // int(num_heads),
+      d_ff=int(d_ff),
+      num_layers=num_layers,
+      num_heads=int(num_heads),
+      relative_attention_num_buckets=int(num_buckets),
+      feed_forward_proj="gated-gelu" if gated else "relu",
+  )
 
 
 # --------------------------------------------------------------------------
@@ -418,38 +434,46 @@ def hf_mapping(config: t5.T5Config, source: TensorSource) -> Mapping:
   """Canonical names -> transformers' ``T5EncoderModel`` state-dict keys."""
   keys = set(source.keys())
   anchor = "encoder.final_layer_norm.weight"
-  prefixes = [k[:-len(anchor)] for k in keys if k.endswith(anchor)]
+  prefixes = [k[: -len(anchor)] for k in keys if k.endswith(anchor)]
   prefix = prefixes[0] if prefixes else ""
   shapes = config.param_shapes()
   mapping: Mapping = {}
   emb = f"{prefix}shared.weight"
   if emb not in keys and f"{prefix}encoder.embed_tokens.weight" in keys:
     emb = f"{prefix}encoder.embed_tokens.weight"
-  mapping["token_embedder/embedding"] = (
-      emb, shapes["token_embedder/embedding"], _identity)
+  mapping["token_embedder/embedding"] = (emb, shapes["token_embedder/embedding"], _identity)
   h, nb = shapes["encoder/relpos_bias/rel_embedding"]
   mapping["encoder/relpos_bias/rel_embedding"] = (
-      f"{prefix}encoder.block.0.layer.0.SelfAttention.relative_attention_bias"
-      ".weight", (nb, h), _transpose)
+      f"{prefix}encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      (nb, h),
+      _transpose,
+  )
   hf_attn = {"query": "q", "key": "k", "value": "v", "out": "o"}
   for i in range(config.num_layers):
     blk = f"{prefix}encoder.block.{i}.layer"
     p = f"encoder/layers_{i}"
     mapping[f"{p}/pre_attention_layer_norm/scale"] = (
-        f"{blk}.0.layer_norm.weight", (config.d_model,), _identity)
+        f"{blk}.0.layer_norm.weight",
+        (config.d_model,),
+        _identity,
+    )
     mapping[f"{p}/pre_mlp_layer_norm/scale"] = (
-        f"{blk}.1.layer_norm.weight", (config.d_model,), _identity)
+        f"{blk}.1.layer_norm.weight",
+        (config.d_model,),
+        _identity,
+    )
     for ours, theirs in hf_attn.items():
       c = f"{p}/attention/{ours}/kernel"
-      mapping[c] = (f"{blk}.0.SelfAttention.{theirs}.weight",
-                    shapes[c][::-1], _transpose)
+      mapping[c] = (f"{blk}.0.SelfAttention.{theirs}.weight", shapes[c][::-1], _transpose)
     for w in ("wi_0", "wi_1", "wi", "wo"):
       c = f"{p}/mlp/{w}/kernel"
       if c in shapes:
-        mapping[c] = (f"{blk}.1.DenseReluDense.{w}.weight", shapes[c][::-1],
-                      _transpose)
+        mapping[c] = (f"{blk}.1.DenseReluDense.{w}.weight", shapes[c][::-1], _transpose)
   mapping["encoder/encoder_norm/scale"] = (
-      f"{prefix}encoder.final_layer_norm.weight", (config.d_model,), _identity)
+      f"{prefix}encoder.final_layer_norm.weight",
+      (config.d_model,),
+      _identity,
+  )
   return mapping
 
 
@@ -477,9 +501,12 @@ def t5x_mapping(config: t5.T5Config, source: TensorSource) -> Mapping:
 # Loading.
 
 
-def read_params(source: TensorSource, mapping: Mapping,
-                place: Callable[[str, np.ndarray], object],
-                hasher: Any = None) -> dict:
+def read_params(
+    source: TensorSource,
+    mapping: Mapping,
+    place: Callable[[str, np.ndarray], object],
+    hasher: Any = None,
+) -> dict:
   """Reads, checks, converts (float32) and places every mapped tensor.
 
   Tensors are read one at a time and the host copy is dropped after
@@ -493,13 +520,14 @@ def read_params(source: TensorSource, mapping: Mapping,
       similar = difflib.get_close_matches(key, sorted(keys), n=3)
       raise CheckpointError(
           f"{source.where(key)}: missing key {key!r} (expected shape "
-          f"{tuple(expected)}); found {len(keys)} keys"
-          + (f", e.g. {similar}" if similar else ""))
+          f"{tuple(expected)}); found {len(keys)} keys" + (f", e.g. {similar}" if similar else "")
+      )
     found = tuple(source.shape(key))
     if found != tuple(expected):
       raise CheckpointError(
           f"{source.where(key)}: key {key!r} has shape {found}, expected "
-          f"{tuple(expected)} (for {canonical!r} from the config)")
+          f"{tuple(expected)} (for {canonical!r} from the config)"
+      )
   flat = {}
   # Sorted canonical order, so the hash does not depend on the source format.
   for canonical, (key, _, convert) in sorted(mapping.items()):
@@ -529,16 +557,15 @@ def _index_files(path: pathlib.Path, index_name: str) -> list[pathlib.Path]:
   files = sorted(set(index.get("weight_map", {}).values()))
   missing = [f for f in files if not (path / f).is_file()]
   if missing:
-    raise CheckpointError(
-        f"{path / index_name}: lists shard files that are missing: {missing}")
+    raise CheckpointError(f"{path / index_name}: lists shard files that are missing: {missing}")
   return [path / f for f in files]
 
 
 # --------------------------------------------------------------------------
 # Fingerprints: what identifies a checkpoint's weights without reading them.
 
-FULL_HASH_BYTES = 16 << 20   # files up to this size are hashed whole
-SAMPLE_BYTES = 64 << 10      # else: the first MiB and this much at SAMPLES offsets
+FULL_HASH_BYTES = 16 << 20  # files up to this size are hashed whole
+SAMPLE_BYTES = 64 << 10  # else: the first MiB and this much at SAMPLES offsets
 SAMPLES = 16
 
 
@@ -551,6 +578,7 @@ def _read_range(p, start: int, end: int) -> bytes:
   s = os.fspath(p)
   if paths.is_remote(s):
     import fsspec  # pylint: disable=import-outside-toplevel
+
     fs, bare = fsspec.core.url_to_fs(s)
     return fs.cat_file(bare, start=start, end=end)
   with open(s, "rb") as f:
@@ -568,8 +596,9 @@ def _file_sample(p, size: int, hasher) -> None:
     hasher.update(_read_range(p, start, start + SAMPLE_BYTES))
 
 
-def weights_fingerprint(root, files: Iterable[str] | None = None, *,
-                        max_sampled: int | None = None) -> str:
+def weights_fingerprint(
+    root, files: Iterable[str] | None = None, *, max_sampled: int | None = None
+) -> str:
   """A hash of the weight files under `root` (or only `files`, relative names): their
   names, sizes, and contents (whole up to 16 MiB, else the first MiB and 16 chunks of
   64 KiB spread over the file) -- a few MiB read per file, never the whole weights, so
@@ -624,7 +653,8 @@ def hf_weight_source(path: pathlib.Path) -> TensorSource:
       f"{path}: no weights found: expected model.safetensors, sharded "
       "model-0000x-of-0000y.safetensors (+ model.safetensors.index.json), "
       "pytorch_model.bin, or a t5x checkpoint ('checkpoint' msgpack or Orbax "
-      f"'_METADATA'); found {sorted(p.name for p in path.iterdir())[:10]}")
+      f"'_METADATA'); found {sorted(p.name for p in path.iterdir())[:10]}"
+  )
 
 
 def iter_hf_config_dirs(path: pathlib.Path) -> Iterable[pathlib.Path]:

@@ -38,8 +38,9 @@ DEFAULT_MAX_LENGTH = 256
 MIN_SHARD_BYTES = 1 << 20
 
 
-def param_sharding(shape: Sequence[int], mesh: Mesh, axis: str | None,
-                   min_bytes: int = MIN_SHARD_BYTES) -> NamedSharding:
+def param_sharding(
+    shape: Sequence[int], mesh: Mesh, axis: str | None, min_bytes: int = MIN_SHARD_BYTES
+) -> NamedSharding:
   """FSDP-style: shard the largest dimension divisible by the axis size."""
   n = mesh.shape[axis] if axis in mesh.axis_names else 1
   spec = [None] * len(shape)
@@ -78,17 +79,27 @@ class TextEncoder:
     num_truncated: running count of captions truncated by `tokenize`.
   """
 
-  def __init__(self, *, config: t5.T5Config, params: Any,
-               tokenizer: tokenizers.Tokenizer | None, max_length: int,
-               dtype: Any = jnp.float32, weights_digest: str,
-               source: str, mesh: Mesh | None = None,
-               batch_axes: Sequence[str] | None = None, precision: Any = None,
-               fingerprint: str | None = None):
+  def __init__(
+      self,
+      *,
+      config: t5.T5Config,
+      params: Any,
+      tokenizer: tokenizers.Tokenizer | None,
+      max_length: int,
+      dtype: Any = jnp.float32,
+      weights_digest: str,
+      source: str,
+      mesh: Mesh | None = None,
+      batch_axes: Sequence[str] | None = None,
+      precision: Any = None,
+      fingerprint: str | None = None,
+  ):
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
       raise checkpoints.CheckpointError(
           f"{source}: tokenizer {getattr(tokenizer, 'path', tokenizer)} has "
           f"{tokenizer.vocab_size} ids but the model's embedding has only "
-          f"{config.vocab_size} rows (config vocab_size)")
+          f"{config.vocab_size} rows (config vocab_size)"
+      )
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
@@ -100,12 +111,12 @@ class TextEncoder:
     if self.mesh is not None and batch_axes is None:
       batch_axes = tuple(self.mesh.axis_names)
     self.batch_axes = tuple(batch_axes or ())
-    self.module = t5.T5Encoder(config, dtype=self.dtype,
-                               param_dtype=jnp.float32, precision=precision)
+    self.module = t5.T5Encoder(
+        config, dtype=self.dtype, param_dtype=jnp.float32, precision=precision
+    )
     self.encode_fn = t5.make_encode_fn(self.module)
     self.num_truncated = 0
-    self.identity = _identity(config, weights_digest, tokenizer,
-                              self.max_length, self.dtype)
+    self.identity = _identity(config, weights_digest, tokenizer, self.max_length, self.dtype)
     if self.mesh is None:
       self._jitted = jax.jit(self.encode_fn)
       self._batch_multiple = 1
@@ -113,17 +124,18 @@ class TextEncoder:
       batch = NamedSharding(self.mesh, P(self.batch_axes or None))
       self._batch_sharding = batch
       self._jitted = jax.jit(self.encode_fn, out_shardings=(batch, batch))
-      self._batch_multiple = int(np.prod(
-          [self.mesh.shape[a] for a in self.batch_axes]))
+      self._batch_multiple = int(np.prod([self.mesh.shape[a] for a in self.batch_axes]))
 
   @property
   def dim(self) -> int:
     return self.config.d_model
 
   def __repr__(self):
-    return (f"TextEncoder({self.source!r}, d_model={self.dim}, "
-            f"layers={self.config.num_layers}, max_length={self.max_length}, "
-            f"dtype={self.dtype.name}, identity={self.identity!r})")
+    return (
+        f"TextEncoder({self.source!r}, d_model={self.dim}, "
+        f"layers={self.config.num_layers}, max_length={self.max_length}, "
+        f"dtype={self.dtype.name}, identity={self.identity!r})"
+    )
 
   def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """``(ids int32 [B, L], mask bool [B, L])`` padded to ``max_length``."""
@@ -131,7 +143,8 @@ class TextEncoder:
       raise ValueError(
           f"{self.source}: no tokenizer (expected spiece.model or "
           "tokenizer.json beside the checkpoint); pass tokenizer=PATH to "
-          "load_text_encoder or use encode_ids")
+          "load_text_encoder or use encode_ids"
+      )
     result = tokenizers.tokenize(self.tokenizer, texts, self.max_length)
     self.num_truncated += result.num_truncated
     return result.ids, result.mask
@@ -153,12 +166,10 @@ class TextEncoder:
     ids = np.asarray(ids, np.int32)
     mask = np.asarray(mask, bool)
     if ids.ndim != 2 or ids.shape != mask.shape:
-      raise ValueError(f"ids {ids.shape} and mask {mask.shape} must both be "
-                       "[batch, length]")
+      raise ValueError(f"ids {ids.shape} and mask {mask.shape} must both be [batch, length]")
     b, length = ids.shape
     if b == 0:
-      return (jnp.zeros((0, length, self.dim), jnp.float32),
-              jnp.zeros((0, length), bool))
+      return (jnp.zeros((0, length, self.dim), jnp.float32), jnp.zeros((0, length), bool))
     pad = self._padded_batch(b) - b
     if pad:
       ids = np.concatenate([ids, np.zeros((pad, length), np.int32)])
@@ -190,13 +201,18 @@ def _take_rows(b: int):
 
 def _identity(config, weights_digest, tokenizer, max_length, dtype) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps({
-      "format": "imagen_jax.text.TextEncoder/v1",
-      "config": config.to_dict(),
-      "max_length": max_length,
-      "dtype": jnp.dtype(dtype).name,
-      "tokenizer": tokenizer.identity if tokenizer is not None else None,
-  }, sort_keys=True).encode())
+  h.update(
+      json.dumps(
+          {
+              "format": "imagen_jax.text.TextEncoder/v1",
+              "config": config.to_dict(),
+              "max_length": max_length,
+              "dtype": jnp.dtype(dtype).name,
+              "tokenizer": tokenizer.identity if tokenizer is not None else None,
+          },
+          sort_keys=True,
+      ).encode()
+  )
   h.update(weights_digest.encode())
   return "t5-" + h.hexdigest()[:32]
 
@@ -256,8 +272,10 @@ def _tokenizer_identity(dirs, tokenizer_arg) -> str | None:
     p = _as_path(tokenizer_arg)
     found = p if p.is_file() else tokenizers.find_tokenizer_file([p])
     if found is None:
-      raise FileNotFoundError(f"{p}: no tokenizer found, expected {tokenizers.SPIECE_FILE} "
-                              f"or {tokenizers.TOKENIZER_JSON_FILE}")
+      raise FileNotFoundError(
+          f"{p}: no tokenizer found, expected {tokenizers.SPIECE_FILE} "
+          f"or {tokenizers.TOKENIZER_JSON_FILE}"
+      )
     return tokenizers.file_identity(found)
   dirs = _existing_dirs(dirs)
   found = tokenizers.find_tokenizer_file(dirs)
@@ -280,15 +298,16 @@ class EncoderSpec:
     and the weight files (names, sizes, sampled contents), computed without reading the
     weights; `EmbeddingCache` maps it to the encoder's `identity`.
   """
+
   source: str
-  kind: str                   # "builtin" | "hf" | "t5x"
+  kind: str  # "builtin" | "hf" | "t5x"
   config: t5.T5Config
   max_length: int
   dtype: str
   fingerprint: str
-  root: Any = None            # the directory given (local or remote)
-  model_dir: Any = None       # hf: the directory with config.json and the weights
-  t5x_dir: Any = None         # t5x: the checkpoint directory
+  root: Any = None  # the directory given (local or remote)
+  model_dir: Any = None  # hf: the directory with config.json and the weights
+  t5x_dir: Any = None  # t5x: the checkpoint directory
   tok_dirs: tuple = ()
 
   @property
@@ -298,15 +317,29 @@ class EncoderSpec:
 
 def _fingerprint(config, weights, tokenizer_identity, max_length, dtype) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps({
-      "format": "imagen_jax.text.EncoderFingerprint/v1", "config": config.to_dict(),
-      "max_length": max_length, "dtype": jnp.dtype(dtype).name,
-      "tokenizer": tokenizer_identity, "weights": weights}, sort_keys=True).encode())
+  h.update(
+      json.dumps(
+          {
+              "format": "imagen_jax.text.EncoderFingerprint/v1",
+              "config": config.to_dict(),
+              "max_length": max_length,
+              "dtype": jnp.dtype(dtype).name,
+              "tokenizer": tokenizer_identity,
+              "weights": weights,
+          },
+          sort_keys=True,
+      ).encode()
+  )
   return "fp-" + h.hexdigest()[:32]
 
 
-def describe_encoder(path_or_name, *, max_length: int | None = None,
-                     dtype: Any = jnp.float32, tokenizer: str | None = None) -> EncoderSpec:
+def describe_encoder(
+    path_or_name,
+    *,
+    max_length: int | None = None,
+    dtype: Any = jnp.float32,
+    tokenizer: str | None = None,
+) -> EncoderSpec:
   """The config, dim, max_length and fingerprint of an encoder, reading its config.json,
   tokenizer file and a few MiB of its weight files (never the weights themselves).
 
@@ -319,8 +352,14 @@ def describe_encoder(path_or_name, *, max_length: int | None = None,
     length = int(max_length or spec.max_length)
     tok_id = _tokenizer_identity([], tokenizer or spec.tokenizer)
     weights = f"builtin:{path_or_name}:seed={spec.seed}:v1"
-    return EncoderSpec(str(path_or_name), "builtin", spec.config, length, dtype_name,
-                       _fingerprint(spec.config, weights, tok_id, length, dtype))
+    return EncoderSpec(
+        str(path_or_name),
+        "builtin",
+        spec.config,
+        length,
+        dtype_name,
+        _fingerprint(spec.config, weights, tok_id, length, dtype),
+    )
   path = _as_path(path_or_name)
   if not path.is_dir():
     raise FileNotFoundError(
@@ -328,10 +367,13 @@ def describe_encoder(path_or_name, *, max_length: int | None = None,
         f"(built-ins: {sorted(builtin.BUILTINS)}). Point the stage config at a T5 "
         "(a Hugging Face directory with config.json + safetensors, or a t5x checkpoint; "
         "local or gs://): --config.text.encoder=DIR, or the stage config's `encoder=DIR` "
-        "argument.")
+        "argument."
+    )
   model_dir = path
-  if (not (path / checkpoints.CONFIG_FILE).is_file()
-      and (path / "text_encoder" / checkpoints.CONFIG_FILE).is_file()):
+  if (
+      not (path / checkpoints.CONFIG_FILE).is_file()
+      and (path / "text_encoder" / checkpoints.CONFIG_FILE).is_file()
+  ):
     model_dir = path / "text_encoder"  # diffusers pipeline layout
   config_file = model_dir / checkpoints.CONFIG_FILE
   t5x_dir = checkpoints.find_t5x_checkpoint(path)
@@ -343,11 +385,13 @@ def describe_encoder(path_or_name, *, max_length: int | None = None,
     weights = checkpoints.weights_fingerprint(model_dir, files)
     kind = "hf"
   elif t5x_dir is not None:
-    config_files = [d / checkpoints.CONFIG_FILE
-                    for d in checkpoints.iter_hf_config_dirs(t5x_dir)]
+    config_files = [d / checkpoints.CONFIG_FILE for d in checkpoints.iter_hf_config_dirs(t5x_dir)]
     config_files = [f for f in config_files if f.is_file()]
-    config = (checkpoints.config_from_hf(config_files[0]) if config_files
-              else checkpoints.config_from_t5x(checkpoints.t5x_source(t5x_dir)))
+    config = (
+        checkpoints.config_from_hf(config_files[0])
+        if config_files
+        else checkpoints.config_from_t5x(checkpoints.t5x_source(t5x_dir))
+    )
     tok_dirs = list(checkpoints.iter_hf_config_dirs(t5x_dir))
     if path not in tok_dirs:
       tok_dirs.append(path)
@@ -358,17 +402,32 @@ def describe_encoder(path_or_name, *, max_length: int | None = None,
     checkpoints.hf_weight_source(model_dir)  # Raises "no weights found".
     raise AssertionError("unreachable")
   tok_id = _tokenizer_identity(tok_dirs, tokenizer)
-  return EncoderSpec(str(path_or_name), kind, config, length, dtype_name,
-                     _fingerprint(config, weights, tok_id, length, dtype), root=path,
-                     model_dir=model_dir, t5x_dir=t5x_dir, tok_dirs=tok_dirs)
+  return EncoderSpec(
+      str(path_or_name),
+      kind,
+      config,
+      length,
+      dtype_name,
+      _fingerprint(config, weights, tok_id, length, dtype),
+      root=path,
+      model_dir=model_dir,
+      t5x_dir=t5x_dir,
+      tok_dirs=tok_dirs,
+  )
 
 
-def load_text_encoder(path_or_name, *, max_length: int | None = None,
-                      dtype: Any = jnp.float32, tokenizer: str | None = None,
-                      mesh: Mesh | None = None, param_axis: str | None = "fsdp",
-                      batch_axes: Sequence[str] | None = None,
-                      min_shard_bytes: int = MIN_SHARD_BYTES,
-                      precision: Any = None) -> TextEncoder:
+def load_text_encoder(
+    path_or_name,
+    *,
+    max_length: int | None = None,
+    dtype: Any = jnp.float32,
+    tokenizer: str | None = None,
+    mesh: Mesh | None = None,
+    param_axis: str | None = "fsdp",
+    batch_axes: Sequence[str] | None = None,
+    min_shard_bytes: int = MIN_SHARD_BYTES,
+    precision: Any = None,
+) -> TextEncoder:
   """Loads a frozen T5 encoder; never touches the network (but for `gs://`).
 
   Args:
@@ -391,11 +450,16 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
   """
   place = _placer(mesh, param_axis, min_shard_bytes)
   hasher = hashlib.sha256()
-  desc = describe_encoder(path_or_name, max_length=max_length, dtype=dtype,
-                          tokenizer=tokenizer)
-  common = dict(max_length=desc.max_length, dtype=dtype, source=str(path_or_name),
-                mesh=mesh, batch_axes=batch_axes, precision=precision,
-                fingerprint=desc.fingerprint)
+  desc = describe_encoder(path_or_name, max_length=max_length, dtype=dtype, tokenizer=tokenizer)
+  common = dict(
+      max_length=desc.max_length,
+      dtype=dtype,
+      source=str(path_or_name),
+      mesh=mesh,
+      batch_axes=batch_axes,
+      precision=precision,
+      fingerprint=desc.fingerprint,
+  )
   if desc.kind == "builtin":
     spec = builtin.get(str(path_or_name))
     flat = builtin.random_params(spec.config, spec.seed, lambda n, a: a)
@@ -404,15 +468,18 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
       hasher.update(memoryview(arr).cast("B"))
     params = checkpoints.unflatten({n: place(n, a) for n, a in flat.items()})
     return TextEncoder(
-        config=spec.config, params=params,
+        config=spec.config,
+        params=params,
         tokenizer=tokenizers.load_tokenizer(tokenizer or spec.tokenizer),
-        weights_digest=hasher.hexdigest(), **common)
+        weights_digest=hasher.hexdigest(),
+        **common,
+    )
 
   if desc.kind == "hf":
     model_dir, tok_dirs = desc.model_dir, list(desc.tok_dirs)
     if paths.is_remote(desc.root):  # safetensors/torch read local files
       local = remote.local_copy(desc.root)
-      rel = os.fspath(desc.model_dir)[len(os.fspath(desc.root)):].strip("/")
+      rel = os.fspath(desc.model_dir)[len(os.fspath(desc.root)) :].strip("/")
       model_dir = local / rel if rel else local
       tok_dirs = [model_dir, local, local / "tokenizer", model_dir.parent]
     source = checkpoints.hf_weight_source(model_dir)
@@ -424,13 +491,19 @@ def load_text_encoder(path_or_name, *, max_length: int | None = None,
 
   params = checkpoints.read_params(source, mapping, place, hasher)
   return TextEncoder(
-      config=desc.config, params=params,
+      config=desc.config,
+      params=params,
       tokenizer=_find_tokenizer(tok_dirs, tokenizer),
-      weights_digest=hasher.hexdigest(), **common)
+      weights_digest=hasher.hexdigest(),
+      **common,
+  )
 
 
 def _has_hf_weights(d) -> bool:
-  names = ("model.safetensors", "model.safetensors.index.json",
-           "pytorch_model.bin", "pytorch_model.bin.index.json")
-  return (any((d / n).is_file() for n in names)
-          or any(d.glob("model-*-of-*.safetensors")))
+  names = (
+      "model.safetensors",
+      "model.safetensors.index.json",
+      "pytorch_model.bin",
+      "pytorch_model.bin.index.json",
+  )
+  return any((d / n).is_file() for n in names) or any(d.glob("model-*-of-*.safetensors"))

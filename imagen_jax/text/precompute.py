@@ -11,6 +11,7 @@ caption list is already this process's share (a stage config's records r = shard
 or `shard_missing=True` takes every N-th missing caption. Processes write concurrently;
 one process compacts the index at the end (`compact`, default: when `num_shards` is 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,13 @@ def read_captions(path: str, field: str) -> list[str]:
   return lines
 
 
-def resolve_settings(text_config: Any = None, *, encoder: str | None = None,
-                     max_length: int | None = None, cache_dir: str | None = None
-                     ) -> tuple[str, int | None, str]:
+def resolve_settings(
+    text_config: Any = None,
+    *,
+    encoder: str | None = None,
+    max_length: int | None = None,
+    cache_dir: str | None = None,
+) -> tuple[str, int | None, str]:
   """(encoder, max_length, cache_dir): the given values, else the stage config's `text`
   group; ValueError when neither names a cache directory."""
   encoder = encoder or (text_config.encoder if text_config else DEFAULT_ENCODER)
@@ -60,30 +65,54 @@ def resolve_settings(text_config: Any = None, *, encoder: str | None = None,
   return encoder, max_length, cache_dir
 
 
-def fill_cache(captions: Sequence[str], encoder_name: str, cache_dir: str, *,
-               max_length: int | None = None, dtype: str = "float32",
-               storage_dtype: str = "bfloat16", batch_size: int = 256,
-               write_every: int = 8192, shard_params: bool = True, shard: int = 0,
-               num_shards: int = 1, shard_missing: bool = False,
-               compact: bool | None = None) -> cache_lib.EmbeddingCache:
+def fill_cache(
+    captions: Sequence[str],
+    encoder_name: str,
+    cache_dir: str,
+    *,
+    max_length: int | None = None,
+    dtype: str = "float32",
+    storage_dtype: str = "bfloat16",
+    batch_size: int = 256,
+    write_every: int = 8192,
+    shard_params: bool = True,
+    shard: int = 0,
+    num_shards: int = 1,
+    shard_missing: bool = False,
+    compact: bool | None = None,
+) -> cache_lib.EmbeddingCache:
   """Encodes the missing captions into the cache (printing progress); returns the cache."""
   devices = jax.local_devices()
   mesh = None
   if len(devices) > 1:
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   encoder = encoder_lib.load_text_encoder(
-      encoder_name, max_length=max_length, dtype=dtype, mesh=mesh,
-      param_axis="data" if shard_params else None, batch_axes=("data",))
-  cache = cache_lib.EmbeddingCache.for_encoder(cache_dir, encoder,
-                                               storage_dtype=storage_dtype)
+      encoder_name,
+      max_length=max_length,
+      dtype=dtype,
+      mesh=mesh,
+      param_axis="data" if shard_params else None,
+      batch_axes=("data",),
+  )
+  cache = cache_lib.EmbeddingCache.for_encoder(cache_dir, encoder, storage_dtype=storage_dtype)
   todo = cache.missing(captions)
   if shard_missing:
     todo = todo[shard::num_shards]
-  logging.info("%s: %d captions, %d unique to encode (shard %d/%d) into %s",
-               encoder, len(captions), len(todo), shard, num_shards, cache.root)
-  print(f"encoder {encoder.identity}: {len(captions)} captions, "
-        f"{len(todo)} to encode (max_length {encoder.max_length}, shard {shard}/"
-        f"{num_shards})", flush=True)
+  logging.info(
+      "%s: %d captions, %d unique to encode (shard %d/%d) into %s",
+      encoder,
+      len(captions),
+      len(todo),
+      shard,
+      num_shards,
+      cache.root,
+  )
+  print(
+      f"encoder {encoder.identity}: {len(captions)} captions, "
+      f"{len(todo)} to encode (max_length {encoder.max_length}, shard {shard}/"
+      f"{num_shards})",
+      flush=True,
+  )
   batch = max(1, batch_size)
   pending_caps, pending_emb, pending_mask = [], [], []
   truncated_before = encoder.num_truncated
@@ -95,10 +124,11 @@ def fill_cache(captions: Sequence[str], encoder_name: str, cache_dir: str, *,
       pending_emb.clear()
       pending_mask.clear()
 
-  with tqdm.tqdm(total=len(todo), unit="caption",
-                 disable=os.environ.get("TQDM_DISABLE") == "1") as bar:
+  with tqdm.tqdm(
+      total=len(todo), unit="caption", disable=os.environ.get("TQDM_DISABLE") == "1"
+  ) as bar:
     for start in range(0, len(todo), batch):
-      chunk = todo[start:start + batch]
+      chunk = todo[start : start + batch]
       emb, mask = encoder.encode(chunk)
       pending_caps.extend(chunk)
       pending_emb.append(np.asarray(jax.device_get(emb)))
@@ -111,8 +141,10 @@ def fill_cache(captions: Sequence[str], encoder_name: str, cache_dir: str, *,
   if compact:
     cache.compact()
   truncated = encoder.num_truncated - truncated_before
-  print(f"done: {len(cache)} captions cached in {cache.root} ({truncated} of "
-        f"{len(todo)} truncated to {encoder.max_length} tokens)"
-        + ("" if compact else "; index not compacted: rerun with --compact once all "
-           "shards are done"), flush=True)
+  print(
+      f"done: {len(cache)} captions cached in {cache.root} ({truncated} of "
+      f"{len(todo)} truncated to {encoder.max_length} tokens)"
+      + ("" if compact else "; index not compacted: rerun with --compact once all shards are done"),
+      flush=True,
+  )
   return cache

@@ -4,6 +4,7 @@
 (etils epath, gcsfs for gs://) for a remote one; `local_copy` and `write_atomic` are
 storage's own.
 """
+
 from __future__ import annotations
 
 import os

@@ -54,6 +54,7 @@ _ACTIVATIONS = {
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Architecture hyperparameters of a T5 encoder (transformers' field names)."""
+
   vocab_size: int
   d_model: int
   d_kv: int
@@ -70,7 +71,8 @@ class T5Config:
       raise ValueError(
           f"feed_forward_proj={self.feed_forward_proj!r}: activation "
           f"{self.activation!r} is not one of {sorted(_ACTIVATIONS)} "
-          "(expected e.g. 'relu' or 'gated-gelu')")
+          "(expected e.g. 'relu' or 'gated-gelu')"
+      )
 
   @property
   def is_gated(self) -> bool:
@@ -96,8 +98,7 @@ class T5Config:
     d, inner, ff = self.d_model, self.inner_dim, self.d_ff
     shapes = {
         "token_embedder/embedding": (self.vocab_size, d),
-        "encoder/relpos_bias/rel_embedding":
-            (self.num_heads, self.relative_attention_num_buckets),
+        "encoder/relpos_bias/rel_embedding": (self.num_heads, self.relative_attention_num_buckets),
     }
     for i in range(self.num_layers):
       p = f"encoder/layers_{i}"
@@ -114,9 +115,13 @@ class T5Config:
     return shapes
 
 
-def relative_position_bucket(relative_position: np.ndarray, *,
-                             bidirectional: bool = True, num_buckets: int = 32,
-                             max_distance: int = 128) -> np.ndarray:
+def relative_position_bucket(
+    relative_position: np.ndarray,
+    *,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> np.ndarray:
   """Mesh-TF/transformers' bucketing of (key - query) offsets, in numpy.
 
   Computed in float32 exactly as transformers does (no epsilon, truncation
@@ -133,9 +138,11 @@ def relative_position_bucket(relative_position: np.ndarray, *,
   max_exact = num_buckets // 2
   is_small = relative_position < max_exact
   with np.errstate(divide="ignore"):
-    scaled = (np.log(relative_position.astype(np.float32) / np.float32(max_exact))
-              / np.float32(math.log(max_distance / max_exact))
-              * np.float32(num_buckets - max_exact))
+    scaled = (
+        np.log(relative_position.astype(np.float32) / np.float32(max_exact))
+        / np.float32(math.log(max_distance / max_exact))
+        * np.float32(num_buckets - max_exact)
+    )
   # Small offsets (including 0, where log is -inf) take the other branch.
   scaled = np.where(is_small, 0, scaled)
   if_large = max_exact + scaled.astype(np.int64)
@@ -156,13 +163,13 @@ class _LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],),
-                       self.param_dtype)
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
     return rms_norm(x, scale, self.eps)
 
 
 class _Dense(nn.Module):
   """Bias-free projection; float32 output (input cast to the compute dtype)."""
+
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -170,11 +177,15 @@ class _Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (x.shape[-1], self.features), self.param_dtype)
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                precision=self.precision,
-                preferred_element_type=jnp.float32)
+    kernel = self.param(
+        "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), self.param_dtype
+    )
+    y = jnp.dot(
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        precision=self.precision,
+        preferred_element_type=jnp.float32,
+    )
     return y
 
 
@@ -187,26 +198,33 @@ class _Attention(nn.Module):
   @nn.compact
   def __call__(self, x, bias, mask):
     cfg = self.config
-    dense = functools.partial(_Dense, dtype=self.dtype,
-                              param_dtype=self.param_dtype,
-                              precision=self.precision)
+    dense = functools.partial(
+        _Dense, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
+    )
     b, l, _ = x.shape
     heads = (b, l, cfg.num_heads, cfg.d_kv)
     q = dense(cfg.inner_dim, name="query")(x).reshape(heads)
     k = dense(cfg.inner_dim, name="key")(x).reshape(heads)
     v = dense(cfg.inner_dim, name="value")(x).reshape(heads)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(self.dtype),
-                        k.astype(self.dtype), precision=self.precision,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+        "bqhd,bkhd->bhqk",
+        q.astype(self.dtype),
+        k.astype(self.dtype),
+        precision=self.precision,
+        preferred_element_type=jnp.float32,
+    )
     logits = logits + bias[None]
     # A fully masked row (an all-False null caption) gets uniform weights
     # instead of NaN, as transformers' additive finfo.min mask does.
-    logits = jnp.where(mask[:, None, None, :], logits,
-                       jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype),
-                     v.astype(self.dtype), precision=self.precision,
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+        "bhqk,bkhd->bqhd",
+        weights.astype(self.dtype),
+        v.astype(self.dtype),
+        precision=self.precision,
+        preferred_element_type=jnp.float32,
+    )
     return dense(cfg.d_model, name="out")(out.reshape(b, l, cfg.inner_dim))
 
 
@@ -219,9 +237,9 @@ class _Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    dense = functools.partial(_Dense, dtype=self.dtype,
-                              param_dtype=self.param_dtype,
-                              precision=self.precision)
+    dense = functools.partial(
+        _Dense, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision
+    )
     act = _ACTIVATIONS[cfg.activation]
     if cfg.is_gated:
       h = act(dense(cfg.d_ff, name="wi_0")(x)) * dense(cfg.d_ff, name="wi_1")(x)
@@ -239,13 +257,10 @@ class _Layer(nn.Module):
   @nn.compact
   def __call__(self, x, bias, mask):
     cfg = self.config
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-              precision=self.precision)
-    h = _LayerNorm(cfg.layer_norm_epsilon, self.param_dtype,
-                   name="pre_attention_layer_norm")(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+    h = _LayerNorm(cfg.layer_norm_epsilon, self.param_dtype, name="pre_attention_layer_norm")(x)
     x = x + _Attention(cfg, **kw, name="attention")(h, bias, mask)
-    h = _LayerNorm(cfg.layer_norm_epsilon, self.param_dtype,
-                   name="pre_mlp_layer_norm")(x)
+    h = _LayerNorm(cfg.layer_norm_epsilon, self.param_dtype, name="pre_mlp_layer_norm")(x)
     return x + _Mlp(cfg, **kw, name="mlp")(h)
 
 
@@ -261,15 +276,17 @@ class _Stack(nn.Module):
     positions = np.arange(x.shape[1])
     # Buckets depend only on the (static) length: computed once in numpy.
     buckets = relative_position_bucket(
-        positions[None, :] - positions[:, None], bidirectional=True,
+        positions[None, :] - positions[:, None],
+        bidirectional=True,
         num_buckets=cfg.relative_attention_num_buckets,
-        max_distance=cfg.relative_attention_max_distance)
+        max_distance=cfg.relative_attention_max_distance,
+    )
     bias = _RelposBias(cfg, self.param_dtype, name="relpos_bias")(buckets)
     for i in range(cfg.num_layers):
-      x = _Layer(cfg, self.dtype, self.param_dtype, self.precision,
-                 name=f"layers_{i}")(x, bias, mask)
-    return _LayerNorm(cfg.layer_norm_epsilon, self.param_dtype,
-                      name="encoder_norm")(x)
+      x = _Layer(cfg, self.dtype, self.param_dtype, self.precision, name=f"layers_{i}")(
+          x, bias, mask
+      )
+    return _LayerNorm(cfg.layer_norm_epsilon, self.param_dtype, name="encoder_norm")(x)
 
 
 class _RelposBias(nn.Module):
@@ -280,8 +297,11 @@ class _RelposBias(nn.Module):
   def __call__(self, buckets):
     cfg = self.config
     table = self.param(
-        "rel_embedding", nn.initializers.normal(cfg.d_model**-0.5),
-        (cfg.num_heads, cfg.relative_attention_num_buckets), self.param_dtype)
+        "rel_embedding",
+        nn.initializers.normal(cfg.d_model**-0.5),
+        (cfg.num_heads, cfg.relative_attention_num_buckets),
+        self.param_dtype,
+    )
     return jnp.take(table.astype(jnp.float32), jnp.asarray(buckets), axis=1)
 
 
@@ -292,8 +312,9 @@ class _Embedder(nn.Module):
 
   @nn.compact
   def __call__(self, ids):
-    table = self.param("embedding", nn.initializers.normal(1.0),
-                       (self.vocab_size, self.features), self.param_dtype)
+    table = self.param(
+        "embedding", nn.initializers.normal(1.0), (self.vocab_size, self.features), self.param_dtype
+    )
     return jnp.take(table, ids, axis=0).astype(jnp.float32)
 
 
@@ -303,6 +324,7 @@ class T5Encoder(nn.Module):
   Positions where ``mask`` is False are zeroed in the output (they still take
   part in nothing: keys there are masked out of every attention).
   """
+
   config: T5Config
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -312,10 +334,8 @@ class T5Encoder(nn.Module):
   def __call__(self, ids, mask):
     cfg = self.config
     mask = mask.astype(bool)
-    x = _Embedder(cfg.vocab_size, cfg.d_model, self.param_dtype,
-                  name="token_embedder")(ids)
-    x = _Stack(cfg, self.dtype, self.param_dtype, self.precision,
-               name="encoder")(x, mask)
+    x = _Embedder(cfg.vocab_size, cfg.d_model, self.param_dtype, name="token_embedder")(ids)
+    x = _Stack(cfg, self.dtype, self.param_dtype, self.precision, name="encoder")(x, mask)
     return jnp.where(mask[..., None], x, 0.0).astype(jnp.float32)
 
 

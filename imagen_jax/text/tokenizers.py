@@ -40,8 +40,8 @@ class Tokenizer(Protocol):
 
 @dataclasses.dataclass
 class TokenizeResult:
-  ids: np.ndarray     # int32 [B, L]
-  mask: np.ndarray    # bool [B, L]
+  ids: np.ndarray  # int32 [B, L]
+  mask: np.ndarray  # bool [B, L]
   num_truncated: int  # captions whose content did not fit
 
 
@@ -51,6 +51,7 @@ def _file_hash(path: pathlib.Path) -> str:
 
 class ByteTokenizer:
   """ByT5's byte-level vocabulary: pad 0, eos 1, unk 2, byte b -> b + 3."""
+
   pad_id = 0
   eos_id = 1
   offset = 3
@@ -66,6 +67,7 @@ class SentencePieceTokenizer:
 
   def __init__(self, path):
     import sentencepiece  # pylint: disable=import-outside-toplevel
+
     self.path = pathlib.Path(path)
     self._sp = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
     self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else 0
@@ -85,6 +87,7 @@ class HFJsonTokenizer:
 
   def __init__(self, path, eos_token="</s>", pad_token="<pad>"):
     import tokenizers  # pylint: disable=import-outside-toplevel
+
     self.path = pathlib.Path(path)
     self._tok = tokenizers.Tokenizer.from_file(str(self.path))
     self._tok.no_truncation()
@@ -94,7 +97,8 @@ class HFJsonTokenizer:
     if eos is None or pad is None:
       raise ValueError(
           f"{self.path}: expected T5 special tokens {eos_token!r} and "
-          f"{pad_token!r} in the vocabulary, found eos={eos}, pad={pad}")
+          f"{pad_token!r} in the vocabulary, found eos={eos}, pad={pad}"
+      )
     self.eos_id, self.pad_id = eos, pad
     self.identity = "hfjson-" + _file_hash(self.path)
 
@@ -147,13 +151,12 @@ def load_tokenizer(path) -> Tokenizer:
   tok = find_tokenizer([path])
   if tok is None:
     raise FileNotFoundError(
-        f"{path}: no tokenizer found, expected {SPIECE_FILE} or "
-        f"{TOKENIZER_JSON_FILE}")
+        f"{path}: no tokenizer found, expected {SPIECE_FILE} or {TOKENIZER_JSON_FILE}"
+    )
   return tok
 
 
-def tokenize(tokenizer: Tokenizer, texts: Sequence[str],
-             max_length: int) -> TokenizeResult:
+def tokenize(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> TokenizeResult:
   """Pads/truncates to exactly ``max_length`` (content, ``</s>``, pads).
 
   Logs a warning line with the number of truncated captions (at most once a
@@ -170,11 +173,11 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str],
   for row, content in enumerate(tokenizer.content_ids(texts) if texts else []):
     if len(content) > max_length - 1:
       num_truncated += 1
-      content = content[:max_length - 1]
+      content = content[: max_length - 1]
     n = len(content)
     ids[row, :n] = content
     ids[row, n] = tokenizer.eos_id
-    mask[row, :n + 1] = True
+    mask[row, : n + 1] = True
   if num_truncated:
     # One line per call, at most once a minute (a training run tokenizes
     # every step); TextEncoder.num_truncated keeps the exact running count.
@@ -183,5 +186,8 @@ def tokenize(tokenizer: Tokenizer, texts: Sequence[str],
       _last_truncation_warning[0] = now
       logging.warning(
           "text: truncated %d of %d captions to max_length=%d tokens",
-          num_truncated, len(texts), max_length)
+          num_truncated,
+          len(texts),
+          max_length,
+      )
   return TokenizeResult(ids, mask, num_truncated)

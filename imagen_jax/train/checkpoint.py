@@ -5,6 +5,7 @@ Layout: `<workdir>/checkpoints/<step>/{state,data,config}`. Orbax writes each st
 (atomic commit); uncommitted directories are never listed as steps and are deleted when a
 manager is created.
 """
+
 from __future__ import annotations
 
 import logging as logging_std
@@ -61,7 +62,8 @@ def check_writable(workdir: str | os.PathLike) -> epath.Path:
   except OSError as e:
     raise PermissionError(
         f"The workdir {str(workdir)!r} is not writable ({type(e).__name__}: {e}); "
-        "checkpoints could not be saved. Fix the path or permissions before training.") from e
+        "checkpoints could not be saved. Fix the path or permissions before training."
+    ) from e
   return path
 
 
@@ -77,8 +79,12 @@ class PreemptionWatcher:
   with the service on), when given.
   """
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,), *,
-               reached_preemption: Callable[[int], bool] | None = None):
+  def __init__(
+      self,
+      signals: tuple[int, ...] = (signal.SIGTERM,),
+      *,
+      reached_preemption: Callable[[int], bool] | None = None,
+  ):
     self._event = threading.Event()
     self._previous = {}
     self._reached_preemption = reached_preemption
@@ -118,14 +124,25 @@ class PreemptionWatcher:
 class Checkpointer:
   """Wraps `ocp.CheckpointManager` for the train state + iterator state + config."""
 
-  def __init__(self, workdir: str | os.PathLike, *, every_steps: int, keep: int,
-               async_save: bool = True, read_only: bool = False):
+  def __init__(
+      self,
+      workdir: str | os.PathLike,
+      *,
+      every_steps: int,
+      keep: int,
+      async_save: bool = True,
+      read_only: bool = False,
+  ):
     self.directory = storage_paths.path(workdir) / CHECKPOINT_DIR
     self._every = max(int(every_steps), 1)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep), create=not read_only,
-        cleanup_tmp_directories=not read_only, enable_async_checkpointing=bool(async_save),
-        read_only=read_only)
+        save_interval_steps=max(int(every_steps), 1),
+        max_to_keep=int(keep),
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=bool(async_save),
+        read_only=read_only,
+    )
     self._mngr = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
     self._last_saved = self._mngr.latest_step()
     self._in_flight = None  # the step of a started save not yet known to have committed
@@ -148,8 +165,15 @@ class Checkpointer:
     """Orbax/JAX preemption sync point (TPU and multi-process runs with the service on)."""
     return self._mngr.reached_preemption(step)
 
-  def save(self, step: int, state: Any, *, data_state: Any = None, config: dict | None = None,
-           force: bool = False) -> bool:
+  def save(
+      self,
+      step: int,
+      state: Any,
+      *,
+      data_state: Any = None,
+      config: dict | None = None,
+      force: bool = False,
+  ) -> bool:
     """Starts a (possibly async) save when it is due; a collective, call on every process.
 
     The one save gate: a step is saved when `force` is set or it is a multiple of
@@ -162,12 +186,16 @@ class Checkpointer:
     if step == self._last_saved or step in self._mngr.all_steps():
       return False
     state, data_state = (x() if callable(x) else x for x in (state, data_state))
-    data = {"process_count": jax.process_count(),
-            "states": multihost.allgather_json(data_state)}
-    saved = self._mngr.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data),
-        config=ocp.args.JsonSave(config or {})))
+    data = {"process_count": jax.process_count(), "states": multihost.allgather_json(data_state)}
+    saved = self._mngr.save(
+        step,
+        force=True,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data),
+            config=ocp.args.JsonSave(config or {}),
+        ),
+    )
     if saved:
       self._last_saved = self._in_flight = step
       logging.info("Checkpoint for step %d started (%s).", step, self.directory)
@@ -197,25 +225,34 @@ class Checkpointer:
       except OSError:
         pass
     committed = [s for s in self._mngr.all_steps() if s != step]
-    last = (f"The last committed checkpoint, step {max(committed)}, is intact" if committed
-            else "No checkpoint was committed before it")
-    return (f"Saving the checkpoint of step {step} to {self.directory} failed "
-            f"({type(error).__name__}: {reason}).{space} {last}; free space (or fix the "
-            "bucket's access) and rerun the same command to resume.")
+    last = (
+        f"The last committed checkpoint, step {max(committed)}, is intact"
+        if committed
+        else "No checkpoint was committed before it"
+    )
+    return (
+        f"Saving the checkpoint of step {step} to {self.directory} failed "
+        f"({type(error).__name__}: {reason}).{space} {last}; free space (or fix the "
+        "bucket's access) and rerun the same command to resume."
+    )
 
-  def restore(self, step: int | None, abstract_state: Any, *,
-              reshard: Callable[[list], Any] | None = None) -> tuple[Any, Any]:
+  def restore(
+      self, step: int | None, abstract_state: Any, *, reshard: Callable[[list], Any] | None = None
+  ) -> tuple[Any, Any]:
     """Returns `(state, this process's data state or None)` at `step` (default: latest);
     `reshard`: see `_own_data_state`."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    out = self._mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        ),
+    )
     return out.state, _own_data_state(out.data, reshard)
 
-  def restore_params(self, step: int | None, abstract_params: Any, *,
-                     field: str = "params") -> Any:
+  def restore_params(self, step: int | None, abstract_params: Any, *, field: str = "params") -> Any:
     """Only `state.<field>` ("params" or "ema_params"); other items are not read."""
     step = self.latest_step() if step is None else step
     if step is None:
@@ -223,9 +260,16 @@ class Checkpointer:
     if field not in ("params", "ema_params"):
       raise ValueError(f"field={field!r}; expected 'params' or 'ema_params'")
     item = {field: abstract_params}
-    restored = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)))
+    restored = self._mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            )
+        ),
+    )
     return restored.state[field]
 
   def restore_config(self, step: int | None = None) -> dict:
@@ -233,8 +277,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))
+    out = self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return out.config
 
   def wait(self) -> None:
@@ -275,11 +318,16 @@ def _own_data_state(data: Any, reshard: Callable[[list], Any] | None = None) -> 
     except (ValueError, KeyError, TypeError) as e:
       logging.warning("Could not reshard the iterator states (%s).", e)
     else:
-      logging.info("Iterator states of %s processes resharded to %d.", len(states),
-                   jax.process_count())
+      logging.info(
+          "Iterator states of %s processes resharded to %d.", len(states), jax.process_count()
+      )
       return state
-  logging.warning("Checkpoint has iterator states of %s processes, this run has %d; the data "
-                  "iterators start fresh.", data.get("process_count"), jax.process_count())
+  logging.warning(
+      "Checkpoint has iterator states of %s processes, this run has %d; the data "
+      "iterators start fresh.",
+      data.get("process_count"),
+      jax.process_count(),
+  )
   return None
 
 
@@ -297,10 +345,14 @@ def checkpointer_at(path: str) -> tuple[Checkpointer, int | None]:
   return Checkpointer(workdir, every_steps=1, keep=1, read_only=True), step
 
 
-def restore_or_initialize(ckpt: Checkpointer, config: Any, abstract_state: Any,
-                          init_fn: Callable[[], Any], *,
-                          reshard: Callable[[list], Any] | None = None,
-                          ) -> tuple[Any, Any, str]:
+def restore_or_initialize(
+    ckpt: Checkpointer,
+    config: Any,
+    abstract_state: Any,
+    init_fn: Callable[[], Any],
+    *,
+    reshard: Callable[[list], Any] | None = None,
+) -> tuple[Any, Any, str]:
   """Resume order: workdir latest -> `config.resume_from` -> `config.init_from` -> scratch.
 
   Returns `(state, data_state or None, description)`. `init_fn()` builds a fresh sharded state;

@@ -1,4 +1,5 @@
 """Model FLOPs from XLA's cost analysis, peak-throughput table, MFU."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -76,16 +77,23 @@ def memory_summary(compiled: Any) -> str:
   if m is None:
     return "memory analysis unavailable"
   mib = lambda b: f"{b / 2**20:.1f} MiB"
-  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-           - m.alias_size_in_bytes)
-  return (f"per device: arguments {mib(m.argument_size_in_bytes)}, outputs "
-          f"{mib(m.output_size_in_bytes)} (aliased {mib(m.alias_size_in_bytes)}), temporaries "
-          f"{mib(m.temp_size_in_bytes)}, code {mib(m.generated_code_size_in_bytes)}; "
-          f"total ~{mib(total)}")
+  total = (
+      m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      + m.temp_size_in_bytes
+      - m.alias_size_in_bytes
+  )
+  return (
+      f"per device: arguments {mib(m.argument_size_in_bytes)}, outputs "
+      f"{mib(m.output_size_in_bytes)} (aliased {mib(m.alias_size_in_bytes)}), temporaries "
+      f"{mib(m.temp_size_in_bytes)}, code {mib(m.generated_code_size_in_bytes)}; "
+      f"total ~{mib(total)}"
+  )
 
 
-def throughput(flops_per_device: float | None, steps_per_sec: float,
-               device_kind: str | None = None) -> dict[str, Any]:
+def throughput(
+    flops_per_device: float | None, steps_per_sec: float, device_kind: str | None = None
+) -> dict[str, Any]:
   """`tflops_per_device` and `mfu` (a fraction, or "n/a" without a known peak)."""
   if flops_per_device is None:
     return {"tflops_per_device": "n/a", "mfu": "n/a"}

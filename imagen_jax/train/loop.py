@@ -5,6 +5,7 @@ conversion, sampling) and a `Placement` (imagen_jax.parallel.placement: jit with
 pmap), so it has no branch on either. `stage_task.build_stage_task` makes the cascade
 stage's task; tests pass their own factory to `train`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ from imagen_jax.train import workdir_lock
 from imagen_jax.train.task import TaskFactory, TrainingHalted, TrainTask
 
 
-def train(config: Any, workdir: str, task_factory: TaskFactory, *,
-          stop_at: int | None = None) -> state_lib.TrainState:
+def train(
+    config: Any, workdir: str, task_factory: TaskFactory, *, stop_at: int | None = None
+) -> state_lib.TrainState:
   """Trains to `config.total_steps` (or `stop_at`, saving there as a preemption would).
 
   Returns the final state (global arrays; host arrays under pmap).
@@ -59,9 +61,18 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
       return state
     state = placement.put_state(state)
     batch = run.next_batch()
-    train_step = run.compile(step_lib.make_train_step(
-        task.loss_fn, tx, ema_decay=float(config.ema.decay),
-        ema_warmup=bool(config.ema.warmup), lr_schedule=lr_schedule), state, batch, step)
+    train_step = run.compile(
+        step_lib.make_train_step(
+            task.loss_fn,
+            tx,
+            ema_decay=float(config.ema.decay),
+            ema_warmup=bool(config.ema.warmup),
+            lr_schedule=lr_schedule,
+        ),
+        state,
+        batch,
+        step,
+    )
 
     while step < stop_at:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -87,8 +98,9 @@ def train(config: Any, workdir: str, task_factory: TaskFactory, *,
       run.save(step, state, force=stop or final)
       if stop or step == stop_at < total_steps:
         run.ckpt.wait()
-        logging.info("Preempted at step %d: checkpoint saved to %s; exiting.", step,
-                     run.ckpt.directory)
+        logging.info(
+            "Preempted at step %d: checkpoint saved to %s; exiting.", step, run.ckpt.directory
+        )
         break
       run.evaluate(step, state)
       run.write_samples(step, state)
@@ -111,15 +123,24 @@ def _every(step: int, every: int | None, total: int) -> bool:
 
 
 def _config_dict(config: Any) -> dict:
-  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
+  return (
+      json.loads(config.to_json_best_effort())
+      if hasattr(config, "to_json_best_effort")
       else dict(config)
+  )
 
 
 class _Run:
   """One run's services around the step: data, compile, metrics, saves, evals, samples."""
 
-  def __init__(self, config: Any, workdir: str, task: TrainTask,
-               placement: placement_lib.JitPlacement, spec: state_lib.StateSpec):
+  def __init__(
+      self,
+      config: Any,
+      workdir: str,
+      task: TrainTask,
+      placement: placement_lib.JitPlacement,
+      spec: state_lib.StateSpec,
+  ):
     self.config, self.task, self.placement, self.spec = config, task, placement, spec
     self.workdir = storage_paths.path(workdir)
     self.total_steps = int(config.total_steps)
@@ -133,11 +154,12 @@ class _Run:
       if multihost.is_primary():
         (self.workdir / "config.json").write_text(json.dumps(self.config_dict, indent=2))
       self.ckpt = ckpt_lib.Checkpointer(
-          workdir, every_steps=int(config.checkpoint.every_steps),
+          workdir,
+          every_steps=int(config.checkpoint.every_steps),
           keep=int(config.checkpoint.keep),
-          async_save=bool(config.checkpoint.get("async_save", True)))
-      self.watcher = ckpt_lib.PreemptionWatcher(
-          reached_preemption=self.ckpt.reached_preemption)
+          async_save=bool(config.checkpoint.get("async_save", True)),
+      )
+      self.watcher = ckpt_lib.PreemptionWatcher(reached_preemption=self.ckpt.reached_preemption)
       self.writer = metrics_lib.MetricWriter(workdir)
     except BaseException:
       self.close()
@@ -153,8 +175,12 @@ class _Run:
   def restore_or_init(self, init_rng, state_rng) -> tuple[Any, int]:
     init = jax.jit(self.spec.init, out_shardings=self.spec.shardings)
     state, data_state, how = ckpt_lib.restore_or_initialize(
-        self.ckpt, self.config, self.spec.abstract, lambda: init(init_rng, state_rng),
-        reshard=getattr(self.task.iterator, "reshard_state", None))
+        self.ckpt,
+        self.config,
+        self.spec.abstract,
+        lambda: init(init_rng, state_rng),
+        reshard=getattr(self.task.iterator, "reshard_state", None),
+    )
     if data_state is not None:
       self.task.iterator.set_state(data_state)
     step = int(jax.device_get(state.step))
@@ -173,18 +199,22 @@ class _Run:
   def compile(self, step_body, state, batch, step: int):
     """The compiled step (FLOPs and memory logged); every process passes a barrier after."""
     if batch is None:
-      raise ValueError(f"The input pipeline {self.config.input.get('dataset')!r} yielded no "
-                       "batch.")
+      raise ValueError(f"The input pipeline {self.config.input.get('dataset')!r} yielded no batch.")
     start = time.time()
     lowered = self.placement.lower_step(step_body, self.spec.shardings, state, batch)
     compiled = lowered.compile()
-    self.flops = flops_lib.step_flops_per_device(lowered, compiled,
-                                                 self.placement.flops_devices)
-    logging.info("Compiled the train step in %.1f s; %s", time.time() - start,
-                 flops_lib.memory_summary(compiled))
-    logging.info("Step FLOPs per device (XLA cost analysis, lowered step): %s; peak %s "
-                 "TFLOP/s (%s).", f"{self.flops:.3g}" if self.flops else "n/a",
-                 flops_lib.peak_tflops() or "n/a", jax.devices()[0].device_kind)
+    self.flops = flops_lib.step_flops_per_device(lowered, compiled, self.placement.flops_devices)
+    logging.info(
+        "Compiled the train step in %.1f s; %s",
+        time.time() - start,
+        flops_lib.memory_summary(compiled),
+    )
+    logging.info(
+        "Step FLOPs per device (XLA cost analysis, lowered step): %s; peak %s TFLOP/s (%s).",
+        f"{self.flops:.3g}" if self.flops else "n/a",
+        flops_lib.peak_tflops() or "n/a",
+        jax.devices()[0].device_kind,
+    )
     multihost.barrier(f"imagen_jax_train_step_compiled_{step}")
     self._last_log_time = time.time()
     return compiled
@@ -196,19 +226,27 @@ class _Run:
     for i, m in enumerate(host):
       if m["nonfinite"] > 0:
         bad_step = self._first_pending + i + 1
-        what = next((f"{k} ({m[k]})" for k in ("loss", "grad_norm", "update_norm")
-                     if not np.isfinite(m[k])), "value")
+        what = next(
+            (
+                f"{k} ({m[k]})"
+                for k in ("loss", "grad_norm", "update_norm")
+                if not np.isfinite(m[k])
+            ),
+            "value",
+        )
         if self.config.nonfinite == "halt":
-          raise TrainingHalted(f"Non-finite {what} at step {bad_step}; "
-                               "config.nonfinite='halt'.")
+          raise TrainingHalted(f"Non-finite {what} at step {bad_step}; config.nonfinite='halt'.")
         skipped = int(m["skipped_total"])
-        logging.warning("Skipped step %d: non-finite %s (%d steps skipped so far).", bad_step,
-                        what, skipped)
+        logging.warning(
+            "Skipped step %d: non-finite %s (%d steps skipped so far).", bad_step, what, skipped
+        )
         bound = int(self.config.get("nonfinite_max_skips") or 0)
         if bound and skipped > bound:
-          raise TrainingHalted(f"{skipped} steps skipped (non-finite), more than "
-                               f"config.nonfinite_max_skips={bound}; the last at step "
-                               f"{bad_step}: non-finite {what}.")
+          raise TrainingHalted(
+              f"{skipped} steps skipped (non-finite), more than "
+              f"config.nonfinite_max_skips={bound}; the last at step "
+              f"{bad_step}: non-finite {what}."
+          )
     if host:
       self.skipped = int(host[-1]["skipped_total"])
     self.pending, self._first_pending = [], self._first_pending + len(host)
@@ -219,10 +257,13 @@ class _Run:
     rate = (step - self._last_log_step) / max(now - self._last_log_time, 1e-9)
     self._last_log_time, self._last_log_step = now, step
     summary = metrics_lib.mean_metrics(host)
-    summary.update(steps_per_sec=rate, images_per_sec=rate * int(self.config.batch_size),
-                   skipped_total=host[-1]["skipped_total"],
-                   bad_examples=sum(float(h["bad_examples"]) for h in host),
-                   **flops_lib.throughput(self.flops, rate))
+    summary.update(
+        steps_per_sec=rate,
+        images_per_sec=rate * int(self.config.batch_size),
+        skipped_total=host[-1]["skipped_total"],
+        bad_examples=sum(float(h["bad_examples"]) for h in host),
+        **flops_lib.throughput(self.flops, rate),
+    )
     skipped_records = getattr(self.task.iterator, "num_skipped", None)
     if skipped_records is not None:  # records the input pipeline skipped, every process's
       summary["input/skipped_records"] = multihost.sum_over_processes([skipped_records])[0]
@@ -233,13 +274,20 @@ class _Run:
 
   def save(self, step: int, state: Any, *, force: bool) -> None:
     """Saves `step` when the checkpointer's gate says so (`force`: now)."""
-    self.ckpt.save(step, lambda: self.placement.checkpoint_state(state, self.spec.shardings),
-                   data_state=self.task.iterator.get_state, config=self.config_dict,
-                   force=force)
+    self.ckpt.save(
+        step,
+        lambda: self.placement.checkpoint_state(state, self.spec.shardings),
+        data_state=self.task.iterator.get_state,
+        config=self.config_dict,
+        force=force,
+    )
 
   def evaluate(self, step: int, state: Any) -> None:
-    due = [(name, ev) for name, ev, every in self.evaluators
-           if config_lib.itstime(step, every, self.total_steps)]
+    due = [
+        (name, ev)
+        for name, ev, every in self.evaluators
+        if config_lib.itstime(step, every, self.total_steps)
+    ]
     if not due:
       return
     ema = self.placement.unplaced(state.ema_params)
@@ -248,13 +296,20 @@ class _Run:
       self.writer.write_scalars(step, scalars)
       self.writer.flush()
       self.summary.update(scalars)
-      logging.info("eval %s at step %d: %s", name, step,
-                   ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+      logging.info(
+          "eval %s at step %d: %s",
+          name,
+          step,
+          ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
+      )
 
   def write_samples(self, step: int, state: Any) -> None:
     prompts = list(self.task.sample_prompts)
-    if self.task.sample_fn is None or not prompts or not _every(
-        step, self.config.get("sample_every_steps"), self.total_steps):
+    if (
+        self.task.sample_fn is None
+        or not prompts
+        or not _every(step, self.config.get("sample_every_steps"), self.total_steps)
+    ):
       return
     ema = self.placement.unplaced(state.ema_params)
     rng = jax.random.fold_in(self._sample_rng, step)
@@ -269,13 +324,19 @@ class _Run:
   def finish(self, step: int) -> None:
     self.ckpt.wait()
     if self.skipped:
-      logging.warning("%d of the %d steps trained were skipped (non-finite loss, gradient or "
-                      "update norm; config.nonfinite=%r).", self.skipped, step,
-                      self.config.nonfinite)
+      logging.warning(
+          "%d of the %d steps trained were skipped (non-finite loss, gradient or "
+          "update norm; config.nonfinite=%r).",
+          self.skipped,
+          step,
+          self.config.nonfinite,
+      )
     if step == self.total_steps and multihost.is_primary():  # read by sweep summaries
-      (self.workdir / "final_metrics.json").write_text(json.dumps(
-          {"step": step, **self.summary, "skipped_steps": self.skipped}, indent=2,
-          default=float))
+      (self.workdir / "final_metrics.json").write_text(
+          json.dumps(
+              {"step": step, **self.summary, "skipped_steps": self.skipped}, indent=2, default=float
+          )
+      )
 
   def close(self) -> None:
     try:
@@ -299,9 +360,11 @@ def _make_evaluators(config: Any, task: TrainTask) -> list[tuple[str, Any, int]]
   if not config.get("evals"):
     return []
   if task.sample_fn is None:
-    raise ValueError(f"config.evals={list(config.evals)} needs a stage that samples from "
-                     "captions alone (a base stage); evaluate SR stages in the cascade "
-                     "(scripts/eval_fid.py).")
+    raise ValueError(
+        f"config.evals={list(config.evals)} needs a stage that samples from "
+        "captions alone (a base stage); evaluate SR stages in the cascade "
+        "(scripts/eval_fid.py)."
+    )
 
   def predict(params, captions, seed):
     return _host_uint8(task.sample_fn(params, list(captions), jax.random.PRNGKey(int(seed))))

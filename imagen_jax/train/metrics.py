@@ -1,4 +1,5 @@
 """TensorBoard event files without TensorFlow, console lines, image grids. Process 0 writes."""
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,9 @@ class MetricWriter:
   the events since the last flush (the loop flushes at every log step).
   """
 
-  def __init__(self, logdir: str | os.PathLike, enabled: bool | None = None,
-               rotate: bool | None = None):
+  def __init__(
+      self, logdir: str | os.PathLike, enabled: bool | None = None, rotate: bool | None = None
+  ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.rotate = storage_paths.is_remote(logdir) if rotate is None else rotate
     self._file = self._writer = None
@@ -52,8 +54,10 @@ class MetricWriter:
       self._open()
 
   def _open(self) -> None:
-    name = (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
-            f".{self._count}")
+    name = (
+        f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+        f".{self._count}"
+    )
     self._count += 1
     self.path = self._logdir / name
     self._file = self.path.open("wb")
@@ -66,8 +70,11 @@ class MetricWriter:
     self._writer.write(event.SerializeToString())
 
   def _add(self, step: int, values: list) -> None:
-    self._write(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                summary=summary_pb2.Summary(value=values)))
+    self._write(
+        event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+        )
+    )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -87,9 +94,17 @@ class MetricWriter:
     values = []
     for name, img in images.items():
       img = np.asarray(img, np.uint8)
-      values.append(summary_pb2.Summary.Value(tag=name, image=summary_pb2.Summary.Image(
-          height=img.shape[0], width=img.shape[1], colorspace=img.shape[2],
-          encoded_image_string=_png_bytes(img))))
+      values.append(
+          summary_pb2.Summary.Value(
+              tag=name,
+              image=summary_pb2.Summary.Image(
+                  height=img.shape[0],
+                  width=img.shape[1],
+                  colorspace=img.shape[2],
+                  encoded_image_string=_png_bytes(img),
+              ),
+          )
+      )
     self._add(step, values)
 
   def flush(self) -> None:
@@ -116,7 +131,7 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np
   for i, img in enumerate(images):
     r, col = divmod(i, ncols)
     y, x = pad + r * (h + pad), pad + col * (w + pad)
-    grid[y:y + h, x:x + w] = img
+    grid[y : y + h, x : x + w] = img
   return grid
 
 
@@ -151,12 +166,18 @@ def console_line(step: int, total_steps: int, metrics: Mapping[str, Any], width:
   frac = step / max(total_steps, 1)
   done = int(round(frac * width))
   parts = [f"[{'#' * done}{'-' * (width - done)}] {step:>{len(str(total_steps))}}/{total_steps}"]
-  fmt = {"loss": ("loss", "{:.4f}"), "grad_norm": ("gnorm", "{:.3g}"), "lr": ("lr", "{:.2e}"),
-         "steps_per_sec": ("step/s", "{:.2f}"), "images_per_sec": ("img/s", "{:.1f}"),
-         "tflops_per_device": ("TFLOP/s/dev", "{:.3g}"), "mfu": ("MFU", "{}"),
-         "skipped_total": ("skipped steps", "{:.0f}"),
-         "bad_examples": ("nonfinite examples", "{:.0f}"),
-         "input/skipped_records": ("bad records", "{:.0f}")}
+  fmt = {
+      "loss": ("loss", "{:.4f}"),
+      "grad_norm": ("gnorm", "{:.3g}"),
+      "lr": ("lr", "{:.2e}"),
+      "steps_per_sec": ("step/s", "{:.2f}"),
+      "images_per_sec": ("img/s", "{:.1f}"),
+      "tflops_per_device": ("TFLOP/s/dev", "{:.3g}"),
+      "mfu": ("MFU", "{}"),
+      "skipped_total": ("skipped steps", "{:.0f}"),
+      "bad_examples": ("nonfinite examples", "{:.0f}"),
+      "input/skipped_records": ("bad records", "{:.0f}"),
+  }
   for key, (label, f) in fmt.items():
     if key in metrics:
       value = metrics[key]
@@ -181,8 +202,8 @@ def read_events(logdir: str | os.PathLike) -> dict[str, list[tuple[int, Any]]]:
   for path in sorted(storage_paths.path(logdir).glob("events.out.tfevents.*")):
     data, pos = path.read_bytes(), 0
     while pos + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
       pos += 12 + length + 4  # length, its CRC, the record, its CRC
       for v in event.summary.value:
         value = v.simple_value if v.HasField("simple_value") else v.image

@@ -1,4 +1,5 @@
 """Optimizer, learning-rate schedule and EMA from `config.optim` / `config.ema`."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -24,15 +25,21 @@ def make_lr_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
     if warmup <= 0:
       return optax.constant_schedule(lr)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
   end_lr = float(config_lib.get(optim_cfg, "end_lr", 0.0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=warmup,
-      decay_steps=max(int(total_steps), warmup + 1), end_value=end_lr)
+      init_value=0.0,
+      peak_value=lr,
+      warmup_steps=warmup,
+      decay_steps=max(int(total_steps), warmup + 1),
+      end_value=end_lr,
+  )
 
 
-def make_optimizer(optim_cfg: Any, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    optim_cfg: Any, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns `(tx, lr_schedule)`; clipping by global norm comes first when configured."""
   name = optim_cfg.name
   if name not in OPTIMIZERS:
@@ -52,10 +59,13 @@ def make_optimizer(optim_cfg: Any, total_steps: int
     # Factored second moments; lr is absolute (no parameter-scale multiplier) so `lr` means
     # the same thing as for Adam; momentum b1 unless b1 == 0; b2/eps do not apply.
     opt = optax.adafactor(
-        learning_rate=schedule, multiply_by_parameter_scale=False, clipping_threshold=None,
+        learning_rate=schedule,
+        multiply_by_parameter_scale=False,
+        clipping_threshold=None,
         momentum=b1 if b1 > 0 else None,
         decay_rate=float(config_lib.get(optim_cfg, "adafactor_decay_rate", 0.8)),
-        weight_decay_rate=wd or None)
+        weight_decay_rate=wd or None,
+    )
   clip = float(config_lib.get(optim_cfg, "grad_clip_norm", 0.0))
   tx = optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
   return tx, schedule
@@ -71,8 +81,9 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
 
 
 def ema_update(ema_params: Any, params: Any, decay: jax.Array) -> Any:
-  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
-                      ema_params, params)
+  return jax.tree.map(
+      lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema_params, params
+  )
 
 
 def lr_at(schedule: Callable[[jax.Array], jax.Array], step: jax.Array) -> jax.Array:

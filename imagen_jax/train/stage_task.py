@@ -15,6 +15,7 @@ embeddings from the cache too; captions it lacks load the encoder then (once, lo
 with no encoder directory, disable the periodic samples (logged) and make `config.evals` an
 error before training.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -37,13 +38,15 @@ from imagen_jax.train.task import TrainTask
 PRECOMPUTE_SCRIPT = "scripts/precompute_text_embeddings.py"
 
 
-def dataset_captions(input_config: Any, resolution: int | None = None, *, shard_index: int = 0,
-                     num_shards: int = 1) -> list[str] | None:
+def dataset_captions(
+    input_config: Any, resolution: int | None = None, *, shard_index: int = 0, num_shards: int = 1
+) -> list[str] | None:
   """Every caption of the records i = shard_index (mod num_shards) of the stage's input
   (`config.input`), all captions of each record; None for an infinite source (shapes).
   The listing the embedding precompute encodes and the trainer checks."""
-  source = input_pipeline.make_source(input_config, render_size=int(
-      resolution or input_config.get("resolution") or 64))
+  source = input_pipeline.make_source(
+      input_config, render_size=int(resolution or input_config.get("resolution") or 64)
+  )
   if source.num_records is None:
     return None
   if not hasattr(source, "captions"):
@@ -54,6 +57,22 @@ def dataset_captions(input_config: Any, resolution: int | None = None, *, shard_
   return out
 
 
+def precompute_captions(config: Any, shard: int = 0, num_shards: int = 1) -> list[str]:
+  """What `scripts/precompute_text_embeddings.py --config` encodes: every caption of the
+  records i = shard (mod num_shards), and on shard 0 the config's `sample_prompts`;
+  ValueError for an infinite source (shapes), which has no caption list."""
+  captions = dataset_captions(config.input, shard_index=shard, num_shards=num_shards)
+  if captions is None:
+    raise ValueError(
+        f"config.input.dataset={config.input.get('dataset')!r} is an infinite procedural "
+        "source with no caption list; train it without text.cache_dir (captions are "
+        "encoded on the fly) or precompute chosen captions with --captions FILE"
+    )
+  if shard == 0:
+    captions += [str(p) for p in (config.get("sample_prompts") or ())]
+  return captions
+
+
 def precompute_command(config: Any) -> str:
   """The precompute command for this config: the `--config` and overrides this process was
   started with (scripts/train.py's flags), plus the text fields spelled out."""
@@ -61,6 +80,7 @@ def precompute_command(config: Any) -> str:
   try:
     from absl import flags  # pylint: disable=import-outside-toplevel
     from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
     if flags.FLAGS.is_parsed() and "config" in flags.FLAGS:
       config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
       overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
@@ -106,34 +126,51 @@ def open_cache(config: Any) -> tuple[Any, Any]:
       # The path alone only stands in for an encoder directory that is gone: a directory
       # whose fingerprint has no record holds other weights, and its path's old record would
       # give stale embeddings.
-      cache_dir, fingerprint=None if spec is None else spec.fingerprint,
+      cache_dir,
+      fingerprint=None if spec is None else spec.fingerprint,
       encoder=name if spec is None else None,
-      max_length=spec.max_length if spec else int(max_length or encoder_lib.DEFAULT_MAX_LENGTH))
+      max_length=spec.max_length if spec else int(max_length or encoder_lib.DEFAULT_MAX_LENGTH),
+  )
   if record is None:
     old = text_lib.EmbeddingCache.old_format_dirs(cache_dir)
-    note = (f" ({len(old)} cache(s) there are in an older layout and are not read: "
-            f"{old[:3]})" if old else "")
-    what = (f"config.text.encoder={name!r} is not a directory, and the cache at {cache_dir} "
-            f"holds no embeddings recorded for it" if spec is None else
-            f"the cache at {cache_dir} holds no embeddings of encoder {name!r} "
-            f"(fingerprint {spec.fingerprint}, max_length {spec.max_length})")
+    note = (
+        f" ({len(old)} cache(s) there are in an older layout and are not read: {old[:3]})"
+        if old
+        else ""
+    )
+    what = (
+        f"config.text.encoder={name!r} is not a directory, and the cache at {cache_dir} "
+        f"holds no embeddings recorded for it"
+        if spec is None
+        else f"the cache at {cache_dir} holds no embeddings of encoder {name!r} "
+        f"(fingerprint {spec.fingerprint}, max_length {spec.max_length})"
+    )
     raise ValueError(f"{what}{note}; fill it with: {precompute_command(config)}")
   if spec is None:
-    logging.warning("text: %s is not a directory; training from the cache at %s with the "
-                    "embeddings it recorded for that path (identity %s)", name, cache_dir,
-                    record["identity"])
-  cache = text_lib.EmbeddingCache(cache_dir, record["identity"],
-                                  max_length=int(record["max_length"]))
+    logging.warning(
+        "text: %s is not a directory; training from the cache at %s with the "
+        "embeddings it recorded for that path (identity %s)",
+        name,
+        cache_dir,
+        record["identity"],
+    )
+  cache = text_lib.EmbeddingCache(
+      cache_dir, record["identity"], max_length=int(record["max_length"])
+  )
   return cache, spec
 
 
 def check_cache_covers(config: Any, cache: Any, resolution: int) -> None:
   """ValueError before step 1 unless the cache holds every caption of a finite input."""
-  captions = dataset_captions(config.input, resolution, shard_index=jax.process_index(),
-                              num_shards=jax.process_count())
+  captions = dataset_captions(
+      config.input, resolution, shard_index=jax.process_index(), num_shards=jax.process_count()
+  )
   if captions is None:
-    logging.warning("text: the input %r is infinite; the cache at %s is checked batch by "
-                    "batch", config.input.get("dataset"), config.text.cache_dir)
+    logging.warning(
+        "text: the input %r is infinite; the cache at %s is checked batch by batch",
+        config.input.get("dataset"),
+        config.text.cache_dir,
+    )
     return
   unique = list(dict.fromkeys(captions))
   num_missing = int((~cache.contains(unique)).sum()) if unique else 0
@@ -142,7 +179,8 @@ def check_cache_covers(config: Any, cache: Any, resolution: int) -> None:
     raise ValueError(
         f"{num_missing} of {total} captions are not in the cache at {config.text.cache_dir} "
         f"(encoder {config.text.encoder!r}, identity {cache.identity}); fill it with: "
-        f"{precompute_command(config)}")
+        f"{precompute_command(config)}"
+    )
   logging.info("text: all %d captions of the input are in the cache %s", total, cache.root)
 
 
@@ -160,12 +198,14 @@ class _Text:
   def encoder(self, why: str):
     if self._encoder is None:
       if not self.can_load:
-        raise ValueError(f"{why}, and config.text.encoder={self.config.text.encoder!r} is "
-                         "not a directory to encode them with")
+        raise ValueError(
+            f"{why}, and config.text.encoder={self.config.text.encoder!r} is "
+            "not a directory to encode them with"
+        )
       logging.warning("text: %s; loading the encoder %s", why, self.config.text.encoder)
       self._encoder = text_lib.load_text_encoder(
-          self.config.text.encoder, max_length=self.config.text.get("max_length"),
-          mesh=self.mesh)
+          self.config.text.encoder, max_length=self.config.text.get("max_length"), mesh=self.mesh
+      )
     return self._encoder
 
 
@@ -184,32 +224,46 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
     cache, spec = open_cache(config)
     dim, max_length, source = cache.dim, cache.max_length, cache.root
     if dim is None:
-      raise ValueError(f"the cache at {cache.root} has no meta.json; fill it with: "
-                       f"{precompute_command(config)}")
+      raise ValueError(
+          f"the cache at {cache.root} has no meta.json; fill it with: "
+          f"{precompute_command(config)}"
+      )
     if dim != pipe.model.text_dim:
-      raise ValueError(f"The text cache {source} holds {dim}-dim embeddings (encoder "
-                       f"{config.text.encoder!r}) but the model expects "
-                       f"text_dim={pipe.model.text_dim}.")
+      raise ValueError(
+          f"The text cache {source} holds {dim}-dim embeddings (encoder "
+          f"{config.text.encoder!r}) but the model expects "
+          f"text_dim={pipe.model.text_dim}."
+      )
     check_cache_covers(config, cache, pipe.resolution)
     text = _Text(config, mesh, cache=cache, can_load=spec is not None)
     if config.get("evals") and spec is None and not pipe.is_super_resolution:
-      raise ValueError(f"config.evals={list(config.evals)} samples captions that need not be "
-                       f"in the cache, but config.text.encoder={config.text.encoder!r} is not "
-                       "a directory to encode them with; restore it or drop config.evals")
+      raise ValueError(
+          f"config.evals={list(config.evals)} samples captions that need not be "
+          f"in the cache, but config.text.encoder={config.text.encoder!r} is not "
+          "a directory to encode them with; restore it or drop config.evals"
+      )
   else:
-    encoder = text_lib.load_text_encoder(config.text.encoder,
-                                         max_length=config.text.get("max_length"), mesh=mesh)
+    encoder = text_lib.load_text_encoder(
+        config.text.encoder, max_length=config.text.get("max_length"), mesh=mesh
+    )
     if encoder.dim != pipe.model.text_dim:
-      raise ValueError(f"The text encoder {config.text.encoder!r} gives {encoder.dim}-dim "
-                       f"embeddings but the model expects text_dim={pipe.model.text_dim}.")
+      raise ValueError(
+          f"The text encoder {config.text.encoder!r} gives {encoder.dim}-dim "
+          f"embeddings but the model expects text_dim={pipe.model.text_dim}."
+      )
     max_length = encoder.max_length
     text = _Text(config, mesh, encoder=encoder)
 
   iterator = input_pipeline.create_input_iterator(
-      config.input, global_batch_size=int(config.batch_size), resolution=pipe.resolution,
-      lowres_resolution=pipe.lowres_resolution, seed=int(config.seed),
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      text_cache=None if cache is None else _CacheWithHint(cache, precompute_command(config)))
+      config.input,
+      global_batch_size=int(config.batch_size),
+      resolution=pipe.resolution,
+      lowres_resolution=pipe.lowres_resolution,
+      seed=int(config.seed),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      text_cache=None if cache is None else _CacheWithHint(cache, precompute_command(config)),
+  )
 
   def host_to_numeric(host: dict) -> dict:
     out = {"image": host["image"], "drop_text": np.asarray(host["drop_text"], bool)}
@@ -227,8 +281,12 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
       emb, mask = batch["text_emb"], batch["text_mask"]
     else:
       emb, mask = encoder.encode_fn(enc_params, batch["ids"], batch["ids_mask"])
-    out = {"image": _to_float(batch["image"]), "drop_text": batch["drop_text"],
-           "text_emb": jax.lax.stop_gradient(emb).astype(jnp.float32), "text_mask": mask}
+    out = {
+        "image": _to_float(batch["image"]),
+        "drop_text": batch["drop_text"],
+        "text_emb": jax.lax.stop_gradient(emb).astype(jnp.float32),
+        "text_mask": mask,
+    }
     if "lowres" in batch:
       out["lowres"] = _to_float(batch["lowres"])
     return out
@@ -236,16 +294,29 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
   sample_fn = None if pipe.is_super_resolution else _CaptionSampler(config, pipe, text, mesh)
   return TrainTask(
       init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=max_length),
-      loss_fn=pipe.loss_fn, iterator=iterator, host_to_numeric=host_to_numeric,
-      preprocess=preprocess, frozen_params=None if encoder is None else encoder.params,
-      sample_fn=sample_fn, sample_prompts=_grid_prompts(config, pipe, text))
+      loss_fn=pipe.loss_fn,
+      iterator=iterator,
+      host_to_numeric=host_to_numeric,
+      preprocess=preprocess,
+      frozen_params=None if encoder is None else encoder.params,
+      sample_fn=sample_fn,
+      sample_prompts=_grid_prompts(config, pipe, text),
+  )
 
 
 def _sample_images(config: Any, pipe: Any, emb, mask, params, rng):
   s = config.sampling
-  images = pipe.sample(params, emb, mask, rng, sampler=s.sampler, num_steps=int(s.num_steps),
-                       guidance_scale=float(s.guidance_scale), threshold=s.threshold,
-                       percentile=float(s.percentile))
+  images = pipe.sample(
+      params,
+      emb,
+      mask,
+      rng,
+      sampler=s.sampler,
+      num_steps=int(s.num_steps),
+      guidance_scale=float(s.guidance_scale),
+      threshold=s.threshold,
+      percentile=float(s.percentile),
+  )
   return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
@@ -272,15 +343,19 @@ class _CaptionSampler:
       if self._from_emb is None:
         self._from_emb = jax.jit(
             lambda params, emb, mask, rng: _sample_images(
-                self.config, self.pipe, emb, mask, params, rng), out_shardings=self._rep)
+                self.config, self.pipe, emb, mask, params, rng
+            ),
+            out_shardings=self._rep,
+        )
       emb, mask = jax.device_put((emb, mask), self._rep)
       return self._from_emb(params, emb, mask, rng)
-    enc = self.text.encoder(f"{len(captions)} captions to sample are not all in the text "
-                            "cache")
+    enc = self.text.encoder(f"{len(captions)} captions to sample are not all in the text cache")
     if self._from_ids is None:
+
       def from_ids(params, enc_params, ids, ids_mask, rng):
         emb, mask = enc.encode_fn(enc_params, ids, ids_mask)
         return _sample_images(self.config, self.pipe, emb, mask, params, rng)
+
       self._from_ids = jax.jit(from_ids, out_shardings=self._rep)
     ids, ids_mask = enc.tokenize(captions)
     ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), self._rep)
@@ -294,8 +369,12 @@ def _grid_prompts(config: Any, pipe: Any, text: _Text) -> list[str]:
   if not prompts or pipe.is_super_resolution:
     return []
   if text.cache is not None and not text.can_load and not text.cached(prompts):
-    logging.warning("text: config.sample_prompts are not all in the cache %s and the "
-                    "encoder %s is not a directory: no periodic samples (precompute from "
-                    "the config caches them)", text.cache.root, text.config.text.encoder)
+    logging.warning(
+        "text: config.sample_prompts are not all in the cache %s and the "
+        "encoder %s is not a directory: no periodic samples (precompute from "
+        "the config caches them)",
+        text.cache.root,
+        text.config.text.encoder,
+    )
     return []
   return prompts

@@ -1,4 +1,5 @@
 """The training state: a pure pytree (no callables), saved as is by Orbax."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -16,6 +17,7 @@ class TrainState(flax.struct.PyTreeNode):
 
   `rng` is a raw uint32 key (`jax.random.PRNGKey`); the step uses `fold_in(rng, step)`.
   """
+
   step: jax.Array
   params: Any
   ema_params: Any
@@ -43,6 +45,7 @@ class StateSpec(NamedTuple):
   shardings: the state's shardings (a TrainState of shardings); abstract: its
   ShapeDtypeStructs, each carrying its sharding (the restore target).
   """
+
   init: Callable[[jax.Array, jax.Array], TrainState]
   shardings: TrainState
   abstract: TrainState
@@ -52,14 +55,19 @@ class StateSpec(NamedTuple):
     return int(sum(np.prod(a.shape) for a in jax.tree.leaves(self.abstract.params)))
 
 
-def state_spec(placement: Any, init_variables: Callable[[jax.Array], Any],
-               tx: optax.GradientTransformation, init_rng: jax.Array,
-               state_rng: jax.Array) -> StateSpec:
+def state_spec(
+    placement: Any,
+    init_variables: Callable[[jax.Array], Any],
+    tx: optax.GradientTransformation,
+    init_rng: jax.Array,
+    state_rng: jax.Array,
+) -> StateSpec:
   """The state's initialiser and layout under `placement` (imagen_jax.parallel.placement).
 
   Both keys are arguments of `init`, not constants in it, so runs that differ only in their
   seed compile the same initialiser (and share it through JAX's compilation cache).
   """
+
   def init(rng, step_rng):
     params = meta.unbox(init_variables(rng)["params"])
     return create_train_state(params, tx, step_rng)
@@ -68,9 +76,14 @@ def state_spec(placement: Any, init_variables: Callable[[jax.Array], Any],
   param_sh = placement.param_shardings(jax.eval_shape(init_variables, init_rng)["params"])
   rep = placement.replicated
   shardings = TrainState(
-      step=rep, params=param_sh, ema_params=param_sh, rng=rep, skipped=rep,
-      opt_state=placement.opt_state_shardings(tx, abstract.opt_state, abstract.params,
-                                              param_sh))
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+      step=rep,
+      params=param_sh,
+      ema_params=param_sh,
+      rng=rep,
+      skipped=rep,
+      opt_state=placement.opt_state_shardings(tx, abstract.opt_state, abstract.params, param_sh),
+  )
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   return StateSpec(init, shardings, abstract)

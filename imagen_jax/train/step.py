@@ -1,4 +1,5 @@
 """The pure training step, compiled by either placement (jit with shardings, or pmap)."""
+
 from __future__ import annotations
 
 import functools
@@ -26,12 +27,18 @@ def _bad_examples(batch: dict) -> jax.Array:
   return jnp.zeros((), jnp.int32) if bad is None else jnp.sum(bad).astype(jnp.int32)
 
 
-def train_step_body(state: TrainState, batch: dict, *, loss_fn: LossFn,
-                    tx: optax.GradientTransformation, lr_schedule: optax.Schedule | None,
-                    ema_decay: float, ema_warmup: bool,
-                    reduce_fn: Callable[[Any], Any] = lambda x: x,
-                    rng_fold: Callable[[jax.Array], jax.Array] = lambda r: r,
-                    ) -> tuple[TrainState, dict]:
+def train_step_body(
+    state: TrainState,
+    batch: dict,
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    lr_schedule: optax.Schedule | None,
+    ema_decay: float,
+    ema_warmup: bool,
+    reduce_fn: Callable[[Any], Any] = lambda x: x,
+    rng_fold: Callable[[jax.Array], jax.Array] = lambda r: r,
+) -> tuple[TrainState, dict]:
   """One optimizer step. `reduce_fn` averages grads and metrics across data-parallel replicas
   (identity under jit, where XLA does it; `lax.pmean` in the pmap wrapper)."""
   rng = rng_fold(jax.random.fold_in(state.rng, state.step))
@@ -75,9 +82,14 @@ def train_step_body(state: TrainState, batch: dict, *, loss_fn: LossFn,
   return new_state, metrics
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_decay: float,
-                    ema_warmup: bool = True, lr_schedule: optax.Schedule | None = None,
-                    ) -> Callable[..., tuple[TrainState, dict]]:
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    ema_decay: float,
+    ema_warmup: bool = True,
+    lr_schedule: optax.Schedule | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
   """Pure `train_step(state, batch) -> (state, metrics)`; a placement compiles it.
 
   A step whose loss, grad norm or update norm is non-finite (an overflowing update counts:
@@ -85,5 +97,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_de
   `metrics["nonfinite"] = 1`; the loop applies `config.nonfinite` (one of
   `NONFINITE_POLICIES`) when it reads the metrics (no host sync inside the step).
   """
-  return functools.partial(train_step_body, loss_fn=loss_fn, tx=tx, lr_schedule=lr_schedule,
-                           ema_decay=float(ema_decay), ema_warmup=bool(ema_warmup))
+  return functools.partial(
+      train_step_body,
+      loss_fn=loss_fn,
+      tx=tx,
+      lr_schedule=lr_schedule,
+      ema_decay=float(ema_decay),
+      ema_warmup=bool(ema_warmup),
+  )

@@ -4,6 +4,7 @@
 local_batch_size)` once; `stage_task.build_stage_task` is the cascade stage's factory and
 `toy_task.toy_task_factory` the tests' stand-in. Nothing here imports the loop.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ class TrainTask:
     `config.evals` evaluators (imagen_jax.evaluation.evaluators).
   sample_prompts: the periodic grids' captions (none: no grids).
   """
+
   init_variables: Callable[[jax.Array], Any]
   loss_fn: LossFn
   iterator: Iterator[dict]

@@ -11,6 +11,7 @@ than `stale_after_s` (a killed job on a recreated VM, a crashed pod).
 Local workdirs create the file exclusively (`O_EXCL`); on object stores (gs://) the file is
 written and read back, so two trainers starting in the same instant leave one holder.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ class WorkdirLock:
     self.remote = storage_paths.is_remote(workdir)
     self.stale_after_s, self.refresh_s = float(stale_after_s), float(refresh_s)
     self.token = uuid.uuid4().hex
-    self.record = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                   "started": time.time()}
+    self.record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": self.token,
+        "started": time.time(),
+    }
     self._held = False
     self._stop = threading.Event()
     self._thread = None
@@ -64,8 +69,7 @@ class WorkdirLock:
       except WorkdirLocked as e:
         error = e
     if multihost.any_process(error is not None):
-      raise error or WorkdirLocked(f"The primary process could not lock {self.path}; see "
-                                   "its log.")
+      raise error or WorkdirLocked(f"The primary process could not lock {self.path}; see its log.")
     if self._held:
       self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
       self._thread.start()
@@ -93,16 +97,20 @@ class WorkdirLock:
             f"{time.ctime(float(holder.get('started', 0)))}, heartbeat {age:.0f} s ago; "
             f"lock file {self.path}). Stop it or use another workdir; if it is gone, delete "
             f"the lock file (a lock whose heartbeat is older than {self.stale_after_s:.0f} s "
-            "is taken over).")
+            "is taken over)."
+        )
       if holder is not None:
-        logging.warning("Taking over the workdir lock %s of a trainer that is gone: %s",
-                        self.path, holder)
+        logging.warning(
+            "Taking over the workdir lock %s of a trainer that is gone: %s", self.path, holder
+        )
         self.path.unlink(missing_ok=True)
       if self._create() and self._read_token() == self.token:
         self._held = True
         return
-    raise WorkdirLocked(f"Could not take the workdir lock {self.path}: another trainer is "
-                        "taking it at the same time.")
+    raise WorkdirLocked(
+        f"Could not take the workdir lock {self.path}: another trainer is "
+        "taking it at the same time."
+    )
 
   def _holder(self) -> dict | None:
     try:
@@ -119,8 +127,7 @@ class WorkdirLock:
     if time.time() - beat > self.stale_after_s:
       return True
     pid = holder.get("pid")
-    return (holder.get("host") == self.record["host"] and isinstance(pid, int)
-            and not _alive(pid))
+    return holder.get("host") == self.record["host"] and isinstance(pid, int) and not _alive(pid)
 
   def _payload(self) -> str:
     return json.dumps({**self.record, "heartbeat": time.time()})

@@ -1,4 +1,5 @@
 """config_check.validate: each error names the field; the accepted names are their owners'."""
+
 import pathlib
 
 import pytest
@@ -21,12 +22,21 @@ def test_parallel_modes_and_alias_accepted(mode):
 
 
 BAD = [
-    ("base64", {"input.resolution": 32},
-     r"config.input.resolution=32 but model imagen_base64/tiny has resolution 64"),
-    ("sr256", {"input.lowres_resolution": 32},
-     r"config.input.lowres_resolution=32 but model imagen_sr256/tiny takes a 64x64"),
-    ("base64", {"input.lowres_resolution": 16},
-     r"config.input.lowres_resolution=16 but model imagen_base64/tiny is not a super-res"),
+    (
+        "base64",
+        {"input.resolution": 32},
+        r"config.input.resolution=32 but model imagen_base64/tiny has resolution 64",
+    ),
+    (
+        "sr256",
+        {"input.lowres_resolution": 32},
+        r"config.input.lowres_resolution=32 but model imagen_sr256/tiny takes a 64x64",
+    ),
+    (
+        "base64",
+        {"input.lowres_resolution": 16},
+        r"config.input.lowres_resolution=16 but model imagen_base64/tiny is not a super-res",
+    ),
     ("sr1024", {"input.crop_size": 200}, r"config.input.crop_size=200 is not divisible by 16"),
     ("sr1024", {"input.crop_size": 2048}, r"config.input.crop_size=2048 must be in"),
     ("sr256", {"model.name": "imagen_sr512"}, r"config.model.name='imagen_sr512'"),
@@ -48,21 +58,31 @@ BAD = [
     ("sr256", {"optim.lr": float("inf")}, r"config.optim.lr=inf must be positive and finite"),
     ("sr256", {"optim.lr": 1e39}, r"config.optim.lr=1e\+39 must be positive and finite"),
     ("sr256", {"parallel.mode": "shard_map"}, r"config.parallel.mode='shard_map'"),
-    ("sr256", {"parallel.mesh": (("data", 3), ("fsdp", 1))},
-     r"config.batch_size=8 is not divisible"),
+    (
+        "sr256",
+        {"parallel.mesh": (("data", 3), ("fsdp", 1))},
+        r"config.batch_size=8 is not divisible",
+    ),
     ("sr256", {"input.cond_drop_prob": 1.5}, r"config.input.cond_drop_prob=1.5"),
     ("sr256", {"input.dataset": "coco"}, r"config.input.dataset='coco'"),
     ("sr256", {"input.dataset": "folder"}, r"config.input.path must name"),
     ("sr256", {"nonfinite": "ignore"}, r"config.nonfinite='ignore'"),
-    ("base64", {"evals.clip": dict(type="clip_score", log_steps=10)},
-     r"config.evals.clip.type='clip_score' is not an evaluator; known: alignment, fid"),
-    ("base64", {"evals.fid": dict(type="fid", log_steps=0)},
-     r"config.evals.fid.log_steps=0 must be a positive"),
+    (
+        "base64",
+        {"evals.clip": dict(type="clip_score", log_steps=10)},
+        r"config.evals.clip.type='clip_score' is not an evaluator; known: alignment, fid",
+    ),
+    (
+        "base64",
+        {"evals.fid": dict(type="fid", log_steps=0)},
+        r"config.evals.fid.log_steps=0 must be a positive",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,overrides,message", BAD,
-                         ids=[f"{n}:{','.join(o)}" for n, o, _ in BAD])
+@pytest.mark.parametrize(
+    "name,overrides,message", BAD, ids=[f"{n}:{','.join(o)}" for n, o, _ in BAD]
+)
 def test_errors_name_the_field(name, overrides, message):
   c = config(name, "variant=tiny")
   for key, value in overrides.items():

@@ -1,5 +1,6 @@
 """Every config file loads for every variant and every sweep run, validates, and builds its
 model abstractly; the paper settings; command-line overrides and typos."""
+
 import functools
 import json
 import pathlib
@@ -21,10 +22,18 @@ CONFIGS = ROOT / "configs"
 
 STAGES = ("base64", "sr256", "sr1024")
 # (file, arg) for every variant of every config; runlocal too.
-ARGS = [(s, f"variant={v}{rl}") for s in STAGES for v in ("paper", "small", "tiny")
-        for rl in ("", ",runlocal")]
-ARGS += [("shapes", f"stage={st},variant={v}{rl}") for st in ("base", "sr1")
-         for v in ("tiny", "small") for rl in ("", ",runlocal")]
+ARGS = [
+    (s, f"variant={v}{rl}")
+    for s in STAGES
+    for v in ("paper", "small", "tiny")
+    for rl in ("", ",runlocal")
+]
+ARGS += [
+    ("shapes", f"stage={st},variant={v}{rl}")
+    for st in ("base", "sr1")
+    for v in ("tiny", "small")
+    for rl in ("", ",runlocal")
+]
 
 
 def load(name):
@@ -49,8 +58,7 @@ def test_other_config_files_load_and_sweep(name):
 def _abstract_params(name, variant, overrides_json):
   config = _CACHE_CONFIGS[(name, variant, overrides_json)]
   pipe = pipeline_lib.StagePipeline.from_config(config)
-  variables = jax.eval_shape(lambda r: pipe.init(r, batch_size=1, text_len=8),
-                             jax.random.key(0))
+  variables = jax.eval_shape(lambda r: pipe.init(r, batch_size=1, text_len=8), jax.random.key(0))
   return pipe, variables
 
 
@@ -123,7 +131,10 @@ def test_paper_settings():
   assert (sr1024.input.resolution, sr1024.input.lowres_resolution) == (1024, 256)
   assert sr1024.input.crop_size == 256
   assert [c.model.name for c in (base, sr256, sr1024)] == [
-      "imagen_base64", "imagen_sr256", "imagen_sr1024"]
+      "imagen_base64",
+      "imagen_sr256",
+      "imagen_sr1024",
+  ]
 
 
 @pytest.mark.parametrize("name", ["base64", "sr256", "sr1024"])
@@ -131,10 +142,15 @@ def test_data_arg_reaches_every_source(name, monkeypatch):
   get = load(name).get_config
   c = get("variant=small,data=tfds:my_set")
   assert (c.input.dataset, c.input.data_dir) == ("tfds:my_set", None)
-  c = get("variant=small,data=coco_json,annotations=gs://b/captions_train2014.json,"
-          "path=gs://b/train2014")
+  c = get(
+      "variant=small,data=coco_json,annotations=gs://b/captions_train2014.json,"
+      "path=gs://b/train2014"
+  )
   assert (c.input.dataset, c.input.annotations, c.input.path) == (
-      "coco_json", "gs://b/captions_train2014.json", "gs://b/train2014")
+      "coco_json",
+      "gs://b/captions_train2014.json",
+      "gs://b/train2014",
+  )
   c = get("variant=small,data=folder,path=/data/imgs")
   assert (c.input.dataset, c.input.path) == ("folder", "/data/imgs")
   assert get("variant=small,data=coco").input.dataset == "tfds:coco_captions"
@@ -143,22 +159,39 @@ def test_data_arg_reaches_every_source(name, monkeypatch):
   with pytest.raises(ValueError, match="needs a dataset name"):
     get("variant=small,data=tfds:")
   # The locked config takes every source field on the command line.
-  c = _parse([f"--config={CONFIGS / f'{name}.py'}:variant=tiny,runlocal",
-              "--config.input.dataset=tfds:my_set", "--config.input.data_dir=gs://b/tfds",
-              "--config.input.annotations=a.json", "--config.input.path=imgs",
-              "--config.input.manifest=m.jsonl"], monkeypatch)
-  assert (c.input.dataset, c.input.data_dir, c.input.annotations, c.input.path,
-          c.input.manifest) == ("tfds:my_set", "gs://b/tfds", "a.json", "imgs", "m.jsonl")
+  c = _parse(
+      [
+          f"--config={CONFIGS / f'{name}.py'}:variant=tiny,runlocal",
+          "--config.input.dataset=tfds:my_set",
+          "--config.input.data_dir=gs://b/tfds",
+          "--config.input.annotations=a.json",
+          "--config.input.path=imgs",
+          "--config.input.manifest=m.jsonl",
+      ],
+      monkeypatch,
+  )
+  assert (
+      c.input.dataset,
+      c.input.data_dir,
+      c.input.annotations,
+      c.input.path,
+      c.input.manifest,
+  ) == ("tfds:my_set", "gs://b/tfds", "a.json", "imgs", "m.jsonl")
   config_check.validate(c)
 
 
 def test_default_data_not_prepared_names_the_command(tmp_path):
   from imagen_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+
   c = load("base64").get_config("variant=small")
   c.input.data_dir = str(tmp_path)
-  with pytest.raises(FileNotFoundError, match=r"(?s)'laion_subset' is not prepared in "
-                     + re.escape(str(tmp_path)) + r".*scripts/prepare_data.py .*"
-                     r"--name laion_subset"):
+  with pytest.raises(
+      FileNotFoundError,
+      match=r"(?s)'laion_subset' is not prepared in "
+      + re.escape(str(tmp_path))
+      + r".*scripts/prepare_data.py .*"
+      r"--name laion_subset",
+  ):
     input_pipeline.make_source(c.input, 64)
 
 
@@ -181,16 +214,23 @@ def _parse(argv, monkeypatch):
   argv = ["prog", *argv]
   monkeypatch.setattr(sys, "argv", argv)
   values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
-                                           lock_config=True)
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
   values(argv)
   return holder.value
 
 
 def test_command_line_overrides_and_typos(monkeypatch):
   spec = f"--config={CONFIGS / 'base64.py'}:variant=tiny,runlocal"
-  c = _parse([spec, "--config.optim.lr=3e-4", "--config.diffusion.aug_range=(0.0, 0.5)",
-              "--config.model.overrides.text_dim=64", "--config.input.max_objects=2"], monkeypatch)
+  c = _parse(
+      [
+          spec,
+          "--config.optim.lr=3e-4",
+          "--config.diffusion.aug_range=(0.0, 0.5)",
+          "--config.model.overrides.text_dim=64",
+          "--config.input.max_objects=2",
+      ],
+      monkeypatch,
+  )
   assert c.optim.lr == 3e-4 and tuple(c.diffusion.aug_range) == (0.0, 0.5)
   assert c.input.max_objects == 2
   config_check.validate(c)
@@ -202,9 +242,18 @@ def test_command_line_overrides_and_typos(monkeypatch):
 
 def test_train_script_reports_a_typo_by_name(tmp_path):
   out = subprocess.run(
-      [sys.executable, str(ROOT / "scripts" / "train.py"),
-       f"--config={CONFIGS / 'sr256.py'}:variant=tiny,runlocal", "--config.optim.lrr=3e-4",
-       f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+      [
+          sys.executable,
+          str(ROOT / "scripts" / "train.py"),
+          f"--config={CONFIGS / 'sr256.py'}:variant=tiny,runlocal",
+          "--config.optim.lrr=3e-4",
+          f"--workdir={tmp_path}",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=300,
+  )
   assert out.returncode != 0
   assert "lrr" in out.stderr and "Did you mean" in out.stderr
   assert not (tmp_path / "checkpoints").exists()
@@ -212,8 +261,11 @@ def test_train_script_reports_a_typo_by_name(tmp_path):
 
 def test_trainer_revalidates_after_overrides(tmp_path):
   from imagen_jax.train import loop  # pylint: disable=import-outside-toplevel
+
   c = load("base64").get_config("variant=tiny,runlocal")
   c.input.resolution = 32  # as `--config.input.resolution=32` would
-  with pytest.raises(ValueError, match=r"config.input.resolution=32 but model "
-                     r"imagen_base64/tiny has resolution 64"):
+  with pytest.raises(
+      ValueError,
+      match=r"config.input.resolution=32 but model " r"imagen_base64/tiny has resolution 64",
+  ):
     loop.train_and_evaluate(c, str(tmp_path))

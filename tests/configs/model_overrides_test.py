@@ -1,6 +1,7 @@
 """Every model field of every stage config can be overridden on the locked config from the
 command line (`--config.model.overrides.X=...`), with its type checked by ml_collections and
 its value by the registry."""
+
 import pathlib
 import sys
 
@@ -13,8 +14,13 @@ from imagen_jax import pipeline as pipeline_lib
 from imagen_jax.models import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-STAGES = ["base64.py:variant=tiny", "sr256.py:variant=tiny", "sr1024.py:variant=tiny",
-          "shapes.py:stage=base", "shapes.py:stage=sr1"]
+STAGES = [
+    "base64.py:variant=tiny",
+    "sr256.py:variant=tiny",
+    "sr1024.py:variant=tiny",
+    "shapes.py:stage=base",
+    "shapes.py:stage=sr1",
+]
 
 
 def _parse(spec, *overrides):
@@ -42,8 +48,9 @@ def test_remat_reaches_the_network(spec, remat):
 def test_every_field_is_exposed_and_typed(spec):
   config = _parse(spec)
   assert set(registry.override_types(config.model.name)) <= set(config.model.overrides)
-  config = _parse(spec, "--config.model.overrides.num_groups=4",
-                  "--config.model.overrides.dropout=0.1")
+  config = _parse(
+      spec, "--config.model.overrides.num_groups=4", "--config.model.overrides.dropout=0.1"
+  )
   model = pipeline_lib.StagePipeline.from_config(config).model
   assert (model.num_groups, model.dropout) == (4, 0.1)
   with pytest.raises(flags.IllegalFlagValueError, match="num_groups"):

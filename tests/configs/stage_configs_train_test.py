@@ -1,6 +1,7 @@
 """Every Imagen stage config trains as its docstring says (`variant=tiny,runlocal`), through
 the trainer's entry point: the model takes the config's crops, the evals entries build and
 run, checkpoints and final metrics are written. Config-level checks alone missed all three."""
+
 import json
 import pathlib
 
@@ -39,8 +40,9 @@ def test_base64_fid_needs_a_reference_set():
   # in-loop FID's reference is COCO, or the shapes world's held-out split for shapes.
   folder = module.get_config("variant=tiny,data=/some/folder,inception=/w.pth")
   assert folder.evals.fid.dataset == "coco" and folder.input.dataset == "folder"
-  assert module.get_config("variant=tiny,data=shapes,inception=/w.pth"
-                           ).evals.fid.dataset == "shapes"
+  assert (
+      module.get_config("variant=tiny,data=shapes,inception=/w.pth").evals.fid.dataset == "shapes"
+  )
   coco = module.get_config("variant=small,inception=/w.pth")
   assert coco.input.dataset == "tfds:laion_subset"
   assert coco.evals.fid.dataset == "coco" and coco.evals.fid.tfds_name == "coco_captions"

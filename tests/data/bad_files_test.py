@@ -4,6 +4,7 @@ images or captions, an image over the decoded-size limit, a read that never retu
 
 The cases that could hang run in a subprocess with a timeout, so a hang fails the test
 instead of the test run."""
+
 import os
 import pathlib
 import signal
@@ -25,8 +26,13 @@ _KW = dict(seed=0, process_index=0, process_count=1, devices_per_process=1)
 def _run(code: str, timeout: float = 90) -> subprocess.CompletedProcess:
   """`code` in a fresh interpreter; a hang past `timeout` fails the test."""
   try:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
   except subprocess.TimeoutExpired as e:
     pytest.fail(f"hung for {timeout} s: {(e.stderr or b'')[-2000:]!r}")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -51,7 +57,8 @@ def test_fifos_and_sockets_are_skipped_and_counted_not_opened(tmp_path):
   Image.new("RGB", (12, 10)).save(root / "d.png")
   os.mkfifo(root / "d.txt")  # a caption file that is a FIFO
   try:
-    proc = _run(f"""
+    proc = _run(
+        f"""
       from imagen_jax.data import input_pipeline
       it = input_pipeline.create_input_iterator(
           {{"dataset": "folder", "path": {str(root)!r}, "num_epochs": 1, "num_workers": 2}},
@@ -59,7 +66,9 @@ def test_fifos_and_sockets_are_skipped_and_counted_not_opened(tmp_path):
           devices_per_process=1)
       captions = sorted(str(b["caption"][0]) for b in it)
       print("RESULT", captions, it.num_skipped, it.get_state()["num_skipped"])
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
   finally:
     sock.close()
   assert "RESULT ['good a.png', 'good c.png'] 3 3" in proc.stdout, proc.stdout
@@ -75,7 +84,10 @@ def test_bomb_in_a_folder_is_skipped_and_counted(tmp_path):
   _captioned(root / "bomb.png", "bomb")
   it = input_pipeline.create_input_iterator(
       {"dataset": "folder", "path": str(root), "num_epochs": 1, "max_decoded_mb": 16},
-      global_batch_size=1, resolution=8, **_KW)
+      global_batch_size=1,
+      resolution=8,
+      **_KW,
+  )
   assert [str(b["caption"][0]) for b in it] == ["good"]
   assert it.num_skipped == 1
 
@@ -111,9 +123,13 @@ it.close()
 def test_a_read_that_never_returns_is_reported_and_the_process_exits(tmp_path):
   fifo = tmp_path / "stuck"
   os.mkfifo(fifo)
-  proc = subprocess.Popen([sys.executable, "-c", _STALLED_SOURCE.format(
-      fifo=str(fifo), timeout=2)], cwd=ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, "-c", _STALLED_SOURCE.format(fifo=str(fifo), timeout=2)],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   time.sleep(1)
   proc.send_signal(signal.SIGTERM)  # sets the flag only; the stuck read must still end
   try:

@@ -1,6 +1,7 @@
 """Dataset files with bad content: caption files that are not UTF-8, broken JSONL/CSV
 manifests and COCO annotations (errors name the file and the true line), and paths that
 escape the dataset root (refused and counted, unless config.input.allow_outside_root)."""
+
 import io
 import json
 import logging
@@ -23,8 +24,8 @@ def _image(path, colour=(200, 20, 20)):
 
 def _captions(cfg, **kw):
   it = input_pipeline.create_input_iterator(
-      {"num_epochs": 1, "shuffle": False, **cfg}, global_batch_size=1, resolution=8,
-      **_KW, **kw)
+      {"num_epochs": 1, "shuffle": False, **cfg}, global_batch_size=1, resolution=8, **_KW, **kw
+  )
   return [str(b["caption"][0]) for b in it], it
 
 
@@ -53,17 +54,21 @@ def test_bad_utf8_caption_skipped_and_counted_by_default(tmp_path, caplog):
 def test_bad_utf8_caption_is_an_error_naming_the_file_under_error_policy(tmp_path):
   root = _folder_with_bad_caption(tmp_path)
   with pytest.raises(ValueError, match=r"b\.txt.*not valid UTF-8.*byte 3"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "bad_caption": "error"}, 8)
+    input_pipeline.make_source({"dataset": "folder", "path": str(root), "bad_caption": "error"}, 8)
   with pytest.raises(ValueError, match=r"bad_caption='maybe'"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "bad_caption": "maybe"}, 8)
+    input_pipeline.make_source({"dataset": "folder", "path": str(root), "bad_caption": "maybe"}, 8)
 
 
 def test_prepare_counts_a_bad_caption_file(tmp_path):
   root = _folder_with_bad_caption(tmp_path)
-  s = convert.prepare(source="folder", path=str(root), name="bad_caps",
-                      output_dir=str(tmp_path / "tfds"), num_workers=0, log=lambda *_: None)
+  s = convert.prepare(
+      source="folder",
+      path=str(root),
+      name="bad_caps",
+      output_dir=str(tmp_path / "tfds"),
+      num_workers=0,
+      log=lambda *_: None,
+  )
   assert s.written == 2 and dict(s.skipped) == {"bad caption": 1}
 
 
@@ -74,24 +79,30 @@ def test_jsonl_error_names_the_file_and_the_true_line(tmp_path):
   root = tmp_path / "imgs"
   _image(root / "a.png")
   manifest = tmp_path / "m.jsonl"
-  manifest.write_text('{"image": "a.png", "caption": "x"}\n\n   \n{"image": "a.png", '
-                      '"caption": oops}\n')
+  manifest.write_text(
+      '{"image": "a.png", "caption": "x"}\n\n   \n{"image": "a.png", "caption": oops}\n'
+  )
   with pytest.raises(ValueError, match=r"m\.jsonl:4: not valid JSON"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "manifest": str(manifest)}, 8)
-  manifest.write_bytes(b'{"image": "a.png", "caption": "x"}\n\n'
-                       b'{"image": "a.png", "caption": "\xff"}\n')
+    input_pipeline.make_source(
+        {"dataset": "folder", "path": str(root), "manifest": str(manifest)}, 8
+    )
+  manifest.write_bytes(
+      b'{"image": "a.png", "caption": "x"}\n\n' b'{"image": "a.png", "caption": "\xff"}\n'
+  )
   with pytest.raises(ValueError, match=r"m\.jsonl:3: not valid UTF-8"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "manifest": str(manifest)}, 8)
+    input_pipeline.make_source(
+        {"dataset": "folder", "path": str(root), "manifest": str(manifest)}, 8
+    )
   manifest.write_text('{"image": "a.png", "caption": "x"}\n["a.png", "x"]\n')
   with pytest.raises(ValueError, match=r"m\.jsonl:2: .*JSON object"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "manifest": str(manifest)}, 8)
+    input_pipeline.make_source(
+        {"dataset": "folder", "path": str(root), "manifest": str(manifest)}, 8
+    )
   manifest.write_text('{"image": "a.png", "caption": 7}\n')
   with pytest.raises(ValueError, match=r"m\.jsonl:1: .*caption"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "manifest": str(manifest)}, 8)
+    input_pipeline.make_source(
+        {"dataset": "folder", "path": str(root), "manifest": str(manifest)}, 8
+    )
 
 
 def test_csv_error_names_the_true_line_after_a_multiline_caption(tmp_path):
@@ -100,11 +111,13 @@ def test_csv_error_names_the_true_line_after_a_multiline_caption(tmp_path):
   manifest = tmp_path / "m.csv"
   manifest.write_text('image,caption\na.png,"two\nlines"\na.png,fine\n,no image here\n')
   with pytest.raises(ValueError, match=r"m\.csv:5: no 'image'"):
-    input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                "manifest": str(manifest)}, 8)
+    input_pipeline.make_source(
+        {"dataset": "folder", "path": str(root), "manifest": str(manifest)}, 8
+    )
   manifest.write_text('image,caption\na.png,"two\nlines"\n')
-  source = input_pipeline.make_source({"dataset": "folder", "path": str(root),
-                                       "manifest": str(manifest)}, 8)
+  source = input_pipeline.make_source(
+      {"dataset": "folder", "path": str(root), "manifest": str(manifest)}, 8
+  )
   assert source.captions(0) == ["two\nlines"]
 
 
@@ -116,13 +129,22 @@ def test_coco_json_errors_name_the_file_and_line_or_entry(tmp_path):
   cfg = {"dataset": "coco_json", "path": str(root), "annotations": str(ann)}
   with pytest.raises(ValueError, match=r"captions\.json:3: not valid JSON"):
     input_pipeline.make_source(cfg, 8)
-  ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 2}],
-                             "annotations": []}))
+  ann.write_text(
+      json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 2}], "annotations": []})
+  )
   with pytest.raises(ValueError, match=r"captions\.json: images\[1\] has no 'file_name'"):
     input_pipeline.make_source(cfg, 8)
-  ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}],
-                             "annotations": [{"image_id": 1, "caption": None}]}))
-  with pytest.raises(ValueError, match=r"captions\.json: annotations\[0\].*'caption' must be a str"):
+  ann.write_text(
+      json.dumps(
+          {
+              "images": [{"id": 1, "file_name": "a.png"}],
+              "annotations": [{"image_id": 1, "caption": None}],
+          }
+      )
+  )
+  with pytest.raises(
+      ValueError, match=r"captions\.json: annotations\[0\].*'caption' must be a str"
+  ):
     input_pipeline.make_source(cfg, 8)
 
 
@@ -141,8 +163,14 @@ def test_coco_file_names_outside_the_root_are_refused_and_counted(tmp_path, capl
   root, escapes = _outside_layout(tmp_path)
   ann = tmp_path / "captions.json"
   images = [{"id": i + 1, "file_name": f} for i, f in enumerate(["a.png", *escapes])]
-  ann.write_text(json.dumps({"images": images, "annotations": [
-      {"image_id": i + 1, "caption": f"cap {i}"} for i in range(3)]}))
+  ann.write_text(
+      json.dumps(
+          {
+              "images": images,
+              "annotations": [{"image_id": i + 1, "caption": f"cap {i}"} for i in range(3)],
+          }
+      )
+  )
   cfg = {"dataset": "coco_json", "path": str(root), "annotations": str(ann)}
   with caplog.at_level(logging.WARNING):
     got, it = _captions(cfg)
@@ -156,8 +184,12 @@ def test_coco_file_names_outside_the_root_are_refused_and_counted(tmp_path, capl
 def test_manifest_paths_outside_the_root_are_refused_and_counted(tmp_path):
   root, escapes = _outside_layout(tmp_path)
   manifest = tmp_path / "m.jsonl"
-  manifest.write_text("".join(json.dumps({"image": f, "caption": f"cap {i}"}) + "\n"
-                              for i, f in enumerate(["a.png", *escapes, "x/../a.png"])))
+  manifest.write_text(
+      "".join(
+          json.dumps({"image": f, "caption": f"cap {i}"}) + "\n"
+          for i, f in enumerate(["a.png", *escapes, "x/../a.png"])
+      )
+  )
   cfg = {"dataset": "folder", "path": str(root), "manifest": str(manifest)}
   got, it = _captions(cfg)
   assert got == ["cap 0"] and it.num_skipped == 3
@@ -167,12 +199,23 @@ def test_manifest_paths_outside_the_root_are_refused_and_counted(tmp_path):
 def test_prepare_readers_refuse_and_count_outside_paths(tmp_path):
   root, escapes = _outside_layout(tmp_path)
   ann = tmp_path / "captions.json"
-  ann.write_text(json.dumps({
-      "images": [{"id": i + 1, "file_name": f} for i, f in enumerate(["a.png", *escapes])],
-      "annotations": [{"image_id": i + 1, "caption": f"cap {i}"} for i in range(3)]}))
-  s = convert.prepare(source="coco_json", annotations=str(ann), images=str(root),
-                      name="escape", output_dir=str(tmp_path / "tfds"), num_workers=0,
-                      log=lambda *_: None)
+  ann.write_text(
+      json.dumps(
+          {
+              "images": [{"id": i + 1, "file_name": f} for i, f in enumerate(["a.png", *escapes])],
+              "annotations": [{"image_id": i + 1, "caption": f"cap {i}"} for i in range(3)],
+          }
+      )
+  )
+  s = convert.prepare(
+      source="coco_json",
+      annotations=str(ann),
+      images=str(root),
+      name="escape",
+      output_dir=str(tmp_path / "tfds"),
+      num_workers=0,
+      log=lambda *_: None,
+  )
   assert s.written == 1 and dict(s.skipped) == {"outside root": 2}
 
 
@@ -192,10 +235,18 @@ def test_webdataset_members_with_unsafe_names_are_skipped(tmp_path):
       _add(tar, f"{key}.txt", f"caption {key}".encode())
   items = list(readers.WebDatasetReader(str(tar_path)).items([str(tar_path)]))
   assert [(i.key, i.skip and i.skip[0]) for i in items] == [
-      ("00000/good", None), ("00000/../../evil", "unsafe member name"),
+      ("00000/good", None),
+      ("00000/../../evil", "unsafe member name"),
       ("00000//abs/evil", "unsafe member name"),
-      ("00000/sub/../../evil2", "unsafe member name")]
-  s = convert.prepare(source="webdataset", path=str(tar_path), name="tarsafe",
-                      output_dir=str(tmp_path / "tfds"), num_workers=0, log=lambda *_: None)
+      ("00000/sub/../../evil2", "unsafe member name"),
+  ]
+  s = convert.prepare(
+      source="webdataset",
+      path=str(tar_path),
+      name="tarsafe",
+      output_dir=str(tmp_path / "tfds"),
+      num_workers=0,
+      log=lambda *_: None,
+  )
   assert s.written == 1 and dict(s.skipped) == {"unsafe member name": 3}
   assert not (tmp_path.parent / "evil.png").exists()

@@ -1,5 +1,6 @@
 """The bad-data settings of config.input: defaults in every stage config, validated by
 config_check with errors naming the field and value."""
+
 import importlib.util
 import pathlib
 
@@ -29,12 +30,15 @@ def test_defaults_in_the_stage_configs():
   assert config_check.validate(_config()).input.bad_caption == "skip"
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("max_decoded_mb", 0.0, r"config\.input\.max_decoded_mb=0\.0 must be positive"),
-    ("max_decoded_mb", float("inf"), r"config\.input\.max_decoded_mb=inf"),
-    ("bad_caption", "ignore", r"config\.input\.bad_caption='ignore'.*skip.*error"),
-    ("read_timeout_s", -1.0, r"config\.input\.read_timeout_s=-1\.0 must be positive"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("max_decoded_mb", 0.0, r"config\.input\.max_decoded_mb=0\.0 must be positive"),
+        ("max_decoded_mb", float("inf"), r"config\.input\.max_decoded_mb=inf"),
+        ("bad_caption", "ignore", r"config\.input\.bad_caption='ignore'.*skip.*error"),
+        ("read_timeout_s", -1.0, r"config\.input\.read_timeout_s=-1\.0 must be positive"),
+    ],
+)
 def test_bad_values_name_the_field(field, value, match):
   c = _config()
   c.input[field] = value
@@ -43,10 +47,18 @@ def test_bad_values_name_the_field(field, value, match):
 
 
 def test_bad_values_at_the_factory_too():
-  for cfg, match in (({"read_timeout_s": 0}, "read_timeout_s=0"),
-                     ({"max_decoded_mb": -5}, "max_decoded_mb=-5"),
-                     ({"bad_caption": "drop"}, "bad_caption='drop'")):
+  for cfg, match in (
+      ({"read_timeout_s": 0}, "read_timeout_s=0"),
+      ({"max_decoded_mb": -5}, "max_decoded_mb=-5"),
+      ({"bad_caption": "drop"}, "bad_caption='drop'"),
+  ):
     with pytest.raises(ValueError, match=match):
       input_pipeline.create_input_iterator(
-          {"dataset": "shapes", **cfg}, global_batch_size=1, resolution=8, seed=0,
-          process_index=0, process_count=1, devices_per_process=1)
+          {"dataset": "shapes", **cfg},
+          global_batch_size=1,
+          resolution=8,
+          seed=0,
+          process_index=0,
+          process_count=1,
+          devices_per_process=1,
+      )

@@ -2,6 +2,7 @@
 webdataset tars, a captioned folder): parallel shards, resume, corrupt inputs counted, then
 read back by tfds.data_source and the project's input pipeline with no field flags, without
 TensorFlow, from gs:// (fake-gcs-server), and trained on."""
+
 import io
 import json
 import os
@@ -68,15 +69,13 @@ def _coco(tmp_path):
   for i in range(7):
     pixels, text = _scene(i)
     name = f"COCO_train2014_{i:012d}.jpg"
-    info["images"].append({"id": 1000 + i, "file_name": name, "width": 40,
-                           "height": 40})
+    info["images"].append({"id": 1000 + i, "file_name": name, "width": 40, "height": 40})
     caps = [f"{text} ({j})" for j in range(2 + i % 2)]
     for j, c in enumerate(caps):
-      info["annotations"].append({"id": 10 * i + j, "image_id": 1000 + i,
-                                  "caption": c})
+      info["annotations"].append({"id": 10 * i + j, "image_id": 1000 + i, "caption": c})
     data = _encode(pixels, quality=90)
     if i == 3:
-      data = data[:len(data) // 2]
+      data = data[: len(data) // 2]
     if i != 5:
       (img_dir / name).write_bytes(data)
     if i not in (3, 5):
@@ -119,9 +118,14 @@ def _webdataset(folder):
 
 
 def _run(*args, timeout=120):
-  return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], env=_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=ROOT)
+  return subprocess.Popen(
+      [sys.executable, str(SCRIPT), *map(str, args)],
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=ROOT,
+  )
 
 
 def _finish(proc):
@@ -138,6 +142,7 @@ def _this_run(out):
 
 def _read_all(name, data_dir, split="train"):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   ds = tfds.data_source(name, split=split, data_dir=str(data_dir))
   return [ds[i] for i in range(len(ds))]
 
@@ -151,8 +156,9 @@ def _check_roundtrip(records, expected):
 
 
 def _captions_through_pipeline(config, n, resolution=16, skipped=0):
-  it = input_pipeline.create_input_iterator(dict(config, num_epochs=1),
-                                            global_batch_size=1, resolution=resolution, **_KW)
+  it = input_pipeline.create_input_iterator(
+      dict(config, num_epochs=1), global_batch_size=1, resolution=resolution, **_KW
+  )
   batches = list(it)
   assert (len(batches), it.num_skipped) == (n, skipped)
   for b in batches:
@@ -164,8 +170,20 @@ def _captions_through_pipeline(config, n, resolution=16, skipped=0):
 def test_coco_json_two_processes_resume_then_read_back(tmp_path):
   ann, img_dir, expected = _coco(tmp_path)
   out_dir = tmp_path / "tfds"
-  args = ["--source", "coco_json", "--annotations", ann, "--images", img_dir,
-          "--name", "coco_test", "--output_dir", out_dir, "--num_shards", 2]
+  args = [
+      "--source",
+      "coco_json",
+      "--annotations",
+      ann,
+      "--images",
+      img_dir,
+      "--name",
+      "coco_test",
+      "--output_dir",
+      out_dir,
+      "--num_shards",
+      2,
+  ]
   outs = [_finish(p) for p in [_run(*args, "--shard_index", i) for i in range(2)]]
   runs = [_this_run(o) for o in outs]
   # 7 images in 2 shards of 3 and 4: the second holds the truncated #3 and missing #5
@@ -173,8 +191,9 @@ def test_coco_json_two_processes_resume_then_read_back(tmp_path):
   assert any("split train: complete, 5 examples in 2 shards" in o for o in outs), outs
   rerun = _finish(_run(*args))
   assert rerun.count("already done") == 2 and _this_run(rerun) == (0, 0, ""), rerun
-  done = json.loads((out_dir / "coco_test/1.0.0/_prepare/train/00001-of-00002.done.json"
-                     ).read_text())
+  done = json.loads(
+      (out_dir / "coco_test/1.0.0/_prepare/train/00001-of-00002.done.json").read_text()
+  )
   assert done["skipped"] == {"corrupt image": 1, "missing file": 1}
   assert {e["reason"] for e in done["skipped_examples"]} == {"corrupt image", "missing file"}
   assert "COCO_train2014_000000000005.jpg" in json.dumps(done["skipped_examples"])
@@ -182,10 +201,10 @@ def test_coco_json_two_processes_resume_then_read_back(tmp_path):
   records = _read_all("coco_test", out_dir)
   _check_roundtrip(records, expected)  # the original JPEG bytes: identical pixels
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   builder = tfds.builder_from_directory(str(out_dir / "coco_test/1.0.0"))
   assert builder.info.splits["train"].shard_lengths == [3, 2]
-  seen = _captions_through_pipeline({"dataset": "tfds:coco_test", "data_dir": str(out_dir)},
-                                    n=5)
+  seen = _captions_through_pipeline({"dataset": "tfds:coco_test", "data_dir": str(out_dir)}, n=5)
   assert all(any(c in caps for _, caps in expected.values()) for c in seen)
 
   # The text cache's coverage check lists captions from the shards' captions files, in
@@ -200,9 +219,14 @@ def test_webdataset_and_folder_sources_and_a_second_split(tmp_path):
   expected = _webdataset(tmp_path / "wds")
   out_dir = tmp_path / "tfds"
   logs = []
-  s = convert.prepare(source="webdataset", path=str(tmp_path / "wds" / "*.tar"),
-                      name="wds_test", output_dir=str(out_dir), num_shards=2,
-                      log=logs.append)
+  s = convert.prepare(
+      source="webdataset",
+      path=str(tmp_path / "wds" / "*.tar"),
+      name="wds_test",
+      output_dir=str(out_dir),
+      num_shards=2,
+      log=logs.append,
+  )
   assert (s.written, dict(s.skipped)) == (6, {"corrupt image": 1, "no caption": 1}), logs
   _check_roundtrip(_read_all("wds_test", out_dir), expected)
   # A folder with sidecar .txt files as a second split of the same dataset.
@@ -216,8 +240,14 @@ def test_webdataset_and_folder_sources_and_a_second_split(tmp_path):
     img.save(folder / rel)
     (folder / rel).with_suffix(".txt").write_text(f"{text}\n")
     want[rel] = (np.asarray(img.convert("RGB")) if mode != "RGBA" else None, [text])
-  s = convert.prepare(source="folder", path=str(folder), name="wds_test",
-                      output_dir=str(out_dir), split="validation", log=logs.append)
+  s = convert.prepare(
+      source="folder",
+      path=str(folder),
+      name="wds_test",
+      output_dir=str(out_dir),
+      split="validation",
+      log=logs.append,
+  )
   assert (s.written, s.reencoded, sum(s.skipped.values())) == (3, 2, 0), logs
   assert sorted(s.complete_splits) == ["train", "validation"]
   val = {r["key"].decode(): r for r in _read_all("wds_test", out_dir, "validation")}
@@ -229,8 +259,14 @@ def test_webdataset_and_folder_sources_and_a_second_split(tmp_path):
     assert [c.decode() for c in val[rel]["caption"]] == caps
   assert len(_read_all("wds_test", out_dir, "train")) == 6  # the first split kept
   with pytest.raises(ValueError, match="--num_shards 2"):
-    convert.prepare(source="webdataset", path=str(tmp_path / "wds"), name="wds_test",
-                    output_dir=str(out_dir), num_shards=1, log=logs.append)
+    convert.prepare(
+        source="webdataset",
+        path=str(tmp_path / "wds"),
+        name="wds_test",
+        output_dir=str(out_dir),
+        num_shards=1,
+        log=logs.append,
+    )
 
 
 def test_images_stored_as_is_or_reencoded():
@@ -239,16 +275,18 @@ def test_images_stored_as_is_or_reencoded():
   assert images.for_storage(jpeg, "a") == (jpeg, False)  # byte for byte
   png = _encode(pixels, "PNG")
   assert images.for_storage(png, "b") == (png, False)
-  for data, fmt in [(_encode(pixels[..., 0], "JPEG"), "JPEG"),             # grey
-                    (_encode(Image.fromarray(pixels).convert("CMYK")), "JPEG"),
-                    (_encode(np.dstack([pixels, pixels[..., :1]]), "PNG"), "PNG"),  # alpha
-                    (_encode(pixels, "WEBP", quality=90), "JPEG")]:
+  for data, fmt in [
+      (_encode(pixels[..., 0], "JPEG"), "JPEG"),  # grey
+      (_encode(Image.fromarray(pixels).convert("CMYK")), "JPEG"),
+      (_encode(np.dstack([pixels, pixels[..., :1]]), "PNG"), "PNG"),  # alpha
+      (_encode(pixels, "WEBP", quality=90), "JPEG"),
+  ]:
     stored, reencoded = images.for_storage(data, "c")
     with Image.open(io.BytesIO(stored)) as img:
       assert reencoded and (img.format, img.mode, img.size) == (fmt, "RGB", (64, 64))
   stored, reencoded = images.for_storage(jpeg, "d", max_side=16)
   assert reencoded and Image.open(io.BytesIO(stored)).size == (16, 16)
-  for bad in (jpeg[:len(jpeg) // 2], b"not an image", png[:100]):
+  for bad in (jpeg[: len(jpeg) // 2], b"not an image", png[:100]):
     with pytest.raises(preprocess.BadExampleError, match="cannot decode"):
       images.for_storage(bad, "e")
 
@@ -257,17 +295,23 @@ def test_dataset_paths_must_stay_inside_their_root(tmp_path):
   (tmp_path / "imgs").mkdir()
   for bad in ("../secret.jpg", "/etc/passwd", "a/../../b.jpg"):
     ann = tmp_path / "captions.json"
-    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": bad}],
-                               "annotations": [{"id": 1, "image_id": 1, "caption": "c"}]}))
-    reader = readers.open_reader("coco_json", annotations=str(ann),
-                                 images=str(tmp_path / "imgs"))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": bad}],
+                "annotations": [{"id": 1, "image_id": 1, "caption": "c"}],
+            }
+        )
+    )
+    reader = readers.open_reader("coco_json", annotations=str(ann), images=str(tmp_path / "imgs"))
     [item] = list(reader.items(reader.units))  # refused: a bad record, never loaded
     assert item.load is None and item.skip[0] == "outside root", item
     assert "must be relative to the dataset root" in item.skip[1], item
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"image": bad, "caption": "c"}) + "\n")
-    source = input_pipeline.make_source({"dataset": "folder", "path": str(tmp_path / "imgs"),
-                                         "manifest": str(manifest)}, 8)
+    source = input_pipeline.make_source(
+        {"dataset": "folder", "path": str(tmp_path / "imgs"), "manifest": str(manifest)}, 8
+    )
     with pytest.raises(preprocess.BadExampleError, match=re.escape(repr(bad))):
       source.read(0, np.random.default_rng(0))
 
@@ -296,14 +340,21 @@ it = input_pipeline.create_input_iterator(
 n = sum(1 for _ in it)
 print("RESULT", s.written, len(ds), n, "tensorflow" in sys.modules)
 """
-  proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
-                        text=True, timeout=180, cwd=ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=180,
+      cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "RESULT 3 3 3 False" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
 def _upload(local, remote):
   import gcsfs  # pylint: disable=import-outside-toplevel
+
   gcsfs.GCSFileSystem().put(f"{local}/", remote, recursive=True)
 
 
@@ -361,22 +412,39 @@ def test_gcs_prepare_and_read_back_in_the_input_pipeline(gcs, tmp_path):
   _upload(folder, f"{gcs}/imgs")
 
   out_dir = f"{gcs}/tfds"
-  args = ["--source", "webdataset", "--path", f"{gcs}/wds/*.tar", "--name", "gcs_test",
-          "--output_dir", out_dir, "--num_shards", 2]
+  args = [
+      "--source",
+      "webdataset",
+      "--path",
+      f"{gcs}/wds/*.tar",
+      "--name",
+      "gcs_test",
+      "--output_dir",
+      out_dir,
+      "--num_shards",
+      2,
+  ]
   out = _finish(_run(*args))
   assert _this_run(out) == (6, 2, "corrupt image: 1, no caption: 1"), out
   again = _finish(_run(*args))
   assert again.count("already done") == 2, again
 
-  proc = subprocess.run([sys.executable, "-c", _READ_BACK, "gcs_test", out_dir,
-                         f"{gcs}/coco", f"{gcs}/imgs"], env=_env(), capture_output=True,
-                        text=True, timeout=180, cwd=ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-c", _READ_BACK, "gcs_test", out_dir, f"{gcs}/coco", f"{gcs}/imgs"],
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=180,
+      cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads(proc.stdout.split("RESULT ", 1)[1])
   import hashlib  # pylint: disable=import-outside-toplevel
+
   assert got["records"] == {
       k: [hashlib.sha256(preprocess.decode_image(d).tobytes()).hexdigest(), c]
-      for k, (d, c) in expected.items()}
+      for k, (d, c) in expected.items()
+  }
   assert sorted(got["tfds"][0]) == sorted(c for _, [c] in expected.values())
   assert got["tfds"][1] == 0
   caps, skipped = got["coco"]
@@ -389,15 +457,31 @@ def test_gcs_prepare_and_read_back_in_the_input_pipeline(gcs, tmp_path):
 def test_train_on_a_prepared_dataset_with_no_field_flags(tmp_path):
   _webdataset(tmp_path / "wds")
   out_dir = tmp_path / "tfds"
-  convert.prepare(source="webdataset", path=str(tmp_path / "wds"), name="train_test",
-                  output_dir=str(out_dir), num_shards=2, log=lambda *_: None)
+  convert.prepare(
+      source="webdataset",
+      path=str(tmp_path / "wds"),
+      name="train_test",
+      output_dir=str(out_dir),
+      num_shards=2,
+      log=lambda *_: None,
+  )
   workdir = tmp_path / "work"
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "scripts" / "train.py"),
-       f"--config={ROOT / 'configs' / 'base64.py'}:variant=tiny,runlocal",
-       "--config.input.dataset=tfds:train_test", f"--config.input.data_dir={out_dir}",
-       "--config.total_steps=2", f"--workdir={workdir}"],
-      env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+      [
+          sys.executable,
+          str(ROOT / "scripts" / "train.py"),
+          f"--config={ROOT / 'configs' / 'base64.py'}:variant=tiny,runlocal",
+          "--config.input.dataset=tfds:train_test",
+          f"--config.input.data_dir={out_dir}",
+          "--config.total_steps=2",
+          f"--workdir={workdir}",
+      ],
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   final = json.loads((workdir / "final_metrics.json").read_text())
   assert final["step"] == 2 and np.isfinite(final["loss"]), final
@@ -414,8 +498,11 @@ def test_a_tar_cut_short_counts_the_sample_it_cut(tmp_path):
     _add(tar, "b.txt", b"a caption read before the break")
     _add(tar, "b.jpg", _encode(good) * 40)  # large: the cut falls inside it
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   items = list(readers.tar_items(str(path)))
   assert [(i.key, i.skip[0] if i.skip else "ok") for i in items] == [
-      ("00000/a", "ok"), ("00000/b", "corrupt tar"), ("00000/<tar>", "corrupt tar")]
+      ("00000/a", "ok"),
+      ("00000/b", "corrupt tar"),
+      ("00000/<tar>", "corrupt tar"),
+  ]
   assert items[0].captions == (text,)

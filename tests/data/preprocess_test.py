@@ -1,5 +1,6 @@
 """Tests for image decoding and per-stage preprocessing, including the decoded-size limit
 on a real zlib-bomb PNG and the 16-bit conversion's memory (peak RSS in a subprocess)."""
+
 import io
 import pathlib
 import struct
@@ -23,10 +24,18 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
   return buf.getvalue()
 
 
-@pytest.mark.parametrize("mode,fmt", [("RGB", "PNG"), ("L", "PNG"),
-                                      ("RGBA", "PNG"), ("P", "PNG"),
-                                      ("CMYK", "JPEG"), ("I;16", "PNG"),
-                                      ("LA", "PNG")])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("RGB", "PNG"),
+        ("L", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("LA", "PNG"),
+    ],
+)
 def test_decode_converts_modes(mode, fmt):
   img = Image.new(mode, (7, 5))
   out = preprocess.decode_image(_encode(img, fmt), "x")
@@ -42,7 +51,7 @@ def test_decode_transparent_over_white():
 def test_decode_bad_data():
   good = _encode(Image.new("RGB", (32, 32), (10, 200, 30)), "PNG")
   with pytest.raises(preprocess.BadExampleError, match="img.png"):
-    preprocess.decode_image(good[:len(good) // 2], "img.png")
+    preprocess.decode_image(good[: len(good) // 2], "img.png")
   with pytest.raises(preprocess.BadExampleError):
     preprocess.decode_image(b"not an image at all", "junk")
 
@@ -65,19 +74,16 @@ def test_stage_shapes_and_lowres_consistency():
   pooled = out["image"].astype(np.float32).reshape(8, 4, 8, 4, 3).mean((1, 3))
   assert np.abs(pooled - out["lowres"]).max() <= 1.0
   # Centre crop is deterministic; random crop depends only on the rng.
-  np.testing.assert_array_equal(
-      out["image"], stage(img, np.random.default_rng(2))["image"])
+  np.testing.assert_array_equal(out["image"], stage(img, np.random.default_rng(2))["image"])
   rand = preprocess.StagePreprocess(resolution=32, crop="random")
   a = rand(img, np.random.default_rng(5))["image"]
   np.testing.assert_array_equal(a, rand(img, np.random.default_rng(5))["image"])
-  assert any((rand(img, np.random.default_rng(s))["image"] != a).any()
-             for s in range(6, 12))
+  assert any((rand(img, np.random.default_rng(s))["image"] != a).any() for s in range(6, 12))
 
 
 def test_random_sub_crops_for_the_last_sr_stage():
   img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-  stage = preprocess.StagePreprocess(resolution=64, lowres_resolution=16,
-                                     crop_size=16)
+  stage = preprocess.StagePreprocess(resolution=64, lowres_resolution=16, crop_size=16)
   out = stage(img, np.random.default_rng(0))
   assert out["image"].shape == (16, 16, 3) and out["lowres"].shape == (4, 4, 3)
   # The crop is a window of the full-resolution image.
@@ -90,8 +96,7 @@ def test_no_flip_by_default():
   img[:, :4] = 255
   stage = preprocess.StagePreprocess(resolution=8)
   for s in range(10):
-    np.testing.assert_array_equal(stage(img, np.random.default_rng(s))["image"],
-                                  img)
+    np.testing.assert_array_equal(stage(img, np.random.default_rng(s))["image"], img)
 
 
 def test_invalid_stage_arguments():
@@ -100,8 +105,7 @@ def test_invalid_stage_arguments():
   with pytest.raises(ValueError):
     preprocess.StagePreprocess(resolution=32, lowres_resolution=64)
   with pytest.raises(ValueError):
-    preprocess.StagePreprocess(resolution=64, lowres_resolution=16,
-                               crop_size=10)
+    preprocess.StagePreprocess(resolution=64, lowres_resolution=16, crop_size=10)
 
 
 def test_decode_jpeg_at_reduced_scale():
@@ -114,8 +118,12 @@ def test_decode_jpeg_at_reduced_scale():
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
-  return (struct.pack(">I", len(data)) + tag + data
-          + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+  return (
+      struct.pack(">I", len(data))
+      + tag
+      + data
+      + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+  )
 
 
 def write_png(path, width, height, bit_depth, row: bytes) -> int:
@@ -124,10 +132,12 @@ def write_png(path, width, height, bit_depth, row: bytes) -> int:
   comp = zlib.compressobj(9)
   line = b"\x00" + row
   idat = b"".join(comp.compress(line) for _ in range(height)) + comp.flush()
-  data = (b"\x89PNG\r\n\x1a\n"
-          + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0,
-                                             0))
-          + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+  data = (
+      b"\x89PNG\r\n\x1a\n"
+      + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
+      + _png_chunk(b"IDAT", idat)
+      + _png_chunk(b"IEND", b"")
+  )
   pathlib.Path(path).write_bytes(data)
   return len(data)
 
@@ -155,8 +165,13 @@ def _run(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
   """`code` in a fresh interpreter (its own peak RSS, `peak_mb()`)."""
   if not pathlib.Path("/proc/self/status").exists():
     pytest.skip("needs Linux's /proc/self/status for the peak RSS")
-  proc = subprocess.run([sys.executable, "-c", _PEAK_MB + textwrap.dedent(code)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+      [sys.executable, "-c", _PEAK_MB + textwrap.dedent(code)],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   return proc
 
@@ -166,8 +181,7 @@ def test_zlib_bomb_refused_from_its_header(tmp_path):
   size = zlib_bomb(bomb)
   assert size < 200_000  # 140 kB on disk, 144 Mpx: under PIL's own bomb limit
   with Image.open(bomb) as img:
-    assert img.size == (12000, 12000) and img.size[0] * img.size[1] < (
-        Image.MAX_IMAGE_PIXELS * 2)
+    assert img.size == (12000, 12000) and img.size[0] * img.size[1] < (Image.MAX_IMAGE_PIXELS * 2)
   proc = _run(f"""
     from imagen_jax.data import preprocess
     data = open({str(bomb)!r}, "rb").read()
@@ -210,14 +224,17 @@ def test_16bit_png_converted_exactly_without_a_float_copy(tmp_path):
   # float64 conversion peaked at +650..880 MB here (several 288 MB float copies).
   big = tmp_path / "big16.png"
   gradient16(big, 6000)
-  proc = _run(f"""
+  proc = _run(
+      f"""
     from imagen_jax.data import preprocess
     data = open({str(big)!r}, "rb").read()
     before = peak_mb()
     out = preprocess.decode_image(data, "big16.png")
     growth = peak_mb() - before
     print("RESULT", out.shape, int(out[0, 0, 0]), int(out[0, -1, 2]), "GROWTH_MB", growth)
-  """, timeout=120)
+  """,
+      timeout=120,
+  )
   assert "RESULT (6000, 6000, 3) 0 255" in proc.stdout, proc.stdout
   growth = float(proc.stdout.split("GROWTH_MB")[1])
   assert growth < 300, proc.stdout

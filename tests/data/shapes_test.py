@@ -1,4 +1,5 @@
 """Tests for the shapes world: sampling, captions, rendering and the scorer."""
+
 import inspect
 import re
 
@@ -11,8 +12,7 @@ from imagen_jax.data import shapes_world
 
 
 def _scenes(n, seed=0, split="train"):
-  return [shapes.sample_scene(np.random.default_rng([seed, i]), split)
-          for i in range(n)]
+  return [shapes.sample_scene(np.random.default_rng([seed, i]), split) for i in range(n)]
 
 
 def test_deterministic_by_seed():
@@ -24,10 +24,13 @@ def test_deterministic_by_seed():
 
 
 def test_world_vocabulary_is_reexported_by_shapes():
-  public = [n for n, v in vars(shapes_world).items()
-            if not n.startswith("_") and not inspect.ismodule(v)
-            and getattr(v, "__module__", shapes_world.__name__)
-            == shapes_world.__name__]
+  public = [
+      n
+      for n, v in vars(shapes_world).items()
+      if not n.startswith("_")
+      and not inspect.ismodule(v)
+      and getattr(v, "__module__", shapes_world.__name__) == shapes_world.__name__
+  ]
   assert {"Scene", "Object", "COLOURS", "SIZES", "shape_coverage"} <= set(public)
   for name in public:
     assert getattr(shapes, name) is getattr(shapes_world, name), name
@@ -45,8 +48,9 @@ def test_scene_structure():
     for r in s.relations:
       a, b = s.objects[r.subject], s.objects[r.reference]
       assert shapes.relation_holds(r.relation, (a.x, a.y), (b.x, b.y))
-  assert all(len(s.objects) == 1 for s in
-             [shapes.sample_scene(i, max_objects=1) for i in range(50)])
+  assert all(
+      len(s.objects) == 1 for s in [shapes.sample_scene(i, max_objects=1) for i in range(50)]
+  )
 
 
 def test_render_shape_and_cross_resolution_agreement():
@@ -64,8 +68,7 @@ def test_heldout_split():
     assert not {(o.colour, o.shape) for o in s.objects} & heldout
   for s in _scenes(200, split="heldout"):
     assert {(o.colour, o.shape) for o in s.objects} & heldout
-  seen = {(o.colour, o.shape) for s in _scenes(500, split="all")
-          for o in s.objects}
+  seen = {(o.colour, o.shape) for s in _scenes(500, split="all") for o in s.objects}
   assert heldout <= seen
   # Held-out colours and shapes still appear in training, in other combos.
   train = {(o.colour, o.shape) for s in _scenes(500) for o in s.objects}
@@ -76,15 +79,13 @@ def test_heldout_split():
     shapes.sample_scene(0, split="test")
 
 
-@pytest.mark.parametrize("size,n", [(32, 120), (48, 60), (64, 60),
-                                    (128, 30), (256, 12)])
+@pytest.mark.parametrize("size,n", [(32, 120), (48, 60), (64, 60), (128, 30), (256, 12)])
 def test_score_ground_truth_vs_wrong_scene(size, n):
   scenes = _scenes(n, seed=size, split="all")
-  right = shapes_score.mean_scores(
-      shapes.score(shapes.render(s, size), s) for s in scenes)
+  right = shapes_score.mean_scores(shapes.score(shapes.render(s, size), s) for s in scenes)
   wrong = shapes_score.mean_scores(
-      shapes.score(shapes.render(scenes[(i + 1) % n], size), s)
-      for i, s in enumerate(scenes))
+      shapes.score(shapes.render(scenes[(i + 1) % n], size), s) for i, s in enumerate(scenes)
+  )
   assert right["accuracy"] >= 0.95, right
   for key in ("colour", "shape", "size", "place", "relation", "count"):
     assert right[key] >= 0.95, (key, right)
@@ -103,13 +104,14 @@ def test_score_survives_noise():
 
 
 def test_score_detects_specific_errors():
-  s = shapes.Scene((shapes.Object("circle", "red", "large", 0.25, 0.5,
-                                  "left"),))
+  s = shapes.Scene((shapes.Object("circle", "red", "large", 0.25, 0.5, "left"),))
   assert shapes.score(shapes.render(s, 32), s)["all_correct"]
-  for wrong in (shapes.Object("square", "red", "large", 0.25, 0.5, "left"),
-                shapes.Object("circle", "blue", "large", 0.25, 0.5, "left"),
-                shapes.Object("circle", "red", "small", 0.25, 0.5, "left"),
-                shapes.Object("circle", "red", "large", 0.75, 0.5, "right")):
+  for wrong in (
+      shapes.Object("square", "red", "large", 0.25, 0.5, "left"),
+      shapes.Object("circle", "blue", "large", 0.25, 0.5, "left"),
+      shapes.Object("circle", "red", "small", 0.25, 0.5, "left"),
+      shapes.Object("circle", "red", "large", 0.75, 0.5, "right"),
+  ):
     result = shapes.score(shapes.render(shapes.Scene((wrong,)), 32), s)
     assert result["accuracy"] < 1.0
   blank = np.full((32, 32, 3), shapes.BACKGROUND, np.uint8)

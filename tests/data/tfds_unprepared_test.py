@@ -1,6 +1,7 @@
 """An unbuilt `tfds:NAME` names the dataset, the data_dir and the prepare command, also in
 an install without TensorFlow (where TFDS's registered coco_captions builder cannot even be
 constructed); a prepared dataset still reads there."""
+
 import os
 import pathlib
 import subprocess
@@ -44,9 +45,14 @@ for name, data_dir in {cases!r}:
 
 
 def _run_without_tf(cases, env=None):
-  proc = subprocess.run([sys.executable, "-c", NO_TF + _READ.format(cases=cases)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=240,
-                        env={**os.environ, **(env or {})})
+  proc = subprocess.run(
+      [sys.executable, "-c", NO_TF + _READ.format(cases=cases)],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=240,
+      env={**os.environ, **(env or {})},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
@@ -57,8 +63,14 @@ def _prepared(tmp_path):
   for i in range(2):
     Image.new("RGB", (12, 10), (i * 100, 20, 20)).save(folder / f"{i}.png")
     (folder / f"{i}.txt").write_text(f"caption {i}")
-  convert.prepare(source="folder", path=str(folder), name="mine",
-                  output_dir=str(tmp_path / "tfds"), num_workers=0, log=lambda *_: None)
+  convert.prepare(
+      source="folder",
+      path=str(folder),
+      name="mine",
+      output_dir=str(tmp_path / "tfds"),
+      num_workers=0,
+      log=lambda *_: None,
+  )
   return str(tmp_path / "tfds")
 
 
@@ -66,9 +78,15 @@ def test_unbuilt_tfds_names_the_dataset_dir_and_command_without_tensorflow(tmp_p
   data_dir = _prepared(tmp_path)
   default_dir = tmp_path / "default_tfds"
   default_dir.mkdir()
-  out = _run_without_tf([("coco_captions", data_dir), ("other", data_dir),
-                         ("coco_captions", None), ("mine", data_dir)],
-                        env={"TFDS_DATA_DIR": str(default_dir)})
+  out = _run_without_tf(
+      [
+          ("coco_captions", data_dir),
+          ("other", data_dir),
+          ("coco_captions", None),
+          ("mine", data_dir),
+      ],
+      env={"TFDS_DATA_DIR": str(default_dir)},
+  )
   lines = [l for l in out.splitlines() if l.startswith(("READ", "ERROR"))]
   assert len(lines) == 4, out
   coco_here, other, coco_default, mine = lines
@@ -85,8 +103,7 @@ def test_unbuilt_tfds_names_the_dataset_dir_and_command_without_tensorflow(tmp_p
 
 def test_unbuilt_tfds_message_in_process(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
-    input_pipeline.make_source({"dataset": "tfds:coco_captions",
-                                "data_dir": str(tmp_path)}, 8)
+    input_pipeline.make_source({"dataset": "tfds:coco_captions", "data_dir": str(tmp_path)}, 8)
   msg = str(e.value)
   assert "'coco_captions'" in msg and str(tmp_path) in msg, msg
   assert "--source coco_json" in msg and f"--output_dir {tmp_path}" in msg, msg

@@ -1,4 +1,5 @@
 """CFG and thresholding."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +17,7 @@ def test_cfg():
 
 def test_static_threshold():
   x = jnp.array([[-3.0, -0.5, 0.2, 4.0]])
-  np.testing.assert_allclose(diffusion.static_threshold(x),
-                             [[-1.0, -0.5, 0.2, 1.0]])
+  np.testing.assert_allclose(diffusion.static_threshold(x), [[-1.0, -0.5, 0.2, 1.0]])
 
 
 def test_dynamic_threshold_properties():
@@ -39,8 +39,7 @@ def test_dynamic_threshold_properties():
   np.testing.assert_array_equal(out2[0], out[0])
   # Upper cap as in DeepFloyd IF.
   capped = diffusion.dynamic_threshold(big, 0.995, max_value=1.5)
-  np.testing.assert_allclose(capped, jnp.clip(big, -1.5, 1.5) / 1.5,
-                             rtol=1e-6)
+  np.testing.assert_allclose(capped, jnp.clip(big, -1.5, 1.5) / 1.5, rtol=1e-6)
 
 
 def test_bad_threshold_name():

@@ -1,4 +1,5 @@
 """eps / v / x0 conversions, the loss and noise-conditioning augmentation."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,7 @@ def test_round_trip(prediction):
   alpha, sigma = schedule.alpha_sigma(t)
   x_t = diffusion.q_sample(x0, t, noise, schedule)
   pred = diffusion.target(x0, noise, alpha, sigma, prediction)
-  x0_hat, eps_hat = diffusion.x0_eps_from_prediction(pred, x_t, alpha, sigma,
-                                                     prediction)
+  x0_hat, eps_hat = diffusion.x0_eps_from_prediction(pred, x_t, alpha, sigma, prediction)
   np.testing.assert_allclose(x0_hat, x0, atol=2e-4)
   np.testing.assert_allclose(eps_hat, noise, atol=2e-4)
   back = process.prediction_from_x0(x0, x_t, alpha, sigma, prediction)
@@ -44,8 +44,9 @@ def test_loss_zero_for_perfect_denoiser_and_min_snr_weights():
   loss, aux = diffusion.diffusion_loss(oracle, x0, rng, schedule=schedule)
   np.testing.assert_allclose(loss, 0.0, atol=1e-10)
   zero = lambda x_t, t: jnp.zeros_like(x_t)
-  loss, aux = diffusion.diffusion_loss(zero, x0, rng, schedule=schedule,
-                                       weighting="min_snr", min_snr_gamma=5.)
+  loss, aux = diffusion.diffusion_loss(
+      zero, x0, rng, schedule=schedule, weighting="min_snr", min_snr_gamma=5.0
+  )
   snr = np.exp(np.asarray(schedule.log_snr(aux["t"]), np.float64))
   expected = np.minimum(snr, 5.0) / snr * np.asarray(aux["mse"])
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -63,8 +64,9 @@ def test_bad_names():
   schedule = diffusion.get_schedule("cosine")
   x0 = jnp.zeros((2, 3))
   with pytest.raises(ValueError, match="eps, v, x0"):
-    diffusion.diffusion_loss(lambda x, t: x, x0, jax.random.PRNGKey(0),
-                             schedule=schedule, prediction="score")
+    diffusion.diffusion_loss(
+        lambda x, t: x, x0, jax.random.PRNGKey(0), schedule=schedule, prediction="score"
+    )
   with pytest.raises(ValueError, match="none, min_snr"):
     diffusion.loss_weight(jnp.zeros(2), "eps", "p2")
 
@@ -73,18 +75,15 @@ def test_augment_lowres():
   schedule = diffusion.get_schedule("cosine")
   low = jnp.full((3, 16, 16, 3), 0.5)
   rng = jax.random.PRNGKey(0)
-  out, aug_t = diffusion.augment_lowres(low, rng, schedule=schedule,
-                                        aug_range=(0.0, 0.5))
+  out, aug_t = diffusion.augment_lowres(low, rng, schedule=schedule, aug_range=(0.0, 0.5))
   assert out.shape == low.shape and aug_t.shape == (3,)
   assert np.all((aug_t >= 0) & (aug_t <= 0.5))
-  fixed, aug_t = diffusion.augment_lowres(low, rng, schedule=schedule,
-                                          aug_level=0.3)
+  fixed, aug_t = diffusion.augment_lowres(low, rng, schedule=schedule, aug_level=0.3)
   np.testing.assert_allclose(aug_t, 0.3)
   alpha, sigma = schedule.alpha_sigma(0.3)
   np.testing.assert_allclose(fixed.mean(), 0.5 * alpha, atol=0.02)
   np.testing.assert_allclose(jnp.std(fixed - 0.5 * alpha), sigma, rtol=0.05)
-  clean, _ = diffusion.augment_lowres(low, rng, schedule=schedule,
-                                      aug_level=0.0)
+  clean, _ = diffusion.augment_lowres(low, rng, schedule=schedule, aug_level=0.0)
   np.testing.assert_array_equal(clean, low)
   with pytest.raises(ValueError, match="aug_range"):
     diffusion.augment_lowres(low, rng, schedule=schedule, aug_range=(0.5, 0.2))

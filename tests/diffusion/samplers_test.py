@@ -11,6 +11,7 @@ std, and the measured discretisation error at the step counts used here is
 ddpm@500 1.0%, ddim@200 1.2%, dpmpp_2m@50 0.3%), so 3% leaves room for both
 while a denoiser with a 1.5x wrong variance (50% error) fails.
 """
+
 import functools
 
 import jax
@@ -32,15 +33,24 @@ def gaussian_denoiser(schedule, prediction, mu=MU, s=S):
     x0 = mu + alpha * s**2 / (alpha**2 * s**2 + sigma**2) * (x_t - alpha * mu)
     eps = (x_t - alpha * x0) / sigma
     return {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0}[prediction]
+
   return denoise_fn
 
 
 def draw(schedule_name, sampler, steps, prediction, **denoiser_kw):
   schedule = diffusion.get_schedule(schedule_name)
   fn = gaussian_denoiser(schedule, prediction, **denoiser_kw)
-  run = jax.jit(functools.partial(
-      diffusion.sample, fn, SHAPE, schedule=schedule, sampler=sampler,
-      num_steps=steps, prediction=prediction))
+  run = jax.jit(
+      functools.partial(
+          diffusion.sample,
+          fn,
+          SHAPE,
+          schedule=schedule,
+          sampler=sampler,
+          num_steps=steps,
+          prediction=prediction,
+      )
+  )
   return np.asarray(run(jax.random.PRNGKey(0)), np.float64)
 
 
@@ -48,8 +58,9 @@ def errors(x):
   return abs(x.mean() - MU) / S, abs(x.std() - S) / S
 
 
-CASES = ([("cosine", smp, pred) for smp in STEPS for pred in ("eps", "v", "x0")]
-         + [("linear", smp, "eps") for smp in STEPS])
+CASES = [("cosine", smp, pred) for smp in STEPS for pred in ("eps", "v", "x0")] + [
+    ("linear", smp, "eps") for smp in STEPS
+]
 
 
 @pytest.mark.parametrize("schedule_name,sampler,prediction", CASES)
@@ -60,9 +71,9 @@ def test_reproduces_gaussian_data(schedule_name, sampler, prediction):
   assert std_err < 0.03, (mean_err, std_err)
 
 
-@pytest.mark.parametrize("sampler,few,many", [("ddpm", 50, 500),
-                                              ("ddim", 20, 200),
-                                              ("dpmpp_2m", 8, 50)])
+@pytest.mark.parametrize(
+    "sampler,few,many", [("ddpm", 50, 500), ("ddim", 20, 200), ("dpmpp_2m", 8, 50)]
+)
 def test_error_shrinks_with_steps(sampler, few, many):
   _, coarse = errors(draw("linear", sampler, few, "eps"))
   _, fine = errors(draw("linear", sampler, many, "eps"))
@@ -83,13 +94,14 @@ def test_thresholding_inside_the_loop_and_determinism():
   fn = gaussian_denoiser(schedule, "eps", mu=2.0, s=1.0)
   kw = dict(schedule=schedule, sampler="ddim", num_steps=20)
   for mode in ("static", "dynamic"):
-    x = diffusion.sample(fn, (4, 64), jax.random.PRNGKey(0), threshold=mode,
-                         **kw)
+    x = diffusion.sample(fn, (4, 64), jax.random.PRNGKey(0), threshold=mode, **kw)
     assert float(jnp.max(jnp.abs(x))) <= 1.0 + 1e-5
-  a = diffusion.sample(fn, (4, 64), jax.random.PRNGKey(5), sampler="ddpm",
-                       schedule=schedule, num_steps=10)
-  b = diffusion.sample(fn, (4, 64), jax.random.PRNGKey(5), sampler="ddpm",
-                       schedule=schedule, num_steps=10)
+  a = diffusion.sample(
+      fn, (4, 64), jax.random.PRNGKey(5), sampler="ddpm", schedule=schedule, num_steps=10
+  )
+  b = diffusion.sample(
+      fn, (4, 64), jax.random.PRNGKey(5), sampler="ddpm", schedule=schedule, num_steps=10
+  )
   np.testing.assert_array_equal(a, b)
 
 
@@ -97,14 +109,10 @@ def test_bad_arguments():
   schedule = diffusion.get_schedule("cosine")
   fn = lambda x, t: x
   with pytest.raises(ValueError, match="ddpm, ddim, dpmpp_2m"):
-    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule,
-                     sampler="euler")
+    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule, sampler="euler")
   with pytest.raises(ValueError, match="eps, v, x0"):
-    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule,
-                     prediction="noise")
+    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule, prediction="noise")
   with pytest.raises(ValueError, match="none, static, dynamic"):
-    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule,
-                     threshold="clip")
+    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule, threshold="clip")
   with pytest.raises(ValueError, match="num_steps"):
-    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule,
-                     num_steps=0)
+    diffusion.sample(fn, (1, 2), jax.random.PRNGKey(0), schedule=schedule, num_steps=0)

@@ -1,4 +1,5 @@
 """Schedules and the forward process."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,13 +26,12 @@ def test_variance_preserving_and_monotone(name):
 def test_endpoints_match_closed_forms():
   cos = diffusion.get_schedule("cosine")
   s = 0.008
-  expected_0 = -np.log(np.cos(np.pi / 2 * s / (1 + s))**-2 - 1)
+  expected_0 = -np.log(np.cos(np.pi / 2 * s / (1 + s)) ** -2 - 1)
   np.testing.assert_allclose(cos.log_snr(0.0), expected_0, rtol=1e-5)
   np.testing.assert_allclose(cos.log_snr(1.0), -20.0)
   lin = diffusion.get_schedule("linear")
   np.testing.assert_allclose(lin.log_snr(0.0), 20.0)
-  np.testing.assert_allclose(lin.log_snr(1.0), -np.log(np.expm1(10.05)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(lin.log_snr(1.0), -np.log(np.expm1(10.05)), rtol=1e-5)
   # Continuous linear schedule == DDPM's discrete linear betas (1e-4..0.02),
   # up to log(1 - beta) ~ -beta - beta^2/2: sum of beta^2/2 is 0.07 at T.
   betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)

@@ -1,4 +1,5 @@
 """The COCO FID harness on a tiny COCO-format dataset with a random-weight Inception."""
+
 import json
 import os
 
@@ -12,8 +13,9 @@ RES = 64
 
 def _harness(tiny_coco, extractor, out_dir, num=24, seed=3, shard=5, **kw):
   source = coco_fid.open_source(*tiny_coco)
-  protocol = coco_fid.Protocol(num_samples=num, seed=seed, resolution=RES, shard_size=shard,
-                               read_threads=2)
+  protocol = coco_fid.Protocol(
+      num_samples=num, seed=seed, resolution=RES, shard_size=shard, read_threads=2
+  )
   return coco_fid.CocoFid(source, extractor, str(out_dir), protocol, **kw)
 
 
@@ -33,12 +35,13 @@ def test_draw_is_seeded_recorded_and_without_replacement(tiny_coco, small_extrac
 def uninterrupted(tiny_coco, small_extractor, make_sample_fn, tmp_path_factory):
   """FID of the fake sampler in one uninterrupted single-process run."""
   return _harness(tiny_coco, small_extractor, tmp_path_factory.mktemp("full")).evaluate(
-      make_sample_fn(), "w1")
+      make_sample_fn(), "w1"
+  )
 
 
-def test_resume_after_interruption_reuses_finished_shards(tiny_coco, small_extractor,
-                                                          make_sample_fn, uninterrupted,
-                                                          tmp_path):
+def test_resume_after_interruption_reuses_finished_shards(
+    tiny_coco, small_extractor, make_sample_fn, uninterrupted, tmp_path
+):
   want = uninterrupted
 
   class Killed(Exception):
@@ -69,8 +72,9 @@ def test_resume_after_interruption_reuses_finished_shards(tiny_coco, small_extra
   assert on_disk["hashes"]["captions_sha256"] and not on_disk["comparable_to_published_fid"]
 
 
-def test_reference_statistics_are_cached_by_content(tiny_coco, small_extractor, make_sample_fn,
-                                                    tmp_path):
+def test_reference_statistics_are_cached_by_content(
+    tiny_coco, small_extractor, make_sample_fn, tmp_path
+):
   cache = tmp_path / "cache"
   h1 = _harness(tiny_coco, small_extractor, tmp_path / "r1", cache_dir=str(cache))
   _, _, path = h1.reference()
@@ -85,23 +89,27 @@ def test_oracle_samples_give_zero_fid(tiny_coco, small_extractor, tmp_path):
   h = _harness(tiny_coco, small_extractor, tmp_path / "o", num=16, shard=8)
   d = h.draw()
   source = coco_fid.open_source(*tiny_coco)
-  by_caption = {c: coco_fid.read_record(source, i, 3, RES)[0]
-                for i, c in zip(d["indices"], d["captions"])}
+  by_caption = {
+      c: coco_fid.read_record(source, i, 3, RES)[0] for i, c in zip(d["indices"], d["captions"])
+  }
   res = h.evaluate(lambda caps, seed: np.stack([by_caption[c] for c in caps]), "oracle")
   assert res["fid"] < 1e-6
 
 
-def test_two_processes_split_the_shards(tiny_coco, small_extractor, make_sample_fn,
-                                       uninterrupted, tmp_path):
+def test_two_processes_split_the_shards(
+    tiny_coco, small_extractor, make_sample_fn, uninterrupted, tmp_path
+):
   single = uninterrupted
   out = tmp_path / "two"
-  p1 = _harness(tiny_coco, small_extractor, out, process_index=1, process_count=2,
-                barrier=lambda name: None)
+  p1 = _harness(
+      tiny_coco, small_extractor, out, process_index=1, process_count=2, barrier=lambda name: None
+  )
   _harness(tiny_coco, small_extractor, out).draw()  # process 0 makes the draw
   fn1 = make_sample_fn()
   assert p1.evaluate(fn1, "r") is None and len(fn1.calls) == 2  # shards 1, 3
-  p0 = _harness(tiny_coco, small_extractor, out, process_index=0, process_count=2,
-                barrier=lambda name: None)
+  p0 = _harness(
+      tiny_coco, small_extractor, out, process_index=0, process_count=2, barrier=lambda name: None
+  )
   fn0 = make_sample_fn()
   res = p0.evaluate(fn0, "r")
   assert len(fn0.calls) == 3  # shards 0, 2, 4
@@ -129,24 +137,34 @@ def test_corrupt_reference_image_is_an_error_not_a_skip(make_coco, small_extract
   with open(os.path.join(image_dir, victim), "wb") as f:
     f.write(b"not a jpeg")
   source = coco_fid.open_source(ann, image_dir)
-  h = coco_fid.CocoFid(source, small_extractor, str(tmp_path / "o"),
-                       coco_fid.Protocol(num_samples=4, resolution=RES, read_threads=1))
+  h = coco_fid.CocoFid(
+      source,
+      small_extractor,
+      str(tmp_path / "o"),
+      coco_fid.Protocol(num_samples=4, resolution=RES, read_threads=1),
+  )
   with pytest.raises(ValueError, match="unreadable"):
     h.draw()
 
 
-@pytest.mark.parametrize("inp, why", [
-    ({"dataset": "tfds:coco_captions"}, "input.dataset='tfds:coco_captions'"),
-    ({"dataset": "coco_json", "annotations": "/d/a.json"}, "input.dataset='coco_json'"),
-    ({"dataset": "folder", "path": "/data/COCO/train2014"}, "input.path="),
-    ({"dataset": "tfds:other", "annotations": "gs://b/coco/captions_train2014.json"},
-     "input.annotations="),
-    ({"dataset": "shapes"}, None),
-    ({"dataset": "folder", "path": "/data/laion"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "inp, why",
+    [
+        ({"dataset": "tfds:coco_captions"}, "input.dataset='tfds:coco_captions'"),
+        ({"dataset": "coco_json", "annotations": "/d/a.json"}, "input.dataset='coco_json'"),
+        ({"dataset": "folder", "path": "/data/COCO/train2014"}, "input.path="),
+        (
+            {"dataset": "tfds:other", "annotations": "gs://b/coco/captions_train2014.json"},
+            "input.annotations=",
+        ),
+        ({"dataset": "shapes"}, None),
+        ({"dataset": "folder", "path": "/data/laion"}, None),
+        ({}, None),
+    ],
+)
 def test_coco_training_from_the_saved_config(inp, why):
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   for config in ({"input": inp}, ml_collections.ConfigDict({"input": inp})):
     got = coco_fid.coco_training(config)
     assert got == why if why is None else got.startswith(why), got

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny COCO-format dataset, a small random-weight Inception, pytorch-fid
 state dicts of random weights, and stage workdirs of random params (no training)."""
+
 import importlib.util
 import json
 import pathlib
@@ -19,6 +20,7 @@ _BN_KEYS = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "r
 def state_dict_from_params(params) -> dict:
   """The pytorch-fid state dict (key names, OIHW kernels) of Flax Inception params."""
   import jax  # pylint: disable=import-outside-toplevel
+
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     *names, layer, leaf_name = [k.key for k in path]
@@ -39,6 +41,7 @@ def write_stage_workdir(path, arg="stage=base,runlocal", seed=0, **config_overri
   from imagen_jax import pipeline as pipeline_lib  # pylint: disable=import-outside-toplevel
   from imagen_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from imagen_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+
   spec = importlib.util.spec_from_file_location("shapes_cfg", ROOT / "configs" / "shapes.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -73,11 +76,17 @@ def write_tiny_coco(root, num_images=64, captions_per_image=5, seed=0):
     image_id = 1000 + 7 * i
     name = f"COCO_val2014_{image_id:012d}.jpg"
     Image.fromarray(img).save(image_dir / name, quality=95)
-    images.append({"id": image_id, "file_name": name, "height": img.shape[0],
-                   "width": img.shape[1]})
+    images.append(
+        {"id": image_id, "file_name": name, "height": img.shape[0], "width": img.shape[1]}
+    )
     for j in range(captions_per_image):
-      annotations.append({"id": len(annotations), "image_id": image_id,
-                          "caption": f"{shapes.caption(scene)} (variant {j})"})
+      annotations.append(
+          {
+              "id": len(annotations),
+              "image_id": image_id,
+              "caption": f"{shapes.caption(scene)} (variant {j})",
+          }
+      )
   ann = root / "captions_val2014.json"
   ann.write_text(json.dumps({"images": images, "annotations": annotations}))
   return str(ann), str(image_dir)
@@ -89,9 +98,15 @@ def fake_sample_fn(size=48):
 
   def sample_fn(captions, rng_seed):
     calls.append((list(captions), rng_seed))
-    out = [shapes.render(shapes.sample_scene(
-        np.random.default_rng([zlib.crc32(c.encode()), rng_seed]), "all", max_objects=2), size)
-           for c in captions]
+    out = [
+        shapes.render(
+            shapes.sample_scene(
+                np.random.default_rng([zlib.crc32(c.encode()), rng_seed]), "all", max_objects=2
+            ),
+            size,
+        )
+        for c in captions
+    ]
     return np.stack(out)
 
   sample_fn.calls = calls

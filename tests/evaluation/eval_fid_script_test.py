@@ -7,6 +7,7 @@ The gs:// test (a random-params stage, 2 sampler steps) writes the run to a buck
 fake-gcs-server with the Inception weights read from it, reruns and checks nothing was
 regenerated; the COCO test checks a COCO-trained stage is flagged.
 """
+
 import importlib.util
 import io
 import json
@@ -33,26 +34,46 @@ def _env():
 
 
 def _args(tiny_coco, out, workdir, **extra):
-  args = [sys.executable, SCRIPT, f"--workdir_base={workdir}",
-          f"--coco_annotations={tiny_coco[0]}", f"--coco_images={tiny_coco[1]}",
-          f"--output_dir={out}", "--inception_weights=random:0",
-          "--inception_image_size=75", "--inception_batch_size=8", "--resolution=64",
-          "--num_samples=16", "--shard_size=4", "--seed=7", "--batch_size=4"]
+  args = [
+      sys.executable,
+      SCRIPT,
+      f"--workdir_base={workdir}",
+      f"--coco_annotations={tiny_coco[0]}",
+      f"--coco_images={tiny_coco[1]}",
+      f"--output_dir={out}",
+      "--inception_weights=random:0",
+      "--inception_image_size=75",
+      "--inception_batch_size=8",
+      "--resolution=64",
+      "--num_samples=16",
+      "--shard_size=4",
+      "--seed=7",
+      "--batch_size=4",
+  ]
   return args + [f"--{k}={v}" for k, v in extra.items()]
 
 
 def test_missing_reference_directory_fails_fast(tiny_coco, tmp_path):
   bad = (tiny_coco[0], str(tmp_path / "no_val2014"))
-  proc = subprocess.run(_args(bad, tmp_path / "out", tmp_path / "no_workdir"), env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      _args(bad, tmp_path / "out", tmp_path / "no_workdir"),
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0
   assert "reference image directory" in proc.stderr and "val2014" in proc.stderr
 
 
 def test_more_samples_than_captions_fails_before_loading_stages(tiny_coco, tmp_path):
-  proc = subprocess.run(_args(tiny_coco, tmp_path / "out", tmp_path / "no_workdir",
-                              num_samples=65), env=_env(), capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+      _args(tiny_coco, tmp_path / "out", tmp_path / "no_workdir", num_samples=65),
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0 and "without replacement" in proc.stderr
 
 
@@ -60,6 +81,7 @@ def test_more_samples_than_captions_fails_before_loading_stages(tiny_coco, tmp_p
 def base_workdir(tmp_path_factory):
   import jax  # pylint: disable=g-import-not-at-top
   from imagen_jax.train import loop  # pylint: disable=g-import-not-at-top
+
   spec = importlib.util.spec_from_file_location("shapes_cfg", ROOT / "configs" / "shapes.py")
   cfg_mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(cfg_mod)
@@ -84,8 +106,9 @@ def test_script_end_to_end_killed_and_resumed(tiny_coco, base_workdir, tmp_path)
   try:
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
-      if shards.is_dir() and any(p.suffix == ".npz" and ".tmp" not in p.name
-                                 for p in shards.iterdir()):
+      if shards.is_dir() and any(
+          p.suffix == ".npz" and ".tmp" not in p.name for p in shards.iterdir()
+      ):
         break
       time.sleep(0.05)
     assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -121,16 +144,20 @@ def test_script_end_to_end_killed_and_resumed(tiny_coco, base_workdir, tmp_path)
 def _bucket_objects(url):
   """name -> generation of every object under a gs:// prefix."""
   import fsspec  # pylint: disable=import-outside-toplevel
+
   fs, bare = fsspec.core.url_to_fs(url)
   fs.invalidate_cache()
-  return {name[len(bare) + 1:]: info["generation"]
-          for name, info in fs.find(bare, detail=True).items()}
+  return {
+      name[len(bare) + 1 :]: info["generation"] for name, info in fs.find(bare, detail=True).items()
+  }
 
 
-def test_script_on_a_bucket_resumes_from_it(tiny_coco, make_stage_workdir, random_state_dict,
-                                            gcs_bucket, tmp_path):
+def test_script_on_a_bucket_resumes_from_it(
+    tiny_coco, make_stage_workdir, random_state_dict, gcs_bucket, tmp_path
+):
   from imagen_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
   from imagen_jax.storage import paths  # pylint: disable=import-outside-toplevel
+
   workdir = make_stage_workdir(tmp_path / "base")
   weights = f"{gcs_bucket}/weights/{inception.WEIGHTS_NAME}.npz"
   buf = io.BytesIO()
@@ -138,8 +165,9 @@ def test_script_on_a_bucket_resumes_from_it(tiny_coco, make_stage_workdir, rando
   paths.path(weights).write_bytes(buf.getvalue())
   out = f"{gcs_bucket}/fid"
   env = {**_env(), paths.CACHE_ENV: str(tmp_path / "cache")}
-  args = _args(tiny_coco, out, workdir, inception_weights=weights, num_samples=8,
-               num_steps=2, sampler="ddim")
+  args = _args(
+      tiny_coco, out, workdir, inception_weights=weights, num_samples=8, num_steps=2, sampler="ddim"
+  )
   first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
   assert "trained on COCO" not in first.stderr
@@ -168,13 +196,21 @@ def test_script_on_a_bucket_resumes_from_it(tiny_coco, make_stage_workdir, rando
 
 def test_coco_trained_stage_is_flagged(tiny_coco, make_stage_workdir, tmp_path):
   workdir = make_stage_workdir(
-      tmp_path / "coco_base", **{"input.dataset": "coco_json",
-                                 "input.annotations": "/data/coco/captions_train2014.json",
-                                 "input.path": "/data/coco/train2014"})
+      tmp_path / "coco_base",
+      **{
+          "input.dataset": "coco_json",
+          "input.annotations": "/data/coco/captions_train2014.json",
+          "input.path": "/data/coco/train2014",
+      },
+  )
   out = tmp_path / "fid"
-  proc = subprocess.run(_args(tiny_coco, out, workdir, num_samples=4, num_steps=1,
-                              sampler="ddim"), env=_env(), capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      _args(tiny_coco, out, workdir, num_samples=4, num_steps=1, sampler="ddim"),
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "was trained on COCO (input.dataset='coco_json')" in proc.stderr
   assert "zero-shot COCO FID" in proc.stderr

@@ -1,4 +1,5 @@
 """Fréchet distance against a float64 scipy reference, its identities, and FID on images."""
+
 import numpy as np
 import pytest
 from scipy import linalg
@@ -45,10 +46,12 @@ def test_identities():
   scale = np.trace(s1)
   assert fid.frechet_distance(mu1, s1, mu1, s1) < 1e-9 * scale
   assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
-      fid.frechet_distance(mu2, s2, mu1, s1), rel=1e-10)
+      fid.frechet_distance(mu2, s2, mu1, s1), rel=1e-10
+  )
   shift = rng.normal(size=32)
   assert fid.frechet_distance(mu1 + shift, s1, mu1, s1) == pytest.approx(
-      float(shift @ shift), rel=1e-8)
+      float(shift @ shift), rel=1e-8
+  )
 
 
 def test_rank_deficient_covariances_stay_real_and_zero_on_self():
@@ -70,10 +73,12 @@ def test_from_features_equals_covariance_form():
   big1, big2 = rng.normal(size=(150, 100)), rng.normal(size=(120, 100)) + 0.1
   # Both larger than the dimension: the covariance form itself.
   assert fid.frechet_distance_from_features(big1, big2) == fid.frechet_distance(
-      *fid.statistics(big1), *fid.statistics(big2))
+      *fid.statistics(big1), *fid.statistics(big2)
+  )
   # Only one small set: the feature form, still equal.
   assert fid.frechet_distance_from_features(big1, b) == pytest.approx(
-      fid.frechet_distance(*fid.statistics(big1), *fid.statistics(b)), rel=1e-6)
+      fid.frechet_distance(*fid.statistics(big1), *fid.statistics(b)), rel=1e-6
+  )
 
 
 def test_bad_statistics():
@@ -97,6 +102,7 @@ def test_statistics_file_round_trip(tmp_path):
 
 # --- FID of images, with random Inception weights (no real weights here) ----------------
 
+
 @pytest.fixture(scope="module")
 def extractor(small_extractor):
   return small_extractor
@@ -105,8 +111,9 @@ def extractor(small_extractor):
 @pytest.fixture(scope="module")
 def images():
   rng = np.random.default_rng(0)
-  return np.stack([shapes.render(shapes.sample_scene(rng, "all", max_objects=3), 64)
-                   for _ in range(24)])
+  return np.stack(
+      [shapes.render(shapes.sample_scene(rng, "all", max_objects=3), 64) for _ in range(24)]
+  )
 
 
 def test_self_fid_is_zero_and_noise_raises_it(extractor, images):
@@ -118,8 +125,9 @@ def test_self_fid_is_zero_and_noise_raises_it(extractor, images):
   for noise in (8, 24, 64):
     noisy = np.clip(images + rng.normal(0, noise, images.shape), 0, 255).astype(np.uint8)
     values.append(fid.frechet_distance_from_features(extractor(noisy), clean))
-  print("FID (random Inception, 75px) vs Gaussian noise std 0/8/24/64:",
-        [f"{v:.4g}" for v in values])
+  print(
+      "FID (random Inception, 75px) vs Gaussian noise std 0/8/24/64:", [f"{v:.4g}" for v in values]
+  )
   assert values[0] < 1e-6 * np.trace(sigma)
   assert all(a < b for a, b in zip(values, values[1:])), values
 

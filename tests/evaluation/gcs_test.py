@@ -1,5 +1,6 @@
 """The evaluation harness on `gs://` paths, against a real GCS API server (fake-gcs-server):
 FID statistics, the COCO FID run directory (resumed from the bucket), Inception weights."""
+
 import io
 
 import jax
@@ -21,6 +22,7 @@ def test_gs_through_gcsfs_after_a_local_path(gcs_bucket, tmp_path, monkeypatch):
   told otherwise; a local path made first must not decide it for gs://."""
   from etils import epath  # pylint: disable=import-outside-toplevel
   from etils.epath import gpath  # pylint: disable=import-outside-toplevel
+
   monkeypatch.delenv("EPATH_USE_TF", raising=False)
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   assert not epath.Path(tmp_path / "x").exists()  # the first path of the "process"
@@ -42,13 +44,16 @@ def test_statistics_round_trip_through_a_bucket(gcs_bucket):
     fid.load_statistics(f"{gcs_bucket}/stats/missing.npz")
 
 
-def test_harness_in_a_bucket_resumes_from_its_shards(gcs_bucket, tiny_coco, small_extractor,
-                                                     make_sample_fn, tmp_path):
+def test_harness_in_a_bucket_resumes_from_its_shards(
+    gcs_bucket, tiny_coco, small_extractor, make_sample_fn, tmp_path
+):
   def harness(out, cache=None):
-    protocol = coco_fid.Protocol(num_samples=12, seed=5, resolution=64, shard_size=4,
-                                 read_threads=2)
-    return coco_fid.CocoFid(coco_fid.open_source(*tiny_coco), small_extractor, out, protocol,
-                            cache_dir=cache)
+    protocol = coco_fid.Protocol(
+        num_samples=12, seed=5, resolution=64, shard_size=4, read_threads=2
+    )
+    return coco_fid.CocoFid(
+        coco_fid.open_source(*tiny_coco), small_extractor, out, protocol, cache_dir=cache
+    )
 
   out, cache = f"{gcs_bucket}/fid", f"{gcs_bucket}/refcache"
   first_fn = make_sample_fn()
@@ -96,12 +101,14 @@ def test_coco_reference_read_from_a_bucket(gcs_bucket, tiny_coco):
   the same as from the local download (6 of its images uploaded: the others are unreadable
   there, which the FID protocol treats as an error, not a skip)."""
   import pathlib  # pylint: disable=import-outside-toplevel
+
   ann, image_dir = tiny_coco
   remote_ann = f"{gcs_bucket}/coco/annotations/captions_val2014.json"
   paths.path(remote_ann).write_bytes(pathlib.Path(ann).read_bytes())
   for name in sorted(p.name for p in pathlib.Path(image_dir).iterdir())[:6]:
     paths.path(f"{gcs_bucket}/coco/val2014/{name}").write_bytes(
-        (pathlib.Path(image_dir) / name).read_bytes())
+        (pathlib.Path(image_dir) / name).read_bytes()
+    )
   local = coco_fid.open_source(ann, image_dir)
   remote = coco_fid.open_source(remote_ann, f"{gcs_bucket}/coco/val2014")
   assert remote.num_records == local.num_records

@@ -11,6 +11,7 @@
    it, minus the weight download) when pytorch-fid and torchvision import; here they do
    not (torchvision from PyPI breaks beside torch 2.13.0 CPU), so that test skips.
 """
+
 import os
 import subprocess
 import sys
@@ -229,12 +230,13 @@ def test_flax_matches_plain_torch_on_random_weights(torch_model, pth_path, uint8
   assert got.shape == (3, 2048) and got.dtype == np.float32
   scale = np.abs(want).max()
   err = np.abs(got - want).max() / scale
-  print(f"Flax vs plain-torch FID Inception (random weights, {SIZE}px): max |diff| / "
-        f"max |ref| = {err:.2e}, ref max {scale:.3g}")
+  print(
+      f"Flax vs plain-torch FID Inception (random weights, {SIZE}px): max |diff| / "
+      f"max |ref| = {err:.2e}, ref max {scale:.3g}"
+  )
   assert err < 1e-4, err
   # bf16 compute stays close and still returns float32 features.
-  bf16 = inception.FeatureExtractor(params, batch_size=4, image_size=SIZE,
-                                    dtype=jnp.bfloat16)
+  bf16 = inception.FeatureExtractor(params, batch_size=4, image_size=SIZE, dtype=jnp.bfloat16)
   got16 = bf16(uint8_images)
   assert got16.dtype == np.float32
   rel16 = np.linalg.norm(got16 - want) / np.linalg.norm(want)
@@ -244,9 +246,20 @@ def test_flax_matches_plain_torch_on_random_weights(torch_model, pth_path, uint8
 
 def test_npz_conversion_round_trip(pth_path, tmp_path):
   out = str(tmp_path / "w.npz")
-  subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_inception_weights.py"),
-                  "--input", pth_path, "--output", out], check=True, cwd=REPO,
-                 capture_output=True, text=True)
+  subprocess.run(
+      [
+          sys.executable,
+          os.path.join(REPO, "scripts", "convert_inception_weights.py"),
+          "--input",
+          pth_path,
+          "--output",
+          out,
+      ],
+      check=True,
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
   a, b = inception.load_params(pth_path), inception.load_params(out)
   assert inception.params_identity(a) == inception.params_identity(b)
 
@@ -293,14 +306,31 @@ def test_flax_matches_pytorch_fid_modules(torch_model, pth_path, uint8_images):
   net.Mixed_7c = pf.FIDInceptionE_2(2048)
   net.load_state_dict(torch.load(pth_path, weights_only=True), strict=False)
   net.eval()
-  blocks = [net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3,
-            nn.MaxPool2d(3, 2), net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(3, 2),
-            net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b,
-            net.Mixed_6c, net.Mixed_6d, net.Mixed_6e, net.Mixed_7a, net.Mixed_7b,
-            net.Mixed_7c, nn.AdaptiveAvgPool2d((1, 1))]
+  blocks = [
+      net.Conv2d_1a_3x3,
+      net.Conv2d_2a_3x3,
+      net.Conv2d_2b_3x3,
+      nn.MaxPool2d(3, 2),
+      net.Conv2d_3b_1x1,
+      net.Conv2d_4a_3x3,
+      nn.MaxPool2d(3, 2),
+      net.Mixed_5b,
+      net.Mixed_5c,
+      net.Mixed_5d,
+      net.Mixed_6a,
+      net.Mixed_6b,
+      net.Mixed_6c,
+      net.Mixed_6d,
+      net.Mixed_6e,
+      net.Mixed_7a,
+      net.Mixed_7b,
+      net.Mixed_7c,
+      nn.AdaptiveAvgPool2d((1, 1)),
+  ]
   ref = nn.Sequential(*blocks).eval()
   x = inception.clean_resize(uint8_images, SIZE) / 255.0 * 2.0 - 1.0
   want = _torch_features(lambda t: ref(t).flatten(1), x)
-  got = inception.FeatureExtractor(inception.load_params(pth_path), batch_size=4,
-                                   image_size=SIZE)(uint8_images)
+  got = inception.FeatureExtractor(inception.load_params(pth_path), batch_size=4, image_size=SIZE)(
+      uint8_images
+  )
   assert np.abs(got - want).max() / np.abs(want).max() < 1e-4

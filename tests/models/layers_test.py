@@ -64,8 +64,7 @@ def test_group_norm_matches_numpy_in_bf16_and_f32():
     p = params["params"]
     want = _np_group_norm(x, np.asarray(p["scale"]), np.asarray(p["bias"]), 4)
     tol = 1e-4 if dtype == jnp.float32 else 3e-2
-    np.testing.assert_allclose(np.asarray(got, np.float32), want,
-                               atol=tol, rtol=tol)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=tol, rtol=tol)
 
 
 def test_upsample_nearest():
@@ -81,30 +80,32 @@ def test_dot_product_attention_matches_numpy_and_ignores_masked_keys():
   k, v = k[:, :4], v[:, :4]
   mask = np.array([[True, True, False, True], [True, False, False, False]])
   got = np.asarray(layers.dot_product_attention(q, k, v, mask))
-  np.testing.assert_allclose(got, _np_softmax_attention(q, k, v, mask),
-                             atol=1e-5)
+  np.testing.assert_allclose(got, _np_softmax_attention(q, k, v, mask), atol=1e-5)
   # Arbitrary (even huge) values at masked positions change nothing.
   k2, v2 = k.copy(), v.copy()
   k2[~mask] = 1e4
   v2[~mask] = -1e4
-  np.testing.assert_array_equal(
-      np.asarray(layers.dot_product_attention(q, k2, v2, mask)), got)
+  np.testing.assert_array_equal(np.asarray(layers.dot_product_attention(q, k2, v2, mask)), got)
 
 
-@pytest.mark.parametrize("self_attention,cross_attention",
-                         [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize(
+    "self_attention,cross_attention", [(True, True), (False, True), (True, False)]
+)
 def test_attention_module_matches_numpy(self_attention, cross_attention):
   rs = np.random.RandomState(2)
   b, h, w, c, l, d = 2, 3, 3, 16, 5, 12
   x = rs.randn(b, h, w, c).astype(np.float32)
   ctx = rs.randn(b, l, d).astype(np.float32)
   mask = np.array([[True] * 3 + [False] * 2, [False] * 5])
-  mod = layers.Attention(per_head_channels=8, self_attention=self_attention,
-                         cross_attention=cross_attention, num_groups=4)
+  mod = layers.Attention(
+      per_head_channels=8,
+      self_attention=self_attention,
+      cross_attention=cross_attention,
+      num_groups=4,
+  )
   variables = nn.unbox(mod.init(jax.random.key(3), x, ctx, mask))
   # Non-trivial norm and bias params, so the reference checks their use.
-  variables = jax.tree.map(
-      lambda p: p + 0.1 * rs.randn(*p.shape).astype(np.float32), variables)
+  variables = jax.tree.map(lambda p: p + 0.1 * rs.randn(*p.shape).astype(np.float32), variables)
   got = np.asarray(mod.apply(variables, x, ctx, mask))
 
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
@@ -123,13 +124,13 @@ def test_attention_module_matches_numpy(self_attention, cross_attention):
     vs.append(proj("value", tok))
     ms.append(np.ones((b, h * w), bool))
   if cross_attention:
-    cn = _np_layer_norm(ctx, p["context_norm"]["scale"],
-                        p["context_norm"]["bias"])
+    cn = _np_layer_norm(ctx, p["context_norm"]["scale"], p["context_norm"]["bias"])
     ks.append(proj("context_key", cn))
     vs.append(proj("context_value", cn))
     ms.append(mask)
-  out = _np_softmax_attention(q, np.concatenate(ks, 1), np.concatenate(vs, 1),
-                              np.concatenate(ms, 1))
+  out = _np_softmax_attention(
+      q, np.concatenate(ks, 1), np.concatenate(vs, 1), np.concatenate(ms, 1)
+  )
   out = np.einsum("bshd,hdc->bsc", out, p["out"]["kernel"]) + p["out"]["bias"]
   want = x + out.reshape(b, h, w, c)
   np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)

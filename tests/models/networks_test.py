@@ -32,7 +32,8 @@ def make_inputs(model, seed=0):
       x_t=rs.randn(BATCH, r, r, 3).astype(np.float32),
       log_snr=np.array([-3.0, 5.0], np.float32),
       text_emb=rs.randn(BATCH, TEXT_LEN, model.text_dim).astype(np.float32),
-      text_mask=np.arange(TEXT_LEN)[None] < np.array([[4], [0]]))
+      text_mask=np.arange(TEXT_LEN)[None] < np.array([[4], [0]]),
+  )
   if model.lowres_resolution is not None:
     lr = model.lowres_resolution
     args["lowres"] = rs.randn(BATCH, lr, lr, 3).astype(np.float32)
@@ -42,8 +43,14 @@ def make_inputs(model, seed=0):
 
 def _call(model, variables, args):
   args = dict(args)
-  return model.apply(variables, args.pop("x_t"), args.pop("log_snr"),
-                     args.pop("text_emb"), args.pop("text_mask"), **args)
+  return model.apply(
+      variables,
+      args.pop("x_t"),
+      args.pop("log_snr"),
+      args.pop("text_emb"),
+      args.pop("text_mask"),
+      **args,
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,9 +58,16 @@ def setup(name, **overrides):
   """(model, variables, jitted forward(variables, args)) per model, cached."""
   model = get_model(name, "tiny", **overrides)
   args = make_inputs(model)
-  variables = jax.jit(lambda a: model.init(
-      jax.random.key(0), a.pop("x_t"), a.pop("log_snr"), a.pop("text_emb"),
-      a.pop("text_mask"), **a))(dict(args))
+  variables = jax.jit(
+      lambda a: model.init(
+          jax.random.key(0),
+          a.pop("x_t"),
+          a.pop("log_snr"),
+          a.pop("text_emb"),
+          a.pop("text_mask"),
+          **a,
+      )
+  )(dict(args))
   forward = jax.jit(functools.partial(_call, model))
   return model, variables, forward
 
@@ -111,8 +125,8 @@ def test_output_depends_on_text_and_noise_level(name):
   other_text = np.random.RandomState(3).randn(*args["text_emb"].shape)
   other_text = other_text.astype(np.float32)
   diff = changed(text_emb=other_text)
-  assert diff[0] > 1e-3      # real tokens changed -> output changes
-  assert diff[1] == 0.0      # null-text row: no valid tokens to change
+  assert diff[0] > 1e-3  # real tokens changed -> output changes
+  assert diff[1] == 0.0  # null-text row: no valid tokens to change
   # Turning the null row into real text changes it.
   assert changed(text_mask=np.ones_like(args["text_mask"]))[1] > 1e-3
   assert (changed(log_snr=args["log_snr"] + 0.5) > 1e-3).all()
@@ -149,9 +163,16 @@ def test_remat_gives_same_loss_and_grads(name):
 
     def loss_fn(params):
       a = dict(args)
-      out = net.apply({"params": params}, a.pop("x_t"), a.pop("log_snr"),
-                      a.pop("text_emb"), a.pop("text_mask"), train=True,
-                      rngs={"dropout": rng}, **a)
+      out = net.apply(
+          {"params": params},
+          a.pop("x_t"),
+          a.pop("log_snr"),
+          a.pop("text_emb"),
+          a.pop("text_mask"),
+          train=True,
+          rngs={"dropout": rng},
+          **a,
+      )
       return jnp.mean((out - target) ** 2)
 
     return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
@@ -160,41 +181,64 @@ def test_remat_gives_same_loss_and_grads(name):
   for remat in ("block", "full"):
     loss, grads = loss_and_grads(remat)
     np.testing.assert_allclose(loss, loss0, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(
-        a, b, rtol=1e-4, atol=1e-6), grads, grads0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, grads0)
 
 
 def _abstract_init(model, args):
-  args = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
-          for k, v in args.items()}
-  return jax.eval_shape(lambda a: model.init(
-      jax.random.key(0), a.pop("x_t"), a.pop("log_snr"), a.pop("text_emb"),
-      a.pop("text_mask"), **a), args)
+  args = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in args.items()}
+  return jax.eval_shape(
+      lambda a: model.init(
+          jax.random.key(0),
+          a.pop("x_t"),
+          a.pop("log_snr"),
+          a.pop("text_emb"),
+          a.pop("text_mask"),
+          **a,
+      ),
+      args,
+  )
 
 
-@pytest.mark.parametrize("name,change,pattern", [
-    ("imagen_base64", dict(x_t=(2, 32, 32, 3)),
-     r"x_t image size: expected 64x64, got 32x32"),
-    ("imagen_sr256", dict(x_t=(2, 120, 120, 3)),
-     r"x_t image size: expected 256x256 or a crop with sides divisible by 16, got 120x120"),
-    ("imagen_sr256", dict(x_t=(2, 128, 128, 3)),  # a crop needs the matching low-res crop
-     r"lowres shape: expected \(2, 32, 32, 3\), got \(2, 64, 64, 3\)"),
-    ("imagen_base64", dict(x_t=(2, 64, 64, 4)),
-     r"x_t channels: expected 3, got 4"),
-    ("imagen_base64", dict(text_emb=(2, 6, 48)),
-     r"text_emb dim \(text_dim\): expected 32, got 48"),
-    ("imagen_sr256", dict(text_emb=(2, 6, 48)),
-     r"text_emb dim \(text_dim\): expected 32, got 48"),
-    ("imagen_base64", dict(text_mask=(2, 5)),
-     r"text_mask shape: expected \(2, 6\), got \(2, 5\)"),
-    ("imagen_sr256", dict(lowres=(2, 32, 32, 3)),
-     r"lowres shape: expected \(2, 64, 64, 3\), got \(2, 32, 32, 3\)"),
-    ("imagen_sr256", dict(lowres=None), r"lowres and lowres_log_snr are "
-     "required"),
-    ("imagen_base64", dict(lowres=(2, 16, 16, 3)), r"base stage"),
-    ("imagen_base64", dict(log_snr=(2, 1)),
-     r"log_snr shape: expected \(2,\), got \(2, 1\)"),
-])
+@pytest.mark.parametrize(
+    "name,change,pattern",
+    [
+        ("imagen_base64", dict(x_t=(2, 32, 32, 3)), r"x_t image size: expected 64x64, got 32x32"),
+        (
+            "imagen_sr256",
+            dict(x_t=(2, 120, 120, 3)),
+            r"x_t image size: expected 256x256 or a crop with sides divisible by 16, got 120x120",
+        ),
+        (
+            "imagen_sr256",
+            dict(x_t=(2, 128, 128, 3)),  # a crop needs the matching low-res crop
+            r"lowres shape: expected \(2, 32, 32, 3\), got \(2, 64, 64, 3\)",
+        ),
+        ("imagen_base64", dict(x_t=(2, 64, 64, 4)), r"x_t channels: expected 3, got 4"),
+        (
+            "imagen_base64",
+            dict(text_emb=(2, 6, 48)),
+            r"text_emb dim \(text_dim\): expected 32, got 48",
+        ),
+        (
+            "imagen_sr256",
+            dict(text_emb=(2, 6, 48)),
+            r"text_emb dim \(text_dim\): expected 32, got 48",
+        ),
+        (
+            "imagen_base64",
+            dict(text_mask=(2, 5)),
+            r"text_mask shape: expected \(2, 6\), got \(2, 5\)",
+        ),
+        (
+            "imagen_sr256",
+            dict(lowres=(2, 32, 32, 3)),
+            r"lowres shape: expected \(2, 64, 64, 3\), got \(2, 32, 32, 3\)",
+        ),
+        ("imagen_sr256", dict(lowres=None), r"lowres and lowres_log_snr are " "required"),
+        ("imagen_base64", dict(lowres=(2, 16, 16, 3)), r"base stage"),
+        ("imagen_base64", dict(log_snr=(2, 1)), r"log_snr shape: expected \(2,\), got \(2, 1\)"),
+    ],
+)
 def test_bad_inputs_raise_at_trace_time(name, change, pattern):
   model = get_model(name, "tiny")
   args = make_inputs(model)

@@ -24,22 +24,24 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def abstract_variables(model, text_len=8):
   r, f32 = model.resolution, jnp.float32
-  args = [jax.ShapeDtypeStruct((1, r, r, model.in_channels), f32),
-          jax.ShapeDtypeStruct((1,), f32),
-          jax.ShapeDtypeStruct((1, text_len, model.text_dim), f32),
-          jax.ShapeDtypeStruct((1, text_len), jnp.bool_)]
+  args = [
+      jax.ShapeDtypeStruct((1, r, r, model.in_channels), f32),
+      jax.ShapeDtypeStruct((1,), f32),
+      jax.ShapeDtypeStruct((1, text_len, model.text_dim), f32),
+      jax.ShapeDtypeStruct((1, text_len), jnp.bool_),
+  ]
   kwargs = {}
   if model.lowres_resolution is not None:
     lr = model.lowres_resolution
-    kwargs = dict(lowres=jax.ShapeDtypeStruct((1, lr, lr, 3), f32),
-                  lowres_log_snr=jax.ShapeDtypeStruct((1,), f32))
-  return jax.eval_shape(
-      lambda *a, **k: model.init(jax.random.key(0), *a, **k), *args, **kwargs)
+    kwargs = dict(
+        lowres=jax.ShapeDtypeStruct((1, lr, lr, 3), f32),
+        lowres_log_snr=jax.ShapeDtypeStruct((1,), f32),
+    )
+  return jax.eval_shape(lambda *a, **k: model.init(jax.random.key(0), *a, **k), *args, **kwargs)
 
 
 def param_count(variables):
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(
-      nn.unbox(variables["params"])))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(variables["params"])))
 
 
 @pytest.mark.parametrize("name", sorted(registry.PAPER_PARAMS))
@@ -51,25 +53,36 @@ def test_paper_variants_within_20_percent(name):
 
 def test_summary_script_prints_param_count_and_flops():
   out = subprocess.run(
-      [sys.executable, str(ROOT / "scripts" / "summary.py"),
-       "--model", "imagen_sr256", "--variant", "paper"],
-      capture_output=True, text=True, check=True, cwd=ROOT, timeout=300)
+      [
+          sys.executable,
+          str(ROOT / "scripts" / "summary.py"),
+          "--model",
+          "imagen_sr256",
+          "--variant",
+          "paper",
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=ROOT,
+      timeout=300,
+  )
   count = int(re.search(r"^params: (\d+)$", out.stdout, re.M).group(1))
-  assert count == param_count(abstract_variables(
-      get_model("imagen_sr256", "paper")))
-  gflops = float(re.search(r"forward GFLOPs per example: ([\d.]+)",
-                           out.stdout).group(1))
+  assert count == param_count(abstract_variables(get_model("imagen_sr256", "paper")))
+  gflops = float(re.search(r"forward GFLOPs per example: ([\d.]+)", out.stdout).group(1))
   assert 100 < gflops < 5000
 
 
 def test_every_name_and_variant_builds_with_attributes():
-  expected = {"imagen_base64": (UNet, 64, None),
-              "imagen_sr256": (EfficientUNet, 256, 64),
-              "imagen_sr1024": (EfficientUNet, 1024, 256),
-              "shapes_base32": (UNet, 32, None),
-              "shapes_base16": (UNet, 16, None),
-              "shapes_sr32": (EfficientUNet, 32, 16),
-              "shapes_sr64": (EfficientUNet, 64, 32)}
+  expected = {
+      "imagen_base64": (UNet, 64, None),
+      "imagen_sr256": (EfficientUNet, 256, 64),
+      "imagen_sr1024": (EfficientUNet, 1024, 256),
+      "shapes_base32": (UNet, 32, None),
+      "shapes_base16": (UNet, 16, None),
+      "shapes_sr32": (EfficientUNet, 32, 16),
+      "shapes_sr64": (EfficientUNet, 64, 32),
+  }
   assert set(model_names()) == set(expected)
   for name, (cls, res, lowres) in expected.items():
     assert {"tiny", "small"} <= set(variants(name))
@@ -82,8 +95,7 @@ def test_every_name_and_variant_builds_with_attributes():
 
 
 def test_overrides_and_errors():
-  model = get_model("shapes_base32", "tiny", text_dim=256, dtype=jnp.bfloat16,
-                    remat="block")
+  model = get_model("shapes_base32", "tiny", text_dim=256, dtype=jnp.bfloat16, remat="block")
   assert model.text_dim == 256
   assert model.dtype == jnp.bfloat16
   assert model.remat == "block"
@@ -110,10 +122,8 @@ def test_demo_models_have_no_attention_at_32_and_above():
 @pytest.mark.parametrize("name", ["imagen_base64", "imagen_sr256"])
 def test_params_have_logical_axes(name):
   variables = abstract_variables(get_model(name, "tiny"))
-  allowed = {None, "embed", "mlp", "heads", "kv", "conv_in", "conv_out",
-             "norm"}
-  boxes = jax.tree.leaves(variables["params"],
-                          is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  allowed = {None, "embed", "mlp", "heads", "kv", "conv_in", "conv_out", "norm"}
+  boxes = jax.tree.leaves(variables["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert boxes
   for box in boxes:
     assert isinstance(box, nn.LogicallyPartitioned), box
@@ -136,12 +146,16 @@ def test_summary_script_reads_a_config_file(tmp_path):
       "  c.model = dict(name='shapes_sr64', variant=arg,\n"
       "                 overrides=dict(text_dim=96))\n"
       "  c.text = dict(max_length=12)\n"
-      "  return c\n")
+      "  return c\n"
+  )
   out = subprocess.run(
-      [sys.executable, str(ROOT / "scripts" / "summary.py"),
-       f"--config={config}:tiny"],
-      capture_output=True, text=True, check=True, cwd=ROOT, timeout=300)
+      [sys.executable, str(ROOT / "scripts" / "summary.py"), f"--config={config}:tiny"],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=ROOT,
+      timeout=300,
+  )
   assert "text_dim=96 text_len=12" in out.stdout
   count = int(re.search(r"^params: (\d+)$", out.stdout, re.M).group(1))
-  assert count == param_count(abstract_variables(
-      get_model("shapes_sr64", "tiny", text_dim=96)))
+  assert count == param_count(abstract_variables(get_model("shapes_sr64", "tiny", text_dim=96)))

@@ -1,6 +1,7 @@
 """`multihost.initialize()` with no flags: a cluster JAX configures itself (TPU pod, GKE,
 SLURM, Open MPI) gets `jax.distributed.initialize()`; a plain or single-task run gets none.
 The SLURM case is run for real: two local processes with the variables `srun` sets."""
+
 import os
 import socket
 import subprocess
@@ -10,8 +11,14 @@ import pytest
 
 from imagen_jax.parallel import multihost
 
-_VARS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", multihost.DISTRIBUTED_ENV,
-         "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", *multihost._SLURM_VARS)  # pylint: disable=protected-access
+_VARS = (
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    multihost.DISTRIBUTED_ENV,
+    "OMPI_MCA_orte_hnp_uri",
+    "OMPI_COMM_WORLD_SIZE",
+    *multihost._SLURM_VARS,
+)  # pylint: disable=protected-access
 
 
 @pytest.fixture
@@ -22,8 +29,13 @@ def clean_env(monkeypatch):
 
 
 def _slurm(ntasks, procid, job_id="4242"):
-  return {"SLURM_JOB_ID": job_id, "SLURM_STEP_NODELIST": "localhost",
-          "SLURM_NTASKS": str(ntasks), "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid)}
+  return {
+      "SLURM_JOB_ID": job_id,
+      "SLURM_STEP_NODELIST": "localhost",
+      "SLURM_NTASKS": str(ntasks),
+      "SLURM_PROCID": str(procid),
+      "SLURM_LOCALID": str(procid),
+  }
 
 
 def test_detection(clean_env):
@@ -75,9 +87,16 @@ def test_two_slurm_tasks_initialise_themselves(clean_env):
   env = {k: v for k, v in os.environ.items() if k not in _VARS}
   env["XLA_FLAGS"] = ""
   env["JAX_PLATFORMS"] = "cpu"
-  procs = [subprocess.Popen([sys.executable, "-c", _CHILD], env={**env, **_slurm(2, i, job_id)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", _CHILD],
+          env={**env, **_slurm(2, i, job_id)},
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outs = [p.communicate(timeout=120)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]

@@ -11,14 +11,18 @@ from imagen_jax.parallel import sharding as sharding_lib
 
 
 class Net(nn.Module):
+
   @nn.compact
   def __call__(self, x):
-    big = self.param("big", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")),
-                     (512, 1024))  # 2 MiB
-    odd = self.param("odd", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")),
-                     (513, 1023))  # ~2 MiB, neither dim divisible by 2 or 4
-    small = self.param("small", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-                       (1024,))
+    big = self.param(
+        "big", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")), (512, 1024)
+    )  # 2 MiB
+    odd = self.param(
+        "odd", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")), (513, 1023)
+    )  # ~2 MiB, neither dim divisible by 2 or 4
+    small = self.param(
+        "small", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (1024,)
+    )
     return x @ big + small + jnp.sum(odd)
 
 
@@ -29,15 +33,16 @@ def _abstract():
 def test_fsdp_rule_shards_largest_divisible_dim_of_large_params():
   mesh = mesh_lib.create_mesh([("data", 2), ("fsdp", 4)])
   sh = sharding_lib.param_shardings(_abstract(), mesh, [], min_fsdp_size_mb=1.0)
-  assert sh["big"].spec == P(None, "fsdp")   # 1024 is the largest dim
-  assert sh["odd"].spec == P(None, None)     # 513 and 1023 are not divisible by 4
-  assert sh["small"].spec == P(None)         # below the size threshold
+  assert sh["big"].spec == P(None, "fsdp")  # 1024 is the largest dim
+  assert sh["odd"].spec == P(None, None)  # 513 and 1023 are not divisible by 4
+  assert sh["small"].spec == P(None)  # below the size threshold
 
 
 def test_logical_rules_then_fsdp_on_remaining_dim():
   mesh = mesh_lib.create_mesh([("data", 2), ("fsdp", 4)])
-  sh = sharding_lib.param_shardings(_abstract(), mesh, [["mlp", "data"], ["embed", None]],
-                                    min_fsdp_size_mb=1.0)
+  sh = sharding_lib.param_shardings(
+      _abstract(), mesh, [["mlp", "data"], ["embed", None]], min_fsdp_size_mb=1.0
+  )
   assert sh["big"].spec == P("fsdp", "data")
   assert sh["small"].spec == P("data")
   # 'odd' (513, 1023): no rule-given axis divides it, nor does fsdp -> replicated.
@@ -50,8 +55,9 @@ def test_rules_naming_absent_mesh_axes_are_ignored():
   assert sh["big"].spec == P(None, None)
 
 
-@pytest.mark.parametrize("make_tx", [lambda: optax.adam(1e-3),
-                                     lambda: optax.adafactor(1e-3, min_dim_size_to_factor=8)])
+@pytest.mark.parametrize(
+    "make_tx", [lambda: optax.adam(1e-3), lambda: optax.adafactor(1e-3, min_dim_size_to_factor=8)]
+)
 def test_opt_state_follows_params(make_tx):
   mesh = mesh_lib.create_mesh([("data", 2), ("fsdp", 4)])
   boxed = _abstract()
@@ -59,8 +65,7 @@ def test_opt_state_follows_params(make_tx):
   tx = make_tx()
   params = nn.meta.unbox(boxed)
   opt_abs = jax.eval_shape(tx.init, params)
-  o_sh = sharding_lib.opt_state_shardings(tx, opt_abs, params, p_sh, mesh,
-                                          min_fsdp_size_mb=1.0)
+  o_sh = sharding_lib.opt_state_shardings(tx, opt_abs, params, p_sh, mesh, min_fsdp_size_mb=1.0)
   leaves_a = jax.tree.leaves(opt_abs)
   leaves_s = jax.tree.leaves(o_sh, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
   assert len(leaves_a) == len(leaves_s)
@@ -69,7 +74,8 @@ def test_opt_state_follows_params(make_tx):
     s.shard_shape(a.shape)  # valid for the shape
   # jit init with these out_shardings works.
   out = jax.jit(tx.init, out_shardings=o_sh)(
-      jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params))
+      jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
+  )
   assert jax.tree.structure(out) == jax.tree.structure(opt_abs)
 
 

@@ -5,6 +5,7 @@ continues the same stream: a pod run can be reproduced and debugged on one machi
 Each layout is `scripts/train.py` with the explicit process flags on 127.0.0.1, as a user runs
 it outside a TPU pod (slow tier: every process compiles the stage's step).
 """
+
 import os
 import pathlib
 import socket
@@ -19,8 +20,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "shapes.py") + ":stage=base,runlocal"
 # A constant learning rate, so a run continued to more total steps follows the same schedule.
-OVERRIDES = ["--config.optim.decay=constant", "--config.optim.warmup_steps=0",
-             "--config.checkpoint.every_steps=100", "--config.log_every_steps=1"]
+OVERRIDES = [
+    "--config.optim.decay=constant",
+    "--config.optim.warmup_steps=0",
+    "--config.checkpoint.every_steps=100",
+    "--config.log_every_steps=1",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +38,44 @@ def _free_port():
 
 def _train(workdir, processes, total_steps):
   devices = 8 // processes
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", CONFIG,
-         "--workdir", str(workdir), f"--config.total_steps={total_steps}", *OVERRIDES]
+  env = dict(
+      os.environ,
+      PYTHONPATH=str(REPO),
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
+  cmd = [
+      sys.executable,
+      str(REPO / "scripts" / "train.py"),
+      "--config",
+      CONFIG,
+      "--workdir",
+      str(workdir),
+      f"--config.total_steps={total_steps}",
+      *OVERRIDES,
+  ]
   if processes > 1:
     port = _free_port()
-    cmds = [cmd + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes",
-                   str(processes), "--process_id", str(i), "--heartbeat_timeout_s", "900"]
-            for i in range(processes)]
+    cmds = [
+        cmd
+        + [
+            "--coordinator_address",
+            f"127.0.0.1:{port}",
+            "--num_processes",
+            str(processes),
+            "--process_id",
+            str(i),
+            "--heartbeat_timeout_s",
+            "900",
+        ]
+        for i in range(processes)
+    ]
   else:
     cmds = [cmd]
-  procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for c in cmds]
+  procs = [
+      subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for c in cmds
+  ]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
@@ -57,19 +87,25 @@ def _params(workdir, step):
   path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
-  state = checkpointer.restore(path, restore_args=jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(
-              {"params": state["params"], "ema_params": state["ema_params"]})}
+  state = checkpointer.restore(
+      path, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  )
+  return {
+      jax.tree_util.keystr(k): np.asarray(v)
+      for k, v in jax.tree_util.tree_leaves_with_path(
+          {"params": state["params"], "ema_params": state["ema_params"]}
+      )
+  }
 
 
 def _assert_close(a, b, what):
   """Equal to float32 reduction-order noise: |a - b| <= 1e-5 (1 + |b|) element-wise."""
   assert sorted(a) == sorted(b)
   worst = max((float(np.max(np.abs(a[k] - b[k]))), k) for k in a)
-  print(f"{what}: {len(a)} tensors, max |difference| {worst[0]:.2e} ({worst[1]}, max |value| "
-        f"{float(np.max(np.abs(b[worst[1]]))):.3g})")
+  print(
+      f"{what}: {len(a)} tensors, max |difference| {worst[0]:.2e} ({worst[1]}, max |value| "
+      f"{float(np.max(np.abs(b[worst[1]]))):.3g})"
+  )
   assert max(float(np.max(np.abs(a[k]))) for k in a) > 0
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=f"{what}: {k}")

@@ -1,5 +1,6 @@
 """imagen_jax.perf.benchmark: timing arithmetic, the synthetic batch, and the measured train
 step / sampler on a tiny stage (figures are only checked for consistency, never for speed)."""
+
 import itertools
 
 import jax
@@ -72,6 +73,7 @@ def test_train_step_figures_are_consistent(mode):
   pipe = pipeline_lib.StagePipeline.from_config(c)
   params = pipe.init(jax.random.PRNGKey(0), text_len=6)["params"]
   from flax.core import meta  # pylint: disable=import-outside-toplevel
+
   assert out["params"] == benchmark.count_params(meta.unbox(params))
   assert out["devices"] == 8 and out["mode"] == mode and out["batch_size"] == 8
   assert len(out["step_seconds_all"]) == 2
@@ -82,7 +84,8 @@ def test_train_step_figures_are_consistent(mode):
   assert out["flops_per_step_per_device"] > 0
   assert out["flops_per_image"] == pytest.approx(out["flops_per_step_per_device"] * 8 / 8)
   assert out["tflops_per_device"] == pytest.approx(
-      out["flops_per_step_per_device"] / out["step_seconds"] / 1e12)
+      out["flops_per_step_per_device"] / out["step_seconds"] / 1e12
+  )
   assert out["mfu"] == "n/a"  # no peak for CPUs
   assert out["peak_device_memory_bytes"] is None  # the CPU backend reports none
 
@@ -108,7 +111,8 @@ def test_sampling_reports_guided_and_unguided():
     assert out[name]["step_seconds"] == pytest.approx(out[name]["seconds"] / 3)
     assert out[name]["img_per_s"] == pytest.approx(2 / out[name]["seconds"])
   assert out["guided_over_unguided_step"] == pytest.approx(
-      out["guided"]["step_seconds"] / out["unguided"]["step_seconds"])
+      out["guided"]["step_seconds"] / out["unguided"]["step_seconds"]
+  )
 
 
 def test_input_pipeline_counts_images():
@@ -126,5 +130,6 @@ def test_bad_mode_and_batch_are_named():
 
 
 def test_mfu_uses_the_peak_table():
-  assert flops_lib.throughput(989e12 * 0.5, 1.0, "NVIDIA H100 80GB HBM3")["mfu"] == \
-      pytest.approx(0.5)
+  assert flops_lib.throughput(989e12 * 0.5, 1.0, "NVIDIA H100 80GB HBM3")["mfu"] == pytest.approx(
+      0.5
+  )

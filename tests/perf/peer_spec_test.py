@@ -6,6 +6,7 @@ num_resnet_blocks=(2, 4, 8, 8), layer_attns=layer_cross_attns=(False, False, Fal
 memory_efficient=True. Its `BaseUnet64` has dim=512, dim_mults=(1, 2, 3, 4),
 num_resnet_blocks=3, layer_attns=(False, True, True, True).
 """
+
 import importlib.util
 import pathlib
 
@@ -25,8 +26,7 @@ def _config(path, arg):
 
 
 def test_base64_paper_matches_the_papers_shape():
-  kw = peer_spec.unet_kwargs("imagen_base64", registry.model_config("imagen_base64", "paper"),
-                             128)
+  kw = peer_spec.unet_kwargs("imagen_base64", registry.model_config("imagen_base64", "paper"), 128)
   assert kw["dim"] == 512 and kw["dim_mults"] == (1, 2, 3, 4)
   assert kw["num_resnet_blocks"] == 3
   assert kw["layer_attns"] == (False, True, True, True) == kw["layer_cross_attns"]
@@ -45,16 +45,22 @@ def test_sr256_paper_matches_imagen_pytorchs_srunet256():
 
 
 def test_sr1024_has_cross_attention_only():
-  kw = peer_spec.unet_kwargs("imagen_sr1024", registry.model_config("imagen_sr1024", "paper"),
-                             128)
+  kw = peer_spec.unet_kwargs("imagen_sr1024", registry.model_config("imagen_sr1024", "paper"), 128)
   assert kw["layer_attns"] == (False,) * 4 and kw["layer_cross_attns"][-1]
   assert not kw["attend_at_middle"]
 
 
 def test_spec_follows_the_config():
   c = _config("configs/base64.py", "variant=small,data=shapes")
-  s = peer_spec.spec(c, batch_size=64, sample_batch_size=16, sample_steps=32,
-                     guidance_scale=5.0, repeats=5, inner=5)
+  s = peer_spec.spec(
+      c,
+      batch_size=64,
+      sample_batch_size=16,
+      sample_steps=32,
+      guidance_scale=5.0,
+      repeats=5,
+      inner=5,
+  )
   assert s["precision"] == "bf16"  # small computes in bfloat16
   assert s["imagen"]["image_sizes"] == [64]
   assert s["imagen"]["pred_objectives"] == "noise" and s["imagen"]["noise_schedules"] == "cosine"
@@ -64,8 +70,9 @@ def test_spec_follows_the_config():
   assert s["text_len"] == 128 and s["batch_size"] == 64
 
   sr = _config("configs/shapes.py", "stage=sr1")
-  s = peer_spec.spec(sr, batch_size=8, sample_batch_size=2, sample_steps=4,
-                     guidance_scale=3.0, repeats=1, inner=1)
+  s = peer_spec.spec(
+      sr, batch_size=8, sample_batch_size=2, sample_steps=4, guidance_scale=3.0, repeats=1, inner=1
+  )
   assert s["imagen"]["image_sizes"] == [16, 32] and s["imagen"]["pred_objectives"] == "v"
   assert s["precision"] == "fp32"
 
@@ -75,8 +82,9 @@ def test_unmatched_settings_are_errors_naming_the_value():
   c.unlock()
   c.diffusion.schedule = "sigmoid"
   with pytest.raises(ValueError, match="'sigmoid'"):
-    peer_spec.spec(c, batch_size=8, sample_batch_size=2, sample_steps=4, guidance_scale=3.0,
-                   repeats=1, inner=1)
+    peer_spec.spec(
+        c, batch_size=8, sample_batch_size=2, sample_steps=4, guidance_scale=3.0, repeats=1, inner=1
+    )
   cfg = registry.model_config("shapes_sr32", "tiny", strides=(2, 2, 1))
   with pytest.raises(ValueError, match=r"strides \(2, 2, 1\)"):
     peer_spec.unet_kwargs("shapes_sr32", cfg, 8)

@@ -1,5 +1,6 @@
 """program_size (benchmarks/hlo_size.py): StableHLO op counts agree with the jaxpr, with every
 call to a jitted helper counted where it is used."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -8,14 +9,15 @@ from imagen_jax.perf import program_size
 
 
 def _conv(x, w):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def _fn(x, w1, w2, a, b):
-  y = _conv(_conv(x, w1), w1)           # the same signature twice
-  y = jax.jit(_conv)(y, w2)             # another one, inside a called function
-  y = jax.jit(_conv)(y, w2)             # ... called twice: one definition, two uses
+  y = _conv(_conv(x, w1), w1)  # the same signature twice
+  y = jax.jit(_conv)(y, w2)  # another one, inside a called function
+  y = jax.jit(_conv)(y, w2)  # ... called twice: one definition, two uses
   return y.sum() + (a @ b).sum() + (b.T @ a.T).sum()
 
 
@@ -30,8 +32,13 @@ def _count(jaxpr, prim):
 
 
 def test_counts_match_the_jaxpr_with_calls_inlined():
-  args = (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4)), jnp.ones((1, 1, 4, 4)),
-          jnp.ones((3, 5)), jnp.ones((5, 7)))
+  args = (
+      jnp.ones((2, 8, 8, 4)),
+      jnp.ones((3, 3, 4, 4)),
+      jnp.ones((1, 1, 4, 4)),
+      jnp.ones((3, 5)),
+      jnp.ones((5, 7)),
+  )
   text = jax.jit(_fn).lower(*args).as_text()
   stats = program_size.op_stats(text)
   jaxpr = jax.make_jaxpr(_fn)(*args).jaxpr

@@ -2,6 +2,7 @@
 protocol (a stand-in peer whose figures are known, so the ratios can be checked exactly), and a
 failing peer that must not lose our figures. The real imagen-pytorch side runs where an
 environment with it is named by IMAGEN_JAX_PEER_PYTHON (requirements-bench.txt)."""
+
 import json
 import os
 import pathlib
@@ -12,8 +13,22 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = ["--config", "configs/shapes.py:stage=base", "--batch_size", "8", "--repeats", "1",
-        "--inner", "1", "--sample_batch", "2", "--sample_steps", "2", "--input_seconds", "0.3"]
+TINY = [
+    "--config",
+    "configs/shapes.py:stage=base",
+    "--batch_size",
+    "8",
+    "--repeats",
+    "1",
+    "--inner",
+    "1",
+    "--sample_batch",
+    "2",
+    "--sample_steps",
+    "2",
+    "--input_seconds",
+    "0.3",
+]
 # The same run under the deprecated name of --batch_size (users' scripts keep working).
 TINY_OLD_BATCH_FLAG = [("--batch" if a == "--batch_size" else a) for a in TINY]
 
@@ -46,9 +61,14 @@ def _bench(args, tmp_path, env=None, tiny=TINY):
   out = tmp_path / "bench.json"
   env = {**os.environ, **(env or {})}
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user's shell has
-  proc = subprocess.run([sys.executable, str(ROOT / "scripts/benchmark.py"), *tiny, *args,
-                         "--json", str(out)], capture_output=True, text=True, cwd=ROOT,
-                        env=env, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "scripts/benchmark.py"), *tiny, *args, "--json", str(out)],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      env=env,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(out.read_text()), proc.stdout
 
@@ -57,24 +77,38 @@ def _bench(args, tmp_path, env=None, tiny=TINY):
 # benchmark tests' slow tier once.
 @pytest.mark.slow
 def test_ratios_against_a_peer_with_known_figures(tmp_path):
-  result, stdout = _bench(["--peer", "imagen-pytorch", "--peer_python",
-                           _fake_peer(tmp_path, fail=False)], tmp_path)
+  result, stdout = _bench(
+      ["--peer", "imagen-pytorch", "--peer_python", _fake_peer(tmp_path, fail=False)], tmp_path
+  )
   ours = result["ours"]
   assert ours["train"]["img_per_s"] > 0 and ours["input"]["img_per_s"] > 0
   assert result["ratio_train_img_per_s"] == pytest.approx(ours["train"]["img_per_s"] / 2.0)
   assert result["ratio_params"] == pytest.approx(ours["train"]["params"] / 1000)
   assert result["ratio_flops_per_image"] == pytest.approx(ours["train"]["flops_per_image"] / 1e9)
   assert result["ratio_sample_guided_img_per_s"] == pytest.approx(
-      ours["sample"]["guided"]["img_per_s"] / 0.25)
+      ours["sample"]["guided"]["img_per_s"] / 0.25
+  )
   assert result["peer"]["spec"]["unet"]["dim"] == 32  # shapes_base16/tiny's channels
   assert "train img/s" in stdout and "ours/theirs" in stdout
 
 
 @pytest.mark.slow  # as above
 def test_a_failing_peer_keeps_our_figures_and_the_profile(tmp_path):
-  result, stdout = _bench(["--only", "train", "--peer", "imagen-pytorch", "--peer_python",
-                           _fake_peer(tmp_path, fail=True), "--profile", str(tmp_path / "prof"),
-                           "--profile_steps", "1"], tmp_path)
+  result, stdout = _bench(
+      [
+          "--only",
+          "train",
+          "--peer",
+          "imagen-pytorch",
+          "--peer_python",
+          _fake_peer(tmp_path, fail=True),
+          "--profile",
+          str(tmp_path / "prof"),
+          "--profile_steps",
+          "1",
+      ],
+      tmp_path,
+  )
   assert result["ours"]["train"]["img_per_s"] > 0
   profile = result["ours"]["train"]["profile"]
   assert profile["traced_seconds_per_step"] > 0
@@ -90,9 +124,11 @@ def test_a_failing_peer_keeps_our_figures_and_the_profile(tmp_path):
 
 
 def test_peer_alone_leaves_the_devices_to_it(tmp_path):
-  result, stdout = _bench(["--only=", "--peer", "imagen-pytorch", "--peer_python",
-                           _fake_peer(tmp_path, fail=False)], tmp_path,
-                          tiny=TINY_OLD_BATCH_FLAG)  # the fake peer checks the batch is 8
+  result, stdout = _bench(
+      ["--only=", "--peer", "imagen-pytorch", "--peer_python", _fake_peer(tmp_path, fail=False)],
+      tmp_path,
+      tiny=TINY_OLD_BATCH_FLAG,
+  )  # the fake peer checks the batch is 8
   assert result["batch_size"] == 8
   assert result["ours"] == {} and result["peer"]["img_per_s"] == 2.0
   assert "devices" not in result  # JAX never initialised a backend
@@ -101,17 +137,39 @@ def test_peer_alone_leaves_the_devices_to_it(tmp_path):
 
 
 def test_a_peer_stopped_by_its_timeout_keeps_the_figures_it_wrote(tmp_path):
-  result, stdout = _bench(["--only=", "--peer", "imagen-pytorch", "--peer_timeout", "5",
-                           "--peer_python", _fake_peer(tmp_path, mode="hang")], tmp_path)
+  result, stdout = _bench(
+      [
+          "--only=",
+          "--peer",
+          "imagen-pytorch",
+          "--peer_timeout",
+          "5",
+          "--peer_python",
+          _fake_peer(tmp_path, mode="hang"),
+      ],
+      tmp_path,
+  )
   assert result["peer"]["img_per_s"] == 2.0
   assert result["peer"]["error"] == "stopped by --peer_timeout=5s"
   assert "stopped by --peer_timeout=5s" in stdout
 
 
 def test_bad_only_value_is_named(tmp_path):
-  proc = subprocess.run([sys.executable, str(ROOT / "scripts/benchmark.py"), *TINY,
-                         "--only", "train,sampel", "--json", str(tmp_path / "x.json")],
-                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          str(ROOT / "scripts/benchmark.py"),
+          *TINY,
+          "--only",
+          "train,sampel",
+          "--json",
+          str(tmp_path / "x.json"),
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=120,
+  )
   assert proc.returncode != 0 and "sampel" in proc.stderr
   assert not (tmp_path / "x.json").exists()
 
@@ -119,19 +177,44 @@ def test_bad_only_value_is_named(tmp_path):
 def test_unusable_profile_dir_is_named_before_measuring(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  proc = subprocess.run([sys.executable, str(ROOT / "scripts/benchmark.py"), *TINY,
-                         "--profile", str(blocker / "prof"), "--json", str(tmp_path / "x.json")],
-                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          str(ROOT / "scripts/benchmark.py"),
+          *TINY,
+          "--profile",
+          str(blocker / "prof"),
+          "--json",
+          str(tmp_path / "x.json"),
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=120,
+  )
   assert proc.returncode != 0 and str(blocker / "prof") in proc.stderr
   assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.skipif(not os.environ.get("IMAGEN_JAX_PEER_PYTHON"),
-                    reason="no imagen-pytorch environment: set IMAGEN_JAX_PEER_PYTHON to the "
-                           "python of one made from requirements-bench.txt")
+@pytest.mark.skipif(
+    not os.environ.get("IMAGEN_JAX_PEER_PYTHON"),
+    reason="no imagen-pytorch environment: set IMAGEN_JAX_PEER_PYTHON to the "
+    "python of one made from requirements-bench.txt",
+)
 def test_real_imagen_pytorch_peer(tmp_path):
-  result, _ = _bench(["--only", "train,sample", "--peer", "imagen-pytorch", "--peer_python",
-                      os.environ["IMAGEN_JAX_PEER_PYTHON"], "--peer_device", "cpu"], tmp_path)
+  result, _ = _bench(
+      [
+          "--only",
+          "train,sample",
+          "--peer",
+          "imagen-pytorch",
+          "--peer_python",
+          os.environ["IMAGEN_JAX_PEER_PYTHON"],
+          "--peer_device",
+          "cpu",
+      ],
+      tmp_path,
+  )
   peer = result["peer"]
   assert "error" not in peer, peer
   assert peer["peer_version"] == "2.1.0" and peer["precision"] == "fp32"

@@ -1,4 +1,5 @@
 """scripts/sweep.py: run names, printed commands (parsed back), a 2-run local sweep, summary."""
+
 import csv
 import json
 import pathlib
@@ -19,21 +20,26 @@ SWEEP = [sys.executable, str(ROOT / "scripts" / "sweep.py")]
 
 
 def _run(args, **kw):
-  return subprocess.run(SWEEP + args, capture_output=True, text=True, cwd=ROOT,
-                        timeout=kw.pop("timeout", 300), **kw)
+  return subprocess.run(
+      SWEEP + args, capture_output=True, text=True, cwd=ROOT, timeout=kw.pop("timeout", 300), **kw
+  )
 
 
 def test_run_names_are_filesystem_safe_and_distinct():
-  names = [sweep_lib.run_name(o) for o in (
-      {"optim.lr": 3e-4, "input.cond_drop_prob": 0.1},
-      {"optim.lr": 1e-4, "input.cond_drop_prob": 0.1},
-      {"diffusion.aug_range": (0.0, 0.5), "diffusion.prediction": "v"},
-      {"text.encoder": "/ckpt/t5 xxl", "model.overrides.dtype": "bfloat16"},
-      {"a.lr": 1, "b.lr": 2},
-      {})]
+  names = [
+      sweep_lib.run_name(o)
+      for o in (
+          {"optim.lr": 3e-4, "input.cond_drop_prob": 0.1},
+          {"optim.lr": 1e-4, "input.cond_drop_prob": 0.1},
+          {"diffusion.aug_range": (0.0, 0.5), "diffusion.prediction": "v"},
+          {"text.encoder": "/ckpt/t5 xxl", "model.overrides.dtype": "bfloat16"},
+          {"a.lr": 1, "b.lr": 2},
+          {},
+      )
+  ]
   assert names[0] == "lr=0.0003,cond_drop_prob=0.1"
   assert names[2] == "aug_range=0-0.5,prediction=v"
-  assert names[4] == "a.lr=1,b.lr=2"       # ambiguous leaf names keep the full key
+  assert names[4] == "a.lr=1,b.lr=2"  # ambiguous leaf names keep the full key
   assert names[5] == "default"
   assert len(set(names)) == len(names)
   for name in names:
@@ -50,7 +56,8 @@ def test_unknown_override_key_is_named(tmp_path):
       f"_s = importlib.util.spec_from_file_location('c', {str(ROOT / 'configs' / 'shapes.py')!r})\n"
       "_m = importlib.util.module_from_spec(_s); _s.loader.exec_module(_m)\n"
       "get_config = _m.get_config\n"
-      "def sweep(add, arg=None):\n  add(**{'optim.lrr': 1e-3})\n")
+      "def sweep(add, arg=None):\n  add(**{'optim.lrr': 1e-3})\n"
+  )
   with pytest.raises(KeyError, match="optim.lrr"):
     sweep_lib.expand(f"{cfg}:runlocal")
 
@@ -58,15 +65,15 @@ def test_unknown_override_key_is_named(tmp_path):
 def _parse_train_flags(argv, monkeypatch):
   monkeypatch.setattr(sys, "argv", argv)
   values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
-                                           lock_config=True)
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
   flags.DEFINE_string("workdir", None, "", flag_values=values)
   values(argv)
   return holder.value, values.workdir
 
 
-@pytest.mark.parametrize("spec", ["configs/base64.py:variant=small",
-                                  "configs/sr256.py:variant=tiny"])
+@pytest.mark.parametrize(
+    "spec", ["configs/base64.py:variant=small", "configs/sr256.py:variant=tiny"]
+)
 def test_print_mode_2x2_gives_4_distinct_commands(spec, monkeypatch):
   out = _run(["--config", spec, "--workdir", "/tmp/sw eep", "--mode", "print"])
   assert out.returncode == 0, out.stderr
@@ -87,15 +94,36 @@ def test_print_mode_2x2_gives_4_distinct_commands(spec, monkeypatch):
 
 
 def test_tpu_mode_dry_run_prints_one_ssh_per_run():
-  out = _run(["--config", "configs/sr1024.py:variant=paper", "--workdir", "gs://b/sw",
-              "--mode", "tpu", "--tpu", "pod", "--zone", "us-central2-b", "--dry_run"])
+  out = _run(
+      [
+          "--config",
+          "configs/sr1024.py:variant=paper",
+          "--workdir",
+          "gs://b/sw",
+          "--mode",
+          "tpu",
+          "--tpu",
+          "pod",
+          "--zone",
+          "us-central2-b",
+          "--dry_run",
+      ]
+  )
   assert out.returncode == 0, out.stderr
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 4
   for line in lines:
     argv = shlex.split(line)
-    assert argv[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone",
-                        "us-central2-b"]
+    assert argv[:8] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        "pod",
+        "--zone",
+        "us-central2-b",
+    ]
     assert "--worker=all" in argv
     remote = argv[argv.index("--command") + 1]
     assert "--config=configs/sr1024.py:variant=paper" in remote
@@ -144,9 +172,9 @@ def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeyp
     assert info["overrides"] == {"seed": int(name.split("=")[1])}
     assert (workdir / name / "checkpoints" / "3").is_dir()
     assert json.loads((workdir / name / "config.json").read_text())["seed"] == (
-        info["overrides"]["seed"])
-  losses = {n: json.loads((workdir / n / "final_metrics.json").read_text())["loss"]
-            for n in runs}
+        info["overrides"]["seed"]
+    )
+  losses = {n: json.loads((workdir / n / "final_metrics.json").read_text())["loss"] for n in runs}
   assert losses["seed=0"] != losses["seed=1"]  # the override reached the run
 
   again = _run(["--config", spec, "--workdir", str(workdir), "--mode", "local"])
@@ -167,8 +195,18 @@ def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeyp
     rows = list(csv.DictReader(f))
   assert sorted(r["run"] for r in rows) == runs and all(r["loss"] for r in rows)
 
-  desc = _run(["--summarize", str(workdir), "--sort_by", "grad_norm", "--order", "desc",
-               "--csv", str(tmp_path / "g.csv")])
+  desc = _run(
+      [
+          "--summarize",
+          str(workdir),
+          "--sort_by",
+          "grad_norm",
+          "--order",
+          "desc",
+          "--csv",
+          str(tmp_path / "g.csv"),
+      ]
+  )
   assert desc.returncode == 0 and "Sorted by grad_norm (descending)" in desc.stdout
   assert (tmp_path / "g.csv").is_file()
 
@@ -176,13 +214,17 @@ def test_local_sweep_trains_both_skips_finished_and_summarizes(tmp_path, monkeyp
 def test_summary_of_fabricated_runs(tmp_path):
   """The table and CSV from run directories alone (no training): sort order, unfinished runs."""
   from imagen_jax.launch import sweep_summary  # pylint: disable=import-outside-toplevel
-  runs = {"lr=0.001": ({"optim.lr": 1e-3}, {"step": 3, "loss": 0.5, "accuracy": 0.9}),
-          "lr=0.01": ({"optim.lr": 1e-2}, {"step": 3, "loss": 0.2, "accuracy": 0.7}),
-          "lr=0.1": ({"optim.lr": 1e-1}, None)}
+
+  runs = {
+      "lr=0.001": ({"optim.lr": 1e-3}, {"step": 3, "loss": 0.5, "accuracy": 0.9}),
+      "lr=0.01": ({"optim.lr": 1e-2}, {"step": 3, "loss": 0.2, "accuracy": 0.7}),
+      "lr=0.1": ({"optim.lr": 1e-1}, None),
+  }
   for name, (overrides, final) in runs.items():
     (tmp_path / name).mkdir()
-    (tmp_path / name / "sweep_run.json").write_text(json.dumps(
-        {"overrides": overrides, "metrics": ["accuracy"]}))
+    (tmp_path / name / "sweep_run.json").write_text(
+        json.dumps({"overrides": overrides, "metrics": ["accuracy"]})
+    )
     if final is not None:
       (tmp_path / name / "final_metrics.json").write_text(json.dumps(final))
   text = sweep_summary.summarize(str(tmp_path))
@@ -190,8 +232,7 @@ def test_summary_of_fabricated_runs(tmp_path):
   assert lines[0].split() == ["run", "optim.lr", "accuracy", "step"]
   assert [line.split()[0] for line in lines[2:]] == ["lr=0.001", "lr=0.01", "lr=0.1"]
   assert "(unfinished)" in lines[4]
-  out = _run(["--summarize", str(tmp_path), "--sort_by", "loss", "--csv",
-              str(tmp_path / "s.csv")])
+  out = _run(["--summarize", str(tmp_path), "--sort_by", "loss", "--csv", str(tmp_path / "s.csv")])
   assert out.returncode == 0, out.stderr
   assert out.stdout.startswith("Sorted by loss (ascending):")
   assert [line.split()[0] for line in out.stdout.splitlines()[3:5]] == ["lr=0.01", "lr=0.001"]

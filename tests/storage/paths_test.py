@@ -1,4 +1,5 @@
 """imagen_jax.storage against a real GCS API server (fake-gcs-server), not a mock."""
+
 import json
 import subprocess
 import sys
@@ -44,10 +45,13 @@ def test_gcsfs_even_with_tensorflow_installed(gcs_bucket):
   """A fresh process with TensorFlow importable reaches the emulator through gcsfs: without
   `prefer_gcsfs`, etils picks tf.io.gfile, which ignores STORAGE_EMULATOR_HOST."""
   pytest.importorskip("tensorflow")
-  code = ("from imagen_jax.storage import paths; p = paths.path(%r); "
-          "p.write_text('ok'); print(p.read_text())" % f"{gcs_bucket}/probe.txt")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120, check=True)
+  code = (
+      "from imagen_jax.storage import paths; p = paths.path(%r); "
+      "p.write_text('ok'); print(p.read_text())" % f"{gcs_bucket}/probe.txt"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+  )
   assert out.stdout.strip() == "ok"
 
 
@@ -67,12 +71,20 @@ def test_concurrent_copies_on_one_host(gcs_bucket, tmp_path):
   """Processes of one host copying the same folder at once each get it whole (a lock)."""
   for i in range(4):
     paths.path(f"{gcs_bucket}/enc/part{i}.bin").write_bytes(bytes([i]) * 200_000)
-  code = ("import sys; from imagen_jax.storage import paths; "
-          "d = paths.local_copy(sys.argv[1], cache_dir=sys.argv[2]); "
-          "print(sorted((p.name, p.stat().st_size) for p in d.iterdir()))")
-  procs = [subprocess.Popen([sys.executable, "-c", code, f"{gcs_bucket}/enc", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for _ in range(3)]
+  code = (
+      "import sys; from imagen_jax.storage import paths; "
+      "d = paths.local_copy(sys.argv[1], cache_dir=sys.argv[2]); "
+      "print(sorted((p.name, p.stat().st_size) for p in d.iterdir()))"
+  )
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", code, f"{gcs_bucket}/enc", str(tmp_path)],
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for _ in range(3)
+  ]
   outs = [p.communicate(timeout=120) for p in procs]
   want = str(sorted((f"part{i}.bin", 200_000) for i in range(4)))
   for p, (out, err) in zip(procs, outs):

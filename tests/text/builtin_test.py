@@ -1,4 +1,5 @@
 """The built-in byt5-tiny-random encoder: deterministic, small, jit-once."""
+
 import pathlib
 import subprocess
 import sys
@@ -23,17 +24,21 @@ def test_identity_is_pinned_and_outputs_are_stable():
   assert emb.shape == (2, 64, 64) and emb.dtype == np.float32
   np.testing.assert_array_equal(np.asarray(mask).sum(1), [13, 1])
   np.testing.assert_allclose(
-      np.asarray(emb)[0, 0, :4],
-      [-0.29680285, 0.39566866, -1.2775943, 0.06657004], atol=1e-5)
+      np.asarray(emb)[0, 0, :4], [-0.29680285, 0.39566866, -1.2775943, 0.06657004], atol=1e-5
+  )
   assert np.all(np.isfinite(np.asarray(emb)))
 
 
 def test_weights_are_bit_identical_across_processes():
-  code = ("from imagen_jax import text; "
-          "print(text.load_text_encoder('byt5-tiny-random').identity)")
-  out = subprocess.run([sys.executable, "-c", code], check=True,
-                       capture_output=True, text=True, cwd=_REPO,
-                       env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  code = "from imagen_jax import text; print(text.load_text_encoder('byt5-tiny-random').identity)"
+  out = subprocess.run(
+      [sys.executable, "-c", code],
+      check=True,
+      capture_output=True,
+      text=True,
+      cwd=_REPO,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+  )
   assert out.stdout.split()[-1] == IDENTITY
 
 
@@ -73,12 +78,19 @@ def test_builtin_params_have_t5_scales():
 
 
 def test_import_is_light():
-  code = ("import sys, imagen_jax.text; "
-          "print([m for m in ('torch', 'transformers', 'tensorstore', "
-          "'sentencepiece', 'tokenizers', 'safetensors') if m in sys.modules])")
-  out = subprocess.run([sys.executable, "-c", code], check=True,
-                       capture_output=True, text=True, cwd=_REPO,
-                       env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  code = (
+      "import sys, imagen_jax.text; "
+      "print([m for m in ('torch', 'transformers', 'tensorstore', "
+      "'sentencepiece', 'tokenizers', 'safetensors') if m in sys.modules])"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", code],
+      check=True,
+      capture_output=True,
+      text=True,
+      cwd=_REPO,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+  )
   assert out.stdout.strip() == "[]"
 
 

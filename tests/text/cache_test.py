@@ -1,12 +1,12 @@
 """EmbeddingCache: round trip, true-length bf16 storage, invalidation."""
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 from imagen_jax import text
 
-CAPTIONS = ["a red circle", "", "two blue squares on the left",
-            "a red circle", "x" * 100]
+CAPTIONS = ["a red circle", "", "two blue squares on the left", "a red circle", "x" * 100]
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,7 @@ def encoder():
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
 def test_round_trip_equals_fresh_embeddings(encoder, tmp_path, storage):
-  cache = text.EmbeddingCache.for_encoder(tmp_path, encoder,
-                                          storage_dtype=storage)
+  cache = text.EmbeddingCache.for_encoder(tmp_path, encoder, storage_dtype=storage)
   todo = cache.missing(CAPTIONS)
   assert todo == ["a red circle", "", "two blue squares on the left", "x" * 100]
   emb, mask = encoder.encode(todo)
@@ -85,7 +84,7 @@ def _fill(cache, encoder, captions, per_put):
   """Puts captions in runs of `per_put`; returns {caption: (emb row, mask row)} as put."""
   stored = {}
   for i in range(0, len(captions), per_put):
-    chunk = captions[i:i + per_put]
+    chunk = captions[i : i + per_put]
     emb, mask = (np.asarray(a) for a in encoder.encode(chunk))
     cache.put(chunk, emb, mask)
     stored.update({c: (emb[j], mask[j]) for j, c in enumerate(chunk)})
@@ -94,8 +93,9 @@ def _fill(cache, encoder, captions, per_put):
 
 def test_compacted_lookup_is_bucketed_arrays_loaded_lazily(encoder, tmp_path):
   captions = [f"caption number {i}" for i in range(300)]
-  cache = text.EmbeddingCache.for_encoder(tmp_path, encoder, storage_dtype="float32",
-                                          num_buckets=16)
+  cache = text.EmbeddingCache.for_encoder(
+      tmp_path, encoder, storage_dtype="float32", num_buckets=16
+  )
   stored = _fill(cache, encoder, captions, 64)
   assert cache.compact() == 300
   reader = text.EmbeddingCache(tmp_path, encoder.identity)
@@ -135,11 +135,14 @@ def test_runs_after_compaction_are_an_overflow_then_merged(encoder, tmp_path):
 def test_old_layout_is_a_clear_error(encoder, tmp_path):
   old = tmp_path / encoder.identity
   old.mkdir()
-  (old / "meta.json").write_text('{"format": "imagen_jax.text.EmbeddingCache/v1", '
-                                 f'"identity": "{encoder.identity}", "dim": 64, '
-                                 '"max_length": 64, "storage_dtype": "bfloat16"}')
-  with pytest.raises(text.CacheError, match=r"layout 'imagen_jax.text.EmbeddingCache/v1'.*new "
-                     "cache_dir"):
+  (old / "meta.json").write_text(
+      '{"format": "imagen_jax.text.EmbeddingCache/v1", '
+      f'"identity": "{encoder.identity}", "dim": 64, '
+      '"max_length": 64, "storage_dtype": "bfloat16"}'
+  )
+  with pytest.raises(
+      text.CacheError, match=r"layout 'imagen_jax.text.EmbeddingCache/v1'.*new " "cache_dir"
+  ):
     text.EmbeddingCache(tmp_path, encoder.identity)
   assert text.EmbeddingCache.old_format_dirs(tmp_path) == [str(old)]
 
@@ -162,13 +165,24 @@ def test_two_concurrent_writers_then_read_back(encoder, tmp_path, where, request
   import os  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  root = str(tmp_path / "cache") if where == "local" else (
-      request.getfixturevalue("gcs_bucket") + "/t5cache")
+
+  root = (
+      str(tmp_path / "cache")
+      if where == "local"
+      else (request.getfixturevalue("gcs_bucket") + "/t5cache")
+  )
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   # Overlapping ranges: both write captions 40..59.
-  procs = [subprocess.Popen([sys.executable, "-c", _WRITER, root, str(a), str(b)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for a, b in ((0, 60), (40, 100))]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", _WRITER, root, str(a), str(b)],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for a, b in ((0, 60), (40, 100))
+  ]
   for p in procs:
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-2000:]

@@ -1,4 +1,5 @@
 """Checkpoint import: t5x layouts, sharded safetensors, .bin, meshes, bad input."""
+
 import json
 import pathlib
 import shutil
@@ -25,18 +26,16 @@ def _t5x_flat(model, kernels_3d=False):
   flat = {
       "token_embedder/embedding": sd["shared.weight"],
       "encoder/relpos_bias/rel_embedding": sd[
-          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias"
-          ".weight"].T,
+          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+      ].T,
       "encoder/encoder_norm/scale": sd["encoder.final_layer_norm.weight"],
-      "decoder/layers_0/self_attention/query/kernel": np.ones((d, h * dkv),
-                                                              np.float32),
+      "decoder/layers_0/self_attention/query/kernel": np.ones((d, h * dkv), np.float32),
   }
   for i in range(cfg.num_layers):
     blk, p = f"encoder.block.{i}.layer", f"encoder/layers_{i}"
     flat[f"{p}/pre_attention_layer_norm/scale"] = sd[f"{blk}.0.layer_norm.weight"]
     flat[f"{p}/pre_mlp_layer_norm/scale"] = sd[f"{blk}.1.layer_norm.weight"]
-    for ours, theirs in [("query", "q"), ("key", "k"), ("value", "v"),
-                         ("out", "o")]:
+    for ours, theirs in [("query", "q"), ("key", "k"), ("value", "v"), ("out", "o")]:
       w = sd[f"{blk}.0.SelfAttention.{theirs}.weight"].T
       if kernels_3d:
         w = w.reshape((h, dkv, d) if ours == "out" else (d, h, dkv))
@@ -67,6 +66,7 @@ def _write_legacy_t5x(ckpt_dir: pathlib.Path, flat: dict):
   """
   ts = pytest.importorskip("tensorstore")
   from flax import serialization  # pylint: disable=import-outside-toplevel
+
   ckpt_dir.mkdir(parents=True)
   target = {}
   for name, arr in flat.items():
@@ -74,27 +74,38 @@ def _write_legacy_t5x(ckpt_dir: pathlib.Path, flat: dict):
       target[name] = arr
       continue
     rel = "target." + name.replace("/", ".")
-    metadata = {"shape": list(arr.shape), "chunks": list(arr.shape),
-                "dtype": "<f4", "compressor": {"id": "gzip", "level": 1}}
-    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": rel},
-            "metadata": metadata}
-    absolute = {"driver": "zarr", "metadata": metadata,
-                "kvstore": {"driver": "file", "path": str(ckpt_dir / rel)}}
+    metadata = {
+        "shape": list(arr.shape),
+        "chunks": list(arr.shape),
+        "dtype": "<f4",
+        "compressor": {"id": "gzip", "level": 1},
+    }
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": rel}, "metadata": metadata}
+    absolute = {
+        "driver": "zarr",
+        "metadata": metadata,
+        "kvstore": {"driver": "file", "path": str(ckpt_dir / rel)},
+    }
     store = ts.open(absolute, create=True, open=True).result()
     store.write(arr).result()
     target[name] = spec
-  contents = {"optimizer": {
-      "target": _nest(target),
-      "state": {"step": np.int64(100),
-                "param_states": {"encoder": {"v": np.zeros(3, np.float32)}}}}}
-  (ckpt_dir / "checkpoint").write_bytes(
-      serialization.msgpack_serialize(contents))
+  contents = {
+      "optimizer": {
+          "target": _nest(target),
+          "state": {
+              "step": np.int64(100),
+              "param_states": {"encoder": {"v": np.zeros(3, np.float32)}},
+          },
+      }
+  }
+  (ckpt_dir / "checkpoint").write_bytes(serialization.msgpack_serialize(contents))
 
 
 def _write_orbax(ckpt_dir: pathlib.Path, flat: dict):
   ocp = pytest.importorskip("orbax.checkpoint")
   ocp.PyTreeCheckpointer().save(
-      str(ckpt_dir), {"target": _nest(flat), "state": {"step": np.int32(7)}})
+      str(ckpt_dir), {"target": _nest(flat), "state": {"step": np.int32(7)}}
+  )
 
 
 def _encode(enc, ids, mask):
@@ -109,14 +120,12 @@ def test_legacy_t5x_checkpoint_matches_safetensors(hf_dirs, t5ref, tmp_path):
   from_hf = text.load_text_encoder(path, max_length=20)
   assert from_t5x.config == from_hf.config  # Inferred without config.json.
   ids, mask = t5ref.padded_batch(99, [20, 7, 1], 20)
-  np.testing.assert_array_equal(_encode(from_t5x, ids, mask),
-                                _encode(from_hf, ids, mask))
+  np.testing.assert_array_equal(_encode(from_t5x, ids, mask), _encode(from_hf, ids, mask))
   assert from_t5x.identity == from_hf.identity
 
 
 @pytest.mark.parametrize("kernels_3d", [False, True])
-def test_orbax_t5x_checkpoint_matches_safetensors(hf_dirs, t5ref, tmp_path,
-                                                  kernels_3d):
+def test_orbax_t5x_checkpoint_matches_safetensors(hf_dirs, t5ref, tmp_path, kernels_3d):
   path, model = hf_dirs["v1_1"]
   root = tmp_path / "run"
   _write_orbax(root / "checkpoint_7", _t5x_flat(model, kernels_3d))
@@ -126,8 +135,7 @@ def test_orbax_t5x_checkpoint_matches_safetensors(hf_dirs, t5ref, tmp_path,
   from_hf = text.load_text_encoder(path, max_length=24)
   assert from_t5x.config == from_hf.config
   ids, mask = t5ref.padded_batch(99, [24, 11], 24)
-  np.testing.assert_array_equal(_encode(from_t5x, ids, mask),
-                                _encode(from_hf, ids, mask))
+  np.testing.assert_array_equal(_encode(from_t5x, ids, mask), _encode(from_hf, ids, mask))
   assert from_t5x.identity == from_hf.identity
 
 
@@ -149,8 +157,7 @@ def test_sharded_safetensors_and_pytorch_bin(hf_dirs, t5ref, tmp_path):
     np.testing.assert_array_equal(_encode(enc, ids, mask), ref)
 
 
-def test_pytorch_bin_without_torch_is_a_clear_error(hf_dirs, tmp_path,
-                                                    monkeypatch):
+def test_pytorch_bin_without_torch_is_a_clear_error(hf_dirs, tmp_path, monkeypatch):
   path, _ = hf_dirs["original"]
   shutil.copy(path / "config.json", tmp_path / "config.json")
   (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
@@ -177,10 +184,11 @@ def test_params_sharded_over_mesh_give_same_outputs(hf_dirs, t5ref):
     pytest.skip("needs 8 (virtual) devices, see tests/conftest.py")
   ids, mask = t5ref.padded_batch(99, [16, 5, 9], 16)
   ref = _encode(text.load_text_encoder(path, max_length=16), ids, mask)
-  for mesh in (Mesh(devices.reshape(2, 4), ("data", "fsdp")),
-               jax.make_mesh((2, 4), ("data", "fsdp"))):
-    enc = text.load_text_encoder(path, max_length=16, mesh=mesh,
-                                 min_shard_bytes=0)
+  for mesh in (
+      Mesh(devices.reshape(2, 4), ("data", "fsdp")),
+      jax.make_mesh((2, 4), ("data", "fsdp")),
+  ):
+    enc = text.load_text_encoder(path, max_length=16, mesh=mesh, min_shard_bytes=0)
     wi = enc.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
     assert "fsdp" in tuple(wi.sharding.spec)
     assert len(wi.addressable_shards) == 8
@@ -239,6 +247,7 @@ def test_mismatched_shapes_name_file_key_and_shapes(hf_dirs, tmp_path):
 
 def test_missing_key_names_file_and_key(hf_dirs, tmp_path):
   from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+
   path, _ = hf_dirs["original"]
   weights = load_file(str(path / "model.safetensors"))
   del weights["encoder.block.1.layer.0.SelfAttention.k.weight"]
@@ -267,32 +276,44 @@ def test_t5x_shape_mismatch_names_checkpoint_and_key(hf_dirs, tmp_path):
 def test_host_memory_stays_under_twice_the_params(tmp_path):
   """Loads a ~100 MB checkpoint in a fresh process and checks peak RSS."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   d, dff, layers, vocab = 512, 2048, 3, 32128
   rng = np.random.default_rng(0)
-  w = {"shared.weight": rng.standard_normal((vocab, d), np.float32),
-       "encoder.final_layer_norm.weight": np.ones(d, np.float32),
-       "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
-           rng.standard_normal((32, 8), np.float32)}
+  w = {
+      "shared.weight": rng.standard_normal((vocab, d), np.float32),
+      "encoder.final_layer_norm.weight": np.ones(d, np.float32),
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": rng.standard_normal(
+          (32, 8), np.float32
+      ),
+  }
   for i in range(layers):
     b = f"encoder.block.{i}.layer"
     for n in "qkvo":
-      w[f"{b}.0.SelfAttention.{n}.weight"] = rng.standard_normal(
-          (d, d), np.float32)
+      w[f"{b}.0.SelfAttention.{n}.weight"] = rng.standard_normal((d, d), np.float32)
     w[f"{b}.0.layer_norm.weight"] = np.ones(d, np.float32)
     w[f"{b}.1.layer_norm.weight"] = np.ones(d, np.float32)
     for n in ("wi_0", "wi_1"):
-      w[f"{b}.1.DenseReluDense.{n}.weight"] = rng.standard_normal(
-          (dff, d), np.float32)
-    w[f"{b}.1.DenseReluDense.wo.weight"] = rng.standard_normal((d, dff),
-                                                               np.float32)
+      w[f"{b}.1.DenseReluDense.{n}.weight"] = rng.standard_normal((dff, d), np.float32)
+    w[f"{b}.1.DenseReluDense.wo.weight"] = rng.standard_normal((d, dff), np.float32)
   nbytes = sum(a.nbytes for a in w.values())
   largest = max(a.nbytes for a in w.values())
   save_file(w, str(tmp_path / "model.safetensors"))
   del w
-  (tmp_path / "config.json").write_text(json.dumps(dict(
-      model_type="t5", architectures=["T5EncoderModel"], vocab_size=vocab,
-      d_model=d, d_kv=64, d_ff=dff, num_layers=layers, num_heads=8,
-      feed_forward_proj="gated-gelu")))
+  (tmp_path / "config.json").write_text(
+      json.dumps(
+          dict(
+              model_type="t5",
+              architectures=["T5EncoderModel"],
+              vocab_size=vocab,
+              d_model=d,
+              d_kv=64,
+              d_ff=dff,
+              num_layers=layers,
+              num_heads=8,
+              feed_forward_proj="gated-gelu",
+          )
+      )
+  )
   # VmHWM (this process's peak RSS; ru_maxrss would include the parent's).
   script = textwrap.dedent(f"""
       import jax, numpy as np
@@ -307,13 +328,17 @@ def test_host_memory_stays_under_twice_the_params(tmp_path):
       jax.block_until_ready(enc.params)
       print(before, peak())
   """)
-  out = subprocess.run([sys.executable, "-c", script], cwd=_REPO, check=True,
-                       capture_output=True, text=True,
-                       env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  out = subprocess.run(
+      [sys.executable, "-c", script],
+      cwd=_REPO,
+      check=True,
+      capture_output=True,
+      text=True,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+  )
   before, after = map(int, out.stdout.split()[-2:])
   growth = after - before
-  print(f"params {nbytes / 2**20:.0f} MiB, peak RSS growth "
-        f"{growth / 2**20:.0f} MiB")
+  print(f"params {nbytes / 2**20:.0f} MiB, peak RSS growth {growth / 2**20:.0f} MiB")
   # One copy of the params (on the CPU "device") plus one tensor in flight.
   assert nbytes * 0.9 < growth < nbytes + largest + (32 << 20)
   assert growth < 2 * nbytes
@@ -324,6 +349,7 @@ def test_t5x_checkpoint_read_in_place_from_gcs(hf_dirs, t5ref, tmp_path, gcs_buc
   """A t5x checkpoint in a bucket (as gs://t5-data holds them) is read by tensorstore in
   place, with the same outputs and identity as the local copy."""
   from imagen_jax.storage import paths  # pylint: disable=import-outside-toplevel
+
   path, model = hf_dirs["original"]
   local = tmp_path / "t5x"
   if layout == "legacy":

@@ -1,4 +1,5 @@
 """describe_encoder: config, dim and fingerprint without reading the weights."""
+
 import pytest
 
 from imagen_jax import text
@@ -33,8 +34,10 @@ def test_cache_resolves_identity_from_fingerprint_or_path(hf_dirs, t5ref, tmp_pa
   cache.put(["a"], *enc.encode_ids(*t5ref.padded_batch(99, [3], 16)))  # no tokenizer here
   spec = text.describe_encoder(path, max_length=16)
   assert text.EmbeddingCache.resolve(tmp_path, fingerprint=spec.fingerprint)["identity"] == (
-      enc.identity)
-  by_path = text.EmbeddingCache.resolve(tmp_path, fingerprint="fp-gone", encoder=str(path),
-                                        max_length=16)
+      enc.identity
+  )
+  by_path = text.EmbeddingCache.resolve(
+      tmp_path, fingerprint="fp-gone", encoder=str(path), max_length=16
+  )
   assert by_path["identity"] == enc.identity
   assert text.EmbeddingCache.resolve(tmp_path, encoder=str(path), max_length=17) is None

@@ -1,4 +1,5 @@
 """Numerical parity of the Flax T5 encoder with transformers' PyTorch T5EncoderModel."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +15,7 @@ def test_matches_pytorch_t5_encoder_on_padded_batch(hf_dirs, t5ref, arch):
   enc = text.load_text_encoder(path, max_length=40)
   cfg = t5ref.CONFIGS[arch]
   assert enc.config.is_gated == (arch == "v1_1")
-  ids, mask = t5ref.padded_batch(cfg["vocab_size"], [40, 17, 1, 29, 3],
-                                         40)
+  ids, mask = t5ref.padded_batch(cfg["vocab_size"], [40, 17, 1, 29, 3], 40)
   ref = t5ref.reference_outputs(model, ids, mask)
   emb, out_mask = enc.encode_ids(ids, mask)
   emb = np.asarray(emb)
@@ -39,19 +39,17 @@ def test_matches_pytorch_in_bfloat16_loosely(hf_dirs, t5ref):
   assert np.abs(emb - ref)[mask].max() < 0.1
 
 
-@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 20),
-                                                      (8, 9), (64, 256)])
-def test_relative_position_buckets_match_transformers(t5ref, num_buckets,
-                                                      max_distance):
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 20), (8, 9), (64, 256)])
+def test_relative_position_buckets_match_transformers(t5ref, num_buckets, max_distance):
   t5ref.need_torch()
   import torch  # pylint: disable=import-outside-toplevel
   from transformers.models.t5 import modeling_t5  # pylint: disable=import-outside-toplevel
+
   rel = np.arange(-600, 601)[None, :] - np.zeros((1, 1), np.int64)
-  ours = t5.relative_position_bucket(rel, num_buckets=num_buckets,
-                                     max_distance=max_distance)
+  ours = t5.relative_position_bucket(rel, num_buckets=num_buckets, max_distance=max_distance)
   theirs = modeling_t5.T5Attention._relative_position_bucket(  # pylint: disable=protected-access
-      torch.from_numpy(rel), bidirectional=True, num_buckets=num_buckets,
-      max_distance=max_distance).numpy()
+      torch.from_numpy(rel), bidirectional=True, num_buckets=num_buckets, max_distance=max_distance
+  ).numpy()
   np.testing.assert_array_equal(ours, theirs)
 
 
@@ -73,17 +71,33 @@ def test_encode_fn_is_pure_and_jittable_inside_larger_function(hf_dirs, t5ref):
 
 
 def test_module_params_match_config_shapes():
-  cfg = text.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                      num_heads=4, feed_forward_proj="gated-gelu")
+  cfg = text.T5Config(
+      vocab_size=50,
+      d_model=32,
+      d_kv=8,
+      d_ff=64,
+      num_layers=2,
+      num_heads=4,
+      feed_forward_proj="gated-gelu",
+  )
   module = text.T5Encoder(cfg)
   ids = jnp.ones((1, 8), jnp.int32)
   params = module.init(jax.random.PRNGKey(0), ids, ids > 0)["params"]
-  flat = {"/".join(k.key for k in path): v.shape
-          for path, v in jax.tree_util.tree_leaves_with_path(params)}
+  flat = {
+      "/".join(k.key for k in path): v.shape
+      for path, v in jax.tree_util.tree_leaves_with_path(params)
+  }
   assert flat == cfg.param_shapes()
 
 
 def test_unknown_activation_is_rejected():
   with pytest.raises(ValueError, match="gated-tanhh"):
-    text.T5Config(vocab_size=5, d_model=8, d_kv=2, d_ff=8, num_layers=1,
-                  num_heads=4, feed_forward_proj="gated-tanhh")
+    text.T5Config(
+        vocab_size=5,
+        d_model=8,
+        d_kv=2,
+        d_ff=8,
+        num_layers=1,
+        num_heads=4,
+        feed_forward_proj="gated-tanhh",
+    )

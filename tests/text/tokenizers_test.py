@@ -1,4 +1,5 @@
 """Tokenizer parity with transformers, truncation counting, empty captions."""
+
 import logging
 import shutil
 
@@ -34,15 +35,24 @@ def spm_dir(tmp_path_factory):
   spm = pytest.importorskip("sentencepiece")
   d = tmp_path_factory.mktemp("spm")
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(_CORPUS), model_prefix=str(d / "spiece"),
-      vocab_size=90, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
-      bos_id=-1, character_coverage=1.0, minloglevel=2)
+      sentence_iterator=iter(_CORPUS),
+      model_prefix=str(d / "spiece"),
+      vocab_size=90,
+      model_type="unigram",
+      pad_id=0,
+      eos_id=1,
+      unk_id=2,
+      bos_id=-1,
+      character_coverage=1.0,
+      minloglevel=2,
+  )
   return d
 
 
 def _hf_ids(hf_tok, texts, max_length):
-  out = hf_tok(texts, max_length=max_length, truncation=True,
-               padding="max_length", return_tensors="np")
+  out = hf_tok(
+      texts, max_length=max_length, truncation=True, padding="max_length", return_tensors="np"
+  )
   return out["input_ids"], out["attention_mask"].astype(bool)
 
 
@@ -111,11 +121,11 @@ def test_missing_tokenizer_names_the_directory(tmp_path):
     tokenizers.load_tokenizer(tmp_path)
 
 
-def test_checkpoint_with_tokenizer_encodes_like_pytorch(spm_dir, hf_dirs,
-                                                         t5ref, tmp_path):
+def test_checkpoint_with_tokenizer_encodes_like_pytorch(spm_dir, hf_dirs, t5ref, tmp_path):
   """End to end: captions -> our tokenizer + encoder == HF tokenizer + torch."""
   transformers = pytest.importorskip("transformers")
   from imagen_jax import text  # pylint: disable=import-outside-toplevel
+
   path, model = hf_dirs["v1_1"]
   shutil.copytree(path, tmp_path / "model")
   shutil.copy(spm_dir / "spiece.model", tmp_path / "model" / "spiece.model")
@@ -131,6 +141,7 @@ def test_checkpoint_with_tokenizer_encodes_like_pytorch(spm_dir, hf_dirs,
 
 def test_tokenizer_larger_than_embedding_is_rejected(hf_dirs, tmp_path):
   from imagen_jax import text  # pylint: disable=import-outside-toplevel
+
   path, _ = hf_dirs["original"]  # vocab_size 99 < 259 byte ids.
   with pytest.raises(text.CheckpointError, match="259 ids .* only 99 rows"):
     text.load_text_encoder(path, tokenizer="byte")

@@ -1,5 +1,6 @@
 """Training from a filled embedding cache without the T5 weights, and the errors before
 step 1 when the cache does not cover the data (issue #17 part 4)."""
+
 import json
 import os
 import pathlib
@@ -24,9 +25,17 @@ def _save_tiny_t5(d: pathlib.Path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  cfg = transformers.T5Config(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=1,
-                              num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                              tokenizer_class="ByT5Tokenizer")
+  cfg = transformers.T5Config(
+      vocab_size=384,
+      d_model=64,
+      d_kv=16,
+      d_ff=128,
+      num_layers=1,
+      num_heads=4,
+      feed_forward_proj="gated-gelu",
+      dropout_rate=0.0,
+      tokenizer_class="ByT5Tokenizer",
+  )
   transformers.T5EncoderModel(cfg).eval().save_pretrained(str(d))
   return d
 
@@ -44,24 +53,39 @@ CAPTIONS = [[f"picture {i}", f"another caption of picture {i}"] for i in range(8
 
 
 def _overrides(encoder, cache, data):
-  return [f"--config.text.encoder={encoder}", f"--config.text.cache_dir={cache}",
-          "--config.input.dataset=folder", f"--config.input.path={data}"]
+  return [
+      f"--config.text.encoder={encoder}",
+      f"--config.text.cache_dir={cache}",
+      "--config.input.dataset=folder",
+      f"--config.input.path={data}",
+  ]
 
 
 def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1",
-              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      TQDM_DISABLE="1",
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  )
 
 
 def _precompute(*args):
-  out = subprocess.run([sys.executable, "scripts/precompute_text_embeddings.py", *args],
-                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, "scripts/precompute_text_embeddings.py", *args],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout
 
 
 def _config(encoder, cache, data, samples=False):
   import importlib.util  # pylint: disable=import-outside-toplevel
+
   spec = importlib.util.spec_from_file_location("shapes_cfg", ROOT / "configs/shapes.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -75,13 +99,16 @@ def _config(encoder, cache, data, samples=False):
 
 @pytest.mark.slow  # ~60-170 s on 2 CPU cores, all of it XLA compiling the trainer
 @pytest.mark.parametrize("samples", [False, True], ids=["train", "train_and_sample"])
-def test_precompute_from_config_then_train_without_the_encoder(tmp_path, monkeypatch,
-                                                               samples):
+def test_precompute_from_config_then_train_without_the_encoder(tmp_path, monkeypatch, samples):
   encoder_dir = _save_tiny_t5(tmp_path / "t5")
   data = _folder(tmp_path / "data", CAPTIONS)
   cache_dir = tmp_path / "cache"
-  out = _precompute(f"--config={CONFIG}", *_overrides(encoder_dir, cache_dir, data),
-                    "--config.sample_prompts=('picture 3',)", "--storage_dtype=float32")
+  out = _precompute(
+      f"--config={CONFIG}",
+      *_overrides(encoder_dir, cache_dir, data),
+      "--config.sample_prompts=('picture 3',)",
+      "--storage_dtype=float32",
+  )
   # All captions of every record (2 per image), the sample prompt already among them.
   assert "17 captions, 16 to encode (max_length 80" in out, out
   enc = text.load_text_encoder(encoder_dir, max_length=80)
@@ -97,8 +124,9 @@ def test_precompute_from_config_then_train_without_the_encoder(tmp_path, monkeyp
   shutil.rmtree(encoder_dir)  # the encoder is gone; the cache is all the trainer has
   loads = []
   real_load = text.load_text_encoder
-  monkeypatch.setattr(text, "load_text_encoder",
-                      lambda *a, **k: loads.append(a) or real_load(*a, **k))
+  monkeypatch.setattr(
+      text, "load_text_encoder", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+  )
   workdir = tmp_path / "work"
   loop.train_and_evaluate(_config(encoder_dir, cache_dir, data, samples), str(workdir))
   final = json.loads((workdir / "final_metrics.json").read_text())
@@ -114,8 +142,13 @@ def test_missing_captions_fail_before_step_1_with_the_fill_command(tmp_path):
   cache_dir = tmp_path / "cache"
   _precompute(f"--config={CONFIG}", *_overrides(encoder_dir, cache_dir, data))
   _folder(data, CAPTIONS)  # two more images (4 new captions) after the precompute
-  cmd = [sys.executable, "scripts/train.py", f"--config={CONFIG}",
-         *_overrides(encoder_dir, cache_dir, data), f"--workdir={tmp_path / 'work'}"]
+  cmd = [
+      sys.executable,
+      "scripts/train.py",
+      f"--config={CONFIG}",
+      *_overrides(encoder_dir, cache_dir, data),
+      f"--workdir={tmp_path / 'work'}",
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   message = proc.stderr
@@ -123,7 +156,8 @@ def test_missing_captions_fail_before_step_1_with_the_fill_command(tmp_path):
   fill = message.split("fill it with: ")[1].splitlines()[0]
   assert fill.startswith(f"python scripts/precompute_text_embeddings.py --config={CONFIG} ")
   assert not (tmp_path / "work" / "checkpoints").exists() or not any(
-      (tmp_path / "work" / "checkpoints").iterdir())
+      (tmp_path / "work" / "checkpoints").iterdir()
+  )
   # The command it prints fills the cache.
   out = _precompute(*fill.split()[2:])
   assert "4 to encode" in out
@@ -135,9 +169,12 @@ def test_missing_captions_fail_before_step_1_with_the_fill_command(tmp_path):
 def test_no_cache_for_the_encoder_is_named(tmp_path):
   data = _folder(tmp_path / "data", CAPTIONS[:2])
   config = _config(tmp_path / "no-such-t5", tmp_path / "empty-cache", data)
-  with pytest.raises(ValueError, match=r"no-such-t5' is not a directory, and the cache at .*"
-                     r"empty-cache holds no embeddings recorded for it; fill it with: python "
-                     r"scripts/precompute_text_embeddings.py"):
+  with pytest.raises(
+      ValueError,
+      match=r"no-such-t5' is not a directory, and the cache at .*"
+      r"empty-cache holds no embeddings recorded for it; fill it with: python "
+      r"scripts/precompute_text_embeddings.py",
+  ):
     stage_task.open_cache(config)
 
 
@@ -147,6 +184,7 @@ def test_replaced_encoder_weights_are_not_served_stale_embeddings(tmp_path):
   when the directory is gone does the path stand in for it."""
   import torch  # pylint: disable=import-outside-toplevel
   from safetensors.torch import load_file, save_file  # pylint: disable=import-outside-toplevel
+
   encoder_dir = _save_tiny_t5(tmp_path / "t5")
   data = _folder(tmp_path / "data", CAPTIONS[:2])
   cache = tmp_path / "cache"
@@ -156,8 +194,11 @@ def test_replaced_encoder_weights_are_not_served_stale_embeddings(tmp_path):
   assert spec is not None
   weights = encoder_dir / "model.safetensors"
   tensors = load_file(str(weights))
-  save_file({k: v + 0.01 * torch.ones_like(v) for k, v in tensors.items()}, str(weights),
-            metadata={"format": "pt"})  # fine-tuned in place: same names, same size
+  save_file(
+      {k: v + 0.01 * torch.ones_like(v) for k, v in tensors.items()},
+      str(weights),
+      metadata={"format": "pt"},
+  )  # fine-tuned in place: same names, same size
   with pytest.raises(ValueError, match=r"holds no embeddings of encoder .*fingerprint"):
     stage_task.open_cache(config)
   shutil.rmtree(encoder_dir)

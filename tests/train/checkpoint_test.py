@@ -1,4 +1,5 @@
 """Checkpointer: 8 -> 4 device restore, resume order, init_from, preemption flag."""
+
 import os
 import signal
 
@@ -20,7 +21,8 @@ def _state(mesh, spec=P(None, "data")):
   tx = optax.adam(1e-3)
   state = create_train_state(params, tx, jax.random.PRNGKey(3))
   shard = lambda x: jax.device_put(
-      x, NamedSharding(mesh, spec if getattr(x, "ndim", 0) == 2 else P()))
+      x, NamedSharding(mesh, spec if getattr(x, "ndim", 0) == 2 else P())
+  )
   return jax.tree.map(shard, state)
 
 
@@ -33,16 +35,20 @@ def test_restore_8_device_checkpoint_into_4_device_mesh(tmp_path):
 
   mesh4 = mesh_lib.create_mesh([("data", 2), ("fsdp", 2)], devices=jax.devices()[:4])
   target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
-          mesh4, P("fsdp", "data") if x.ndim == 2 else P())), state)
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=NamedSharding(mesh4, P("fsdp", "data") if x.ndim == 2 else P())
+      ),
+      state,
+  )
   ckpt = ckpt_lib.Checkpointer(tmp_path, every_steps=1, keep=2)
   restored, data_state = ckpt.restore(None, target)
   ckpt.close()
   assert data_state == {"index": 5}
   assert restored.params["w"].sharding.mesh.devices.size == 4
   assert restored.params["w"].sharding.spec == P("fsdp", "data")
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               restored, state)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, state
+  )
 
 
 def test_resume_order_and_init_from(tmp_path):
@@ -65,8 +71,9 @@ def test_resume_order_and_init_from(tmp_path):
   assert all(not np.any(x) for x in jax.tree.leaves(fresh.opt_state))  # counts, mu, nu = 0
 
   # The workdir's own checkpoint wins over resume_from / init_from.
-  cfg = toy_task.toy_config(total_steps=6, init_from=str(tmp_path / "src"),
-                           resume_from=str(tmp_path / "src"))
+  cfg = toy_task.toy_config(
+      total_steps=6, init_from=str(tmp_path / "src"), resume_from=str(tmp_path / "src")
+  )
   again = jax.device_get(loop.train(cfg, str(tmp_path / "b"), toy_task.toy_task_factory))
   jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)
 

@@ -2,6 +2,7 @@
 through the standard client variables: checkpoints through tensorstore, config and events
 through gcsfs; a restart resumes from the bucket; TensorBoard events can be read while the
 run goes on and survive a kill."""
+
 import json
 import pathlib
 import os
@@ -44,9 +45,13 @@ def test_events_readable_mid_run_and_after_a_kill(gcs_bucket):
   workdir = f"{gcs_bucket}/runs/live"
   overrides = {"total_steps": 100000, "log_every_steps": 5, "checkpoint.every_steps": 100000}
   env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-  proc = subprocess.Popen([sys.executable, str(TOY_RUN), "--workdir", workdir, "--overrides",
-                           json.dumps(overrides)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, str(TOY_RUN), "--workdir", workdir, "--overrides", json.dumps(overrides)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   try:
     deadline, seen = time.time() + 240, {}
     while time.time() < deadline and len(seen.get("loss", [])) < 3:
@@ -58,7 +63,7 @@ def test_events_readable_mid_run_and_after_a_kill(gcs_bucket):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
   after = metrics_lib.read_events(workdir)
-  assert after["loss"][:len(seen["loss"])] == seen["loss"]  # nothing already written is lost
+  assert after["loss"][: len(seen["loss"])] == seen["loss"]  # nothing already written is lost
   assert [s for s, _ in after["loss"]] == list(range(5, 5 * len(after["loss"]) + 1, 5))
 
 

@@ -1,5 +1,6 @@
 """End-to-end trainer tests on the toy task (8 virtual CPU devices; subprocesses where a fresh
 process or a signal is the point)."""
+
 import json
 import os
 import pathlib
@@ -27,16 +28,28 @@ def _env():
 
 
 def _cmd(workdir, overrides=None, **kw):
-  cmd = [sys.executable, str(TOY_RUN), "--workdir", str(workdir),
-         "--overrides", json.dumps(overrides or {})]
+  cmd = [
+      sys.executable,
+      str(TOY_RUN),
+      "--workdir",
+      str(workdir),
+      "--overrides",
+      json.dumps(overrides or {}),
+  ]
   for k, v in kw.items():
     cmd += [f"--{k}", str(v)]
   return cmd
 
 
 def run_toy(workdir, overrides=None, timeout=180, **kw):
-  return subprocess.run(_cmd(workdir, overrides, **kw), env=_env(), capture_output=True,
-                        text=True, timeout=timeout, check=False)
+  return subprocess.run(
+      _cmd(workdir, overrides, **kw),
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+  )
 
 
 def committed_steps(workdir):
@@ -45,20 +58,30 @@ def committed_steps(workdir):
 
 
 def test_short_run_loss_falls_and_writes_outputs(tmp_path):
-  config = toy_task.toy_config(total_steps=40, log_every_steps=10, sample_every_steps=20,
-                              **{"checkpoint.every_steps": 20})
+  config = toy_task.toy_config(
+      total_steps=40, log_every_steps=10, sample_every_steps=20, **{"checkpoint.every_steps": 20}
+  )
   state = loop.train(config, str(tmp_path), toy_task.toy_task_factory)
   assert int(jax.device_get(state.step)) == 40
   events = metrics_lib.read_events(tmp_path)
   losses = [v for _, v in events["loss"]]
   assert len(losses) == 4 and losses[-1] < 0.6 * losses[0], losses
-  for tag in ("grad_norm", "lr", "steps_per_sec", "images_per_sec", "skipped_total",
-              "bad_examples", "tflops_per_device"):
+  for tag in (
+      "grad_norm",
+      "lr",
+      "steps_per_sec",
+      "images_per_sec",
+      "skipped_total",
+      "bad_examples",
+      "tflops_per_device",
+  ):
     assert tag in events, tag
   assert "mfu" not in events  # "n/a" on CPU: not a scalar
   assert [s for s, _ in events["samples"]] == [20, 40]
   assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
-      "step_00000020.png", "step_00000040.png"]
+      "step_00000020.png",
+      "step_00000040.png",
+  ]
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 40
   assert committed_steps(tmp_path) == [20, 40]
 
@@ -67,22 +90,36 @@ def test_bad_inputs_fail_before_compiling(tmp_path):
   with pytest.raises(ValueError, match=r"Global batch size 12 is not divisible by the 8"):
     loop.train(toy_task.toy_config(batch_size=12), str(tmp_path), toy_task.toy_task_factory)
   with pytest.raises(ValueError, match=r"input.resolution=16 but the toy model.s resolution is 8"):
-    loop.train(toy_task.toy_config(**{"input.resolution": 16}), str(tmp_path),
-               toy_task.toy_task_factory)
+    loop.train(
+        toy_task.toy_config(**{"input.resolution": 16}), str(tmp_path), toy_task.toy_task_factory
+    )
   with pytest.raises(ValueError, match="parallel.mode"):
-    loop.train(toy_task.toy_config(**{"parallel.mode": "bogus"}), str(tmp_path),
-               toy_task.toy_task_factory)
+    loop.train(
+        toy_task.toy_config(**{"parallel.mode": "bogus"}), str(tmp_path), toy_task.toy_task_factory
+    )
   assert not (tmp_path / "checkpoints").exists() or not committed_steps(tmp_path)
 
 
 def test_unknown_config_key_in_override_is_rejected(tmp_path):
   cfg_file = tmp_path / "toy_cfg.py"
-  cfg_file.write_text("from imagen_jax.train import toy_task\n\n"
-                      "def get_config(arg=None):\n  return toy_task.toy_config()\n")
+  cfg_file.write_text(
+      "from imagen_jax.train import toy_task\n\n"
+      "def get_config(arg=None):\n  return toy_task.toy_config()\n"
+  )
   proc = subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "train.py"), f"--config={cfg_file}",
-       "--config.optim.learning_rate=1e-3", f"--workdir={tmp_path / 'wd'}"],
-      env=_env(), capture_output=True, text=True, timeout=120, check=False)
+      [
+          sys.executable,
+          str(REPO / "scripts" / "train.py"),
+          f"--config={cfg_file}",
+          "--config.optim.learning_rate=1e-3",
+          f"--workdir={tmp_path / 'wd'}",
+      ],
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert proc.returncode != 0
   assert "learning_rate" in proc.stderr
   assert not (tmp_path / "wd").exists()
@@ -96,8 +133,9 @@ def test_unwritable_workdir_reported_before_first_step(tmp_path):
 
 
 def test_nonfinite_skip_leaves_state_unchanged_and_counts(tmp_path):
-  config = toy_task.toy_config(total_steps=6, log_every_steps=3,
-                              **{"input.nan_steps": [2, 3], "checkpoint.every_steps": 100})
+  config = toy_task.toy_config(
+      total_steps=6, log_every_steps=3, **{"input.nan_steps": [2, 3], "checkpoint.every_steps": 100}
+  )
   before = loop.train(config, str(tmp_path / "a"), toy_task.toy_task_factory, stop_at=1)
   before = jax.device_get(before)
   state = loop.train(config, str(tmp_path / "a"), toy_task.toy_task_factory, stop_at=3)
@@ -115,8 +153,7 @@ def test_nonfinite_halt_names_step_and_metric(tmp_path):
   config = toy_task.toy_config(total_steps=6, nonfinite="halt", **{"input.nan_steps": [4]})
   with pytest.raises(loop.TrainingHalted, match=r"Non-finite loss .* at step 4"):
     loop.train(config, str(tmp_path), toy_task.toy_task_factory)
-  proc = run_toy(tmp_path / "sub", {"nonfinite": "halt", "input.nan_steps": [4],
-                                    "total_steps": 6})
+  proc = run_toy(tmp_path / "sub", {"nonfinite": "halt", "input.nan_steps": [4], "total_steps": 6})
   assert proc.returncode != 0
   assert "at step 4" in proc.stderr
 
@@ -141,8 +178,13 @@ def test_bit_identical_resume(tmp_path):
 
 def test_sigterm_saves_current_step_and_restart_continues(tmp_path):
   overrides = {"total_steps": 100000, "checkpoint.every_steps": 100000, "log_every_steps": 5}
-  proc = subprocess.Popen(_cmd(tmp_path, overrides), env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      _cmd(tmp_path, overrides),
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   seen = []
   for line in proc.stdout:
     seen.append(line)
@@ -163,10 +205,18 @@ def test_sigterm_saves_current_step_and_restart_continues(tmp_path):
 
 
 def test_kill_during_save_resumes_from_last_committed(tmp_path):
-  overrides = {"total_steps": 12, "checkpoint.every_steps": 4, "checkpoint.keep": 3,
-               "log_every_steps": 4}
-  proc = subprocess.Popen(_cmd(tmp_path, overrides, hang_commit_step=8), env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  overrides = {
+      "total_steps": 12,
+      "checkpoint.every_steps": 4,
+      "checkpoint.keep": 3,
+      "log_every_steps": 4,
+  }
+  proc = subprocess.Popen(
+      _cmd(tmp_path, overrides, hang_commit_step=8),
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   marker = tmp_path / "HANGING"
   deadline = time.time() + 120
   while not marker.exists() and time.time() < deadline and proc.poll() is None:
@@ -187,8 +237,12 @@ def test_kill_during_save_resumes_from_last_committed(tmp_path):
 def test_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
   overrides = {"total_steps": 60, "log_every_steps": 10, "checkpoint.every_steps": 30}
   # The first trainer holds the workdir, stopped in the commit of step 30 (alive, locked).
-  first = subprocess.Popen(_cmd(tmp_path, overrides, hang_commit_step=30), env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = subprocess.Popen(
+      _cmd(tmp_path, overrides, hang_commit_step=30),
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   try:
     deadline = time.time() + 180
     while not (tmp_path / "HANGING").exists():
@@ -215,8 +269,12 @@ def small_disk(tmp_path):
   """A 1 MiB tmpfs (needs root and mount rights, as the CI machine has)."""
   mount = tmp_path / "disk"
   mount.mkdir()
-  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                        capture_output=True, text=True, check=False)
+  proc = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   if proc.returncode:
     pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
   yield mount
@@ -224,8 +282,11 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_stops_the_run_at_the_failed_save_and_loses_nothing(small_disk):
-  workdir, overrides = small_disk / "w", {"total_steps": 400, "checkpoint.every_steps": 10,
-                                          "log_every_steps": 5}
+  workdir, overrides = small_disk / "w", {
+      "total_steps": 400,
+      "checkpoint.every_steps": 10,
+      "log_every_steps": 5,
+  }
   assert run_toy(workdir, overrides, stop_at=10).returncode == 0
   free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
   (small_disk / "fill").write_bytes(b"\0" * (free - 100 * 1024))  # room for logs, not a save

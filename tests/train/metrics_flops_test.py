@@ -15,8 +15,8 @@ def _events(logdir):
   for path in pathlib.Path(logdir).glob("events.out.tfevents.*"):
     data, pos = path.read_bytes(), 0
     while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      out.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      out.append(event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length]))
       pos += 12 + length + 4
   return out
 
@@ -44,8 +44,11 @@ def test_disabled_writer_writes_nothing(tmp_path):
 def test_grid_and_console_line():
   grid = metrics.image_grid(np.zeros((5, 4, 4, 3), np.uint8), ncols=3, pad=1)
   assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
-  line = metrics.console_line(50, 100, {"loss": 0.25, "steps_per_sec": 2.0, "mfu": "n/a",
-                                        "images_per_sec": 64.0, "lr": 1e-4})
+  line = metrics.console_line(
+      50,
+      100,
+      {"loss": 0.25, "steps_per_sec": 2.0, "mfu": "n/a", "images_per_sec": 64.0, "lr": 1e-4},
+  )
   assert "50/100" in line and "loss 0.2500" in line and "MFU n/a" in line and "ETA 0m25s" in line
   np.testing.assert_array_equal(metrics.to_uint8(np.array([-1.0, 0.0, 1.0])), [0, 128, 255])
 
@@ -74,8 +77,9 @@ def test_compiled_flops_per_device():
 def test_lowered_flops_count_convolutions_analytically():
   x = jnp.zeros((4, 16, 16, 8))
   w = jnp.zeros((3, 3, 8, 16))
-  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   n = flops.lowered_flops(jax.jit(conv).lower(x, w))
   # VALID padding: 14 x 14 outputs, each 3*3*8 multiply-adds per output channel (XLA does not
   # count the zero taps of SAME padding).

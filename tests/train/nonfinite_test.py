@@ -1,5 +1,6 @@
 """Nothing non-finite is ever committed: the step's guard covers the update itself (its norm),
 `skip` runs are bounded and say how many steps they skipped."""
+
 import json
 
 import jax
@@ -22,8 +23,11 @@ def committed_states(workdir):
 
 
 def nonfinite_leaves(tree):
-  return [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_leaves_with_path(tree)
-          if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(x))]
+  return [
+      jax.tree_util.keystr(k)
+      for k, x in jax.tree_util.tree_leaves_with_path(tree)
+      if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(x))
+  ]
 
 
 # lr=1e39 overflows float32: a finite loss and gradient, but an infinite update (the case
@@ -32,8 +36,9 @@ OVERFLOW = {"optim.lr": 1e39, "optim.warmup_steps": 0, "optim.decay": "constant"
 
 
 def test_overflowing_update_is_skipped_and_never_committed(tmp_path):
-  config = toy_task.toy_config(total_steps=6, log_every_steps=2,
-                              **{"checkpoint.every_steps": 2, **OVERFLOW})
+  config = toy_task.toy_config(
+      total_steps=6, log_every_steps=2, **{"checkpoint.every_steps": 2, **OVERFLOW}
+  )
   state = jax.device_get(loop.train(config, str(tmp_path), toy_task.toy_task_factory))
   assert int(state.step) == 6 and int(state.skipped) == 6
   assert not nonfinite_leaves((state.params, state.ema_params, state.opt_state))
@@ -53,7 +58,13 @@ def test_halt_names_the_update(tmp_path):
 
 
 def test_skip_bound_turns_into_a_halt(tmp_path):
-  config = toy_task.toy_config(total_steps=8, log_every_steps=1, nonfinite_max_skips=2,
-                              **{"input.nan_steps": [2, 3, 5], "checkpoint.every_steps": 100})
-  with pytest.raises(TrainingHalted, match=r"3 steps skipped .*nonfinite_max_skips=2; the last at step 5"):
+  config = toy_task.toy_config(
+      total_steps=8,
+      log_every_steps=1,
+      nonfinite_max_skips=2,
+      **{"input.nan_steps": [2, 3, 5], "checkpoint.every_steps": 100},
+  )
+  with pytest.raises(
+      TrainingHalted, match=r"3 steps skipped .*nonfinite_max_skips=2; the last at step 5"
+  ):
     loop.train(config, str(tmp_path), toy_task.toy_task_factory)

@@ -8,8 +8,17 @@ from imagen_jax.train import optim
 
 
 def _cfg(**kw):
-  base = dict(name="adam", lr=1e-4, warmup_steps=10, decay="cosine", b1=0.9, b2=0.999,
-              eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+  base = dict(
+      name="adam",
+      lr=1e-4,
+      warmup_steps=10,
+      decay="cosine",
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip_norm=1.0,
+  )
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -25,14 +34,17 @@ def test_warmup_then_cosine():
 
 def test_constant_with_warmup():
   sched = optim.make_lr_schedule(_cfg(decay="constant"), total_steps=100)
-  np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(99)],
-                             [0.0, 0.5e-4, 1e-4, 1e-4], rtol=1e-6)
+  np.testing.assert_allclose(
+      [sched(0), sched(5), sched(10), sched(99)], [0.0, 0.5e-4, 1e-4, 1e-4], rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "adafactor"])
 def test_optimizers_build_and_step(name):
-  tx, _ = optim.make_optimizer(_cfg(name=name, weight_decay=0.01 if name != "adam" else 0.0,
-                                    warmup_steps=0, lr=0.1), total_steps=10)
+  tx, _ = optim.make_optimizer(
+      _cfg(name=name, weight_decay=0.01 if name != "adam" else 0.0, warmup_steps=0, lr=0.1),
+      total_steps=10,
+  )
   params = {"w": jnp.ones((4, 8)), "b": jnp.zeros((8,))}
   state = tx.init(params)
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
@@ -40,8 +52,9 @@ def test_optimizers_build_and_step(name):
 
 
 def test_clipping_bounds_update_of_huge_gradient():
-  tx, _ = optim.make_optimizer(_cfg(name="adam", warmup_steps=0, lr=1.0, grad_clip_norm=1.0),
-                               total_steps=10)
+  tx, _ = optim.make_optimizer(
+      _cfg(name="adam", warmup_steps=0, lr=1.0, grad_clip_norm=1.0), total_steps=10
+  )
   params = {"w": jnp.zeros((3,))}
   g = {"w": jnp.array([3e6, 4e6, 0.0])}
   # Clip runs before Adam: after clipping the gradient has norm 1.

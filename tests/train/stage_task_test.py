@@ -1,4 +1,5 @@
 """The real stage (shapes world, tiny base U-Net, built-in text encoder) through the trainer."""
+
 import struct
 
 import jax
@@ -15,8 +16,8 @@ def _losses(workdir):
   for path in sorted(workdir.glob("events.out.tfevents.*")):
     data, pos = path.read_bytes(), 0
     while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
       pos += 12 + length + 4
       out += [v.simple_value for v in event.summary.value if v.tag == "loss"]
   return out
@@ -34,7 +35,9 @@ def _config(**kw):
 
 
 def test_stage_resolution_mismatch_fails_before_compiling(tmp_path):
-  with pytest.raises(ValueError, match=r"config.input.resolution=64 but model shapes_base32/tiny has resolution 32"):
+  with pytest.raises(
+      ValueError, match=r"config.input.resolution=64 but model shapes_base32/tiny has resolution 32"
+  ):
     loop.train_and_evaluate(_config(**{"input.resolution": 64}), str(tmp_path))
 
 
@@ -50,15 +53,18 @@ def test_config_evals_run_during_training(tmp_path):
   """`config.evals.alignment` samples held-out captions from the EMA params while training."""
   import json  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   c = _config(total_steps=2, log_every_steps=1)
   c.model.name, c.input.resolution = "shapes_base16", 16
   c.sampling.num_steps, c.sampling.guidance_scale = 2, 3.0
   c.evals = ml_collections.ConfigDict(
-      {"alignment": dict(type="alignment", log_steps=2, num_samples=4, max_objects=1)})
+      {"alignment": dict(type="alignment", log_steps=2, num_samples=4, max_objects=1)}
+  )
   # Trained on a folder of shapes renders with one corrupt image: the skipped record reaches
   # the final metrics.
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from imagen_jax.data import shapes  # pylint: disable=import-outside-toplevel
+
   folder = tmp_path / "data"
   folder.mkdir()
   for i, scene in enumerate(shapes.sample_scene(np.random.default_rng(i)) for i in range(8)):
@@ -76,9 +82,11 @@ def test_config_evals_run_during_training(tmp_path):
 
 def test_config_evals_on_an_sr_stage_fail_before_training(tmp_path):
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   c = _config(total_steps=2)
   c.model.name, c.input.resolution, c.input.lowres_resolution = "shapes_sr32", 32, 16
   c.evals = ml_collections.ConfigDict(
-      {"alignment": dict(type="alignment", log_steps=2, num_samples=4)})
+      {"alignment": dict(type="alignment", log_steps=2, num_samples=4)}
+  )
   with pytest.raises(ValueError, match="needs a stage that samples from captions alone"):
     loop.train_and_evaluate(c, str(tmp_path))

@@ -16,8 +16,11 @@ def _loss(params, batch, rng):
 def _setup():
   tx = optax.adam(0.1)
   state = create_train_state({"w": jnp.ones((3,))}, tx, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_train_step(_loss, tx, ema_decay=0.9, ema_warmup=False,
-                                          lr_schedule=lambda s: 0.1))
+  step = jax.jit(
+      step_lib.make_train_step(
+          _loss, tx, ema_decay=0.9, ema_warmup=False, lr_schedule=lambda s: 0.1
+      )
+  )
   return state, step
 
 
@@ -31,8 +34,16 @@ def test_step_updates_params_ema_and_metrics():
   assert int(new.step) == 1 and int(new.skipped) == 0
   assert not np.allclose(new.params["w"], 1.0)
   np.testing.assert_allclose(new.ema_params["w"], 0.9 * 1.0 + 0.1 * new.params["w"], rtol=1e-6)
-  for key in ("loss", "grad_norm", "lr", "nonfinite", "skipped_total", "bad_examples",
-              "ema_decay", "noise"):
+  for key in (
+      "loss",
+      "grad_norm",
+      "lr",
+      "nonfinite",
+      "skipped_total",
+      "bad_examples",
+      "ema_decay",
+      "noise",
+  ):
     assert m[key].shape == ()
   assert float(m["nonfinite"]) == 0.0 and float(m["lr"]) == pytest.approx(0.1)
 

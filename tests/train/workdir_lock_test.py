@@ -1,5 +1,6 @@
 """One trainer per workdir: a live holder refuses another trainer before it writes anything;
 locks of trainers that are gone are taken over. (Two real trainers racing: loop_test.)"""
+
 import json
 import os
 import socket
@@ -11,7 +12,6 @@ import pytest
 from imagen_jax.train import checkpoint as ckpt_lib
 from imagen_jax.train import loop, toy_task
 from imagen_jax.train import workdir_lock
-
 
 
 def committed_steps(workdir):
@@ -45,11 +45,14 @@ def test_live_holder_refuses_before_anything_is_written(tmp_path):
   assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
 
 
-@pytest.mark.parametrize("holder, taken_over", [
-    (dict(host=socket.gethostname(), pid="dead", started=time.time()), True),
-    (dict(host="other-vm", pid=1, started=time.time(), heartbeat=time.time()), False),
-    (dict(host="other-vm", pid=1, started=0.0, heartbeat=time.time() - 3600), True),
-])
+@pytest.mark.parametrize(
+    "holder, taken_over",
+    [
+        (dict(host=socket.gethostname(), pid="dead", started=time.time()), True),
+        (dict(host="other-vm", pid=1, started=time.time(), heartbeat=time.time()), False),
+        (dict(host="other-vm", pid=1, started=0.0, heartbeat=time.time() - 3600), True),
+    ],
+)
 def test_stale_locks_are_taken_over(tmp_path, holder, taken_over):
   if holder["pid"] == "dead":
     holder = dict(holder, pid=_dead_pid())

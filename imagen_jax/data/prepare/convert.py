@@ -34,12 +34,12 @@ KEPT_SKIP_EXAMPLES = 5
 @dataclasses.dataclass
 class Summary:
   """What one `prepare` call did (this process's shards only)."""
+
   dataset_dir: str
   split: str
   written: int = 0
   reencoded: int = 0
-  skipped: collections.Counter = dataclasses.field(
-      default_factory=collections.Counter)
+  skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   shards_converted: list = dataclasses.field(default_factory=list)
   shards_already_done: list = dataclasses.field(default_factory=list)
   complete_splits: dict = dataclasses.field(default_factory=dict)
@@ -51,8 +51,7 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
     yield from map(fn, items)
     return
   window = 4 * workers
-  with concurrent.futures.ThreadPoolExecutor(
-      workers, thread_name_prefix="prepare") as pool:
+  with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
     pending = collections.deque()
     for item in items:
       pending.append(pool.submit(fn, item))
@@ -62,8 +61,12 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
       yield pending.popleft().result()
 
 
-def _convert(item: readers.Item, max_side: int | None, features,
-             max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB):
+def _convert(
+    item: readers.Item,
+    max_side: int | None,
+    features,
+    max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+):
   """("ok", serialized, re-encoded, captions) or ("skip", reason, detail)."""
   if item.skip:
     return ("skip",) + item.skip
@@ -79,8 +82,9 @@ def _convert(item: readers.Item, max_side: int | None, features,
     return "skip", "image too large", str(e)
   except preprocess.BadExampleError as e:
     return "skip", "corrupt image", str(e)
-  record = features.serialize_example({
-      "image": stored, "caption": list(item.captions), "key": item.key})
+  record = features.serialize_example(
+      {"image": stored, "caption": list(item.captions), "key": item.key}
+  )
   return "ok", record, reencoded, list(item.captions)
 
 
@@ -89,8 +93,9 @@ def format_counts(counts: collections.Counter) -> str:
 
 
 def _description(splits: dict) -> str:
-  sources = "; ".join(f"{s}: {shards[0].get('source', '?')}"
-                      for s, shards in sorted(splits.items()))
+  sources = "; ".join(
+      f"{s}: {shards[0].get('source', '?')}" for s, shards in sorted(splits.items())
+  )
   return f"Prepared by scripts/prepare_data.py ({sources})."
 
 
@@ -101,9 +106,11 @@ def finalize(output_dir: str, name: str, log: Callable = print) -> dict:
   if splits:
     splits = writer.finalize(ds_dir, name, _description(splits))
   for split, shards in sorted(splits.items()):
-    log(f"split {split}: complete, "
+    log(
+        f"split {split}: complete, "
         f"{sum(d['num_examples'] for d in shards)} examples in "
-        f"{len(shards)} shards")
+        f"{len(shards)} shards"
+    )
   return splits
 
 
@@ -114,28 +121,38 @@ def inputs_fingerprint(reader) -> str:
   return f"{len(names)}:{digest}"
 
 
-def _check_resume(shards: dict, source: str, inputs: str,
-                  max_side: int | None, num_shards: int,
-                  split: str) -> None:
+def _check_resume(
+    shards: dict, source: str, inputs: str, max_side: int | None, num_shards: int, split: str
+) -> None:
   for index, done in sorted(shards.items()):
     if done["num_shards"] != num_shards:
       raise ValueError(
           f"split {split!r} was started with --num_shards "
-          f"{done['num_shards']} (shard {index} is done), not {num_shards}")
+          f"{done['num_shards']} (shard {index} is done), not {num_shards}"
+      )
     if (done.get("inputs"), done.get("max_side")) != (inputs, max_side):
       raise ValueError(
           f"split {split!r} shard {index} was made from other inputs or "
           f"settings ({done.get('source')}, max_side={done.get('max_side')}) "
           f"than these ({source}, max_side={max_side}); use another --name "
-          "or --split")
+          "or --split"
+      )
 
 
-def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
-            num_shards: int = 1, shard_index: int | None = None,
-            max_side: int | None = None, num_workers: int = 8,
-            log: Callable = print,
-            max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
-            **source_flags) -> Summary:
+def prepare(
+    *,
+    source: str,
+    name: str,
+    output_dir: str,
+    split: str = "train",
+    num_shards: int = 1,
+    shard_index: int | None = None,
+    max_side: int | None = None,
+    num_workers: int = 8,
+    log: Callable = print,
+    max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+    **source_flags,
+) -> Summary:
   """Converts shard `shard_index` (default: every shard) of `split`.
 
   `source_flags` are `open_reader`'s (path, annotations, images, manifest,
@@ -153,16 +170,21 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
     max_decoded_mb = preprocess.check_max_decoded_mb(max_decoded_mb)
   except ValueError as e:
     raise ValueError(f"--{e}") from None
-  if any(paths.is_remote(str(p)) for p in (output_dir, *source_flags.values())
-         if isinstance(p, str) and p):
+  if any(
+      paths.is_remote(str(p))
+      for p in (output_dir, *source_flags.values())
+      if isinstance(p, str) and p
+  ):
     paths.prefer_gcsfs()  # before TFDS or etils touch any path (see storage)
   ds_dir = writer.dataset_dir(output_dir, name)
   reader = readers.open_reader(source, **source_flags)
   units = reader.units
   if len(units) < num_shards:
-    raise ValueError(f"{reader.name}: {len(units)} inputs cannot fill "
-                     f"--num_shards {num_shards} (a shard takes whole "
-                     "inputs: images, or tar files for webdataset)")
+    raise ValueError(
+        f"{reader.name}: {len(units)} inputs cannot fill "
+        f"--num_shards {num_shards} (a shard takes whole "
+        "inputs: images, or tar files for webdataset)"
+    )
   done = writer.read_done(ds_dir).get(split, {})
   inputs = inputs_fingerprint(reader)
   _check_resume(done, reader.name, inputs, max_side, num_shards, split)
@@ -173,19 +195,22 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
     label = f"{split} shard {index:05d}-of-{num_shards:05d}"
     if index in done:
       d = done[index]
-      log(f"{label}: already done ({d['num_examples']} written, "
-          f"{sum(d['skipped'].values())} skipped), skipping")
+      log(
+          f"{label}: already done ({d['num_examples']} written, "
+          f"{sum(d['skipped'].values())} skipped), skipping"
+      )
       summary.shards_already_done.append(index)
       continue
     t0 = time.perf_counter()
-    block = units[index * len(units) // num_shards:
-                  (index + 1) * len(units) // num_shards]
+    block = units[index * len(units) // num_shards : (index + 1) * len(units) // num_shards]
     shard = writer.ShardWriter(ds_dir, name, split, index, num_shards)
     skipped, examples, reencoded = collections.Counter(), [], 0
     try:
-      for result in _ordered_map(lambda it: _convert(it, max_side, features,
-                                                     max_decoded_mb),
-                                 reader.items(block), num_workers):
+      for result in _ordered_map(
+          lambda it: _convert(it, max_side, features, max_decoded_mb),
+          reader.items(block),
+          num_workers,
+      ):
         if result[0] == "ok":
           shard.write(result[1], result[3])
           reencoded += bool(result[2])
@@ -193,22 +218,30 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
           skipped[result[1]] += 1
           if len(examples) < KEPT_SKIP_EXAMPLES:
             examples.append({"reason": result[1], "detail": result[2]})
-      d = shard.commit({"source": reader.name, "inputs": inputs,
-                        "max_side": max_side,
-                        "num_shards": num_shards, "index": index,
-                        "skipped": dict(skipped), "skipped_examples": examples,
-                        "reencoded": reencoded})
+      d = shard.commit(
+          {
+              "source": reader.name,
+              "inputs": inputs,
+              "max_side": max_side,
+              "num_shards": num_shards,
+              "index": index,
+              "skipped": dict(skipped),
+              "skipped_examples": examples,
+              "reencoded": reencoded,
+          }
+      )
     except BaseException:
       shard.abort()
       raise
     seconds = time.perf_counter() - t0
     if not d["num_examples"]:
-      log(f"{label}: WARNING: empty, every one of its {len(block)} inputs "
-          "was skipped")
-    log(f"{label}: {d['num_examples']} written ({reencoded} re-encoded), "
+      log(f"{label}: WARNING: empty, every one of its {len(block)} inputs was skipped")
+    log(
+        f"{label}: {d['num_examples']} written ({reencoded} re-encoded), "
         f"{sum(skipped.values())} skipped"
         + (f" ({format_counts(skipped)})" if skipped else "")
-        + f", {seconds:.1f} s")
+        + f", {seconds:.1f} s"
+    )
     summary.written += d["num_examples"]
     summary.reencoded += reencoded
     summary.skipped.update(skipped)
@@ -217,16 +250,18 @@ def prepare(*, source: str, name: str, output_dir: str, split: str = "train",
   if split not in summary.complete_splits:
     finished = set(writer.read_done(ds_dir).get(split, {}))
     missing = [i for i in range(num_shards) if i not in finished]
-    log(f"split {split}: {num_shards - len(missing)} of {num_shards} shards "
-        f"done; waiting for shard(s) {missing[:10]}"
-        + ("..." if len(missing) > 10 else ""))
+    log(
+        f"split {split}: {num_shards - len(missing)} of {num_shards} shards "
+        f"done; waiting for shard(s) {missing[:10]}" + ("..." if len(missing) > 10 else "")
+    )
   else:
-    log(f"train with: --config.input.dataset=tfds:{name} "
-        f"--config.input.data_dir={output_dir}")
+    log(f"train with: --config.input.dataset=tfds:{name} --config.input.data_dir={output_dir}")
   summary.seconds = time.perf_counter() - start
   rate = summary.written / summary.seconds if summary.seconds else 0.0
-  log(f"this run: {summary.written} written, {sum(summary.skipped.values())} "
-      "skipped" + (f" ({format_counts(summary.skipped)})"
-                   if summary.skipped else "")
-      + f" in {summary.seconds:.1f} s ({rate:.1f} examples/s) -> {ds_dir}")
+  log(
+      f"this run: {summary.written} written, {sum(summary.skipped.values())} "
+      "skipped"
+      + (f" ({format_counts(summary.skipped)})" if summary.skipped else "")
+      + f" in {summary.seconds:.1f} s ({rate:.1f} examples/s) -> {ds_dir}"
+  )
   return summary

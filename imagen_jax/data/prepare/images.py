@@ -34,8 +34,7 @@ from imagen_jax.data import preprocess
 
 JPEG_QUALITY = 95
 _LOSSY = ("JPEG", "MPO", "WEBP")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError,
-                  Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def _stored_as_is(img: Image.Image) -> bool:
@@ -46,9 +45,12 @@ def _stored_as_is(img: Image.Image) -> bool:
   return img.format == "PNG" and img.tile[0].args == "RGB"  # 8 bits
 
 
-def for_storage(data: bytes, name: str, max_side: int | None = None,
-                max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB
-                ) -> tuple[bytes, bool]:
+def for_storage(
+    data: bytes,
+    name: str,
+    max_side: int | None = None,
+    max_decoded_mb: float | None = preprocess.DEFAULT_MAX_DECODED_MB,
+) -> tuple[bytes, bool]:
   """(bytes to store, whether they were re-encoded); see the module docstring."""
   limit = preprocess.check_max_decoded_mb(max_decoded_mb)
   try:
@@ -62,7 +64,8 @@ def for_storage(data: bytes, name: str, max_side: int | None = None,
           raise preprocess.ImageTooLargeError(
               f"{name}: {img.size[0]}x{img.size[1]} {img.mode} decodes to "
               f"{preprocess.decoded_bytes(img) / 1e6:.1f} MB, above --max_decoded_mb="
-              f"{limit:g} (not decoded)")
+              f"{limit:g} (not decoded)"
+          )
         img.load()  # raises on truncated or corrupt data
         return data, False
   except _DECODE_ERRORS as e:
@@ -71,12 +74,10 @@ def for_storage(data: bytes, name: str, max_side: int | None = None,
   h, w = image.shape[:2]
   if max_side and max(h, w) > max_side:
     scale = max_side / max(h, w)
-    image = preprocess.resize(image, max(1, round(h * scale)),
-                              max(1, round(w * scale)), "area")
+    image = preprocess.resize(image, max(1, round(h * scale)), max(1, round(w * scale)), "area")
   out = io.BytesIO()
   if fmt in _LOSSY:
-    Image.fromarray(np.ascontiguousarray(image)).save(
-        out, format="JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(np.ascontiguousarray(image)).save(out, format="JPEG", quality=JPEG_QUALITY)
   else:
     Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG")
   return out.getvalue(), True

@@ -44,15 +44,15 @@ SOURCES = ("coco_json", "folder", "webdataset")
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-  key: str                                   # unique within the dataset
+  key: str  # unique within the dataset
   captions: tuple[str, ...]
   load: Callable[[], bytes] | None = None  # the encoded image; may raise
-  skip: tuple[str, str] | None = None      # (reason, detail) when unusable
+  skip: tuple[str, str] | None = None  # (reason, detail) when unusable
 
 
 def _relative(root: str, path: str) -> str:
   root = root.rstrip("/").rstrip(os.sep)
-  return path[len(root) + 1:] if path.startswith(root) else path
+  return path[len(root) + 1 :] if path.startswith(root) else path
 
 
 class _ListedReader:
@@ -71,32 +71,39 @@ class _ListedReader:
       elif not captions:
         yield Item(key, (), skip=("no caption", path))
       else:
-        yield Item(key, tuple(captions),
-                   load=functools.partial(folder_source.read_bytes, path))
+        yield Item(key, tuple(captions), load=functools.partial(folder_source.read_bytes, path))
 
 
 class CocoJsonReader(_ListedReader):
 
   def __init__(self, annotations: str, images: str, allow_outside_root: bool = False):
     if not annotations or not images:
-      raise ValueError("--source coco_json needs --annotations (a "
-                       "captions_*.json) and --images (its image folder)")
-    super().__init__(f"coco_json:{annotations}", images, folder_source.coco_items(
-        annotations, images, allow_missing_captions=True,
-        allow_outside_root=allow_outside_root))
+      raise ValueError(
+          "--source coco_json needs --annotations (a "
+          "captions_*.json) and --images (its image folder)"
+      )
+    super().__init__(
+        f"coco_json:{annotations}",
+        images,
+        folder_source.coco_items(
+            annotations, images, allow_missing_captions=True, allow_outside_root=allow_outside_root
+        ),
+    )
 
 
 class FolderReader(_ListedReader):
 
-  def __init__(self, path: str, manifest: str | None = None,
-               allow_outside_root: bool = False):
+  def __init__(self, path: str, manifest: str | None = None, allow_outside_root: bool = False):
     if not path and not manifest:
       raise ValueError("--source folder needs --path (the image folder)")
     root = path or posixpath.dirname(manifest)
-    super().__init__(f"folder:{manifest or path}", root,
-                     folder_source.folder_items(path, manifest,
-                                                allow_missing_captions=True,
-                                                allow_outside_root=allow_outside_root))
+    super().__init__(
+        f"folder:{manifest or path}",
+        root,
+        folder_source.folder_items(
+            path, manifest, allow_missing_captions=True, allow_outside_root=allow_outside_root
+        ),
+    )
 
 
 def list_tars(pattern: str) -> list[str]:
@@ -104,6 +111,7 @@ def list_tars(pattern: str) -> list[str]:
   has_glob = any(c in pattern for c in "*?[")
   if paths.is_remote(pattern):
     import fsspec  # pylint: disable=import-outside-toplevel
+
     paths.prefer_gcsfs()
     fs, bare = fsspec.core.url_to_fs(pattern)
     protocol = pattern.split("://", 1)[0]
@@ -115,8 +123,11 @@ def list_tars(pattern: str) -> list[str]:
   else:
     if not has_glob and os.path.isdir(pattern):
       pattern = os.path.join(pattern, "*.tar")
-    found = glob.glob(pattern) if any(c in pattern for c in "*?[") else (
-        [pattern] if os.path.isfile(pattern) else [])
+    found = (
+        glob.glob(pattern)
+        if any(c in pattern for c in "*?[")
+        else ([pattern] if os.path.isfile(pattern) else [])
+    )
   if not found:
     raise ValueError(f"--source webdataset: no tar files match {pattern!r}")
   return sorted(found)
@@ -135,11 +146,11 @@ def _caption_of(members: dict[str, bytes]) -> list[str]:
 
 def _group_item(tar_name: str, key: str, members: dict[str, bytes]) -> Item:
   full_key = f"{tar_name}/{key}"
-  image = next((ext for ext in members
-                if ext.rsplit(".", 1)[-1] in WEBDATASET_IMAGE_EXTENSIONS), None)
+  image = next(
+      (ext for ext in members if ext.rsplit(".", 1)[-1] in WEBDATASET_IMAGE_EXTENSIONS), None
+  )
   if image is None:
-    return Item(full_key, (), skip=("no image", f"{full_key}: members "
-                                    f"{sorted(members)}"))
+    return Item(full_key, (), skip=("no image", f"{full_key}: members {sorted(members)}"))
   try:
     captions = _caption_of(members)
   except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
@@ -160,15 +171,23 @@ def unsafe_member_name(name: str) -> bool:
   """A tar member name that is absolute or climbs out with `..` (never extracted, but
   not a key to store either)."""
   parts = name.replace("\\", "/").split("/")
-  return name.startswith(("/", "\\")) or ".." in parts or (
-      len(name) > 2 and name[1] == ":" and name[2] in "/\\")
+  return (
+      name.startswith(("/", "\\"))
+      or ".." in parts
+      or (len(name) > 2 and name[1] == ":" and name[2] in "/\\")
+  )
 
 
 def _flush(tar_path: str, tar_name: str, key: str, members: dict) -> Item:
   if unsafe_member_name(key):
-    return Item(f"{tar_name}/{key}", (), skip=(
-        "unsafe member name", f"{tar_path}: members {key!r}.* have an absolute name "
-        "or '..'; not read"))
+    return Item(
+        f"{tar_name}/{key}",
+        (),
+        skip=(
+            "unsafe member name",
+            f"{tar_path}: members {key!r}.* have an absolute name or '..'; not read",
+        ),
+    )
   return _group_item(tar_name, key, members)
 
 
@@ -177,11 +196,10 @@ def tar_items(tar_path: str) -> Iterator[Item]:
   "corrupt tar" item for the sample it cut short (if any) and one for the rest of the tar
   (the samples before it are kept). Members with unsafe names are skipped unread."""
   tar_name = posixpath.basename(tar_path.rstrip("/"))
-  tar_name = tar_name[:-len(".tar")] if tar_name.endswith(".tar") else tar_name
+  tar_name = tar_name[: -len(".tar")] if tar_name.endswith(".tar") else tar_name
   key, members = None, {}
   try:
-    with _open_binary(tar_path) as f, tarfile.open(fileobj=f,
-                                                   mode="r|*") as tar:
+    with _open_binary(tar_path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
       for member in tar:
         if not member.isfile():
           continue
@@ -198,10 +216,14 @@ def tar_items(tar_path: str) -> Iterator[Item]:
           members[ext.lower()] = tar.extractfile(member).read()
   except (tarfile.TarError, OSError, EOFError) as e:
     if key is not None:  # the sample being read when the tar broke: counted, not dropped
-      yield Item(f"{tar_name}/{key}", (), skip=(
-          "corrupt tar", f"{tar_path}: {key} cut short by {type(e).__name__}"))
-    yield Item(f"{tar_name}/<tar>", (), skip=(
-        "corrupt tar", f"{tar_path}: {type(e).__name__}: {e}"))
+      yield Item(
+          f"{tar_name}/{key}",
+          (),
+          skip=("corrupt tar", f"{tar_path}: {key} cut short by {type(e).__name__}"),
+      )
+    yield Item(
+        f"{tar_name}/<tar>", (), skip=("corrupt tar", f"{tar_path}: {type(e).__name__}: {e}")
+    )
     return
   if key is not None:
     yield _flush(tar_path, tar_name, key, members)
@@ -220,9 +242,15 @@ class WebDatasetReader:
       yield from tar_items(tar_path)
 
 
-def open_reader(source: str, *, path: str = "", annotations: str = "",
-                images: str = "", manifest: str | None = None,
-                allow_outside_root: bool = False):
+def open_reader(
+    source: str,
+    *,
+    path: str = "",
+    annotations: str = "",
+    images: str = "",
+    manifest: str | None = None,
+    allow_outside_root: bool = False,
+):
   """The reader for `--source` (one of SOURCES) and its flags."""
   if source == "coco_json":
     return CocoJsonReader(annotations, images or path, allow_outside_root)
@@ -230,5 +258,4 @@ def open_reader(source: str, *, path: str = "", annotations: str = "",
     return FolderReader(path, manifest, allow_outside_root)
   if source == "webdataset":
     return WebDatasetReader(path)
-  raise ValueError(f"unknown --source {source!r}; expected one of "
-                   f"{', '.join(SOURCES)}")
+  raise ValueError(f"unknown --source {source!r}; expected one of {', '.join(SOURCES)}")

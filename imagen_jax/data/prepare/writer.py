@@ -46,17 +46,22 @@ _SPLIT = re.compile(r"^[A-Za-z0-9_]+$")
 def features():
   """The dataset's features: the image, all its captions, the source key."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(),
-      "caption": tfds.features.Sequence(tfds.features.Text()),
-      "key": tfds.features.Text(),
-  })
+
+  return tfds.features.FeaturesDict(
+      {
+          "image": tfds.features.Image(),
+          "caption": tfds.features.Sequence(tfds.features.Text()),
+          "key": tfds.features.Text(),
+      }
+  )
 
 
 def check_name(name: str, split: str) -> None:
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name or ""):
-    raise ValueError(f"--name {name!r}: TFDS names are lower_snake_case "
-                     "(letters, digits, '_', starting with a letter)")
+    raise ValueError(
+        f"--name {name!r}: TFDS names are lower_snake_case "
+        "(letters, digits, '_', starting with a letter)"
+    )
   if not _SPLIT.fullmatch(split or ""):
     raise ValueError(f"--split {split!r}: letters, digits and '_' only")
 
@@ -80,8 +85,7 @@ def captions_path(ds_dir: str, name: str, split: str, index: int, num_shards: in
 
 
 def done_path(ds_dir: str, split: str, index: int, num_shards: int) -> str:
-  return _join(ds_dir, "_prepare", split,
-               f"{index:05d}-of-{num_shards:05d}.done.json")
+  return _join(ds_dir, "_prepare", split, f"{index:05d}-of-{num_shards:05d}.done.json")
 
 
 def read_done(ds_dir: str) -> dict[str, dict[int, dict]]:
@@ -95,17 +99,16 @@ def read_done(ds_dir: str) -> dict[str, dict[int, dict]]:
       continue
     for f in split_dir.iterdir():
       if _DONE.match(f.name):
-        out.setdefault(split_dir.name, {})[int(f.name[:5])] = json.loads(
-            f.read_text())
+        out.setdefault(split_dir.name, {})[int(f.name[:5])] = json.loads(f.read_text())
   return out
 
 
 class ShardWriter:
   """Writes one shard: `write(record)`, then `commit(done)` or `abort()`."""
 
-  def __init__(self, ds_dir: str, name: str, split: str, index: int,
-               num_shards: int):
+  def __init__(self, ds_dir: str, name: str, split: str, index: int, num_shards: int):
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
     self.target = _join(ds_dir, shard_filename(name, split, index, num_shards))
     self.done = done_path(ds_dir, split, index, num_shards)
     self.captions_file = captions_path(ds_dir, name, split, index, num_shards)
@@ -117,10 +120,8 @@ class ShardWriter:
       self._tmp_dir = None
       local_dir = _join(ds_dir, "_prepare", split)
       os.makedirs(local_dir, exist_ok=True)
-    self._local = os.path.join(
-        local_dir, f".{os.path.basename(self.target)}.{os.getpid()}.tmp")
-    self._writer = array_record_module.ArrayRecordWriter(self._local,
-                                                         WRITER_OPTIONS)
+    self._local = os.path.join(local_dir, f".{os.path.basename(self.target)}.{os.getpid()}.tmp")
+    self._writer = array_record_module.ArrayRecordWriter(self._local, WRITER_OPTIONS)
     self.count = 0
 
   def write(self, record: bytes, captions: list[str]) -> None:
@@ -135,13 +136,13 @@ class ShardWriter:
     if self._tmp_dir is None:
       os.replace(self._local, self.target)
     else:
-      with open(self._local, "rb") as src, paths.path(self.target).open(
-          "wb") as dst:
+      with open(self._local, "rb") as src, paths.path(self.target).open("wb") as dst:
         shutil.copyfileobj(src, dst, 16 << 20)
       shutil.rmtree(self._tmp_dir, ignore_errors=True)
     paths.write_atomic(self.captions_file, json.dumps(self._captions))
-    done = dict(done, num_examples=self.count, num_bytes=num_bytes,
-                file=os.path.basename(self.target))
+    done = dict(
+        done, num_examples=self.count, num_bytes=num_bytes, file=os.path.basename(self.target)
+    )
     paths.write_atomic(self.done, json.dumps(done, indent=1, sort_keys=True))
     return done
 
@@ -161,17 +162,18 @@ def complete_splits(done: dict[str, dict[int, dict]]) -> dict[str, list[dict]]:
   for split, shards in done.items():
     counts = {d["num_shards"] for d in shards.values()}
     if len(counts) != 1:
-      raise ValueError(f"split {split!r} has done shards of different "
-                       f"--num_shards {sorted(counts)}; delete its _prepare/"
-                       f"{split} folder and shard files to start it over")
+      raise ValueError(
+          f"split {split!r} has done shards of different "
+          f"--num_shards {sorted(counts)}; delete its _prepare/"
+          f"{split} folder and shard files to start it over"
+      )
     n = counts.pop()
     if sorted(shards) == list(range(n)):
       out[split] = [shards[i] for i in range(n)]
   return out
 
 
-def write_metadata(ds_dir: str, name: str, splits: dict[str, list[dict]],
-                   description: str) -> None:
+def write_metadata(ds_dir: str, name: str, splits: dict[str, list[dict]], description: str) -> None:
   """dataset_info.json + features.json for `splits` ({split: done records}).
 
   What `tfds.folder_dataset.write_metadata` does, minus its directory scan
@@ -179,30 +181,39 @@ def write_metadata(ds_dir: str, name: str, splits: dict[str, list[dict]],
   process and then refuses the split list).
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   if paths.is_remote(ds_dir):
     paths.prefer_gcsfs()
   data_dir = paths.path(ds_dir)
   split_infos = []
   for split, shards in sorted(splits.items()):
     template = tfds.core.ShardedFileTemplate(
-        data_dir=data_dir, template=tfds.core.naming.DEFAULT_FILENAME_TEMPLATE,
-        dataset_name=name, split=split, filetype_suffix=FILE_FORMAT)
-    split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[int(d["num_examples"]) for d in shards],
-        num_bytes=sum(int(d["num_bytes"]) for d in shards),
-        filename_template=template))
+        data_dir=data_dir,
+        template=tfds.core.naming.DEFAULT_FILENAME_TEMPLATE,
+        dataset_name=name,
+        split=split,
+        filetype_suffix=FILE_FORMAT,
+    )
+    split_infos.append(
+        tfds.core.SplitInfo(
+            name=split,
+            shard_lengths=[int(d["num_examples"]) for d in shards],
+            num_bytes=sum(int(d["num_bytes"]) for d in shards),
+            filename_template=template,
+        )
+    )
   identity = tfds.core.DatasetIdentity(
-      name=name, version=tfds.core.Version(VERSION), data_dir=ds_dir,
-      module_name="")
-  info = tfds.core.DatasetInfo(builder=identity, features=features(),
-                               description=description)
+      name=name, version=tfds.core.Version(VERSION), data_dir=ds_dir, module_name=""
+  )
+  info = tfds.core.DatasetInfo(builder=identity, features=features(), description=description)
   info.set_file_format(FILE_FORMAT)
   info.set_splits(tfds.core.SplitDict(split_infos))
   info.write_to_directory(data_dir)
 
 
-def finalize(ds_dir: str, name: str, description: str,
-             max_rounds: int = 5) -> dict[str, list[dict]]:
+def finalize(
+    ds_dir: str, name: str, description: str, max_rounds: int = 5
+) -> dict[str, list[dict]]:
   """Writes metadata for every complete split, then re-reads the done files
   and rewrites until nothing new completed meanwhile (a concurrent finisher
   that saw fewer splits may have written after us). Returns the splits."""

@@ -325,6 +325,9 @@ def validate(config: Any) -> Any:
   )
   _positive("checkpoint.keep", config_lib.get(config.checkpoint, "keep", 1))
   _one_of("nonfinite", config_lib.get(config, "nonfinite", "halt"), step_lib.NONFINITE_POLICIES)
+  _positive(
+      "nonfinite_max_skips", config_lib.get(config, "nonfinite_max_skips", 0), allow_zero=True
+  )
   if not config_lib.get(config.text, "encoder"):
     raise ConfigError(
         "config.text.encoder is empty; give a T5 checkpoint "

@@ -107,6 +107,7 @@ def stage_defaults():
   c.sample_every_steps = 0  # 0: no periodic sample grids
   c.sample_prompts = ()
   c.nonfinite = "halt"  # "skip" | "halt"
+  c.nonfinite_max_skips = 0  # under "skip": halt past this many skipped steps (0: no bound)
   c.init_from = placeholder(str)  # a checkpoint dir: params only
   c.resume_from = placeholder(str)  # a checkpoint dir: full state
 

@@ -67,6 +67,7 @@ BAD = [
     ("sr256", {"input.dataset": "coco"}, r"config.input.dataset='coco'"),
     ("sr256", {"input.dataset": "folder"}, r"config.input.path must name"),
     ("sr256", {"nonfinite": "ignore"}, r"config.nonfinite='ignore'"),
+    ("sr256", {"nonfinite_max_skips": -1}, r"config.nonfinite_max_skips=-1 must be a non-neg"),
     (
         "base64",
         {"evals.clip": dict(type="clip_score", log_steps=10)},

@@ -13,9 +13,13 @@ from imagen_jax.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
+# Slow tier (.ci/run runs it once): each compiles a whole stage (80-100 s on 2 cores); the
+# default run keeps the real stage through tests/train/stage_task_test.py.
 STAGES = [
-    ("base64", "variant=tiny,runlocal,inception=random:0"),  # with the in-loop FID
-    ("sr256", "variant=tiny,runlocal"),
+    pytest.param(
+        "base64", "variant=tiny,runlocal,inception=random:0", marks=pytest.mark.slow
+    ),  # with the in-loop FID
+    pytest.param("sr256", "variant=tiny,runlocal", marks=pytest.mark.slow),
     pytest.param("sr1024", "variant=tiny,runlocal", marks=pytest.mark.slow),  # as sr256
 ]
 

@@ -45,17 +45,21 @@ def test_live_holder_refuses_before_anything_is_written(tmp_path):
   assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
 
 
+# (host, pid, seconds since the heartbeat): times are taken when the test runs, not when it is
+# collected (a default run takes minutes).
 @pytest.mark.parametrize(
-    "holder, taken_over",
+    "host, pid, age, taken_over",
     [
-        (dict(host=socket.gethostname(), pid="dead", started=time.time()), True),
-        (dict(host="other-vm", pid=1, started=time.time(), heartbeat=time.time()), False),
-        (dict(host="other-vm", pid=1, started=0.0, heartbeat=time.time() - 3600), True),
+        (socket.gethostname(), "dead", 0, True),  # same host, its process is gone
+        ("other-vm", 1, 0, False),  # another host, a fresh heartbeat: alive
+        ("other-vm", 1, 3600, True),  # another host, silent for an hour
     ],
 )
-def test_stale_locks_are_taken_over(tmp_path, holder, taken_over):
-  if holder["pid"] == "dead":
-    holder = dict(holder, pid=_dead_pid())
+def test_stale_locks_are_taken_over(tmp_path, host, pid, age, taken_over):
+  now = time.time()
+  holder = dict(
+      host=host, pid=_dead_pid() if pid == "dead" else pid, started=now - age, heartbeat=now - age
+  )
   _write_lock(tmp_path, **holder)
   config = toy_task.toy_config(total_steps=2, log_every_steps=1)
   if not taken_over:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imagen_jax import diffusion
 from imagen_jax import pipeline as pipeline_lib
 from imagen_jax.parallel import batch as batch_lib
 from imagen_jax.parallel import mesh as mesh_lib
@@ -226,7 +227,7 @@ def sampling(
   emb, mask = jnp.asarray(host["text_emb"]), jnp.asarray(host["text_mask"])
   lowres = jnp.asarray(host["lowres"]) if "lowres" in host else None
   threshold = str(config.sampling.get("threshold", "dynamic"))
-  percentile = float(config.sampling.get("percentile", 0.995))
+  percentile = float(config.sampling.get("percentile", diffusion.DEFAULT_PERCENTILE))
   out: dict[str, Any] = {
       "batch_size": batch_size,
       "num_steps": num_steps,

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from imagen_jax import diffusion
 from imagen_jax.models import registry
 
 PEER = "imagen-pytorch"
@@ -151,7 +152,9 @@ def spec(
           min_snr_loss_weight=weighting == "min_snr",
           min_snr_gamma=float(d.get("min_snr_gamma", 5.0)),
           dynamic_thresholding=str(config.sampling.get("threshold", "dynamic")) == "dynamic",
-          dynamic_thresholding_percentile=float(config.sampling.get("percentile", 0.995)),
+          dynamic_thresholding_percentile=float(
+              config.sampling.get("percentile", diffusion.DEFAULT_PERCENTILE)
+          ),
       ),
       "precision": "bf16" if dtype == "bfloat16" else "fp32",
       "optimizer": dict(

@@ -8,7 +8,6 @@ manager is created.
 
 from __future__ import annotations
 
-import logging as logging_std
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from etils import epath
 
 from imagen_jax.parallel import multihost
 from imagen_jax.storage import paths as storage_paths
+from imagen_jax.train import save_echoes
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data", "config")
@@ -30,25 +30,6 @@ ITEMS = ("state", "data", "config")
 
 class CheckpointSaveError(OSError):
   """An asynchronous save failed (full disk, lost bucket access); nothing committed is lost."""
-
-
-class _OrbaxErrorEcho(logging_std.Filter):
-  """While a Checkpointer is open: Orbax's error records keep their one-line message but not
-  their traceback (a failed save logs the same one from several threads, and once per array
-  write; `CheckpointSaveError` says what failed), and asyncio's "exception was never
-  retrieved" records of those writes pass once."""
-
-  def __init__(self):
-    super().__init__()
-    self.unretrieved = 0
-
-  def filter(self, record):
-    if record.name == "asyncio" and "never retrieved" in str(record.msg):
-      self.unretrieved += 1
-      return self.unretrieved == 1
-    if record.levelno >= logging_std.ERROR and "/orbax/" in record.pathname.replace("\\", "/"):
-      record.exc_info, record.exc_text = None, None
-    return True
 
 
 def check_writable(workdir: str | os.PathLike) -> epath.Path:
@@ -147,9 +128,8 @@ class Checkpointer:
     self._last_saved = self._mngr.latest_step()
     self._in_flight = None  # the step of a started save not yet known to have committed
     self._failed = False
-    self._echo = _OrbaxErrorEcho()
-    for name in ("absl", "asyncio"):
-      logging_std.getLogger(name).addFilter(self._echo)
+    self._echoes = save_echoes.SaveEchoes()
+    self._echoes.install()
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -185,6 +165,8 @@ class Checkpointer:
       return False
     if step == self._last_saved or step in self._mngr.all_steps():
       return False
+    if self._in_flight is not None:  # Orbax waits for it too; its failure is ours to report
+      self._finish_in_flight()
     state, data_state = (x() if callable(x) else x for x in (state, data_state))
     data = {"process_count": jax.process_count(), "states": multihost.allgather_json(data_state)}
     saved = self._mngr.save(
@@ -212,6 +194,7 @@ class Checkpointer:
       self._mngr.wait_until_finished()  # at once when the save is over; raises its error
     except Exception as e:  # pylint: disable=broad-except  # whatever the storage raised
       self._failed = True
+      self._echoes.failed()
       raise CheckpointSaveError(self._failure_message(step, e)) from None
 
   def _failure_message(self, step: int, error: Exception) -> str:
@@ -295,8 +278,7 @@ class Checkpointer:
       if not reported:
         raise
     finally:
-      for name in ("absl", "asyncio"):
-        logging_std.getLogger(name).removeFilter(self._echo)
+      self._echoes.uninstall()
       try:
         self._mngr.close()
       except Exception:  # pylint: disable=broad-except

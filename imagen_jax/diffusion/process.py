@@ -63,3 +63,18 @@ def prediction_from_x0(x0, x_t, alpha, sigma, prediction):
   if prediction == "x0":
     return x0
   return alpha * eps - sigma * x0
+
+
+def prediction_from_x0_eps(x0, eps, alpha, sigma, prediction):
+  """The prediction (eps | v | x0) of a consistent pair x_t = alpha x0 + sigma eps.
+
+  The inverse of ``x0_eps_from_prediction`` without dividing by alpha or sigma
+  (v = alpha eps - sigma x0), so it stays accurate at both ends of the schedule.
+  """
+  check_prediction(prediction)
+  alpha, sigma = broadcast_to(alpha, x0), broadcast_to(sigma, x0)
+  if prediction == "eps":
+    return eps
+  if prediction == "x0":
+    return x0
+  return alpha * eps - sigma * x0

@@ -24,11 +24,19 @@ sigma strictly positive, so conversions between predictions stay finite.
 Endpoints after clipping: cosine log_snr(0) = 8.77 (its s offset bounds it
 below the clip) and log_snr(1) = -20; linear log_snr(0) = 20 and
 log_snr(1) = -log(expm1(10.05)) = -10.05 (DDPM's alpha_bar_T ~ 4e-5).
+
+``Schedule.t_from_log_snr`` inverts log_snr (the samplers place their time grids in
+log-SNR): closed form for both schedules,
+  cosine: t = (1 + s) (2 / pi) atan(exp(-log_snr / 2)) - s,
+  linear: t = 2 u / (beta_0 + sqrt(beta_0^2 + 2 (beta_1 - beta_0) u)), u = log(1 + exp(-log_snr)),
+(the root of beta_0 t + (beta_1 - beta_0) t^2 / 2 = u written without cancellation), and a
+bisection for a ``Schedule`` built without an inverse.
 """
 
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 SCHEDULES = ("cosine", "linear")
@@ -42,10 +50,22 @@ class Schedule:
   raw_log_snr: Callable[[jnp.ndarray], jnp.ndarray]
   log_snr_min: float = -20.0
   log_snr_max: float = 20.0
+  raw_t_from_log_snr: Callable[[jnp.ndarray], jnp.ndarray] | None = None
 
   def log_snr(self, t):
     t = jnp.asarray(t, jnp.float32)
     return jnp.clip(self.raw_log_snr(t), self.log_snr_min, self.log_snr_max)
+
+  def t_from_log_snr(self, log_snr):
+    """The t in [0, 1] with ``log_snr(t) == log_snr`` (float32, any shape).
+
+    Values beyond the schedule's range [log_snr(1), log_snr(0)] map to the nearer end
+    (where log_snr is clipped flat, to the t closest to the unclipped part).
+    """
+    log_snr = jnp.clip(jnp.asarray(log_snr, jnp.float32), self.log_snr(1.0), self.log_snr(0.0))
+    if self.raw_t_from_log_snr is None:
+      return _bisect(self.log_snr, log_snr)
+    return jnp.clip(self.raw_t_from_log_snr(log_snr), 0.0, 1.0)
 
   def alpha_sigma(self, t):
     """Returns (alpha, sigma) with alpha^2 + sigma^2 = 1."""
@@ -60,6 +80,19 @@ def alpha_sigma_from_log_snr(log_snr):
   return alpha, sigma
 
 
+def _bisect(log_snr_fn, target, iterations=40):
+  """Solves log_snr_fn(t) = target for t in [0, 1] (log_snr_fn non-increasing)."""
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    above = log_snr_fn(mid) > target  # still too clean: the root is later
+    return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, body, (jnp.zeros_like(target), jnp.ones_like(target)))
+  return 0.5 * (lo + hi)
+
+
 def _cosine_log_snr(t, s=0.008):
   # cos(.)^-2 - 1 = tan(.)^2, so log_snr = 2 (log cos - log sin). cos is
   # floored at a tiny positive value: in float32 cos(pi/2) is -4e-8.
@@ -68,8 +101,17 @@ def _cosine_log_snr(t, s=0.008):
   return 2.0 * (jnp.log(cos) - jnp.log(jnp.sin(angle)))
 
 
+def _cosine_t(log_snr, s=0.008):
+  return (1.0 + s) * (2.0 / jnp.pi) * jnp.arctan(jnp.exp(-0.5 * log_snr)) - s
+
+
 def _linear_log_snr(t, beta_0=0.1, beta_1=20.0):
   return -jnp.log(jnp.expm1(beta_0 * t + 0.5 * (beta_1 - beta_0) * t**2))
+
+
+def _linear_t(log_snr, beta_0=0.1, beta_1=20.0):
+  u = jnp.logaddexp(0.0, -log_snr)  # = beta_0 t + (beta_1 - beta_0) t^2 / 2
+  return 2.0 * u / (beta_0 + jnp.sqrt(beta_0**2 + 2.0 * (beta_1 - beta_0) * u))
 
 
 def get_schedule(
@@ -89,9 +131,11 @@ def get_schedule(
   if name == "cosine":
     allowed = {"s"}
     fn = lambda t: _cosine_log_snr(t, **kw)
+    inverse = lambda log_snr: _cosine_t(log_snr, **kw)
   elif name == "linear":
     allowed = {"beta_0", "beta_1"}
     fn = lambda t: _linear_log_snr(t, **kw)
+    inverse = lambda log_snr: _linear_t(log_snr, **kw)
   else:
     raise ValueError(f"Unknown schedule {name!r}; allowed values: {', '.join(SCHEDULES)}")
   unknown = set(kw) - allowed
@@ -100,4 +144,4 @@ def get_schedule(
         f"Unknown parameters {sorted(unknown)} for schedule "
         f"{name!r}; allowed: {sorted(allowed)}"
     )
-  return Schedule(name, fn, float(log_snr_min), float(log_snr_max))
+  return Schedule(name, fn, float(log_snr_min), float(log_snr_max), inverse)

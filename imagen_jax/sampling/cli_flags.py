@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from imagen_jax import diffusion
 from imagen_jax.sampling import cascade
 
 # Deprecated name -> the name that replaced it.
@@ -32,7 +33,7 @@ DEPRECATED = {
     "outdir": "output_dir",
 }
 PER_STAGE_HELP = {
-    "sampler": "ddpm|ddim|dpmpp_2m",
+    "sampler": "|".join(diffusion.SAMPLERS),
     "num_steps": "Sampler steps.",
     "guidance_scale": "CFG scale (1 = none).",
     "threshold": "none|static|dynamic",

@@ -95,8 +95,11 @@ def evaluate(
     sr_num_steps: int,
     sr_sampler: str,
     seed: int = 0,
+    time_grid: str | None = None,
 ):
-  """Per setting: cascade images for the scenes' captions and their scores."""
+  """Per setting: cascade images for the scenes' captions and their scores. Samples are
+  cached per setting and sampler settings (`time_grid`: every stage's; None: the
+  samplers' defaults)."""
   eval_dir.mkdir(parents=True, exist_ok=True)
   captions = [shapes.caption(s) for s in scenes]
   cascade = sampling.CascadeSampler([sampling.load_stage(w) for w in workdirs], batch_size=32)
@@ -108,7 +111,7 @@ def evaluate(
         .replace("(", "")
         .replace(")", "")
         .replace("=", "")
-        + ".npz"
+        + f"__{sampler}{num_steps}_{sr_sampler}{sr_num_steps}_{time_grid or 'default'}.npz"
     )
     if cache.exists():
       with np.load(cache) as saved:
@@ -122,6 +125,7 @@ def evaluate(
               num_steps=num_steps,
               guidance_scale=setting.guidance_scale,
               threshold=setting.threshold,
+              time_grid=time_grid,
           )
       ]
       stage_settings += [
@@ -131,6 +135,7 @@ def evaluate(
               guidance_scale=1.0,
               threshold="static",
               aug_level=0.0,
+              time_grid=time_grid,
           )
       ] * (len(workdirs) - 1)
       images = cascade.sample(captions, seed=seed, settings=stage_settings, progress=False)
@@ -172,6 +177,7 @@ def run_demo(
     sr_num_steps: int = 12,
     sr_sampler: str = "ddim",
     settings: Sequence[Setting] = DEFAULT_SETTINGS,
+    time_grid: str | None = None,
 ) -> dict:
   """Trains the stages, evaluates, writes demo_results.json and a grid."""
   workdir = pathlib.Path(workdir)
@@ -192,6 +198,7 @@ def run_demo(
       sampler=sampler,
       sr_num_steps=sr_num_steps,
       sr_sampler=sr_sampler,
+      time_grid=time_grid,
   )
   wall = time.perf_counter() - start
 
@@ -217,12 +224,13 @@ def run_demo(
       "num_eval_captions": len(scenes),
       "eval_split": "heldout",
       "resolution": final_res,
-      "base_sampling": {"sampler": sampler, "num_steps": num_steps},
+      "base_sampling": {"sampler": sampler, "num_steps": num_steps, "time_grid": time_grid},
       "sr_sampling": {
           "sampler": sr_sampler,
           "num_steps": sr_num_steps,
           "guidance_scale": 1.0,
           "aug_level": 0.0,
+          "time_grid": time_grid,
       },
       "stages": {
           n: {

@@ -190,8 +190,10 @@ class StagePipeline:
       max_value=None,
       lowres=None,
       aug_level=0.0,
+      time_grid=None,
   ):
-    """Samples images in [-1, 1] for the given text (and low-res input)."""
+    """Samples images in [-1, 1] for the given text (and low-res input); `time_grid`: see
+    `diffusion.sample` (None: the sampler's default)."""
     batch = text_emb.shape[0]
     aug_rng, sample_rng = jax.random.split(rng)
     aug_t = None
@@ -214,6 +216,7 @@ class StagePipeline:
         threshold=threshold,
         percentile=percentile,
         max_value=max_value,
+        time_grid=time_grid,
     )
 
 

@@ -20,6 +20,7 @@ import jax
 from ml_collections import config_flags
 
 from imagen_jax import demo
+from imagen_jax import diffusion
 from imagen_jax import log_filter
 
 _CONFIGS = {
@@ -38,6 +39,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Demo directory.", required=True
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Held-out eval captions.")
 _STEPS = flags.DEFINE_integer("num_steps", 24, "Base sampler (dpmpp_2m) steps.")
 _SR_STEPS = flags.DEFINE_integer("sr_num_steps", 12, "SR sampler (ddim) steps.")
+_TIME_GRID = flags.DEFINE_enum(
+    "time_grid",
+    None,
+    list(diffusion.TIME_GRIDS),
+    "Every stage's sampler time grid (default: each sampler's own, see diffusion.sample).",
+)
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     -1,
@@ -92,6 +99,7 @@ def main(argv):
       num_eval=_NUM_EVAL.value,
       num_steps=_STEPS.value,
       sr_num_steps=_SR_STEPS.value,
+      time_grid=_TIME_GRID.value,
   )
   print(demo.format_table(record))
   print(

@@ -41,6 +41,7 @@ class StageSettings:
   percentile: float = diffusion.DEFAULT_PERCENTILE
   max_value: float | None = None
   aug_level: float = 0.0
+  time_grid: str | None = None  # None: the sampler's default (diffusion.sample)
 
   def validate(self, where: str = "stage"):
     if self.sampler not in diffusion.SAMPLERS:
@@ -58,6 +59,11 @@ class StageSettings:
       )
     if int(self.num_steps) < 1:
       raise ValueError(f"{where}: num_steps={self.num_steps} must be >= 1")
+    if self.time_grid is not None and self.time_grid not in diffusion.TIME_GRIDS:
+      raise ValueError(
+          f"{where}: unknown time_grid {self.time_grid!r}; "
+          f"allowed: {', '.join(diffusion.TIME_GRIDS)}"
+      )
     if not 0.0 <= self.aug_level <= 1.0:
       raise ValueError(f"{where}: aug_level={self.aug_level} must be in [0, 1]")
     return self
@@ -204,6 +210,7 @@ class CascadeSampler:
         float(st.percentile),
         st.max_value,
         float(st.aug_level),
+        st.time_grid,
         guided,
     )
     if key not in self._fns:
@@ -223,6 +230,7 @@ class CascadeSampler:
             max_value=st.max_value,
             lowres=lowres,
             aug_level=float(st.aug_level),
+            time_grid=st.time_grid,
         )
         return jnp.clip(images, -1.0, 1.0)
 

@@ -6,8 +6,8 @@ One name per meaning:
       the paper's cascade is 64 -> 256 -> 1024, the shapes demo's 16 -> 32 -> 64 (its
       configs/shapes.py stages are base, sr1, sr2 too);
   --output_dir   where a script writes its results (local or gs://), as prepare_data.py;
-  --sampler, --num_steps, --guidance_scale, --threshold, --percentile, --aug_level
-      per-stage sampler settings: one value (all stages) or one per stage, comma-separated.
+  --sampler, --num_steps, --guidance_scale, --threshold, --percentile, --aug_level,
+  --time_grid   per-stage sampler settings: one value (all stages) or one per stage, comma-separated.
 The old names stay as aliases (`DEPRECATED`) so existing command lines keep working;
 `warn_deprecated()` logs a warning for each one a command line used.
 
@@ -36,11 +36,12 @@ PER_STAGE_HELP = {
     "sampler": "|".join(diffusion.SAMPLERS),
     "num_steps": "Sampler steps.",
     "guidance_scale": "CFG scale (1 = none).",
-    "threshold": "none|static|dynamic",
+    "threshold": "|".join(diffusion.THRESHOLDS),
     "percentile": "Dynamic threshold percentile.",
     "aug_level": "SR low-res noise augmentation level.",
+    "time_grid": "|".join(diffusion.TIME_GRIDS) + " (default: the sampler's).",
 }
-_TYPES = {"sampler": str, "threshold": str, "num_steps": int}
+_TYPES = {"sampler": str, "threshold": str, "num_steps": int, "time_grid": str}
 
 
 def define_workdirs(flag_values: flags.FlagValues = flags.FLAGS) -> list[flags.FlagHolder]:

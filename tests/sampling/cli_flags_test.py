@@ -5,6 +5,7 @@ from absl import app
 from absl import flags
 import pytest
 
+from imagen_jax.sampling import cascade
 from imagen_jax.sampling import cli_flags
 
 
@@ -69,3 +70,16 @@ def test_no_workdir_is_a_usage_error():
   _, workdirs, _, _ = _flags([])
   with pytest.raises(app.UsageError, match="give at least --workdir_base"):
     cli_flags.workdirs(workdirs)
+
+
+def test_time_grid_per_stage_and_a_bad_one_named():
+  _, workdirs, _, per = _flags(
+      ["--workdir_base=b", "--workdir_sr1=s", "--sampler=edm_heun,ddim", "--time_grid=uniform_t"]
+  )
+  values = cli_flags.per_stage(per, len(cli_flags.workdirs(workdirs)))
+  assert values["time_grid"] == ["uniform_t", "uniform_t"]
+  assert values["sampler"] == ["edm_heun", "ddim"]
+  settings = cascade.StageSettings(sampler="edm_heun", time_grid="karras").validate()
+  assert settings.time_grid == "karras"
+  with pytest.raises(ValueError, match=r"stage 0: unknown time_grid 'uniform'; allowed: log_snr"):
+    cascade.StageSettings(time_grid="uniform").validate("stage 0")

@@ -277,9 +277,16 @@ def _check_parallel(config: Any) -> None:
   mesh = config_lib.get(par, "mesh", ())
   if not mesh:
     raise ConfigError("config.parallel.mesh is empty; expected e.g. (('data', -1), ('fsdp', 1))")
+  if isinstance(mesh, str) or all(isinstance(e, str) for e in mesh):
+    # ml_collections turns --config.parallel.mesh=data into ('d', 'a', 't', 'a')
+    raise ConfigError(
+        f"config.parallel.mesh={''.join(mesh)!r} is a string; expected (name, size) pairs, e.g. "
+        "--config.parallel.mesh=\"(('data',-1),('fsdp',1))\""
+    )
+  used = set(mesh_lib.DATA_AXES) | _rule_axes(config_lib.get(par, "logical_rules", ()))
   names, fixed = [], 1
   for entry in mesh:
-    if len(entry) != 2 or not isinstance(entry[0], str):
+    if isinstance(entry, str) or len(entry) != 2 or not isinstance(entry[0], str):
       raise ConfigError(f"config.parallel.mesh entry {tuple(entry)!r} is not a (name, size) pair")
     name, size = entry[0], int(entry[1])
     if name in names:
@@ -287,6 +294,12 @@ def _check_parallel(config: Any) -> None:
     if size == 0 or size < -1:
       raise ConfigError(
           f"config.parallel.mesh axis {name!r} has size {size}; sizes are positive or -1"
+      )
+    if name not in used and size != 1:
+      raise ConfigError(
+          f"config.parallel.mesh axis {name!r} (size {size}) is neither a data axis "
+          f"({', '.join(mesh_lib.DATA_AXES)}) nor named by config.parallel.logical_rules, so "
+          "nothing would be split over it (every device would hold the same data)"
       )
     names.append(name)
     if name in mesh_lib.DATA_AXES and size > 0:
@@ -299,6 +312,17 @@ def _check_parallel(config: Any) -> None:
         f" by the fixed data-parallel mesh axes (product {fixed}"
         " of the 'data'/'fsdp' sizes in config.parallel.mesh)"
     )
+
+
+def _rule_axes(rules: Any) -> set[str]:
+  """The mesh axes `logical_rules` maps logical axes to ((logical, mesh axis | (axes) | None))."""
+  axes = set()
+  for rule in rules or ():
+    target = rule[1] if isinstance(rule, (list, tuple)) and len(rule) == 2 else None
+    for axis in target if isinstance(target, (list, tuple)) else (target,):
+      if isinstance(axis, str):
+        axes.add(axis)
+  return axes
 
 
 def _check_evals(evals: Any) -> None:

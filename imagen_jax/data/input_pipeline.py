@@ -290,7 +290,11 @@ class InputIterator:
       ) from None
 
   def _next_example(self) -> dict | None:
-    in_a_row = 0
+    # "Every example is bad" once one run of bad reads has met every record, or (where this
+    # process's view is a fixed subset, as unshuffled shards) is 10x the dataset long.
+    # Counting the run alone is wrong: with half the records bad, two shuffled epochs can
+    # put num_records bad ones in a row.
+    in_a_row, bad_records = 0, set()
     while True:
       self._fill()
       if not self._pending:
@@ -308,7 +312,9 @@ class InputIterator:
       self._num_skipped += 1
       self._first_skip = self._first_skip or str(item)
       in_a_row += 1
-      if in_a_row >= (self.source.num_records or float("inf")):
+      bad_records.add(index)
+      num_records = self.source.num_records or float("inf")
+      if len(bad_records) >= num_records or in_a_row >= 10 * num_records:
         raise ValueError(f"{self.source.name}: every example is bad (first: {self._first_skip})")
 
   def _log_skips(self) -> None:

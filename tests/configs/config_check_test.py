@@ -63,6 +63,13 @@ BAD = [
         {"parallel.mesh": (("data", 3), ("fsdp", 1))},
         r"config.batch_size=8 is not divisible",
     ),
+    (
+        "sr256",
+        {"parallel.mesh": (("dta", -1), ("fsdp", 1))},
+        r"config.parallel.mesh axis 'dta' \(size -1\) is neither a data axis \(data, fsdp\)",
+    ),
+    # --config.parallel.mesh=data: ml_collections makes the string a tuple of characters
+    ("sr256", {"parallel.mesh": tuple("data")}, r"config.parallel.mesh='data' is a string"),
     ("sr256", {"input.cond_drop_prob": 1.5}, r"config.input.cond_drop_prob=1.5"),
     ("sr256", {"input.dataset": "coco"}, r"config.input.dataset='coco'"),
     ("sr256", {"input.dataset": "folder"}, r"config.input.path must name"),
@@ -99,3 +106,13 @@ def test_errors_name_the_field(name, overrides, message):
 def test_validate_returns_the_config():
   c = config()
   assert config_check.validate(c) is c
+
+
+def test_a_mesh_axis_named_by_the_logical_rules_is_accepted():
+  c = config("sr256", "variant=tiny")
+  c.parallel.mesh = (("data", -1), ("fsdp", 1), ("model", 2))
+  c.parallel.logical_rules = (("heads", "model"), ("embed", ("fsdp", "model")))
+  assert config_check.validate(c) is c
+  c.parallel.logical_rules = ()
+  with pytest.raises(ValueError, match="axis 'model' \\(size 2\\)"):
+    config_check.validate(c)

@@ -203,3 +203,26 @@ def test_tfds_coco_captions_mock_data():
     resumed = next(it2)
   np.testing.assert_array_equal(after["image"], resumed["image"])
   assert list(after["caption"]) == list(resumed["caption"])
+
+
+def test_a_mostly_bad_folder_is_not_every_example_bad(tmp_path):
+  """5 bad records of 7, shuffled, epochs repeating: two epochs can put 7 bad ones in a row
+  (the reliability probe's finding: 'every example is bad' after 6-28 good examples)."""
+  root = tmp_path / "mostly_bad"
+  root.mkdir()
+  for i in range(2):
+    _save(root / f"good{i}.png")
+    (root / f"good{i}.txt").write_text(f"good {i}")
+  for i in range(5):
+    (root / f"bad{i}.png").write_bytes(b"nope")
+    (root / f"bad{i}.txt").write_text("x")
+  for seed in range(3):
+    it = input_pipeline.create_input_iterator(
+        {"dataset": "folder", "path": str(root)},
+        global_batch_size=2,
+        resolution=8,
+        **{**_KW, "seed": seed},
+    )
+    captions = {c for _ in range(60) for c in next(it)["caption"]}
+    it.close()
+    assert captions == {"good 0", "good 1"}, seed

@@ -8,7 +8,8 @@ thread refreshes every `refresh_s`; it is removed on exit. A lock left by a dead
 taken over: on the same host when its pid is gone, from any host when its heartbeat is older
 than `stale_after_s` (a killed job on a recreated VM, a crashed pod).
 
-Local workdirs create the file exclusively (`O_EXCL`); on object stores (gs://) the file is
+Local workdirs write the record to a private file and hard-link it into place (exclusive and
+never torn); on object stores (gs://) the file is
 written and read back, so two trainers starting in the same instant leave one holder.
 """
 
@@ -136,12 +137,22 @@ class WorkdirLock:
     if self.remote:
       self.path.write_text(self._payload())
       return True
+    # The whole record goes to a private file first, then is linked into place (atomic, and
+    # refused if the lock exists): a trainer killed (or a disk full) mid-write never leaves a
+    # torn lock that would block restarts until it is stale.
+    path = os.fspath(self.path)
+    tmp = f"{path}.{self.token}.tmp"
     try:
-      fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with open(tmp, "x") as f:
+        f.write(self._payload())
+      os.link(tmp, path)
     except FileExistsError:
       return False
-    with os.fdopen(fd, "w") as f:
-      f.write(self._payload())
+    finally:
+      try:
+        os.unlink(tmp)
+      except FileNotFoundError:
+        pass
     return True
 
   def _read_token(self) -> str | None:

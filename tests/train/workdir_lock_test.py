@@ -70,3 +70,24 @@ def test_stale_locks_are_taken_over(tmp_path, host, pid, age, taken_over):
   loop.train(config, str(tmp_path), toy_task.toy_task_factory)
   assert committed_steps(tmp_path) == [2]
   assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+
+
+def test_a_write_cut_short_leaves_no_torn_lock(tmp_path, monkeypatch):
+  """A trainer killed (or a disk full) while writing its record must not leave an empty lock
+  that blocks every restart until it is stale (the reliability probe's finding)."""
+  lock = workdir_lock.WorkdirLock(str(tmp_path))
+
+  def cut_short():
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(lock, "_payload", cut_short)
+  with pytest.raises(OSError, match="No space left"):
+    lock.acquire()
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+  monkeypatch.undo()
+  restart = workdir_lock.WorkdirLock(str(tmp_path))
+  restart.acquire()  # at once, not after stale_after_s
+  try:
+    assert json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
+  finally:
+    restart.release()

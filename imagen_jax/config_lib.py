@@ -346,3 +346,24 @@ def imagen_sr_config(
     c.input.num_workers = 0
     c.input.prefetch_batches = 1
   return c
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run(main, flags_parser=config_lib.parse_flags)`: absl's flag parsing, where a bad
+  `--config.*` override (a typo in a key, a value of the wrong type) ends on one line naming
+  it instead of ml_collections' traceback (absl's own parser only catches `flags.Error`)."""
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = " ".join(str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").split())
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    message = f"bad --config override ({type(e).__name__}: {message}); given: {' '.join(bad)}"
+  print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+  print("Pass --helpfull to see help on flags.", file=sys.stderr)
+  sys.exit(1)

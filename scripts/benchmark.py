@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from imagen_jax import config_lib
 from imagen_jax.perf import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -111,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

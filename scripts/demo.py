@@ -19,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from imagen_jax import config_lib
 from imagen_jax import demo
 from imagen_jax import diffusion
 from imagen_jax import log_filter
@@ -111,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -29,6 +29,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from imagen_jax import config_lib
 from imagen_jax.parallel import multihost
 from imagen_jax.text import precompute
 
@@ -110,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

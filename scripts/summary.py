@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from imagen_jax import config_lib
 from imagen_jax.models import registry
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -112,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -10,6 +10,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from imagen_jax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Stage config file (path[:arg]).", lock_config=True
 )
@@ -63,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -350,10 +350,10 @@ def restore_or_initialize(
     state, data_state = other.restore(step, abstract_state, reshard=reshard)
     other.close()
     return state, data_state, f"resumed from {resume_from} step {int(jax.device_get(state.step))}"
-  state = init_fn()
   init_from = config.get("init_from") if hasattr(config, "get") else None
-  if init_from:
-    other, step = checkpointer_at(init_from)
+  other, step = checkpointer_at(init_from) if init_from else (None, None)  # a bad path: now
+  state = init_fn()
+  if other is not None:
     params = other.restore_params(step, abstract_of(state.params))
     other.close()
     state = state.replace(params=params, ema_params=jax.tree.map(lambda x: x.copy(), params))

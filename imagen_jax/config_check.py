@@ -38,6 +38,7 @@ from imagen_jax.evaluation import evaluators
 from imagen_jax.models import registry
 from imagen_jax.parallel import mesh as mesh_lib
 from imagen_jax.parallel import placement
+from imagen_jax.parallel import sharding
 from imagen_jax.train import optim
 from imagen_jax.train import step as step_lib
 
@@ -316,12 +317,13 @@ def _check_parallel(config: Any) -> None:
 
 def _rule_axes(rules: Any) -> set[str]:
   """The mesh axes `logical_rules` maps logical axes to ((logical, mesh axis | (axes) | None))."""
+  try:
+    normalized = sharding.normalize_rules(rules)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.parallel.logical_rules: {e}") from None
   axes = set()
-  for rule in rules or ():
-    target = rule[1] if isinstance(rule, (list, tuple)) and len(rule) == 2 else None
-    for axis in target if isinstance(target, (list, tuple)) else (target,):
-      if isinstance(axis, str):
-        axes.add(axis)
+  for _, target in normalized:
+    axes.update(a for a in (target if isinstance(target, tuple) else (target,)) if a is not None)
   return axes
 
 

@@ -9,6 +9,9 @@ Semantics follow big_vision's ``configs/common.py:parse_arg``:
 * unknown keys raise ``ValueError`` naming the key and the known ones.
 """
 
+import sys
+
+from absl import flags
 import ml_collections
 
 _TRUE = ("1", "true", "yes", "on", "")
@@ -352,10 +355,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   """`app.run(main, flags_parser=config_lib.parse_flags)`: absl's flag parsing, where a bad
   `--config.*` override (a typo in a key, a value of the wrong type) ends on one line naming
   it instead of ml_collections' traceback (absl's own parser only catches `flags.Error`)."""
-  import sys  # pylint: disable=import-outside-toplevel
-
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

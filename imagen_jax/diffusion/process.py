@@ -32,7 +32,9 @@ def q_sample(x0, t, noise, schedule):
 
 
 def target(x0, noise, alpha, sigma, prediction):
-  """The regression target of the given prediction type."""
+  """The regression target of the given prediction type: the prediction (eps | v | x0) of a
+  consistent pair x_t = alpha x0 + sigma noise, so also the inverse of
+  ``x0_eps_from_prediction`` (without dividing by alpha or sigma)."""
   check_prediction(prediction)
   alpha, sigma = broadcast_to(alpha, x0), broadcast_to(sigma, x0)
   if prediction == "eps":
@@ -56,25 +58,5 @@ def x0_eps_from_prediction(pred, x_t, alpha, sigma, prediction):
 def prediction_from_x0(x0, x_t, alpha, sigma, prediction):
   """The prediction (eps | v | x0) that corresponds to an x0 estimate."""
   check_prediction(prediction)
-  alpha, sigma = broadcast_to(alpha, x_t), broadcast_to(sigma, x_t)
-  eps = (x_t - alpha * x0) / sigma
-  if prediction == "eps":
-    return eps
-  if prediction == "x0":
-    return x0
-  return alpha * eps - sigma * x0
-
-
-def prediction_from_x0_eps(x0, eps, alpha, sigma, prediction):
-  """The prediction (eps | v | x0) of a consistent pair x_t = alpha x0 + sigma eps.
-
-  The inverse of ``x0_eps_from_prediction`` without dividing by alpha or sigma
-  (v = alpha eps - sigma x0), so it stays accurate at both ends of the schedule.
-  """
-  check_prediction(prediction)
-  alpha, sigma = broadcast_to(alpha, x0), broadcast_to(sigma, x0)
-  if prediction == "eps":
-    return eps
-  if prediction == "x0":
-    return x0
-  return alpha * eps - sigma * x0
+  eps = (x_t - broadcast_to(alpha, x_t) * x0) / broadcast_to(sigma, x_t)
+  return target(x0, eps, alpha, sigma, prediction)

@@ -1,11 +1,11 @@
 """Samplers over any pure ``denoise_fn(x_t, t) -> prediction``.
 
 Every sampler walks a decreasing grid of N evaluation times t_0 > ... > t_{N-1}
-(``time_grid``: see time_grid.py; by default uniform in t, t_k = 1 - k / N, or for
-edm_heun EDM's rho = 7 grid in sigma = sigma_t / alpha_t; "log_snr" is uniform in log-SNR). Steps k < N-1
-move x from t_k to t_{k+1}; the last evaluation (at t_{N-1}) returns its x0 estimate,
-i.e. the final step goes to zero noise (the "lower order final" / set_alpha_to_one
-convention). Every x0 estimate is thresholded before it is used. ``num_steps`` = N is the
+(``time_grid``: see time_grid.py; by default uniform in t, t_k = 1 - k / N, and for
+edm_heun EDM's rho = 7 grid in sigma = sigma_t / alpha_t; "log_snr" is uniform in
+log-SNR). Steps k < N-1 move x from t_k to t_{k+1}; the last evaluation (at t_{N-1})
+returns its x0 estimate, i.e. the final step goes to zero noise (the "lower order final" /
+set_alpha_to_one convention). Every x0 estimate is thresholded before it is used. ``num_steps`` = N is the
 number of network evaluations, except for edm_heun (2N - 1).
 
 * ``ddpm``: ancestral sampling from the posterior q(x_s | x_t, x0_hat) with
@@ -72,7 +72,7 @@ def sample(
     max_value: optional cap of the dynamic threshold (DeepFloyd IF).
     x_init: optional initial noise of ``shape`` (else drawn from rng).
     time_grid: "log_snr", "karras" or "uniform_t" (time_grid.py); None: the sampler's
-      default ("karras" for edm_heun, else "log_snr").
+      default ("karras" for edm_heun, else "uniform_t").
   Returns:
     x0 samples, float32, of ``shape``.
   """

@@ -13,7 +13,7 @@ the other parametrisations (Tweedie: x0_hat = (x_t + sigma^2 score) / alpha):
   x0' = x0_hat + s (sigma^2 / alpha) grad f,   v' = v_hat - s (sigma / alpha) grad f.
 
 The prediction is converted to (x0, eps) with ``process.x0_eps_from_prediction``,
-shifted, and converted back with ``process.prediction_from_x0_eps``.
+shifted, and converted back with ``process.target`` (the prediction of an (x0, eps) pair).
 
 * ``classifier_guidance``: f = log p(y | x_t), a classifier trained on noised
   inputs (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image
@@ -84,7 +84,7 @@ def _shift(pred, x_t, t, grad, *, scale, schedule, prediction):
   x0, eps = process.x0_eps_from_prediction(pred, x_t, alpha, sigma, prediction)
   a, s = process.broadcast_to(alpha, x_t), process.broadcast_to(sigma, x_t)
   delta = process.broadcast_to(jnp.asarray(scale, grad.dtype), x_t) * s * grad
-  return process.prediction_from_x0_eps(x0 + (s / a) * delta, eps - delta, alpha, sigma, prediction)
+  return process.target(x0 + (s / a) * delta, eps - delta, alpha, sigma, prediction)
 
 
 def _on_x_t(denoise_fn, fn, name, scale, schedule, prediction):

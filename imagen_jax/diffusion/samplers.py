@@ -5,8 +5,8 @@ Every sampler walks a decreasing grid of N evaluation times t_0 > ... > t_{N-1}
 edm_heun EDM's rho = 7 grid in sigma = sigma_t / alpha_t; "log_snr" is uniform in
 log-SNR). Steps k < N-1 move x from t_k to t_{k+1}; the last evaluation (at t_{N-1})
 returns its x0 estimate, i.e. the final step goes to zero noise (the "lower order final" /
-set_alpha_to_one convention). Every x0 estimate is thresholded before it is used. ``num_steps`` = N is the
-number of network evaluations, except for edm_heun (2N - 1).
+set_alpha_to_one convention). Every x0 estimate is thresholded before it is used.
+``num_steps`` = N is the number of network evaluations, except for edm_heun (2N - 1).
 
 * ``ddpm``: ancestral sampling from the posterior q(x_s | x_t, x0_hat) with
   c = -expm1(log_snr_t - log_snr_s): mean alpha_s ((1 - c) x_t / alpha_t +

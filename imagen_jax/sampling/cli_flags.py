@@ -7,7 +7,8 @@ One name per meaning:
       configs/shapes.py stages are base, sr1, sr2 too);
   --output_dir   where a script writes its results (local or gs://), as prepare_data.py;
   --sampler, --num_steps, --guidance_scale, --threshold, --percentile, --aug_level,
-  --time_grid   per-stage sampler settings: one value (all stages) or one per stage, comma-separated.
+  --time_grid
+      per-stage sampler settings: one value (all stages) or one per stage, comma-separated.
 The old names stay as aliases (`DEPRECATED`) so existing command lines keep working;
 `warn_deprecated()` logs a warning for each one a command line used.
 

@@ -11,7 +11,8 @@ uniform-t grid, is <= 1.2% (cosine: ddpm@500 0.4%, ddim@200 0.6%, dpmpp_2m@50 0.
 linear: ddpm@500 1.0%, ddim@200 1.2%, dpmpp_2m@50 0.3%); on the log-SNR grid (mean, std)
 <= 1.1% (cosine: ddpm@500 0.2%, 0.6%; ddim@200 0.8%, 0.9%; dpmpp_2m@50 0.8%, 0.4%;
 linear: ddpm@500 0.1%, 0.6%; ddim@200 0.8%, 1.1%; dpmpp_2m@50 0.8%, 0.6%), so 3% leaves
-room for both while a denoiser with a 1.5x wrong variance (50% error) fails. edm_heun: edm_test.py; the grids and the step-count goals: time_grid_test.py.
+room for both while a denoiser with a 1.5x wrong variance (50% error) fails. edm_heun:
+edm_test.py; the grids and the step-count goals: time_grid_test.py.
 """
 
 import functools

@@ -5,8 +5,8 @@ standardized noise (benchmarks/sampler_grid.py), so a deterministic sampler's fi
 exact discretisation errors: on the log-SNR grid, dpmpp_2m at 25 evaluations keeps mean
 and std within 3% (measured: std +0.6% cosine, +1.1% linear; the default uniform-t grid:
 -5.4%, -19.1%; issue #20 asks this of the default, which stays uniform-t until the
-log-SNR grid no longer lowers the shapes demo's accuracy: time_grid.py), and edm_heun within 5% at 22 steps = 43 evaluations (measured std +4.1% cosine,
-+4.7% linear; at 20 steps = 39 evaluations, +5.8% on linear: Heun in sigma on EDM's rho = 7
+log-SNR grid no longer lowers the shapes demo's accuracy: time_grid.py), and edm_heun
+within 5% at 22 steps = 43 evaluations (measured std +3.7% cosine, +4.7% linear; at 20 steps = 39 evaluations, +5.8% on linear: Heun in sigma on EDM's rho = 7
 grid, tuned for data std 0.5, needs a few more steps on std 0.2).
 """
 

@@ -7,6 +7,10 @@ all conditioned on the built-in, untrained byte-level T5 encoder
   stage=sr1   16 -> 32 Efficient U-Net (`shapes_sr32`) with
               noise-conditioning augmentation;
   stage=sr2   32 -> 64 Efficient U-Net (`shapes_sr64`), likewise.
+And the guide of classifier guidance, trained by the same trainer:
+  stage=classifier  noise-aware 16x16 classifier (`shapes_classifier16`, ADM's half
+              U-Net) of the first object's colour, shape and size, on images noised at
+              t ~ U[0, 1] (`config.task = "classifier"`).
 The base works at 16x16 because on two CPU cores a 32x32 step costs 4x as
 much, and the base stage is where the text has to be learned.
 
@@ -15,7 +19,7 @@ much, and the base stage is where the text has to be learned.
   python scripts/train.py --config configs/shapes.py:stage=sr1,runlocal \
       --workdir /tmp/shapes_sr1
 
-Args (`:k=v,...`): stage (base|sr1|sr2), variant (tiny|small), runlocal
+Args (`:k=v,...`): stage (base|sr1|sr2|classifier), variant (tiny|small), runlocal
 (shrink to test size), steps (0: the stage's default), objects (max objects
 per scene).
 """
@@ -28,6 +32,7 @@ _STAGES = {
     "base": ("shapes_base16", 16, None, 1500, 32, 1e-3),
     "sr1": ("shapes_sr32", 32, 16, 1500, 32, 1e-3),
     "sr2": ("shapes_sr64", 64, 32, 400, 16, 1e-3),
+    "classifier": ("shapes_classifier16", 16, None, 1500, 64, 1e-3),
 }
 
 
@@ -91,6 +96,12 @@ def get_config(arg=None):
   c.sampling.guidance_scale = 3.0
   c.sampling.threshold = "dynamic"
   c.sampling.aug_level = 0.0
+
+  if arg.stage == "classifier":
+    c.task = "classifier"
+    c.input.labels = True
+    c.input.cond_drop_prob = 0.0
+    del c.model.overrides["text_dim"]
 
   if arg.runlocal:
     c.total_steps = 3

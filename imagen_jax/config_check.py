@@ -41,6 +41,7 @@ from imagen_jax.parallel import placement
 from imagen_jax.parallel import sharding
 from imagen_jax.train import optim
 from imagen_jax.train import step as step_lib
+from imagen_jax.train import task as task_lib
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,12 @@ def _downsampling(fields: dict) -> int:
 def _check_model_and_input(config: Any) -> None:
   fields = model_fields(config)
   label = f"{config.model.name}/{config.model.variant}"
+  task = config_lib.get(config, "task", "diffusion")
+  if (task == "classifier") != ("num_classes" in fields):
+    raise ConfigError(
+        f"config.task={task!r} but config.model {label} is "
+        + ("a classifier" if "num_classes" in fields else "not a classifier")
+    )
   res, lowres = int(fields["resolution"]), fields.get("lowres_resolution")
   inp = config.input
   data_res = config_lib.get(inp, "resolution")
@@ -344,6 +351,7 @@ def validate(config: Any) -> Any:
   """Raises `ConfigError` (a ValueError) naming the first bad field; returns
   `config` so a config file can end with `return config_check.validate(c)`."""
   expose_model_overrides(config)
+  _one_of("task", config_lib.get(config, "task", "diffusion"), task_lib.TASKS)
   for key in ("total_steps", "batch_size", "log_every_steps"):
     _positive(key, config[key])
   _positive(

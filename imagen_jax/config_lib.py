@@ -103,6 +103,7 @@ def stage_defaults():
 
   placeholder = ml_collections.config_dict.placeholder
   c = ml_collections.ConfigDict()
+  c.task = "diffusion"  # "diffusion" | "classifier" (train/task.py: TASKS)
   c.seed = 0
   c.total_steps = 1000
   c.batch_size = 32  # global, over all processes and devices
@@ -139,6 +140,7 @@ def stage_defaults():
           dataset="shapes",
           split="train",
           max_objects=3,
+          labels=False,  # shapes: also yield scene labels (the classifier task)
           resolution=64,
           lowres_resolution=placeholder(int),
           cond_drop_prob=0.1,

@@ -28,6 +28,8 @@ process's share of each global batch as a numpy dict (docs/interfaces.md):
   manifest          JSONL/CSV manifest for "folder" (None: sidecar .txt files)
   annotations       COCO captions_*.json for "coco_json"
   max_objects       shapes world: objects per scene, 1-3 (3)
+  labels            shapes world: also yield "labels" (scene_labels: first object's colour,
+                    shape, size as int32 class indices), for the noise-aware classifier
   cond_drop_prob    caption dropout probability (0.1)
   crop              "centre" | "random" square crop after resizing ("centre")
   crop_size         train on random crop_size crops of the full-resolution
@@ -255,10 +257,12 @@ class InputIterator:
     rng = np.random.default_rng([self.seed, g])
     drop = bool(rng.random() < self.cond_drop_prob)
     try:
-      image, caption = self.source.read(index, rng)
+      image, caption, *extra = self.source.read(index, rng)
       example = self.preprocess(image, rng)
     except preprocess_lib.BadExampleError as e:
       return e
+    for fields in extra:  # a source's per-record arrays beside the image (shapes labels)
+      example.update(fields)
     example["caption"] = caption
     example["drop_text"] = drop
     return example
@@ -462,7 +466,10 @@ def make_source(input_config, render_size: int):
     raise ValueError(f"allow_outside_root={outside!r} must be True or False")
   if dataset == "shapes":
     return sources.ShapesSource(
-        render_size, split, int(config_lib.get(input_config, "max_objects", 3))
+        render_size,
+        split,
+        int(config_lib.get(input_config, "max_objects", 3)),
+        labels=bool(config_lib.get(input_config, "labels", False)),
     )
   if dataset.startswith("tfds:"):
     return sources.TfdsSource(

@@ -41,10 +41,12 @@ import numpy as np
 from imagen_jax.data.shapes_world import BACKGROUND
 from imagen_jax.data.shapes_world import COLOURS
 from imagen_jax.data.shapes_world import HELDOUT
+from imagen_jax.data.shapes_world import LABEL_GROUPS
 from imagen_jax.data.shapes_world import Object
 from imagen_jax.data.shapes_world import PLACES
 from imagen_jax.data.shapes_world import place_holds
 from imagen_jax.data.shapes_world import RELATIONS
+from imagen_jax.data.shapes_world import scene_labels
 from imagen_jax.data.shapes_world import Relation
 from imagen_jax.data.shapes_world import relation_holds
 from imagen_jax.data.shapes_world import Scene

@@ -32,6 +32,9 @@ PLACES = ("left", "right", "top", "bottom", "centre")
 RELATIONS = ("left of", "right of", "above", "below")
 HELDOUT = (("purple", "triangle"), ("yellow", "circle"), ("cyan", "square"))
 SPLITS = ("train", "heldout", "all")
+# What a noise-aware classifier predicts of a scene (`scene_labels`): these attributes of its
+# first object, each an index into its tuple of classes.
+LABEL_GROUPS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,13 @@ class Scene:
         style=int(d.get("style", 0)),
         groups=tuple(tuple(g) for g in d.get("groups", ())),
     )
+
+
+def scene_labels(scene: Scene) -> np.ndarray:
+  """int32 [len(LABEL_GROUPS)]: the class index of each label group of the scene's first
+  object (`LABEL_GROUPS`)."""
+  first = scene.objects[0]
+  return np.array([classes.index(getattr(first, name)) for name, classes in LABEL_GROUPS], np.int32)
 
 
 # ----------------------------------------------------------------------------

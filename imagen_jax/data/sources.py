@@ -31,23 +31,30 @@ class ShapesSource:
 
   Images are rendered directly at `render_size` (no resampling), so every
   stage sees exact anti-aliased geometry; `split` and `max_objects` are those
-  of `shapes.sample_scene`.
+  of `shapes.sample_scene`. With `labels`, each record also has "labels"
+  (`shapes.scene_labels`: int32 class indices of the first object's colour, shape, size),
+  what the noise-aware classifier trains on.
   """
 
   num_records = None
 
-  def __init__(self, render_size: int, split: str = "train", max_objects: int = 3):
+  def __init__(
+      self, render_size: int, split: str = "train", max_objects: int = 3, labels: bool = False
+  ):
     if split not in shapes.SPLITS:
       raise ValueError(f"shapes split must be one of {shapes.SPLITS}, got {split!r}")
     self.render_size = int(render_size)
     self.split = split
     self.max_objects = int(max_objects)
+    self.labels = bool(labels)
     self.name = f"shapes[{split}]"
 
-  def read(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+  def read(self, index: int, rng: np.random.Generator) -> tuple:
+    """(image, caption), and with `labels` a third element {"labels": int32 [3]}."""
     del index  # the rng is already specific to this example
     scene = shapes.sample_scene(rng, self.split, max_objects=self.max_objects)
-    return shapes.render(scene, self.render_size), shapes.caption(scene)
+    out = (shapes.render(scene, self.render_size), shapes.caption(scene))
+    return out + ({"labels": shapes.scene_labels(scene)},) if self.labels else out
 
 
 def get_field(record: Mapping[str, Any], path: str) -> Any:

@@ -12,6 +12,7 @@ Names and variants:
   shapes_sr64     tiny, small                   EfficientUNet, 32->64 (CPU demo)
   shapes_base16   tiny, small                   UNet, 16x16 (CPU demo)
   shapes_sr32     tiny, small                   EfficientUNet, 16->32 (CPU demo)
+  shapes_classifier16  tiny, small              NoisyClassifier, 16x16 (classifier guidance)
 
 `paper` sizes follow App. F / Fig. A.30-A.31 of Saharia et al. 2022; `small`
 is a one-accelerator size of the same shape; `tiny` exists for CPU tests.
@@ -24,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from imagen_jax.models.classifier import NoisyClassifier
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.layers import REMAT_MODES
 from imagen_jax.models.unet import UNet
@@ -336,6 +338,39 @@ _SHAPES_SR32 = {
     ),
 }
 
+# The noise-aware classifier of classifier guidance on the 16x16 base (ADM's half U-Net,
+# models/classifier.py). Heads: the shapes world's label groups of a scene's first object,
+# colour (6), shape (3), size (2) (data.shapes_world.LABEL_GROUPS; the classifier task checks
+# they agree). Measured as above: tiny 0.3M params.
+_SHAPES_CLASSIFIER16 = {
+    "tiny": dict(
+        resolution=16,
+        num_classes=(6, 3, 2),
+        out_dim=64,
+        channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        per_head_channels=32,
+        embed_dim=128,
+        freq_dim=32,
+        num_groups=8,
+    ),
+    "small": dict(
+        resolution=16,
+        num_classes=(6, 3, 2),
+        out_dim=128,
+        channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(8, 4),
+        per_head_channels=32,
+        embed_dim=256,
+        freq_dim=64,
+        num_groups=16,
+    ),
+}
+
 _REGISTRY = {
     "shapes_base16": (UNet, _SHAPES_BASE16),
     "shapes_sr32": (EfficientUNet, _SHAPES_SR32),
@@ -344,6 +379,7 @@ _REGISTRY = {
     "imagen_sr1024": (EfficientUNet, _SR1024),
     "shapes_base32": (UNet, _SHAPES_BASE32),
     "shapes_sr64": (EfficientUNet, _SHAPES_SR64),
+    "shapes_classifier16": (NoisyClassifier, _SHAPES_CLASSIFIER16),
 }
 
 PAPER_PARAMS = {

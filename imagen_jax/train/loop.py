@@ -25,6 +25,7 @@ from imagen_jax.parallel import multihost
 from imagen_jax.parallel import placement as placement_lib
 from imagen_jax.storage import paths as storage_paths
 from imagen_jax.train import checkpoint as ckpt_lib
+from imagen_jax.train import classifier_task
 from imagen_jax.train import flops as flops_lib
 from imagen_jax.train import metrics as metrics_lib
 from imagen_jax.train import optim
@@ -114,7 +115,11 @@ def train(
 def train_and_evaluate(config: Any, workdir: str) -> state_lib.TrainState:
   """Trains the stage described by `config` in `workdir` (resuming if possible)."""
   config_check.validate(config)  # the one validation gate, after command-line overrides
-  return train(config, workdir, stage_task.build_stage_task)
+  factories = {
+      "diffusion": stage_task.build_stage_task,
+      "classifier": classifier_task.build_classifier_task,
+  }
+  return train(config, workdir, factories[config_lib.get(config, "task", "diffusion")])
 
 
 def _every(step: int, every: int | None, total: int) -> bool:

@@ -45,6 +45,10 @@ class TrainTask:
 
 TaskFactory = Callable[[Any, Mesh, int], TrainTask]
 
+# `config.task`: what a stage config trains (loop.train_and_evaluate picks the factory):
+# a cascade diffusion stage (stage_task) or a noise-aware classifier (classifier_task).
+TASKS = ("diffusion", "classifier")
+
 
 class TrainingHalted(FloatingPointError):
   """A non-finite loss or gradient norm under `config.nonfinite = "halt"`."""

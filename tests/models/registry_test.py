@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imagen_jax.models.classifier import NoisyClassifier
 from imagen_jax.models import EfficientUNet
 from imagen_jax.models import UNet
 from imagen_jax.models import get_model
@@ -83,7 +84,11 @@ def test_every_name_and_variant_builds_with_attributes():
       "shapes_sr32": (EfficientUNet, 32, 16),
       "shapes_sr64": (EfficientUNet, 64, 32),
   }
-  assert set(model_names()) == set(expected)
+  assert set(model_names()) == set(expected) | {"shapes_classifier16"}
+  for variant in variants("shapes_classifier16"):
+    model = get_model("shapes_classifier16", variant)
+    assert isinstance(model, NoisyClassifier) and model.resolution == 16
+    assert tuple(model.num_classes) == (6, 3, 2)
   for name, (cls, res, lowres) in expected.items():
     assert {"tiny", "small"} <= set(variants(name))
     for variant in variants(name):

@@ -10,6 +10,7 @@ from imagen_jax import config_check
 from imagen_jax import models
 from imagen_jax.data import shapes
 from imagen_jax.data import sources
+from imagen_jax.sampling import guides
 from imagen_jax.train import classifier_task
 from imagen_jax.train import loop
 
@@ -101,3 +102,17 @@ def test_short_run_learns_the_labels(tmp_path):
   )
   assert trained[0] > 0.5 and trained[2] > 0.75, (trained, untrained)
   assert untrained[0] < 0.4, untrained
+
+  # The trained classifier as a guide: sampling.guides reads it back from the workdir.
+  clf = guides.load_classifier(str(tmp_path), use_ema=False)
+  log_prob = clf.log_prob_fn(labels, schedule)(x_t, t)
+  logits = model.apply({"params": jax.device_get(state.params)}, x_t, schedule.log_snr(t))
+  expected = sum(
+      np.take_along_axis(np.asarray(jax.nn.log_softmax(lg)), labels[:, g : g + 1], 1)[:, 0]
+      for g, lg in enumerate(logits)
+  )
+  np.testing.assert_allclose(np.asarray(log_prob), expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="cannot guide the stage at 32x32"):
+    clf.check_stage(32)
+  with pytest.raises(ValueError, match=r"labels of shape \(96, 2\).*3 label groups"):
+    clf.log_prob_fn(labels[:, :2], schedule)

@@ -18,6 +18,16 @@ set_alpha_to_one convention). Every x0 estimate is thresholded before it is used
 * ``edm_heun``: Karras et al. 2022 (EDM), Heun's method on the probability-flow ODE in
   sigma (edm.py), on EDM's rho = 7 grid by default; N steps, 2N - 1 evaluations.
 
+Conditioning on an image (both combine):
+* inpainting, ``known=, mask=, resample=R``: RePaint (Lugmayr et al. 2022), inpaint.py.
+  Every step, the last evaluation included, is wrapped: known pixels of x_t replaced by
+  the known image noised to t, the step, and R - 1 repeats after a jump back to t. N steps
+  take R N evaluations (edm_heun R (2N - 1)). RePaint is biased; resampling reduces the bias
+  until it plateaus (tests/diffusion/inpaint_test.py gives the figures).
+* SDEdit (Meng et al. 2022), ``init=, start_t=s``: init noised to the grid's first time
+  (x = alpha init + sigma eps), then the sampler's grid over [0, s] instead of [0, 1]
+  (time_grid.times(t_max=s)) with the same N evaluations. s = 1 is the ordinary grid.
+
 The grid matters at small N. On Gaussian data N(0.3, 0.2^2) with its exact denoiser,
 dpmpp_2m at N = 25 loses 19% (linear schedule) / 5% (cosine) of the std on the
 ``uniform_t`` grid, whose last evaluation at t = 1/N still blurs; on ``log_snr`` it is
@@ -29,6 +39,7 @@ import jax.numpy as jnp
 
 from imagen_jax.diffusion import edm
 from imagen_jax.diffusion import guidance
+from imagen_jax.diffusion import inpaint
 from imagen_jax.diffusion import process
 from imagen_jax.diffusion import schedules
 from imagen_jax.diffusion import time_grid as time_grid_lib
@@ -39,6 +50,25 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "edm_heun")
 def _check_sampler(sampler):
   if sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampler {sampler!r}; allowed values: {', '.join(SAMPLERS)}")
+
+
+def _check_sdedit(init, start_t, shape):
+  """Validates SDEdit's (init, start_t); returns (init float32 or None, start_t float)."""
+  if init is None and start_t is None:
+    return None, 1.0
+  if init is None or start_t is None:
+    given, missing = ("init", "start_t") if start_t is None else ("start_t", "init")
+    raise ValueError(f"{given} needs {missing} too (SDEdit takes both); {missing}=None")
+  try:
+    value = float(start_t)
+  except (TypeError, ValueError, jax.errors.ConcretizationTypeError) as e:
+    raise ValueError(f"start_t={start_t!r} must be a number in (0, 1]") from e
+  if not 0.0 < value <= 1.0:
+    raise ValueError(f"start_t={start_t!r} must be in (0, 1]")
+  init = jnp.asarray(init, jnp.float32)
+  if init.shape != tuple(shape):
+    raise ValueError(f"init has shape {init.shape}, expected the sample shape {tuple(shape)}")
+  return init, value
 
 
 def sample(
@@ -55,6 +85,11 @@ def sample(
     max_value=None,
     x_init=None,
     time_grid=None,
+    known=None,
+    mask=None,
+    resample=1,
+    init=None,
+    start_t=None,
 ):
   """Draws samples x0 of the given shape.
 
@@ -65,14 +100,32 @@ def sample(
       ``fold_in(rng, k)``).
     schedule: a ``Schedule``.
     sampler: "ddpm", "ddim", "dpmpp_2m" or "edm_heun".
-    num_steps: N >= 1: network evaluations (edm_heun: Heun steps, 2N - 1 evaluations).
+    num_steps: N >= 1: network evaluations (edm_heun: Heun steps, 2N - 1 evaluations), over
+      [0, start_t] with SDEdit; RePaint's resample multiplies them by R.
     prediction: what denoise_fn predicts: "eps", "v" or "x0".
     threshold: "none", "static" or "dynamic" (applied to every x0 estimate).
     percentile: the dynamic-thresholding percentile.
     max_value: optional cap of the dynamic threshold (DeepFloyd IF).
-    x_init: optional initial noise of ``shape`` (else drawn from rng).
+    x_init: optional initial noise of ``shape`` (else drawn from rng); with init, the noise
+      that init is noised with.
     time_grid: "log_snr", "karras" or "uniform_t" (time_grid.py); None: the sampler's
       default ("karras" for edm_heun, else "uniform_t").
+    known: inpainting (RePaint, inpaint.py): the known image, broadcastable to ``shape``;
+      returned unchanged (as float32) where mask is True. Needs mask.
+    mask: boolean or 0/1, broadcastable to ``shape`` (e.g. [B, H, W, 1]): True where a pixel
+      is known and kept. Before every step the known pixels of x_t are replaced by known
+      noised to t with fresh noise; the other pixels are sampled.
+    resample: R >= 1 (int): each step is done R times, with a jump back to its start time
+      (x_t ~ q(x_t | x_s)) before each repeat, which harmonises the unknown pixels with the
+      known ones. Needs known and mask. The jump back is stochastic, so R > 1 makes ddim,
+      dpmpp_2m and edm_heun stochastic; dpmpp_2m takes a first-order step after each jump
+      back and keeps its history otherwise (inpaint.py says why).
+    init: SDEdit (Meng et al. 2022): an image of ``shape`` to edit, noised to the grid's
+      first time t_0 (~ start_t) as alpha init + sigma x_init; the grid is the sampler's over
+      [0, start_t]. Needs start_t.
+    start_t: SDEdit's start time in (0, 1]: small keeps the output close to init; 1 is the
+      ordinary grid (from almost pure noise). Needs init. With known/mask too, resample > 1
+      makes the unknown pixels forget init (tests/diffusion/inpaint_test.py).
   Returns:
     x0 samples, float32, of ``shape``.
   """
@@ -85,9 +138,12 @@ def sample(
   num_steps = int(num_steps)
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1")
+  known, mask = inpaint.check_known_mask(known, mask, shape)
+  resample = inpaint.check_resample(resample, mask is not None)
+  init, start_t = _check_sdedit(init, start_t, shape)
   if time_grid is None:
     time_grid = time_grid_lib.default_time_grid(sampler)
-  ts = time_grid_lib.times(schedule, num_steps, time_grid)
+  ts = time_grid_lib.times(schedule, num_steps, time_grid, t_max=start_t)
   batch = shape[0]
   init_rng, step_rng = jax.random.split(rng)
   if x_init is None:
@@ -96,6 +152,9 @@ def sample(
     x = jnp.asarray(x_init, jnp.float32)
     if x.shape != tuple(shape):
       raise ValueError(f"x_init has shape {x.shape}, expected {tuple(shape)}")
+  if init is not None:
+    alpha_0, sigma_0 = schedule.alpha_sigma(ts[0])
+    x = alpha_0 * init + sigma_0 * x
 
   def estimate(x, t):
     """(x0_hat, eps_hat, log_snr, alpha, sigma) at scalar time t."""
@@ -107,24 +166,29 @@ def sample(
     eps = (x - alpha * x0) / sigma
     return x0, eps, log_snr, alpha, sigma
 
-  def ddpm_step(k, x):
+  # Steps move state = (x, *history) from ts[k] to ts[k + 1]; restart: a first-order step.
+  def ddpm_step(k, state, key, restart):
+    del restart
+    (x,) = state
     t, s = ts[k], ts[k + 1]
     x0, _, log_snr_t, alpha_t, _ = estimate(x, t)
     log_snr_s = schedule.log_snr(s)
     alpha_s, sigma_s = schedules.alpha_sigma_from_log_snr(log_snr_s)
     c = -jnp.expm1(log_snr_t - log_snr_s)
     mean = alpha_s * ((1.0 - c) * x / alpha_t + c * x0)
-    noise = jax.random.normal(jax.random.fold_in(step_rng, k), x.shape)
-    return mean + jnp.sqrt(c) * sigma_s * noise
+    noise = jax.random.normal(key, x.shape)
+    return (mean + jnp.sqrt(c) * sigma_s * noise,)
 
-  def ddim_step(k, x):
+  def ddim_step(k, state, key, restart):
+    del key, restart
     s = ts[k + 1]
-    x0, eps, _, _, _ = estimate(x, ts[k])
+    x0, eps, _, _, _ = estimate(state[0], ts[k])
     alpha_s, sigma_s = schedule.alpha_sigma(s)
-    return alpha_s * x0 + sigma_s * eps
+    return (alpha_s * x0 + sigma_s * eps,)
 
-  def dpmpp_step(k, carry):
-    x, x0_prev, h_prev = carry
+  def dpmpp_step(k, state, key, restart):
+    del key
+    x, x0_prev, h_prev = state
     t, s = ts[k], ts[k + 1]
     x0, _, log_snr_t, _, sigma_t = estimate(x, t)
     log_snr_s = schedule.log_snr(s)
@@ -132,18 +196,50 @@ def sample(
     h = 0.5 * (log_snr_s - log_snr_t)  # step in lambda = log(alpha / sigma)
     r = h_prev / h
     d_second = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-    d = jnp.where(k == 0, x0, d_second)
+    d = jnp.where((k == 0) | restart, x0, d_second)
     x_s = (sigma_s / sigma_t) * x - alpha_s * jnp.expm1(-h) * d
     return x_s, x0, h
 
+  def heun_step(k, state, key, restart):
+    del key, restart
+    return (edm.vp_heun_step(estimate, schedule, state[0], ts[k], ts[k + 1]),)
+
+  def final_step(k, state, key, restart):
+    """The last evaluation, at ts[N - 1]: its x0 estimate (the step to zero noise)."""
+    del key, restart
+    return (estimate(state[0], ts[k])[0],) + tuple(state[1:])
+
+  step = {"ddpm": ddpm_step, "ddim": ddim_step, "dpmpp_2m": dpmpp_step, "edm_heun": heun_step}
+  step = step[sampler]
+  state = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32)) if sampler == "dpmpp_2m" else (x,)
+  if mask is not None:
+    return _repaint(step, final_step, state, ts, schedule, step_rng, known, mask, resample)
   if sampler == "edm_heun":
     return edm.heun(estimate, schedule, x, ts)
-  if sampler == "ddpm":
-    x = jax.lax.fori_loop(0, num_steps - 1, ddpm_step, x)
-  elif sampler == "ddim":
-    x = jax.lax.fori_loop(0, num_steps - 1, ddim_step, x)
-  else:
-    carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
-    x, _, _ = jax.lax.fori_loop(0, num_steps - 1, dpmpp_step, carry)
-  x0, _, _, _, _ = estimate(x, ts[-1])
-  return x0
+  state = jax.lax.fori_loop(
+      0, num_steps - 1, lambda k, st: step(k, st, jax.random.fold_in(step_rng, k), False), state
+  )
+  return final_step(num_steps - 1, state, None, False)[0]
+
+
+def _repaint(step, final_step, state, ts, schedule, rng, known, mask, resample):
+  """The sampler's steps, then its last evaluation, each wrapped by RePaint (inpaint.py)."""
+  kw = dict(known=known, mask=mask, resample=resample)
+
+  def body(k, state):
+    log_snr_t, log_snr_s = schedule.log_snr(ts[k]), schedule.log_snr(ts[k + 1])
+    key = jax.random.fold_in(rng, k)
+    return inpaint.repaint_step(step, k, state, key, log_snr_t=log_snr_t, log_snr_s=log_snr_s, **kw)
+
+  last = ts.shape[0] - 1
+  state = jax.lax.fori_loop(0, last, body, state)
+  state = inpaint.repaint_step(
+      final_step,
+      last,
+      state,
+      jax.random.fold_in(rng, last),
+      log_snr_t=schedule.log_snr(ts[last]),
+      log_snr_s=jnp.inf,
+      **kw,
+  )
+  return jnp.where(mask, known, state[0])

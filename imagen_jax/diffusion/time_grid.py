@@ -25,6 +25,7 @@ clipped to what the schedule can express, [exp(-log_snr(0) / 2), exp(-log_snr(1)
 cosine (log_snr in [-20, 8.77]) gives [0.0125, 80], i.e. the last evaluation is at t = 0;
 linear (log_snr in [-10.05, 20]) gives [0.002, 80]. N = 1 evaluates once, at sigma_max
 (t = 1 for uniform_t). The time at each sigma comes from ``Schedule.t_from_log_snr``.
+``t_max`` (SDEdit's start time, samplers.py) puts the same N times on [0, t_max] instead.
 Starting at sigma_max from unit noise ignores the alpha x0 part of x there (alpha =
 1 / sqrt(1 + sigma_max^2)): for data N(mu, s^2) the samples' mean is off by about
 -mu s / sigma_max (-0.4% of s for mu = 0.3, sigma_max = 80).
@@ -49,20 +50,30 @@ def default_time_grid(sampler: str) -> str:
   return "karras" if sampler == "edm_heun" else "uniform_t"
 
 
-def sigma_range(schedule, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX):
-  """(sigma_min, sigma_max) clipped to the schedule's range; float32 scalars."""
+def sigma_range(schedule, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, t_max=1.0):
+  """(sigma_min, sigma_max) clipped to the schedule's range over [0, t_max]; float32 scalars.
+
+  sigma_min is lowered to sigma_max where t_max is so small that the schedule's sigma there
+  is below it (the grid is then flat at sigma(t_max)).
+  """
   lo = jnp.exp(-0.5 * schedule.log_snr(0.0))
-  hi = jnp.exp(-0.5 * schedule.log_snr(1.0))
-  return jnp.maximum(lo, sigma_min), jnp.minimum(hi, sigma_max)
+  hi = jnp.minimum(jnp.exp(-0.5 * schedule.log_snr(t_max)), sigma_max)
+  return jnp.minimum(jnp.maximum(lo, sigma_min), hi), hi
 
 
-def times(schedule, num_steps: int, time_grid: str, *, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX):
-  """The N = num_steps evaluation times, decreasing, float32 [N]."""
+def times(
+    schedule, num_steps: int, time_grid: str, *, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, t_max=1.0
+):
+  """The N = num_steps evaluation times over [0, t_max], decreasing, float32 [N].
+
+  t_max < 1 shortens the range (SDEdit's start time): uniform_t gives t_k = t_max (1 - k / N),
+  the sigma grids start at min(sigma_max, sigma(t_max)); t_max = 1 is the full grid, unchanged.
+  """
   check_time_grid(time_grid)
   k = jnp.arange(num_steps, dtype=jnp.float32)
   if time_grid == "uniform_t":
-    return 1.0 - k / num_steps
-  lo, hi = sigma_range(schedule, sigma_min, sigma_max)
+    return t_max * (1.0 - k / num_steps)
+  lo, hi = sigma_range(schedule, sigma_min, sigma_max, t_max)
   frac = k / max(num_steps - 1, 1)
   if time_grid == "log_snr":
     log_sigma = jnp.log(hi) + frac * (jnp.log(lo) - jnp.log(hi))

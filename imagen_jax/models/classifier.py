@@ -18,6 +18,7 @@ shape and size) and returns their logits as a tuple. There is no text input: the
 is the condition.
 """
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -148,50 +149,22 @@ class NoisyEncoder(nn.Module):
     return AttentionPool(self.out_dim, self.per_head_channels, name="pool", **kw)(x)
 
 
-class NoisyClassifier(nn.Module):
+class NoisyClassifier(NoisyEncoder):
   """`NoisyEncoder` + one linear head per label group: (x_t, log_snr) -> tuple of logits
-  [B, num_classes[g]] (float32)."""
+  [B, num_classes[g]] (float32). The encoder's fields are inherited (its params live under
+  "encoder")."""
 
-  resolution: int = 64
-  in_channels: int = 3
   num_classes: Sequence[int] = (10,)
   out_dim: int = 128
-  channels: int = 128
-  channel_mult: Sequence[int] = (1, 2, 2, 4)
-  num_res_blocks: int = 2
-  attention_resolutions: Sequence[int] = (16, 8)
-  per_head_channels: int = 64
-  embed_dim: int = 512
-  freq_dim: int = 128
-  num_groups: int = 32
-  dropout: float = 0.0
-  remat: str = "none"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_t, log_snr, *, train: bool = False):
     if not self.num_classes or any(int(n) < 2 for n in self.num_classes):
       raise ValueError(f"num_classes={tuple(self.num_classes)}: each label group needs >= 2")
     fields = {
-        k: getattr(self, k)
-        for k in (
-            "resolution",
-            "in_channels",
-            "out_dim",
-            "channels",
-            "channel_mult",
-            "num_res_blocks",
-            "attention_resolutions",
-            "per_head_channels",
-            "embed_dim",
-            "freq_dim",
-            "num_groups",
-            "dropout",
-            "remat",
-            "dtype",
-            "param_dtype",
-        )
+        f.name: getattr(self, f.name)
+        for f in dataclasses.fields(NoisyEncoder)
+        if f.name not in ("parent", "name")
     }
     h = nn.swish(NoisyEncoder(name="encoder", **fields)(x_t, log_snr, train=train))
     return tuple(

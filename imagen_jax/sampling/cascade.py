@@ -87,14 +87,16 @@ class Stage:
   step: int
 
 
-def load_stage(workdir: str, *, step: int | None = None, use_ema: bool = True) -> Stage:
-  """Rebuilds a stage from its workdir's checkpoint (EMA params by default)."""
+def restore_run(
+    workdir: str, abstract_params_fn, *, step=None, use_ema=True, train_hint="train the stage first"
+):
+  """(config, params, step) of a training run's checkpoint (EMA params by default);
+  `abstract_params_fn(config)` gives the params' abstract tree (and may refuse the config)."""
   try:
     ckpt, at = ckpt_lib.checkpointer_at(workdir)
   except FileNotFoundError:
     raise FileNotFoundError(
-        f"{workdir!r} has no checkpoints/ directory: train the stage first "
-        "(scripts/train.py --workdir ...)"
+        f"{workdir!r} has no checkpoints/ directory: {train_hint} (scripts/train.py --workdir ...)"
     ) from None
   try:
     step = at if step is None else step
@@ -102,12 +104,23 @@ def load_stage(workdir: str, *, step: int | None = None, use_ema: bool = True) -
     if step is None:
       raise FileNotFoundError(f"{workdir!r} has no finished checkpoint")
     config = ml_collections.ConfigDict(ckpt.restore_config(step))
-    pipe = pipeline_lib.StagePipeline.from_config(config)
-    abstract = jax.eval_shape(lambda: meta.unbox(pipe.init(jax.random.PRNGKey(0))["params"]))
+    abstract = abstract_params_fn(config)
     params = ckpt.restore_params(step, abstract, field="ema_params" if use_ema else "params")
   finally:
     ckpt.close()
-  return Stage(str(workdir), config, pipe, params, int(step))
+  return config, params, int(step)
+
+
+def load_stage(workdir: str, *, step: int | None = None, use_ema: bool = True) -> Stage:
+  """Rebuilds a stage from its workdir's checkpoint (EMA params by default)."""
+  pipes = []
+
+  def abstract(config):
+    pipes.append(pipeline_lib.StagePipeline.from_config(config))
+    return jax.eval_shape(lambda: meta.unbox(pipes[0].init(jax.random.PRNGKey(0))["params"]))
+
+  config, params, step = restore_run(workdir, abstract, step=step, use_ema=use_ema)
+  return Stage(str(workdir), config, pipes[0], params, step)
 
 
 def check_chain(stages: Sequence[Stage]):

@@ -14,10 +14,9 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax.core import meta
 
-from imagen_jax.train import checkpoint as ckpt_lib
+from imagen_jax.sampling import cascade
 from imagen_jax.train import classifier_task
 
 
@@ -66,32 +65,28 @@ class Classifier:
 
 def load_classifier(workdir: str, *, step: int | None = None, use_ema: bool = True):
   """The classifier trained in `workdir` (EMA params by default)."""
-  try:
-    ckpt, at = ckpt_lib.checkpointer_at(workdir)
-  except FileNotFoundError:
-    raise FileNotFoundError(
-        f"{workdir!r} has no checkpoints/ directory: train the classifier first "
-        "(scripts/train.py --config configs/shapes.py:stage=classifier --workdir ...)"
-    ) from None
-  try:
-    step = at if step is None else step
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir!r} has no finished checkpoint")
-    config = ml_collections.ConfigDict(ckpt.restore_config(step))
+  models = []
+
+  def abstract(config):
     if config.get("task") != "classifier":
       raise ValueError(
           f"{workdir!r} holds a config.task={config.get('task', 'diffusion')!r} run, not a "
           "classifier (config.task='classifier')"
       )
     model, _ = classifier_task.build_classifier(config)
+    models.append(model)
     r = int(model.resolution)
-    abstract = jax.eval_shape(
+    return jax.eval_shape(
         lambda: meta.unbox(
             model.init(jax.random.PRNGKey(0), jnp.zeros((1, r, r, 3)), jnp.zeros((1,)))["params"]
         )
     )
-    params = ckpt.restore_params(step, abstract, field="ema_params" if use_ema else "params")
-  finally:
-    ckpt.close()
-  return Classifier(model, params, config, int(step))
+
+  config, params, step = cascade.restore_run(
+      workdir,
+      abstract,
+      step=step,
+      use_ema=use_ema,
+      train_hint="train the classifier first (--config configs/shapes.py:stage=classifier)",
+  )
+  return Classifier(models[0], params, config, step)

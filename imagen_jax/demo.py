@@ -19,6 +19,7 @@ Each setting's images are cached in `workdir/eval/` so a restart skips them.
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import time
 from typing import Sequence
@@ -42,6 +43,42 @@ def cpu_device_count(batch_sizes: Sequence[int], cores: int) -> int:
     if all(int(b) % n == 0 for b in batch_sizes):
       return n
   return 1
+
+
+DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def set_cpu_devices(batch_sizes: Sequence[int], requested: int = -1) -> int:
+  """Sets XLA_FLAGS for `requested` virtual CPU devices (-1: `cpu_device_count` of this
+  machine's cores). Call it before JAX starts its backends (the first device query), not
+  after. Returns the count asked for, 0 where nothing was set (XLA_FLAGS already sets it)."""
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if DEVICES_FLAG in xla_flags:
+    return 0
+  n = int(requested)
+  if n < 0:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = cpu_device_count(batch_sizes, cores or 1)
+  if n > 1:
+    os.environ["XLA_FLAGS"] = f"{xla_flags} {DEVICES_FLAG}={n}".strip()
+    return n
+  return 0
+
+
+def check_cpu_devices(asked: int) -> None:
+  """Logs the devices, and a warning when JAX started before `set_cpu_devices` asked."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  logging.info("JAX devices: %d x %s", jax.device_count(), jax.devices()[0].device_kind)
+  if asked and jax.default_backend() == "cpu" and jax.local_device_count() != asked:
+    logging.warning(
+        "Asked XLA for %d CPU devices, got %d: JAX's CPU backend had started "
+        "before XLA_FLAGS was set. Set XLA_FLAGS=%s=%d before starting.",
+        asked,
+        jax.local_device_count(),
+        DEVICES_FLAG,
+        asked,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +180,7 @@ def evaluate(
       images, base = list(images[-1]), list(images[0])
     scores = shapes_score.mean_scores([shapes.score(img, sc) for img, sc in zip(images, scenes)])
     base_scores = shapes_score.mean_scores(
-        [shapes.score(_at_least(img, MIN_SCORE_RES), sc) for img, sc in zip(base, scenes)]
+        [shapes.score(at_least(img, MIN_SCORE_RES), sc) for img, sc in zip(base, scenes)]
     )
     results[setting.label] = scores
     base_results[setting.label] = base_scores
@@ -160,7 +197,7 @@ def evaluate(
 MIN_SCORE_RES = 32  # the scorer is specified for renders of >= 32x32
 
 
-def _at_least(image, size):
+def at_least(image, size):
   """Nearest-neighbour upscale by an integer factor to at least `size`."""
   factor = -(-size // image.shape[0])
   return np.repeat(np.repeat(image, factor, 0), factor, 1)

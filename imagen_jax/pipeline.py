@@ -191,9 +191,12 @@ class StagePipeline:
       lowres=None,
       aug_level=0.0,
       time_grid=None,
+      steer=None,
   ):
     """Samples images in [-1, 1] for the given text (and low-res input); `time_grid`: see
-    `diffusion.sample` (None: the sampler's default)."""
+    `diffusion.sample` (None: the sampler's default). `steer(denoise_fn, schedule,
+    prediction) -> denoise_fn` adds a gradient guide (e.g. `diffusion.classifier_guidance`)
+    on top of classifier-free guidance."""
     batch = text_emb.shape[0]
     aug_rng, sample_rng = jax.random.split(rng)
     aug_t = None
@@ -204,6 +207,8 @@ class StagePipeline:
           lowres, aug_rng, schedule=self.aug_schedule, aug_level=aug_level
       )
     fn = self.denoise_fn(params, text_emb, text_mask, guidance_scale, lowres=lowres, aug_t=aug_t)
+    if steer is not None:
+      fn = steer(fn, self.schedule, self.prediction)
     r = self.resolution
     return diffusion.sample(
         fn,

@@ -11,8 +11,6 @@ The default cascade is base 16x16 -> sr1 32x32 (configs/shapes.py); add the
 per core (--cpu_devices; XLA:CPU runs each convolution on one core).
 """
 
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -53,25 +51,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "that divides every stage's batch; ignored where XLA_FLAGS already sets "
     "--xla_force_host_platform_device_count or JAX runs on an accelerator.",
 )
-_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-
-
-def _set_cpu_devices(configs) -> int:
-  """Before JAX starts its backends (the first device query), not after.
-
-  Returns the CPU device count asked for, 0 where nothing was set.
-  """
-  xla_flags = os.environ.get("XLA_FLAGS", "")
-  if _DEVICES_FLAG in xla_flags:
-    return 0
-  n = _CPU_DEVICES.value
-  if n < 0:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = demo.cpu_device_count([c.batch_size for c in configs], cores or 1)
-  if n > 1:
-    os.environ["XLA_FLAGS"] = f"{xla_flags} {_DEVICES_FLAG}={n}".strip()
-    return n
-  return 0
 
 
 def main(argv):
@@ -82,17 +61,8 @@ def main(argv):
     raise app.UsageError(f"--num_stages={_NUM_STAGES.value} must be 1-3")
   names = list(_CONFIGS)[: _NUM_STAGES.value]
   configs = [_CONFIGS[n].value for n in names]
-  asked = _set_cpu_devices(configs)
-  logging.info("JAX devices: %d x %s", jax.device_count(), jax.devices()[0].device_kind)
-  if asked and jax.default_backend() == "cpu" and jax.local_device_count() != asked:
-    logging.warning(
-        "Asked XLA for %d CPU devices, got %d: JAX's CPU backend had started "
-        "before XLA_FLAGS was set. Set XLA_FLAGS=%s=%d before starting.",
-        asked,
-        jax.local_device_count(),
-        _DEVICES_FLAG,
-        asked,
-    )
+  asked = demo.set_cpu_devices([c.batch_size for c in configs], _CPU_DEVICES.value)
+  demo.check_cpu_devices(asked)
   record = demo.run_demo(
       configs,
       _WORKDIR.value,

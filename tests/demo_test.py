@@ -34,6 +34,16 @@ def test_cpu_device_count_divides_every_batch():
 
 
 @pytest.mark.slow
+def test_set_cpu_devices_writes_xla_flags_once(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+  assert demo.set_cpu_devices([32, 32], requested=4) == 4
+  assert demo.os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=4"
+  assert demo.set_cpu_devices([32], requested=2) == 0  # already set: left alone
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert demo.set_cpu_devices([32], requested=1) == 0  # one device: nothing to set
+  assert demo.os.environ["XLA_FLAGS"] == ""
+
+
 def test_demo_script_end_to_end_and_resume(tmp_path):
   cmd = [
       sys.executable,

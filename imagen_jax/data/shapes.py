@@ -40,6 +40,7 @@ import numpy as np
 # are the names to use (it lives in shapes_world, shared with the scorer).
 from imagen_jax.data.shapes_world import BACKGROUND
 from imagen_jax.data.shapes_world import COLOURS
+from imagen_jax.data.shapes_world import caption_labels
 from imagen_jax.data.shapes_world import HELDOUT
 from imagen_jax.data.shapes_world import LABEL_GROUPS
 from imagen_jax.data.shapes_world import Object

@@ -11,6 +11,7 @@ coverage the renderer draws with and the scorer fits.
 """
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -84,6 +85,27 @@ def scene_labels(scene: Scene) -> np.ndarray:
   object (`LABEL_GROUPS`)."""
   first = scene.objects[0]
   return np.array([classes.index(getattr(first, name)) for name, classes in LABEL_GROUPS], np.int32)
+
+
+_NOUN = re.compile(
+    r"\b(" + "|".join(SIZES) + r") (" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")s?\b"
+)
+
+
+def caption_labels(caption: str) -> np.ndarray:
+  """int32 [len(LABEL_GROUPS)]: the label of each group of the caption's first-named object
+  (its first "<size> <colour> <shape>" phrase, as `shapes.caption` writes every object).
+  For a one-object scene this is `scene_labels(scene)`; a guide reads it from a prompt.
+  ValueError when the caption names no object in the shapes vocabulary."""
+  m = _NOUN.search(str(caption).lower())
+  if m is None:
+    raise ValueError(
+        f"caption {caption!r} names no shapes-world object (a '<size> <colour> <shape>' "
+        f"phrase: sizes {', '.join(SIZES)}; colours {', '.join(COLOURS)}; shapes "
+        f"{', '.join(SHAPES)}), so it has no labels to guide by"
+    )
+  found = dict(zip(("size", "colour", "shape"), m.groups()))
+  return np.array([classes.index(found[name]) for name, classes in LABEL_GROUPS], np.int32)
 
 
 # ----------------------------------------------------------------------------

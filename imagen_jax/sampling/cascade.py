@@ -187,8 +187,10 @@ class CascadeSampler:
     n = len(devices)
     self.batch_size = max(n, -(-int(batch_size) // n) * n)
     self._encoders = {}
-    self._params = [jax.device_put(s.params, NamedSharding(self.mesh, P())) for s in stages]
+    self._replicated = NamedSharding(self.mesh, P())
+    self._params = [jax.device_put(s.params, self._replicated) for s in stages]
     self._fns = {}
+    self._guide_params = {}
 
   @classmethod
   def from_workdirs(
@@ -211,11 +213,12 @@ class CascadeSampler:
       )
     return enc
 
-  def _fn(self, i, st: StageSettings):
-    """The jitted sampler of stage i; the guidance scale is traced, so all
-    guided scales share one compilation."""
+  def _fn(self, i, st: StageSettings, guide=None):
+    """The jitted sampler of stage i; the guidance scales (CFG and the guide's) are traced,
+    so all guided scales share one compilation."""
     guided = pipeline_lib.is_guided(float(st.guidance_scale))
     key = (
+        guide,
         i,
         st.sampler,
         int(st.num_steps),
@@ -229,7 +232,10 @@ class CascadeSampler:
     if key not in self._fns:
       pipe = self.stages[i].pipeline
 
-      def run(params, emb, mask, lowres, rng, scale):
+      def run(params, emb, mask, lowres, rng, scale, guide_params, guide_cond, guide_scale):
+        steer = None
+        if guide is not None:
+          steer = guide.steer(guide_params, guide_cond, guide_scale)
         images = pipe.sample(
             params,
             emb,
@@ -244,6 +250,7 @@ class CascadeSampler:
             lowres=lowres,
             aug_level=float(st.aug_level),
             time_grid=st.time_grid,
+            steer=steer,
         )
         return jnp.clip(images, -1.0, 1.0)
 
@@ -257,10 +264,15 @@ class CascadeSampler:
       *,
       settings: Sequence[StageSettings] | None = None,
       progress: bool = True,
+      guide=None,
+      guide_scale: float = 0.0,
   ) -> list:
     """Images of every stage for `prompts`: a list of uint8 [N, H, W, 3].
 
-    `settings` overrides the sampler's per-stage settings for this call.
+    `settings` overrides the sampler's per-stage settings for this call. `guide` (e.g.
+    `sampling.guides.ClassifierGuide`) steers the base stage with `guide_scale` (0: off):
+    `guide.conditions(prompts)` on the host, `guide.steer(params, conditions, scale)` in
+    the jitted sampler, after classifier-free guidance.
     """
     if settings is None:
       settings = self.settings
@@ -273,6 +285,15 @@ class CascadeSampler:
       raise ValueError("no prompts to sample")
     n, bs = len(prompts), self.batch_size
     padded = prompts + [prompts[-1]] * (-n % bs)
+    guide_cond, guide_params = None, None
+    if guide is not None and _check_guide_scale(guide_scale):
+      guide.check_stage(self.stages[0].pipeline.resolution, f"stage 0 ({self.stages[0].workdir})")
+      guide_cond = np.asarray(guide.conditions(padded))
+      if id(guide) not in self._guide_params:
+        self._guide_params = {id(guide): jax.device_put(guide.params, self._replicated)}
+      guide_params = self._guide_params[id(guide)]
+    else:
+      guide = None
     batch_sharding = NamedSharding(self.mesh, P("data"))
     outputs, lowres_all = [], None
     rng = jax.random.PRNGKey(int(seed))
@@ -289,8 +310,22 @@ class CascadeSampler:
         if lowres_all is not None:
           low = jax.device_put(jnp.asarray(lowres_all[lo : lo + bs]), batch_sharding)
         key = jax.random.fold_in(jax.random.fold_in(rng, i), c)
-        fn = self._fn(i, settings[i])
-        out = fn(self._params[i], emb, mask, low, key, jnp.float32(settings[i].guidance_scale))
+        g = guide if i == 0 else None
+        cond = None
+        if g is not None:
+          cond = jax.device_put(jnp.asarray(guide_cond[lo : lo + bs]), batch_sharding)
+        fn = self._fn(i, settings[i], g)
+        out = fn(
+            self._params[i],
+            emb,
+            mask,
+            low,
+            key,
+            jnp.float32(settings[i].guidance_scale),
+            guide_params if g is not None else None,
+            cond,
+            jnp.float32(guide_scale),
+        )
         results.append(np.asarray(jax.device_get(out)))
         bar.update(1)
       bar.close()
@@ -299,6 +334,14 @@ class CascadeSampler:
       lowres_all = images
       outputs.append(to_uint8(images[:n]))
     return outputs
+
+
+def _check_guide_scale(scale) -> bool:
+  """Whether a guide with this scale steers at all; ValueError unless finite and >= 0."""
+  value = float(scale)
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(f"guide_scale={scale!r} must be a finite number >= 0 (0: no guide)")
+  return value != 0.0
 
 
 def _progress(total, desc, enabled):

@@ -5,6 +5,13 @@
 schedule)` is log p(y | x_t) = sum over label groups g of log softmax(logits_g)[y_g] for
 `diffusion.classifier_guidance`, with the stage's `schedule` mapping t to the log-SNR the
 classifier reads (so a classifier guides any stage whose resolution it matches).
+
+`ClassifierGuide(classifier)` is the same guide for a cascade's base stage
+(`CascadeSampler.sample(..., guide=, guide_scale=)`): it reads each prompt's labels
+(`shapes.caption_labels`, the first-named object) on the host, and `steer(params, labels,
+scale)` is the pure `(denoise_fn, schedule, prediction) -> denoise_fn` the jitted sampler
+applies after classifier-free guidance. `min_log_snr` guides only the steps whose log-SNR is
+at least that (None: every step): at high noise a weak classifier's gradient is mostly noise.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import meta
 
+from imagen_jax import diffusion
+from imagen_jax.data import shapes_world
 from imagen_jax.sampling import cascade
 from imagen_jax.train import classifier_task
 
@@ -38,9 +48,11 @@ class Classifier:
           f"cannot guide {what} at {resolution}x{resolution}: the resolutions must match"
       )
 
-  def log_prob_fn(self, labels, schedule, weights: Sequence[float] | None = None):
+  def log_prob_fn(self, labels, schedule, weights: Sequence[float] | None = None, params=None):
     """(x_t, t) -> [B] log p(y | x_t); `labels` int [B, groups], `weights` per group
-    (None: all 1, the joint log-probability of independent heads)."""
+    (None: all 1, the joint log-probability of independent heads); `params` (None: the
+    loaded ones) lets a jitted caller pass them as an argument rather than a constant."""
+    params = self.params if params is None else params
     labels = jnp.asarray(labels, jnp.int32)
     groups = len(self.model.num_classes)
     if labels.ndim != 2 or labels.shape[1] != groups:
@@ -53,7 +65,7 @@ class Classifier:
       raise ValueError(f"weights={tuple(w)}: expected {groups} (one per label group)")
 
     def log_prob(x_t, t):
-      logits = self.model.apply({"params": self.params}, x_t, schedule.log_snr(t))
+      logits = self.model.apply({"params": params}, x_t, schedule.log_snr(t))
       total = 0.0
       for g, lg in enumerate(logits):
         lp = jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1)
@@ -61,6 +73,50 @@ class Classifier:
       return total
 
     return log_prob
+
+
+@dataclasses.dataclass(eq=False)  # hashed by identity: a jitted sampler's cache key
+class ClassifierGuide:
+  """Classifier guidance of a cascade's base stage; labels from the prompts (module
+  docstring)."""
+
+  classifier: Classifier
+  weights: Sequence[float] | None = None
+  min_log_snr: float | None = None
+  name: str = "classifier"
+
+  @property
+  def resolution(self) -> int:
+    return self.classifier.resolution
+
+  @property
+  def params(self):
+    return self.classifier.params
+
+  def check_stage(self, resolution: int, what: str = "the stage") -> None:
+    self.classifier.check_stage(resolution, what)
+
+  def conditions(self, prompts: Sequence[str]) -> np.ndarray:
+    """int32 [N, groups]: each prompt's labels; ValueError naming a prompt without any."""
+    return np.stack([shapes_world.caption_labels(p) for p in prompts])
+
+  def steer(self, params, labels, scale):
+    """(denoise_fn, schedule, prediction) -> the classifier-guided denoise_fn."""
+
+    def apply(denoise_fn, schedule, prediction):
+      fn = self.classifier.log_prob_fn(labels, schedule, self.weights, params=params)
+      kw = dict(schedule=schedule, prediction=prediction)
+      if self.min_log_snr is None:
+        return diffusion.classifier_guidance(denoise_fn, fn, scale=scale, **kw)
+
+      def gated(x_t, t):  # per example: scale where log-SNR(t) >= min_log_snr, else 0
+        on = schedule.log_snr(t) >= float(self.min_log_snr)
+        step_scale = jnp.where(on, scale, 0.0)
+        return diffusion.classifier_guidance(denoise_fn, fn, scale=step_scale, **kw)(x_t, t)
+
+      return gated
+
+    return apply
 
 
 def load_classifier(workdir: str, *, step: int | None = None, use_ema: bool = True):

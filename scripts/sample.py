@@ -7,6 +7,9 @@ r"""Cascade sampling CLI: prompts -> PNGs, a labelled grid and a settings JSON.
 `--text_encoder DIR` replaces the T5 saved in the stages' configs (e.g. a copy at
 another path, or gs://...); its embedding width is checked against every stage.
 
+`--classifier_workdir DIR --classifier_scale S` adds classifier guidance to the base stage
+(a classifier trained with configs/shapes.py:stage=classifier; labels from each prompt).
+
 Per-stage settings take one value (all stages) or a comma-separated list with
 one value per stage, e.g. `--guidance_scale 5,1 --sampler ddpm,ddim`.
 Flag names: imagen_jax/sampling/cli_flags.py (`--workdir_sr256`, `--workdir_sr1024` and
@@ -21,6 +24,7 @@ from absl import flags
 
 from imagen_jax import sampling
 from imagen_jax.sampling import cli_flags
+from imagen_jax.sampling import guides
 from imagen_jax.storage import paths
 
 _WORKDIRS = cli_flags.define_workdirs()
@@ -35,6 +39,18 @@ _TEXT_ENCODER = flags.DEFINE_string(
     None,
     "T5 directory (local or gs://) or built-in name to use instead "
     "of the one saved in the stages' configs; its width must match every stage's.",
+)
+_CLASSIFIER = flags.DEFINE_string(
+    "classifier_workdir",
+    None,
+    "Classifier guidance of the base stage by the noise-aware classifier trained in this "
+    "workdir (configs/shapes.py:stage=classifier); labels from each prompt's first object.",
+)
+_CLASSIFIER_SCALE = flags.DEFINE_float(
+    "classifier_scale", 1.0, "Classifier guidance scale (with --classifier_workdir)."
+)
+_CLASSIFIER_MIN_LOG_SNR = flags.DEFINE_float(
+    "classifier_min_log_snr", None, "Guide only steps with log-SNR >= this (default: all)."
 )
 _PER_STAGE = cli_flags.define_per_stage()
 flags.adopt_module_key_flags(cli_flags)  # --help lists them with this script's flags
@@ -59,8 +75,21 @@ def main(argv):
       stages, settings, batch_size=_BATCH.value, text_encoder=_TEXT_ENCODER.value
   )
   expanded = [p for p in prompts for _ in range(_NUM.value)]
+  guide, guide_record = None, None
+  if _CLASSIFIER.value:
+    guide = guides.ClassifierGuide(
+        guides.load_classifier(_CLASSIFIER.value), min_log_snr=_CLASSIFIER_MIN_LOG_SNR.value
+    )
+    guide_record = {
+        "classifier_workdir": _CLASSIFIER.value,
+        "checkpoint_step": guide.classifier.step,
+        "scale": _CLASSIFIER_SCALE.value,
+        "min_log_snr": _CLASSIFIER_MIN_LOG_SNR.value,
+    }
   start = time.perf_counter()
-  images = sampler.sample(expanded, seed=_SEED.value)
+  images = sampler.sample(
+      expanded, seed=_SEED.value, guide=guide, guide_scale=_CLASSIFIER_SCALE.value if guide else 0
+  )
   seconds = time.perf_counter() - start
   record = {
       "prompts": prompts,
@@ -76,6 +105,7 @@ def main(argv):
           for s, st in zip(stages, settings)
       ],
       "text_encoder": _TEXT_ENCODER.value,
+      "classifier_guidance": guide_record,
       "seconds": seconds,
   }
   sampling.write_samples(_OUT.value, prompts, images[-1], _NUM.value, record)

@@ -1,6 +1,11 @@
 """Classifier guidance through the cascade sampler (`CascadeSampler.sample(guide=...)`) and
 the labels a guide reads from a prompt, on a random-weight base stage and classifier."""
 
+import json
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +24,7 @@ from imagen_jax.train import checkpoint as ckpt_lib
 from imagen_jax.train import classifier_task
 from imagen_jax.train import state as state_lib
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROMPTS = [
     "a large red circle on the left",
     "there is a small blue square",
@@ -135,3 +141,38 @@ def test_guide_errors(base):
   wrong = guides.ClassifierGuide(_classifier(resolution=32))
   with pytest.raises(ValueError, match=r"\(shapes_classifier16, 32x32\) cannot guide stage 0"):
     cascade.sample(PROMPTS, progress=False, guide=wrong, guide_scale=1.0)
+
+
+@pytest.mark.slow  # two script runs, each compiling a guided sampler
+def test_sample_script_with_classifier_guidance(base, tmp_path):
+  config = shapes_config.get_config("stage=classifier,runlocal")
+  clf = _classifier()
+  state = state_lib.create_train_state(clf.params, optax.adam(1e-3), jax.random.PRNGKey(0))
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "clf", every_steps=1, keep=1, async_save=False)
+  ckpt.save(1, state, data_state={}, config=config.to_dict(), force=True)
+  ckpt.close()
+  cmd = [
+      sys.executable,
+      str(ROOT / "scripts/sample.py"),
+      f"--workdir_base={base.workdir}",
+      "--prompt=a large red circle on the left",
+      "--num_steps=2",
+      "--sampler=ddim",
+      f"--classifier_workdir={tmp_path / 'clf'}",
+      "--classifier_scale=3",
+      f"--output_dir={tmp_path / 'out'}",
+  ]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((tmp_path / "out" / "samples.json").read_text())
+  assert record["classifier_guidance"]["scale"] == 3.0
+  assert record["classifier_guidance"]["checkpoint_step"] == 1
+  bad = subprocess.run(
+      cmd[:3] + ["--prompt=a photo of a dog"] + cmd[4:],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=ROOT,
+  )
+  assert bad.returncode != 0
+  assert "'a photo of a dog' names no shapes-world object" in bad.stderr

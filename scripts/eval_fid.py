@@ -9,7 +9,9 @@ Draws 30,000 COCO 2014 val captions (`--seed`), samples them with the cascade at
 per-stage settings (one value, or a comma list per stage; `--guidance_sweep` varies the base
 stage's scale), and compares 256x256 samples and val images with the FID Inception. Sharded
 over hosts and resumable; writes `<output_dir>/fid.json` (and `fid_vs_guidance.{json,md}`);
-paths may be gs://; stages trained on COCO are flagged (zero-shot protocol). The protocol,
+paths may be gs://; stages trained on COCO are flagged (zero-shot protocol). `--clip_path`
+adds the CLIP score (x100, max(cos, 0)) of the same samples and the FID-vs-CLIP-score curve
+(`fid_vs_clip_score.{json,md}`, with the backbone). The protocol,
 weights and outputs: docs/evaluation.md; the flags: imagen_jax/sampling/cli_flags.py; the run:
 imagen_jax/evaluation/fid_driver.py.
 """
@@ -19,6 +21,7 @@ from absl import flags
 import jax
 
 from imagen_jax.evaluation import coco_fid
+from imagen_jax.evaluation import curve
 from imagen_jax.evaluation import fid_driver
 from imagen_jax.parallel import multihost
 from imagen_jax.sampling import cli_flags
@@ -67,6 +70,10 @@ _TEXT_ENCODER = flags.DEFINE_string(
 )
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Keep the 256px samples in the shards.")
 _SWEEP = flags.DEFINE_string("guidance_sweep", None, "Base guidance scales, e.g. 1,1.35,2,3.")
+_CLIP = flags.DEFINE_string(
+    "clip_path", None, "CLIP score beside FID: local HF CLIPModel dir or project CLIP workdir."
+)
+_CLIP_BATCH = flags.DEFINE_integer("clip_batch_size", 64, "CLIP batch (per host).")
 _PER_STAGE = cli_flags.define_per_stage()
 flags.adopt_module_key_flags(cli_flags)  # --help lists them with this script's flags
 _COORD = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT.")
@@ -104,6 +111,11 @@ def main(argv):
       process_count=jax.process_count(),
   )
   harness.draw()  # validates num_samples against the source before loading stages
+  clip = (  # checks every caption's length before loading stages
+      curve.ClipBesideFid.from_path(_CLIP.value, harness, batch_size=_CLIP_BATCH.value)
+      if _CLIP.value
+      else None
+  )
   fid_driver.evaluate(
       workdirs,
       harness,
@@ -112,6 +124,7 @@ def main(argv):
       batch_size=_BATCH.value,
       text_encoder=_TEXT_ENCODER.value,
       save_images=_SAVE_IMAGES.value,
+      clip=clip,
   )
 
 

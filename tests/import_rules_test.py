@@ -50,7 +50,8 @@ ALLOWED = {
         "train",
         "storage",
     },
-    "evaluation": {"data", "diffusion", "sampling", "text", "parallel", "storage"},
+    # clip: the CLIP score (evaluation/clip_score.py loads a CLIP from clip_path).
+    "evaluation": {"data", "diffusion", "sampling", "text", "parallel", "storage", "clip"},
     "log_filter": set(),
     "launch": {"config_check"},  # the sweep validates each run's config
     "demo": {"sampling", "data", "train", "config_lib", "storage"},

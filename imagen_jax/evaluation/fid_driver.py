@@ -4,7 +4,10 @@ through the resumable, host-sharded harness of imagen_jax.evaluation.coco_fid.
 
 Output (written by process 0): `<output_dir>/fid.json` with every run's result, whether a
 stage was trained on COCO (the zero-shot protocol assumes none was), and for a guidance
-sweep `fid_vs_guidance.json` and `fid_vs_guidance.md`.
+sweep `fid_vs_guidance.json` and `fid_vs_guidance.md`. With a CLIP (`clip=`, --clip_path),
+each run's result also has the CLIP score of the same samples (`ClipScore.as_dict()`:
+`clip_score`, `clip_score_scale`, `clip_backbone`, ...) and `fid_vs_clip_score.{json,md}`
+is the FID-vs-CLIP-score curve (imagen_jax.evaluation.curve).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from absl import logging
 
 from imagen_jax import sampling
 from imagen_jax.evaluation import coco_fid
+from imagen_jax.evaluation import curve as curve_lib
 from imagen_jax.evaluation import inception
 from imagen_jax.storage import paths
 
@@ -55,13 +59,15 @@ def evaluate(
     batch_size: int = 16,
     text_encoder: str | None = None,
     save_images: bool = False,
+    clip: curve_lib.ClipBesideFid | None = None,
 ) -> dict:
   """Samples and scores each run; returns (and on process 0 writes) fid.json's record.
 
   `harness` has drawn its captions already (`harness.draw()`, which fails fast on too
   many samples before any stage is loaded); `per_stage` maps each sampler setting to one
   value per stage (None: the stage config's); `guidance_sweep` replaces the base stage's
-  guidance scale with each value in turn, one run each.
+  guidance scale with each value in turn, one run each; `clip` (built on `harness`) adds the
+  CLIP score of the same samples to each run and writes the FID-vs-CLIP-score curve.
   """
   out_dir = harness.out_dir
   stages = [sampling.load_stage(w) for w in workdirs]
@@ -115,13 +121,17 @@ def evaluate(
         "base_guidance_scale": run_settings[0].guidance_scale,
         "trained_on_coco": bool(coco_trained),
     }
-    result = harness.evaluate(sample_fn, name, record, save_images=save_images)
+    run_fn = sample_fn if clip is None else clip.wrap(sample_fn, name)
+    result = harness.evaluate(run_fn, name, record, save_images=save_images)
+    scored = None if clip is None else clip.finish(sample_fn, name)
     if result is not None:
+      line = f"{name}: FID-{result['counts']['samples']} = {result['fid']:.4f}"
+      if scored is not None:
+        result.update(scored.as_dict())
+        coco_fid.write_json(coco_fid.join(out_dir, name, "result.json"), result)
+        line += f", CLIP score {scored.mean:.4f} ({scored.backbone}, x{scored.scale:g})"
       results.append(result)
-      print(
-          f"{name}: FID-{result['counts']['samples']} = {result['fid']:.4f} "
-          f"({result['counts']['shards_reused']} shards reused)"
-      )
+      print(f"{line} ({result['counts']['shards_reused']} shards reused)")
   out = {
       "runs": results,
       "trained_on_coco": bool(coco_trained),
@@ -132,7 +142,11 @@ def evaluate(
         {"base_guidance_scale": r["settings"]["base_guidance_scale"], "fid": r["fid"]}
         for r in results
     ]
+  if clip is not None:
+    out["fid_vs_clip_score"] = curve_lib.fid_vs_clip_score(results, clip.scorer.info())
   if jax.process_index() == 0:
+    if clip is not None:
+      curve_lib.write_curve(out_dir, out["fid_vs_clip_score"])
     if guidance_sweep is not None:
       coco_fid.write_json(coco_fid.join(out_dir, "fid_vs_guidance.json"), out["fid_vs_guidance"])
       paths.write_atomic(coco_fid.join(out_dir, "fid_vs_guidance.md"), guidance_table(results))
@@ -143,6 +157,14 @@ def evaluate(
                 "output": coco_fid.join(out_dir, "fid.json"),
                 "fid": {r["name"]: r["fid"] for r in results},
                 "trained_on_coco": bool(coco_trained),
+                **(
+                    {}
+                    if clip is None
+                    else {
+                        "clip_score": {r["name"]: r["clip_score"] for r in results},
+                        **clip.scorer.info(),
+                    }
+                ),
             }
         )
     )

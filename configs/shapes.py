@@ -11,6 +11,11 @@ And the guide of classifier guidance, trained by the same trainer:
   stage=classifier  noise-aware 16x16 classifier (`shapes_classifier16`, ADM's half
               U-Net) of the first object's colour, shape and size, on images noised at
               t ~ U[0, 1] (`config.task = "classifier"`).
+And the guide of CLIP guidance, GLIDE's noised CLIP:
+  stage=clip  noise-aware 16x16 CLIP (`shapes_clip16`: the classifier's half U-Net +
+              a byte-level text transformer), symmetric InfoNCE between images noised at
+              t ~ U[0, 1] and their captions, equal captions as positives
+              (`config.task = "clip"`; `imagen_jax.clip.load_clip(workdir)` reads it).
 The base works at 16x16 because on two CPU cores a 32x32 step costs 4x as
 much, and the base stage is where the text has to be learned.
 
@@ -19,10 +24,12 @@ much, and the base stage is where the text has to be learned.
   python scripts/train.py --config configs/shapes.py:stage=sr1,runlocal \
       --workdir /tmp/shapes_sr1
 
-Args (`:k=v,...`): stage (base|sr1|sr2|classifier), variant (tiny|small), runlocal
+Args (`:k=v,...`): stage (base|sr1|sr2|classifier|clip), variant (tiny|small), runlocal
 (shrink to test size), steps (0: the stage's default), objects (max objects
 per scene).
 """
+
+import ml_collections
 
 from imagen_jax import config_check
 from imagen_jax import config_lib
@@ -33,6 +40,7 @@ _STAGES = {
     "sr1": ("shapes_sr32", 32, 16, 1500, 32, 1e-3),
     "sr2": ("shapes_sr64", 64, 32, 400, 16, 1e-3),
     "classifier": ("shapes_classifier16", 16, None, 1500, 64, 1e-3),
+    "clip": ("shapes_clip16", 16, None, 300, 64, 1e-3),
 }
 
 
@@ -100,8 +108,19 @@ def get_config(arg=None):
   if arg.stage == "classifier":
     c.task = "classifier"
     c.input.labels = True
+    # Half of each batch colour-permuted, for the shape and size heads only
+    # (train/classifier_task.py: without it the shape head reads shape off colour).
+    c.classifier = ml_collections.ConfigDict({"permute_channels": 0.5})
     c.input.cond_drop_prob = 0.0
     del c.model.overrides["text_dim"]
+
+  if arg.stage == "clip":
+    c.task = "clip"
+    c.input.cond_drop_prob = 0.0
+    del c.model.overrides["text_dim"]
+    c.model.overrides.max_length = c.text.max_length  # the byte captions + EOS
+    c.log_every_steps = 50
+    c.checkpoint.every_steps = 100
 
   if arg.runlocal:
     c.total_steps = 3

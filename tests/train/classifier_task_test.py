@@ -116,3 +116,33 @@ def test_short_run_learns_the_labels(tmp_path):
     clf.check_stage(32)
   with pytest.raises(ValueError, match=r"labels of shape \(96, 2\).*3 label groups"):
     clf.log_prob_fn(labels[:, :2], schedule)
+
+
+def test_channel_permutation_trains_only_the_colour_blind_heads():
+  """Permuted examples keep their shape/size labels and drop their colour label: with every
+  example permuted the loss ignores the colour labels; without permutation it does not."""
+  c = shapes_config.get_config("stage=classifier,runlocal")
+  model, schedule = classifier_task.build_classifier(c)
+  rng = np.random.default_rng(0)
+  scenes = [shapes.sample_scene(rng, "train", max_objects=1) for _ in range(8)]
+  image = np.stack([shapes.render(s, 16) for s in scenes]).astype(np.float32) / 127.5 - 1
+  labels = np.stack([shapes.scene_labels(s) for s in scenes])
+  wrong = labels.copy()
+  wrong[:, 0] = (wrong[:, 0] + 1) % 6
+  params = model.init(jax.random.PRNGKey(0), jnp.asarray(image[:1]), jnp.zeros((1,)))["params"]
+  key = jax.random.PRNGKey(3)
+
+  def loss(fraction, lab):
+    fn = classifier_task.classifier_loss_fn(model, schedule, fraction)
+    return float(fn(params, {"image": jnp.asarray(image), "labels": jnp.asarray(lab)}, key)[0])
+
+  assert loss(0.999999, labels) == pytest.approx(loss(0.999999, wrong), abs=1e-6)
+  assert abs(loss(0.0, labels) - loss(0.0, wrong)) > 1e-3
+  # The permutation moves channels, keeps pixels' values and the grey background.
+  x, on = classifier_task.permute_channels(jax.random.PRNGKey(1), jnp.asarray(image), 0.999999)
+  assert bool(np.all(on))
+  np.testing.assert_allclose(np.sort(np.asarray(x), -1), np.sort(image, -1))
+  assert np.all(np.any(np.asarray(x) != image, axis=(1, 2, 3)))
+  c.classifier.permute_channels = 1.0
+  with pytest.raises(ValueError, match=r"permute_channels=1.0 must be in \[0, 1\)"):
+    classifier_task.permute_fraction(c)

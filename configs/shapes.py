@@ -39,7 +39,7 @@ _STAGES = {
     "base": ("shapes_base16", 16, None, 1500, 32, 1e-3),
     "sr1": ("shapes_sr32", 32, 16, 1500, 32, 1e-3),
     "sr2": ("shapes_sr64", 64, 32, 400, 16, 1e-3),
-    "classifier": ("shapes_classifier16", 16, None, 1500, 64, 1e-3),
+    "classifier": ("shapes_classifier16", 16, None, 2500, 64, 1e-3),
     "clip": ("shapes_clip16", 16, None, 300, 64, 1e-3),
 }
 

@@ -103,8 +103,9 @@ def heldout_scenes(num: int, seed: int, max_objects: int):
 
 
 def scorer_reference(scenes, resolution):
-  """(chance, ceiling): mean accuracy on unrelated scenes' and own renders."""
-  renders = [shapes.render(s, resolution) for s in scenes]
+  """(chance, ceiling): mean accuracy on unrelated scenes' and own renders at `resolution`
+  (below the scorer's 32x32, upscaled by pixel repetition as a base stage's samples are)."""
+  renders = [at_least(shapes.render(s, resolution), MIN_SCORE_RES) for s in scenes]
   own = shapes_score.mean_scores([shapes.score(r, s) for r, s in zip(renders, scenes)])
   shifted = renders[1:] + renders[:1]
   unrelated = shapes_score.mean_scores([shapes.score(r, s) for r, s in zip(shifted, scenes)])

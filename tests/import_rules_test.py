@@ -20,8 +20,10 @@ ALLOWED = {
     "diffusion": set(),
     "models": set(),
     "text": {"storage"},
-    # text: the safe safetensors / weights_only torch readers of checkpoints.py.
-    "clip": {"text"},
+    # text: the safe safetensors / weights_only torch readers of checkpoints.py; models,
+    # train, sampling: clip/noisy.py rebuilds a project-trained noise-aware CLIP
+    # (models.NoisyClip, train.clip_task.build_clip, sampling.cascade.restore_run).
+    "clip": {"text", "models", "train", "sampling"},
     "data": {"storage", "config_lib"},
     "storage": set(),
     "rehearsal": {"storage", "data", "evaluation"},
@@ -55,6 +57,8 @@ ALLOWED = {
     "log_filter": set(),
     "launch": {"config_check"},  # the sweep validates each run's config
     "demo": {"sampling", "data", "train", "config_lib", "storage"},
+    # The guidance study: the demo's draws and training, sampling with guides, CLIP scores.
+    "guidance_study": {"demo", "sampling", "data", "clip", "evaluation"},
     "train": {
         "pipeline",
         "data",

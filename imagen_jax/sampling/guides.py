@@ -105,18 +105,77 @@ class ClassifierGuide:
 
     def apply(denoise_fn, schedule, prediction):
       fn = self.classifier.log_prob_fn(labels, schedule, self.weights, params=params)
-      kw = dict(schedule=schedule, prediction=prediction)
-      if self.min_log_snr is None:
-        return diffusion.classifier_guidance(denoise_fn, fn, scale=scale, **kw)
-
-      def gated(x_t, t):  # per example: scale where log-SNR(t) >= min_log_snr, else 0
-        on = schedule.log_snr(t) >= float(self.min_log_snr)
-        step_scale = jnp.where(on, scale, 0.0)
-        return diffusion.classifier_guidance(denoise_fn, fn, scale=step_scale, **kw)(x_t, t)
-
-      return gated
+      return _gated(
+          lambda s: diffusion.classifier_guidance(
+              denoise_fn, fn, scale=s, schedule=schedule, prediction=prediction
+          ),
+          scale,
+          schedule,
+          self.min_log_snr,
+      )
 
     return apply
+
+
+@dataclasses.dataclass(eq=False)  # hashed by identity: a jitted sampler's cache key
+class ClipGuide:
+  """CLIP (semantic) guidance of a cascade's base stage by a noise-aware CLIP
+  (`clip.load_clip(workdir)` of a configs/shapes.py:stage=clip run): the similarity is the
+  cosine between the CLIP embedding of x_t at the step's log-SNR and the prompt's text
+  embedding, evaluated on x_t (`diffusion.similarity_guidance(on="x_t")`, GLIDE's noised
+  CLIP), so a step costs the CLIP's backward pass, not the U-Net's."""
+
+  clip: Any
+  min_log_snr: float | None = None
+  name: str = "clip"
+
+  @property
+  def resolution(self) -> int:
+    return int(self.clip.resolution)
+
+  @property
+  def params(self):
+    return self.clip.params
+
+  def check_stage(self, resolution: int, what: str = "the stage") -> None:
+    self.clip.check_stage(resolution, what)
+
+  def conditions(self, prompts: Sequence[str]) -> np.ndarray:
+    """float32 [N, proj]: the prompts' L2-normalised text embeddings (a prompt longer than
+    the text tower takes is a ValueError naming it)."""
+    return np.asarray(self.clip.encode_texts(list(prompts)), np.float32)
+
+  def steer(self, params, text_emb, scale):
+    """(denoise_fn, schedule, prediction) -> the CLIP-guided denoise_fn."""
+
+    def apply(denoise_fn, schedule, prediction):
+      def similarity(x_t, t):
+        image = self.clip.encode_images_fn(params, x_t, schedule.log_snr(t))
+        return jnp.sum(image * text_emb, axis=-1)
+
+      return _gated(
+          lambda s: diffusion.similarity_guidance(
+              denoise_fn, similarity, scale=s, schedule=schedule, prediction=prediction, on="x_t"
+          ),
+          scale,
+          schedule,
+          self.min_log_snr,
+      )
+
+    return apply
+
+
+def _gated(guided_with, scale, schedule, min_log_snr):
+  """guided_with(scale) with the scale zeroed per example on steps whose log-SNR is below
+  `min_log_snr` (None: the plain guided_with(scale))."""
+  if min_log_snr is None:
+    return guided_with(scale)
+
+  def gated(x_t, t):
+    on = schedule.log_snr(t) >= float(min_log_snr)
+    return guided_with(jnp.where(on, scale, 0.0))(x_t, t)
+
+  return gated
 
 
 def load_classifier(workdir: str, *, step: int | None = None, use_ema: bool = True):

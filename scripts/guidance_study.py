@@ -1,0 +1,77 @@
+r"""The guidance study on the shapes world: CFG, classifier and CLIP guidance, side by side.
+
+  python scripts/guidance_study.py --workdir /tmp/guidance_study
+
+Trains what it needs in DIR (the demo's base/sr1 cascade, the noise-aware classifier and
+the noise-aware shapes CLIP; `--guides classifier` for the classifier alone) or
+reuses it (rerunning resumes; `--stages_from /tmp/imagen_demo` reads an already trained
+demo's base and sr1), samples held-out captions under each guidance with its scale swept,
+and writes DIR/guidance_study.json, DIR/guidance_study.png (accuracy vs scale) and
+DIR/guidance_study_grid.png. The method: imagen_jax/guidance_study.py. Run configs can be
+changed like any config, e.g.
+  --classifier_config configs/shapes.py:stage=classifier,steps=3000
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from imagen_jax import config_lib
+from imagen_jax import demo
+from imagen_jax import guidance_study
+from imagen_jax import log_filter
+
+_RUNS = ("base", "sr1", "classifier", "clip")
+_GUIDES = flags.DEFINE_list(
+    "guides", ["classifier", "clip"], "Guides to train and sweep (classifier, clip)."
+)
+_CONFIGS = {
+    name: config_flags.DEFINE_config_file(
+        f"{name}_config",
+        f"configs/shapes.py:stage={name}",
+        f"Config of the {name} run.",
+        lock_config=True,
+    )
+    for name in _RUNS
+}
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
+_STAGES_FROM = flags.DEFINE_string(
+    "stages_from", None, "Read the base and sr1 stages from this demo directory (no training)."
+)
+_NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Captions per draw (held-out, validation).")
+_NUM_STAGES = flags.DEFINE_integer(
+    "num_stages", 2, "Sample base + sr1 (2) or the base alone (1), scored at 32x32."
+)
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", -1, "Virtual CPU devices, as scripts/demo.py (-1: one per core)."
+)
+
+
+def main(argv):
+  del argv
+  log_filter.quiet_third_party()
+  jax.config.update("jax_threefry_partitionable", True)
+  if _NUM_EVAL.value < 1:
+    raise app.UsageError(f"--num_eval={_NUM_EVAL.value} must be >= 1")
+  unknown = sorted(set(_GUIDES.value) - {"classifier", "clip"})
+  if unknown:
+    raise app.UsageError(f"--guides: unknown {', '.join(unknown)}; allowed: classifier, clip")
+  configs = {n: _CONFIGS[n].value for n in _RUNS if n in ("base", "sr1") or n in _GUIDES.value}
+  asked = demo.set_cpu_devices([c.batch_size for c in configs.values()], _CPU_DEVICES.value)
+  demo.check_cpu_devices(asked)
+  record = guidance_study.run_study(
+      _WORKDIR.value,
+      configs=configs,
+      stages_from=_STAGES_FROM.value,
+      num_eval=_NUM_EVAL.value,
+      num_stages=_NUM_STAGES.value,
+  )
+  print(guidance_study.format_table(record))
+  print(f"wall time {record['wall_seconds']:.0f}s; results in {_WORKDIR.value}/guidance_study.json")
+  logging.flush()
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)

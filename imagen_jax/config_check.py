@@ -110,14 +110,29 @@ def _downsampling(fields: dict) -> int:
   return 1
 
 
+def _model_task(fields: dict) -> str:
+  """The `config.task` a model's fields belong to."""
+  if "num_classes" in fields:
+    return "classifier"
+  if "projection_dim" in fields:
+    return "clip"
+  return "diffusion"
+
+
 def _check_model_and_input(config: Any) -> None:
   fields = model_fields(config)
   label = f"{config.model.name}/{config.model.variant}"
   task = config_lib.get(config, "task", "diffusion")
-  if (task == "classifier") != ("num_classes" in fields):
+  kind = _model_task(fields)
+  if task != kind and task in task_lib.TASKS:
+    if task == "classifier":  # the wording the classifier's callers know
+      what = "not a classifier"
+    else:
+      what = {"classifier": "a classifier", "clip": "a noise-aware CLIP"}.get(
+          kind, "a diffusion network"
+      )
     raise ConfigError(
-        f"config.task={task!r} but config.model {label} is "
-        + ("a classifier" if "num_classes" in fields else "not a classifier")
+        f"config.task={task!r} but config.model {label} is {what} (a config.task={kind!r} model)"
     )
   res, lowres = int(fields["resolution"]), fields.get("lowres_resolution")
   inp = config.input

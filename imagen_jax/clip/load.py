@@ -1,4 +1,5 @@
-"""`load_clip(path) -> ClipModel`: a frozen CLIP from a Hugging Face ``CLIPModel`` directory.
+"""`load_clip(path)`: a frozen CLIP from a Hugging Face ``CLIPModel`` directory (a
+`ClipModel`) or from a project training workdir (a `clip.noisy.NoisyClipModel`).
 
 The directory holds ``config.json`` (``model_type`` ``"clip"``) and the weights, first match
 wins: ``model.safetensors``; sharded safetensors (``model.safetensors.index.json``, or
@@ -8,8 +9,14 @@ file holding anything but tensors is refused, never unpickled. Tokenizer files a
 ``preprocessor_config.json`` are optional and used by `ClipModel.encode_texts` /
 `ClipModel.encode_images`. Nothing touches the network.
 
-A project training workdir (a ``checkpoints/`` folder, no CLIP ``config.json``) goes to
-`_load_project_checkpoint`, not implemented yet.
+A project training workdir (a ``checkpoints/`` folder, no CLIP ``config.json``) is read by
+`clip.noisy.load_noisy_clip`: the noise-aware CLIP of ``config.task = "clip"``
+(configs/shapes.py:stage=clip, GLIDE's noised CLIP), whose image functions also take the
+noise level (``image_features(pixel_values, log_snr)``, ``encode_images(images,
+log_snr=None)``) and whose ``similarity_fn(texts, schedule)`` is the ``(x_t, t) -> [B]`` guide
+of ``diffusion.similarity_guidance(..., on="x_t")``. A workdir of another task (a diffusion
+stage, a classifier) is a ValueError. That reader imports the trainer's checkpointing, so it
+is imported only when a workdir is loaded.
 
 Pure functions, for use inside ``jax.jit`` / ``jax.grad`` (CLIP guidance differentiates
 w.r.t. pixels); ``params`` is `ClipModel.params`:
@@ -157,12 +164,11 @@ class ClipModel:
 # -- loading --------------------------------------------------------------------------------
 
 
-def _load_project_checkpoint(path: pathlib.Path) -> ClipModel:
-  """A CLIP trained by this project (a workdir with ``checkpoints/``): to be written."""
-  raise NotImplementedError(
-      f"project-trained CLIP checkpoints are not supported yet: {path} is a training "
-      "workdir (it has checkpoints/); pass a Hugging Face CLIPModel directory instead"
-  )
+def _load_project_checkpoint(path: pathlib.Path):
+  """The noise-aware CLIP trained by this project in workdir `path` (EMA params)."""
+  from imagen_jax.clip import noisy  # the trainer's checkpointing: only for workdirs
+
+  return noisy.load_noisy_clip(path)
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -232,11 +238,13 @@ def weight_source(path: pathlib.Path):
   )
 
 
-def load_clip(path, *, dtype: Any = jnp.float32, precision: Any = None) -> ClipModel:
-  """A frozen CLIP from a Hugging Face ``CLIPModel`` directory (see the module docstring).
+def load_clip(path, *, dtype: Any = jnp.float32, precision: Any = None):
+  """A frozen CLIP from a Hugging Face ``CLIPModel`` directory, or the noise-aware CLIP of
+  a project training workdir (see the module docstring).
 
   ``dtype`` is the compute dtype of the matmuls (params stay float32); ``precision`` is
   passed to every matmul (e.g. ``jax.lax.Precision.HIGHEST`` for float32 parity on TPU).
+  Both apply to Hugging Face models only (a project model runs as it was trained).
   """
   path = pathlib.Path(path)
   if not path.exists():

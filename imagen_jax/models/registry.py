@@ -13,6 +13,7 @@ Names and variants:
   shapes_base16   tiny, small                   UNet, 16x16 (CPU demo)
   shapes_sr32     tiny, small                   EfficientUNet, 16->32 (CPU demo)
   shapes_classifier16  tiny, small              NoisyClassifier, 16x16 (classifier guidance)
+  shapes_clip16   tiny, small                   NoisyClip, 16x16 (noise-aware CLIP guidance)
 
 `paper` sizes follow App. F / Fig. A.30-A.31 of Saharia et al. 2022; `small`
 is a one-accelerator size of the same shape; `tiny` exists for CPU tests.
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 from imagen_jax.models.classifier import NoisyClassifier
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.layers import REMAT_MODES
+from imagen_jax.models.noisy_clip import NoisyClip
 from imagen_jax.models.unet import UNet
 
 T5_XXL_DIM = 4096  # Imagen's frozen text encoder (T5-XXL encoder width).
@@ -371,6 +373,46 @@ _SHAPES_CLASSIFIER16 = {
     ),
 }
 
+# GLIDE's noised CLIP on the 16x16 base (models/noisy_clip.py): the classifier's half U-Net
+# + a projection, and a byte-level causal text transformer (ByT5 ids, captions up to
+# max_length bytes + EOS: 80 fits one-object captions). tiny: 0.62M params, small: 3.9M.
+_SHAPES_CLIP16 = {
+    "tiny": dict(
+        resolution=16,
+        out_dim=64,
+        channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        per_head_channels=32,
+        embed_dim=128,
+        freq_dim=32,
+        num_groups=8,
+        projection_dim=64,
+        max_length=80,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+    ),
+    "small": dict(
+        resolution=16,
+        out_dim=128,
+        channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(8, 4),
+        per_head_channels=32,
+        embed_dim=256,
+        freq_dim=64,
+        num_groups=16,
+        projection_dim=128,
+        max_length=80,
+        text_width=128,
+        text_layers=4,
+        text_heads=4,
+    ),
+}
+
 _REGISTRY = {
     "shapes_base16": (UNet, _SHAPES_BASE16),
     "shapes_sr32": (EfficientUNet, _SHAPES_SR32),
@@ -380,6 +422,7 @@ _REGISTRY = {
     "shapes_base32": (UNet, _SHAPES_BASE32),
     "shapes_sr64": (EfficientUNet, _SHAPES_SR64),
     "shapes_classifier16": (NoisyClassifier, _SHAPES_CLASSIFIER16),
+    "shapes_clip16": (NoisyClip, _SHAPES_CLIP16),
 }
 
 PAPER_PARAMS = {

@@ -26,6 +26,7 @@ from imagen_jax.parallel import placement as placement_lib
 from imagen_jax.storage import paths as storage_paths
 from imagen_jax.train import checkpoint as ckpt_lib
 from imagen_jax.train import classifier_task
+from imagen_jax.train import clip_task
 from imagen_jax.train import flops as flops_lib
 from imagen_jax.train import metrics as metrics_lib
 from imagen_jax.train import optim
@@ -118,6 +119,7 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.TrainState:
   factories = {
       "diffusion": stage_task.build_stage_task,
       "classifier": classifier_task.build_classifier_task,
+      "clip": clip_task.build_clip_task,
   }
   return train(config, workdir, factories[config_lib.get(config, "task", "diffusion")])
 

@@ -46,8 +46,9 @@ class TrainTask:
 TaskFactory = Callable[[Any, Mesh, int], TrainTask]
 
 # `config.task`: what a stage config trains (loop.train_and_evaluate picks the factory):
-# a cascade diffusion stage (stage_task) or a noise-aware classifier (classifier_task).
-TASKS = ("diffusion", "classifier")
+# a cascade diffusion stage (stage_task), a noise-aware classifier (classifier_task) or a
+# noise-aware CLIP (clip_task).
+TASKS = ("diffusion", "classifier", "clip")
 
 
 class TrainingHalted(FloatingPointError):

@@ -77,8 +77,9 @@ BAD = [
     ("sr256", {"nonfinite_max_skips": -1}, r"config.nonfinite_max_skips=-1 must be a non-neg"),
     (
         "base64",
-        {"evals.clip": dict(type="clip_score", log_steps=10)},
-        r"config.evals.clip.type='clip_score' is not an evaluator; known: alignment, fid",
+        {"evals.is": dict(type="inception_score", log_steps=10)},
+        r"config.evals.is.type='inception_score' is not an evaluator; known: alignment, fid, "
+        "clip_score",
     ),
     (
         "base64",

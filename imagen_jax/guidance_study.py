@@ -19,8 +19,9 @@ world, scored by how well samples follow held-out captions (`scripts/guidance_st
    method's scale) and `guidance_study_grid.png` (held-out captions, a row per method).
 
 Methods: `unguided` (w = 1), `cfg` (w swept), `classifier` (w = 1, classifier scale swept),
-`cfg+classifier` (w = `COMBINED_CFG`, classifier scale swept), and `clip` / `cfg+clip` alike
-when a CLIP guide exists. Samples of each (draw, method, scale) are cached in
+`cfg+classifier` (w = `COMBINED_CFG`, classifier scale swept), `classifier_x0` /
+`cfg+classifier_x0` (the classifier on the denoiser's x0 estimate, the gradient through the
+U-Net), and `clip` / `cfg+clip` alike when a CLIP guide exists. Samples of each (draw, method, scale) are cached in
 `workdir/study_eval/`, so a rerun skips them.
 """
 
@@ -41,12 +42,17 @@ from imagen_jax import clip as clip_lib
 from imagen_jax import sampling
 from imagen_jax.data import shapes
 from imagen_jax.data import shapes_score
+from imagen_jax.evaluation import clip_score as clip_score_lib
 from imagen_jax.sampling import guides as guides_lib
 from imagen_jax.sampling import line_plot
 
 COMBINED_CFG = 3.0  # the CFG weight under which cfg+<guide> sweeps the guide's scale
 CFG_SCALES = (1.5, 2.0, 3.0, 5.0)
-GUIDE_SCALES = {"classifier": (0.3, 1.0, 3.0, 10.0), "clip": (1.0, 3.0, 10.0, 30.0)}
+GUIDE_SCALES = {
+    "classifier": (0.3, 1.0, 3.0, 10.0),
+    "classifier_x0": (1.0, 3.0, 10.0, 30.0),
+    "clip": (1.0, 3.0, 10.0, 30.0),
+}
 VALIDATION_SEED = 4321  # the validation draw (training pairs); the held-out draw is the demo's
 
 
@@ -195,6 +201,7 @@ def run_study(
     guides["classifier"] = guides_lib.ClassifierGuide(
         guides_lib.load_classifier(runs["classifier"])
     )
+    guides["classifier_x0"] = guides_lib.ClassifierGuide(guides["classifier"].classifier, on="x0")
   if "clip" in configs:
     guides["clip"] = guides_lib.ClipGuide(clip_lib.load_clip(str(runs["clip"])))
   max_objects = int(configs["base"].input.get("max_objects", 1)) if "base" in configs else 1
@@ -206,6 +213,9 @@ def run_study(
   final_res = cascade.stages[-1].pipeline.resolution
   chance, ceiling = demo.scorer_reference(draws["heldout"], final_res)
 
+  scorer = None
+  if "clip" in guides:
+    scorer = clip_score_lib.ClipScorer(guides["clip"].clip)
   points = sweep_points(list(guides))
   sweeps: dict[str, list] = {}
   finals = {}
@@ -221,6 +231,8 @@ def run_study(
       )
       if draw == "heldout":
         finals[(p.method, p.scale)] = images
+        if scorer is not None:  # on the base images, at the shapes CLIP's resolution
+          entry["heldout_clip_score"] = scorer.score(base, captions[draw]).as_dict()
     logging.info(
         "study: %-16s scale %-5g validation %.3f held-out %.3f",
         p.method,
@@ -239,6 +251,14 @@ def run_study(
       "chosen_scale": {m: c["scale"] for m, c in chosen.items()},
       "per_attribute": {m: c["heldout"] for m, c in chosen.items()},
       "base_stage_accuracy": {m: c["heldout_base_stage"]["accuracy"] for m, c in chosen.items()},
+      "clip_score": {m: c["heldout_clip_score"]["clip_score"] for m, c in chosen.items() if scorer},
+      "clip_score_note": (
+          "held-out base-stage images under the study's own shapes CLIP (the CLIP guide's "
+          "model, so CLIP-guided points are scored by the model they were steered by); "
+          "100 * max(cos, 0), evaluation/clip_score.py"
+          if scorer
+          else "no CLIP in this run"
+      ),
       "sweeps": sweeps,
       "timing": timing,
       "selection": "each method's scale is the best on a validation draw of training-pair "
@@ -282,11 +302,13 @@ def _write_outputs(workdir: pathlib.Path, record, finals, captions, chosen) -> N
 
 
 def format_table(record) -> str:
-  lines = [f"{'method':<18} scale  held-out  base stage", "-" * 46]
+  clip = record.get("clip_score") or {}
+  lines = [f"{'method':<18} scale  held-out  base stage  CLIP score", "-" * 58]
   for m, acc in record["accuracy"].items():
+    c = f"{clip[m]:.1f}" if m in clip else "-"
     lines.append(
         f"{m:<18} {record['chosen_scale'][m]:<6g} {acc:.3f}     "
-        f"{record['base_stage_accuracy'][m]:.3f}"
+        f"{record['base_stage_accuracy'][m]:.3f}       {c}"
     )
   lines.append(f"{'chance (unrelated)':<18}        {record['chance']:.3f}")
   lines.append(f"{'ground truth':<18}        {record['ground_truth']:.3f}")

@@ -73,7 +73,14 @@ def test_study_script_end_to_end_and_rerun(tmp_path):
   ]
   subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True, timeout=1800)
   record = json.loads((tmp_path / "guidance_study.json").read_text())
-  assert set(record["accuracy"]) == {"unguided", "cfg", "classifier", "cfg+classifier"}
+  assert set(record["accuracy"]) == {
+      "unguided",
+      "cfg",
+      "classifier",
+      "cfg+classifier",
+      "classifier_x0",
+      "cfg+classifier_x0",
+  }
   for method, sweep in record["sweeps"].items():
     chosen = guidance_study.choose(sweep)
     assert record["chosen_scale"][method] == chosen["scale"]
@@ -82,7 +89,7 @@ def test_study_script_end_to_end_and_rerun(tmp_path):
   assert (tmp_path / "guidance_study.png").stat().st_size > 0
   assert (tmp_path / "guidance_study_grid.png").stat().st_size > 0
   cached = sorted((tmp_path / "study_eval").iterdir())
-  assert len(cached) == 2 * len(guidance_study.sweep_points(["classifier"]))
+  assert len(cached) == 2 * len(guidance_study.sweep_points(["classifier", "classifier_x0"]))
   mtimes = [p.stat().st_mtime for p in cached]
   subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert [p.stat().st_mtime for p in sorted((tmp_path / "study_eval").iterdir())] == mtimes

@@ -84,6 +84,14 @@ class ClassifierGuide:
   weights: Sequence[float] | None = None
   min_log_snr: float | None = None
   name: str = "classifier"
+  # "x_t": log p(y | x_t) at the step's log-SNR (Dhariwal & Nichol); "x0": log p(y | x0_hat)
+  # of the denoiser's clipped x0 estimate at the least noisy time, the gradient through the
+  # U-Net (a U-Net backward pass per step; `diffusion.similarity_guidance(on="x0")`).
+  on: str = "x_t"
+
+  def __post_init__(self):
+    if self.on not in diffusion.GUIDE_ON:
+      raise ValueError(f"on={self.on!r}; allowed: {', '.join(diffusion.GUIDE_ON)}")
 
   @property
   def resolution(self) -> int:
@@ -105,14 +113,18 @@ class ClassifierGuide:
 
     def apply(denoise_fn, schedule, prediction):
       fn = self.classifier.log_prob_fn(labels, schedule, self.weights, params=params)
-      return _gated(
-          lambda s: diffusion.classifier_guidance(
-              denoise_fn, fn, scale=s, schedule=schedule, prediction=prediction
-          ),
-          scale,
-          schedule,
-          self.min_log_snr,
-      )
+      kw = dict(schedule=schedule, prediction=prediction)
+      if self.on == "x0":
+
+        def clean(x0, t):
+          return fn(jnp.clip(x0, -1.0, 1.0), jnp.zeros_like(t))
+
+        guided_with = lambda s: diffusion.similarity_guidance(
+            denoise_fn, clean, scale=s, on="x0", **kw
+        )
+      else:
+        guided_with = lambda s: diffusion.classifier_guidance(denoise_fn, fn, scale=s, **kw)
+      return _gated(guided_with, scale, schedule, self.min_log_snr)
 
     return apply
 

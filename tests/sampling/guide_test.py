@@ -138,6 +138,8 @@ def test_guide_errors(base):
     cascade.sample(["a photo of a dog"], progress=False, guide=guide, guide_scale=1.0)
   with pytest.raises(ValueError, match="guide_scale=-1.0 must be a finite number >= 0"):
     cascade.sample(PROMPTS, progress=False, guide=guide, guide_scale=-1.0)
+  with pytest.raises(ValueError, match="on='x1'; allowed: x_t, x0"):
+    guides.ClassifierGuide(_classifier(), on="x1")
   wrong = guides.ClassifierGuide(_classifier(resolution=32))
   with pytest.raises(ValueError, match=r"\(shapes_classifier16, 32x32\) cannot guide stage 0"):
     cascade.sample(PROMPTS, progress=False, guide=wrong, guide_scale=1.0)

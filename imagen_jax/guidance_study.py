@@ -51,7 +51,7 @@ CFG_SCALES = (1.5, 2.0, 3.0, 5.0)
 GUIDE_SCALES = {
     "classifier": (0.3, 1.0, 3.0, 10.0),
     "classifier_x0": (1.0, 3.0, 10.0, 30.0),
-    "clip": (1.0, 3.0, 10.0, 30.0),
+    "clip": (1.0, 3.0, 10.0, 30.0, 100.0),
 }
 VALIDATION_SEED = 4321  # the validation draw (training pairs); the held-out draw is the demo's
 
@@ -285,9 +285,10 @@ def _write_outputs(workdir: pathlib.Path, record, finals, captions, chosen) -> N
   plot = line_plot.line_plot(
       series,
       title="held-out caption accuracy vs scale (cfg: w; guides: their scale)",
-      xlabel="scale",
+      xlabel="scale (log)",
       ylabel="accuracy",
       hlines={"chance": record["chance"], "unguided": record["accuracy"]["unguided"]},
+      log_x=True,
   )
   Image.fromarray(plot).save(workdir / "guidance_study.png")
   cols = min(8, len(captions))

@@ -57,6 +57,10 @@ def test_line_plot_draws_each_series_and_refuses_bad_points():
     line_plot.line_plot({})
   with pytest.raises(ValueError, match="series 'a' has a non-finite point"):
     line_plot.line_plot({"a": [(0, float("nan"))]})
+  with pytest.raises(ValueError, match=r"series 'a' has x=0 <= 0 on a log x axis"):
+    line_plot.line_plot({"a": [(0, 0.1), (1, 0.5)]}, log_x=True)
+  logged = line_plot.line_plot({"a": [(0.3, 0.1), (100, 0.5)]}, log_x=True)
+  assert logged.shape == img.shape
 
 
 @pytest.mark.slow  # trains three runlocal runs and samples 26 sweep points: minutes

@@ -45,16 +45,22 @@ def line_plot(
     ylabel: str = "",
     hlines: Mapping[str, float] | None = None,
     size: tuple[int, int] = (640, 400),
+    log_x: bool = False,
 ) -> np.ndarray:
-  """uint8 [H, W, 3]: each series as a polyline with point markers (module docstring)."""
+  """uint8 [H, W, 3]: each series as a polyline with point markers (module docstring);
+  `log_x`: a logarithmic x axis (every x must be > 0)."""
   hlines = dict(hlines or {})
-  points = [(float(x), float(y)) for pts in series.values() for x, y in pts]
-  if not points:
-    raise ValueError("line_plot: no points to plot")
   for name, pts in series.items():
     for x, y in pts:
       if not (np.isfinite(x) and np.isfinite(y)):
         raise ValueError(f"line_plot: series {name!r} has a non-finite point ({x}, {y})")
+      if log_x and x <= 0:
+        raise ValueError(f"line_plot: series {name!r} has x={x} <= 0 on a log x axis")
+  fx = np.log10 if log_x else float
+  series = {n: [(float(fx(x)), float(y)) for x, y in pts] for n, pts in series.items()}
+  points = [p for pts in series.values() for p in pts]
+  if not points:
+    raise ValueError("line_plot: no points to plot")
   w, h = size
   left, right, top, bottom = 56, 150, 28, 44
   x0, x1 = _range([p[0] for p in points])
@@ -72,7 +78,7 @@ def line_plot(
     gx, _ = px(xv, y0)
     _, gy = px(x0, yv)
     draw.line([gx, top + ph, gx, top + ph + 4], fill=(0, 0, 0))
-    draw.text((gx - 12, top + ph + 6), f"{xv:.3g}", fill=(0, 0, 0))
+    draw.text((gx - 12, top + ph + 6), f"{10**xv if log_x else xv:.3g}", fill=(0, 0, 0))
     draw.line([left - 4, gy, left, gy], fill=(0, 0, 0))
     draw.text((4, gy - 6), f"{yv:.3g}", fill=(0, 0, 0))
   for name, yv in hlines.items():

@@ -5,6 +5,7 @@ nonzero), so the check covers all of them. float32 on CPU: max |ours - transform
 about 1e-6 (docs/clip.md); the bound is 1e-4.
 """
 
+import importlib.util
 import json
 import pathlib
 
@@ -27,37 +28,15 @@ IMAGE_SIZE = 30
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # not the OpenAI constants: read from disk
 
 
+_SPEC = importlib.util.spec_from_file_location(
+    "hf_clip_fixture", pathlib.Path(__file__).with_name("hf_clip_fixture.py")
+)
+hf_clip_fixture = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(hf_clip_fixture)
+
+
 def _hf_model(eos_token_id=EOS, seed=0):
-  cfg = transformers.CLIPConfig(
-      text_config=dict(
-          vocab_size=99,
-          hidden_size=40,
-          num_attention_heads=5,
-          num_hidden_layers=2,
-          intermediate_size=72,
-          max_position_embeddings=MAX_LEN,
-          bos_token_id=BOS,
-          eos_token_id=eos_token_id,
-          pad_token_id=PAD,
-          hidden_act="gelu",
-      ),
-      vision_config=dict(
-          hidden_size=36,
-          num_attention_heads=3,
-          num_hidden_layers=2,
-          intermediate_size=60,
-          image_size=IMAGE_SIZE,
-          patch_size=6,
-          hidden_act="quick_gelu",
-      ),
-      projection_dim=24,
-  )
-  torch.manual_seed(seed)
-  model = transformers.CLIPModel(cfg).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.05)
-  return model
+  return hf_clip_fixture.hf_model(max_len=MAX_LEN, seed=seed, eos_token_id=eos_token_id)
 
 
 def _tokenizer():

@@ -14,7 +14,7 @@ IMAGE_SIZE = 30
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # not the OpenAI constants: read from disk
 
 
-def hf_model(max_len: int = 16, seed: int = 0, noise: float = 0.05):
+def hf_model(max_len: int = 16, seed: int = 0, noise: float = 0.05, eos_token_id: int = EOS):
   """transformers.CLIPModel (eval) with odd sizes and every parameter perturbed."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
@@ -28,7 +28,7 @@ def hf_model(max_len: int = 16, seed: int = 0, noise: float = 0.05):
           intermediate_size=72,
           max_position_embeddings=max_len,
           bos_token_id=BOS,
-          eos_token_id=EOS,
+          eos_token_id=eos_token_id,
           pad_token_id=PAD,
           hidden_act="gelu",
       ),

@@ -9,7 +9,7 @@ all conditioned on the built-in, untrained byte-level T5 encoder
   stage=sr2   32 -> 64 Efficient U-Net (`shapes_sr64`), likewise.
 And the guide of classifier guidance, trained by the same trainer:
   stage=classifier  noise-aware 16x16 classifier (`shapes_classifier16`, ADM's half
-              U-Net) of the first object's colour, shape and size, on images noised at
+              U-Net) of the first object's colour, shape, size and place, on images noised at
               t ~ U[0, 1] (`config.task = "classifier"`).
 And the guide of CLIP guidance, GLIDE's noised CLIP:
   stage=clip  noise-aware 16x16 CLIP (`shapes_clip16`: the classifier's half U-Net +
@@ -108,7 +108,7 @@ def get_config(arg=None):
   if arg.stage == "classifier":
     c.task = "classifier"
     c.input.labels = True
-    # Half of each batch colour-permuted, for the shape and size heads only
+    # Half of each batch colour-permuted, for the colour-invariant heads only
     # (train/classifier_task.py: without it the shape head reads shape off colour).
     c.classifier = ml_collections.ConfigDict({"permute_channels": 0.5})
     c.input.cond_drop_prob = 0.0

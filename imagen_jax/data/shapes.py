@@ -44,6 +44,7 @@ from imagen_jax.data.shapes_world import caption_labels
 from imagen_jax.data.shapes_world import HELDOUT
 from imagen_jax.data.shapes_world import LABEL_GROUPS
 from imagen_jax.data.shapes_world import Object
+from imagen_jax.data.shapes_world import PLACE_WORDS
 from imagen_jax.data.shapes_world import PLACES
 from imagen_jax.data.shapes_world import place_holds
 from imagen_jax.data.shapes_world import RELATIONS
@@ -56,6 +57,7 @@ from imagen_jax.data.shapes_world import SHAPES
 from imagen_jax.data.shapes_world import signed_distance
 from imagen_jax.data.shapes_world import SIZES
 from imagen_jax.data.shapes_world import SPLITS
+from imagen_jax.data.shapes_world import UNSTATED
 
 # `score` is pinned here (DESIGN.md); the scorer imports shapes_world only.
 from imagen_jax.data.shapes_score import score
@@ -246,13 +248,6 @@ def sample_scene(
 # ----------------------------------------------------------------------------
 # Captions.
 
-_PLACE_WORDS = {
-    "left": ("on the left", "on the left side", "at the left"),
-    "right": ("on the right", "on the right side", "at the right"),
-    "top": ("at the top", "near the top", "at the top of the image"),
-    "bottom": ("at the bottom", "near the bottom", "at the bottom of the image"),
-    "centre": ("in the centre", "in the middle", "in the center"),
-}
 _RELATION_WORDS = {
     "left of": ("to the left of", "left of"),
     "right of": ("to the right of", "right of"),
@@ -269,7 +264,7 @@ def _phrase(r: random.Random, o: Object) -> str:
   """'a large red circle on the left' (place only when the scene states it)."""
   text = f"a {_noun(o)}"
   if o.place is not None:
-    text += " " + r.choice(_PLACE_WORDS[o.place])
+    text += " " + r.choice(PLACE_WORDS[o.place])
   return text
 
 
@@ -300,7 +295,7 @@ def caption(scene: Scene) -> str:
     o = scene.objects[group[0]]
     text = f"two {_noun(o, plural=True)}"
     if o.place is not None:
-      text += r.choice(("", ", both")) + " " + r.choice(_PLACE_WORDS[o.place])
+      text += r.choice(("", ", both")) + " " + r.choice(PLACE_WORDS[o.place])
     parts.append(text)
   singles = [i for i in range(len(scene.objects)) if i not in in_relation and i not in grouped]
   for i in singles:
@@ -313,7 +308,7 @@ def caption(scene: Scene) -> str:
             f"there is {text}",
             f"a picture of {text}",
             f"{text} on a grey background",
-            f"{r.choice(_PLACE_WORDS[o.place])}, a {_noun(o)}",
+            f"{r.choice(PLACE_WORDS[o.place])}, a {_noun(o)}",
         )
     )
   elif there_is:

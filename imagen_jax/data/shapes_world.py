@@ -30,12 +30,27 @@ SHAPES = ("circle", "square", "triangle")
 # Object extent (side of its bounding square) as a fraction of the image side.
 SIZES = {"small": 0.2, "large": 0.38}
 PLACES = ("left", "right", "top", "bottom", "centre")
+# How captions state each place (`shapes.caption`; `caption_labels` reads them back).
+PLACE_WORDS = {
+    "left": ("on the left", "on the left side", "at the left"),
+    "right": ("on the right", "on the right side", "at the right"),
+    "top": ("at the top", "near the top", "at the top of the image"),
+    "bottom": ("at the bottom", "near the bottom", "at the bottom of the image"),
+    "centre": ("in the centre", "in the middle", "in the center"),
+}
 RELATIONS = ("left of", "right of", "above", "below")
 HELDOUT = (("purple", "triangle"), ("yellow", "circle"), ("cyan", "square"))
 SPLITS = ("train", "heldout", "all")
 # What a noise-aware classifier predicts of a scene (`scene_labels`): these attributes of its
-# first object, each an index into its tuple of classes.
-LABEL_GROUPS = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
+# first object, each an index into its tuple of classes; UNSTATED (-1) where the scene does not
+# state it (a place, for objects in relations or without one).
+LABEL_GROUPS = (
+    ("colour", tuple(COLOURS)),
+    ("shape", SHAPES),
+    ("size", tuple(SIZES)),
+    ("place", PLACES),
+)
+UNSTATED = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,24 +95,40 @@ class Scene:
     )
 
 
+def _label(classes, value) -> int:
+  return UNSTATED if value is None else classes.index(value)
+
+
 def scene_labels(scene: Scene) -> np.ndarray:
   """int32 [len(LABEL_GROUPS)]: the class index of each label group of the scene's first
-  object (`LABEL_GROUPS`)."""
+  object (`LABEL_GROUPS`; its place UNSTATED where the scene states none)."""
   first = scene.objects[0]
-  return np.array([classes.index(getattr(first, name)) for name, classes in LABEL_GROUPS], np.int32)
+  return np.array(
+      [_label(classes, getattr(first, name)) for name, classes in LABEL_GROUPS], np.int32
+  )
 
 
 _NOUN = re.compile(
     r"\b(" + "|".join(SIZES) + r") (" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")s?\b"
 )
+# A place phrase, longest wording first ("on the left side" before "on the left").
+_PLACE_PHRASE = "|".join(
+    sorted((re.escape(w) for words in PLACE_WORDS.values() for w in words), key=len, reverse=True)
+)
+_PLACE_AFTER = re.compile(r"(?:, both)? (" + _PLACE_PHRASE + r")\b")
+_PLACE_BEFORE = re.compile(r"^(" + _PLACE_PHRASE + r"), a $")
+_PLACE_OF = {w: place for place, words in PLACE_WORDS.items() for w in words}
 
 
 def caption_labels(caption: str) -> np.ndarray:
   """int32 [len(LABEL_GROUPS)]: the label of each group of the caption's first-named object
-  (its first "<size> <colour> <shape>" phrase, as `shapes.caption` writes every object).
-  For a one-object scene this is `scene_labels(scene)`; a guide reads it from a prompt.
-  ValueError when the caption names no object in the shapes vocabulary."""
-  m = _NOUN.search(str(caption).lower())
+  (its first "<size> <colour> <shape>" phrase, as `shapes.caption` writes every object), its
+  place read from the place phrase that follows that phrase, or that opens the caption
+  ("on the left, a ..."); UNSTATED when there is none. For a one-object scene this is
+  `scene_labels(scene)`; a guide reads it from a prompt. ValueError when the caption names
+  no object in the shapes vocabulary."""
+  text = str(caption).lower()
+  m = _NOUN.search(text)
   if m is None:
     raise ValueError(
         f"caption {caption!r} names no shapes-world object (a '<size> <colour> <shape>' "
@@ -105,7 +136,11 @@ def caption_labels(caption: str) -> np.ndarray:
         f"{', '.join(SHAPES)}), so it has no labels to guide by"
     )
   found = dict(zip(("size", "colour", "shape"), m.groups()))
-  return np.array([classes.index(found[name]) for name, classes in LABEL_GROUPS], np.int32)
+  after = _PLACE_AFTER.match(text, m.end())
+  before = _PLACE_BEFORE.match(text[: m.start()])
+  phrase = after or before
+  found["place"] = _PLACE_OF[phrase.group(1)] if phrase else None
+  return np.array([_label(classes, found[name]) for name, classes in LABEL_GROUPS], np.int32)
 
 
 # ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class ShapesSource:
   Images are rendered directly at `render_size` (no resampling), so every
   stage sees exact anti-aliased geometry; `split` and `max_objects` are those
   of `shapes.sample_scene`. With `labels`, each record also has "labels"
-  (`shapes.scene_labels`: int32 class indices of the first object's colour, shape, size),
+  (`shapes.scene_labels`: int32 class indices of the first object's colour, shape, size, place),
   what the noise-aware classifier trains on.
   """
 
@@ -50,7 +50,7 @@ class ShapesSource:
     self.name = f"shapes[{split}]"
 
   def read(self, index: int, rng: np.random.Generator) -> tuple:
-    """(image, caption), and with `labels` a third element {"labels": int32 [3]}."""
+    """(image, caption), and with `labels` a third element {"labels": int32 [len(LABEL_GROUPS)]}."""
     del index  # the rng is already specific to this example
     scene = shapes.sample_scene(rng, self.split, max_objects=self.max_objects)
     out = (shapes.render(scene, self.render_size), shapes.caption(scene))

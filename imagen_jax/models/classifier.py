@@ -13,8 +13,8 @@ downsampling trunk of the U-Net with an attention pool at the 8x8 layer"; here:
           the tokens plus a learned position embedding, CLIP's AttentionPool2d) -> out_dim
 
 `NoisyEncoder(x_t, log_snr) -> [B, out_dim]` is that trunk; `NoisyClassifier` adds one
-linear head per label group (`num_classes`, e.g. (6, 3, 2) for the shapes world's colour,
-shape and size) and returns their logits as a tuple. There is no text input: the label
+linear head per label group (`num_classes`, e.g. (6, 3, 2, 5) for the shapes world's colour,
+shape, size and place) and returns their logits as a tuple. There is no text input: the label
 is the condition.
 """
 

@@ -342,12 +342,12 @@ _SHAPES_SR32 = {
 
 # The noise-aware classifier of classifier guidance on the 16x16 base (ADM's half U-Net,
 # models/classifier.py). Heads: the shapes world's label groups of a scene's first object,
-# colour (6), shape (3), size (2) (data.shapes_world.LABEL_GROUPS; the classifier task checks
+# colour (6), shape (3), size (2), place (5) (data.shapes_world.LABEL_GROUPS; the classifier task checks
 # they agree). Measured as above: tiny 0.3M params.
 _SHAPES_CLASSIFIER16 = {
     "tiny": dict(
         resolution=16,
-        num_classes=(6, 3, 2),
+        num_classes=(6, 3, 2, 5),
         out_dim=64,
         channels=32,
         channel_mult=(1, 2, 2),
@@ -360,7 +360,7 @@ _SHAPES_CLASSIFIER16 = {
     ),
     "small": dict(
         resolution=16,
-        num_classes=(6, 3, 2),
+        num_classes=(6, 3, 2, 5),
         out_dim=128,
         channels=64,
         channel_mult=(1, 2, 2),

@@ -49,7 +49,8 @@ class Classifier:
       )
 
   def log_prob_fn(self, labels, schedule, weights: Sequence[float] | None = None, params=None):
-    """(x_t, t) -> [B] log p(y | x_t); `labels` int [B, groups], `weights` per group
+    """(x_t, t) -> [B] log p(y | x_t); `labels` int [B, groups] (a label < 0, UNSTATED,
+    leaves its group out of that example's sum), `weights` per group
     (None: all 1, the joint log-probability of independent heads); `params` (None: the
     loaded ones) lets a jitted caller pass them as an argument rather than a constant."""
     params = self.params if params is None else params
@@ -69,7 +70,9 @@ class Classifier:
       total = 0.0
       for g, lg in enumerate(logits):
         lp = jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1)
-        total = total + w[g] * jnp.take_along_axis(lp, labels[:, g : g + 1], axis=-1)[:, 0]
+        y = labels[:, g : g + 1]
+        picked = jnp.take_along_axis(lp, jnp.maximum(y, 0), axis=-1)[:, 0]
+        total = total + w[g] * jnp.where(y[:, 0] >= 0, picked, 0.0)  # UNSTATED: no term
       return total
 
     return log_prob

@@ -4,13 +4,14 @@ classifier guidance (Dhariwal & Nichol 2021).
 Each step draws t ~ U[0, 1] per example, noises the clean image with the config's schedule,
 x_t = alpha_t x0 + sigma_t eps, and trains `models.NoisyClassifier` on (x_t, log_snr(t)) to
 predict the record's labels: the cross-entropy summed over the label groups (the shapes
-world's colour, shape and size of a scene's first object, `config.input.labels = True`).
+world's colour, shape, size and place of a scene's first object, `config.input.labels =
+True`; a label the scene does not state, UNSTATED, is left out of its group's loss).
 The network sees log-SNR, not t, so a classifier trained under one schedule guides a stage
 sampled under another. Metrics: the loss, the accuracy of each group, and the accuracy of
 all groups at once on the low-noise half (log-SNR > 0) of the batch.
 
 `config.classifier.permute_channels = f` permutes the RGB channels of a share f of each batch
-and trains only the shape and size heads on those (`classifier_loss_fn`): colour-jitter
+and trains only the colour-invariant heads (shape, size, place) on those (`classifier_loss_fn`): colour-jitter
 augmentation that keeps the shape head from reading shape off colour.
 """
 
@@ -69,7 +70,7 @@ _PERMUTATIONS = np.array(list(itertools.permutations(range(3)))[1:], np.int32)
 def permute_channels(rng, x0, fraction: float):
   """(x0 with a random non-identity RGB channel permutation on a `fraction` of the
   examples, the [B] bool mask of those). The background is grey, so it stays; an object's
-  colour becomes (near) another palette colour, its shape and size do not change."""
+  colour becomes (near) another palette colour, its shape, size and place do not change."""
   b = x0.shape[0]
   which_rng, on_rng = jax.random.split(rng)
   which = jax.random.randint(which_rng, (b,), 0, len(_PERMUTATIONS))
@@ -83,7 +84,7 @@ def classifier_loss_fn(model: Any, schedule: Any, permute_fraction: float = 0.0)
   """(params, batch, rng) -> (loss, metrics) on noised images (module docstring).
 
   `permute_fraction` > 0: that share of each batch has its RGB channels permuted
-  (`permute_channels`) and trains only the colour-invariant heads (shape, size), not the
+  (`permute_channels`) and trains only the colour-invariant heads (shape, size, place), not the
   colour head. Without it the shape head learns the training split's colour -> shape
   shortcut (each colour misses one shape): a 2500-step classifier put 0.02 of held-out
   pairs' shapes right at low noise, against 1.00 on training pairs."""
@@ -105,12 +106,14 @@ def classifier_loss_fn(model: Any, schedule: Any, permute_fraction: float = 0.0)
     logits = model.apply({"params": params}, x_t, log_snr, train=True, rngs={"dropout": drop_rng})
     metrics, loss, all_right = {}, 0.0, jnp.ones((b,), bool)
     for g, (name, _) in enumerate(shapes_world.LABEL_GROUPS):
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits[g], labels[:, g])
-      right = jnp.argmax(logits[g], -1) == labels[:, g]
-      w = keep if g == colour else jnp.ones((b,), bool)  # permuted colours have no label
+      y = labels[:, g]
+      stated = y >= 0  # UNSTATED (a place the scene does not state) trains nothing
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits[g], jnp.maximum(y, 0))
+      right = jnp.argmax(logits[g], -1) == y
+      w = stated & keep if g == colour else stated  # permuted colours have no label
       loss = loss + jnp.sum(jnp.where(w, ce, 0.0)) / jnp.maximum(jnp.sum(w), 1)
       metrics[f"accuracy/{name}"] = jnp.sum(right & w) / jnp.maximum(jnp.sum(w), 1)
-      all_right = all_right & right
+      all_right = all_right & (right | ~stated)
     low_noise = (log_snr > 0) & keep
     metrics["accuracy/all_low_noise"] = jnp.sum(all_right & low_noise) / jnp.maximum(
         jnp.sum(low_noise), 1

@@ -88,7 +88,7 @@ def test_every_name_and_variant_builds_with_attributes():
   for variant in variants("shapes_classifier16"):
     model = get_model("shapes_classifier16", variant)
     assert isinstance(model, NoisyClassifier) and model.resolution == 16
-    assert tuple(model.num_classes) == (6, 3, 2)
+    assert tuple(model.num_classes) == (6, 3, 2, 5)
   for name, (cls, res, lowres) in expected.items():
     assert {"tiny", "small"} <= set(variants(name))
     for variant in variants(name):

@@ -65,10 +65,41 @@ def test_caption_labels_are_the_scene_labels_of_one_object_scenes():
     )
   # The first-named object of a longer caption, plurals included.
   labels = shapes.caption_labels("two small cyan squares above a large red circle")
-  decoded = [classes[i] for (_, classes), i in zip(shapes.LABEL_GROUPS, labels)]
+  decoded = [classes[i] for (_, classes), i in zip(shapes.LABEL_GROUPS[:3], labels)]
   assert decoded == ["cyan", "square", "small"]
+  assert labels[3] == shapes.UNSTATED  # a relation, no place
+  # The place phrase after the first-named object, or opening the caption; not another's.
+  place = lambda caption: shapes.PLACES[shapes.caption_labels(caption)[3]]
+  assert place("a small red circle on the left side and a large blue square at the top") == "left"
+  assert place("near the bottom, a large green triangle") == "bottom"
+  assert place("two large red circles, both in the middle") == "centre"
+  unplaced = shapes.caption_labels("a small red circle and a large blue square at the top")
+  assert unplaced[3] == shapes.UNSTATED
   with pytest.raises(ValueError, match="'a photo of a dog' names no shapes-world object"):
     shapes.caption_labels("a photo of a dog")
+
+
+def test_log_prob_leaves_unstated_groups_out():
+  """log p(y | x_t) sums the stated groups' log-softmax (numpy reference); an UNSTATED
+  place is the same as a zero weight on the place group."""
+  clf = _classifier()
+  schedule = diffusion.get_schedule("cosine")
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)), jnp.float32)
+  t = jnp.array([0.2, 0.5, 0.8])
+  labels = np.array([[0, 1, 0, 3], [4, 2, 1, -1], [2, 0, 1, 0]], np.int32)
+  got = np.asarray(clf.log_prob_fn(labels, schedule)(x, t))
+  logits = clf.model.apply({"params": clf.params}, x, schedule.log_snr(t))
+  want = np.zeros(3)
+  for g, lg in enumerate(logits):
+    lg = np.asarray(lg, np.float64)
+    lp = lg - lg.max(-1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    for i in range(3):
+      if labels[i, g] >= 0:
+        want[i] += lp[i, labels[i, g]]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  no_place = clf.log_prob_fn(np.maximum(labels, 0), schedule, weights=(1, 1, 1, 0))(x, t)
+  np.testing.assert_allclose(got[1], np.asarray(no_place)[1], rtol=1e-6)
 
 
 def _log_prob_clean(clf, images, prompts, schedule):

@@ -24,8 +24,47 @@ def test_scene_labels_name_the_first_object():
   )
   labels = shapes.scene_labels(scene)
   assert labels.dtype == np.int32
-  decoded = [classes[i] for (_, classes), i in zip(shapes.LABEL_GROUPS, labels)]
+  decoded = [classes[i] for (_, classes), i in zip(shapes.LABEL_GROUPS[:3], labels)]
   assert decoded == ["cyan", "triangle", "large"]
+  assert labels[3] == shapes.UNSTATED  # the scene states no place for it
+  placed = shapes.Scene(objects=(shapes.Object("circle", "red", "small", 0.2, 0.5, "left"),))
+  np.testing.assert_array_equal(
+      shapes.scene_labels(placed),
+      [list(shapes.COLOURS).index("red"), 0, 0, shapes.PLACES.index("left")],
+  )
+
+
+def test_unstated_labels_train_nothing():
+  """The loss is each group's mean cross-entropy over the examples that state it (numpy
+  reference on the same noised inputs): an UNSTATED place adds nothing for its example."""
+  c = shapes_config.get_config("stage=classifier,runlocal")
+  model, schedule = classifier_task.build_classifier(c)
+  x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)), jnp.float32)
+  params = model.init(jax.random.PRNGKey(0), x0[:1], jnp.zeros((1,)))["params"]
+  labels = np.array([[0, 1, 0, 2], [3, 2, 1, 4], [5, 0, 1, -1], [1, 1, 0, -1]], np.int32)
+  rng = jax.random.PRNGKey(1)
+  loss, metrics = classifier_task.classifier_loss_fn(model, schedule)(
+      params, {"image": x0, "labels": jnp.asarray(labels)}, rng
+  )
+  # The same noised inputs, as the loss draws them (its rng split, no channel permutation).
+  t_rng, eps_rng, drop_rng, _ = jax.random.split(rng, 4)
+  t = jax.random.uniform(t_rng, (4,))
+  alpha, sigma = schedule.alpha_sigma(t)
+  x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * jax.random.normal(
+      eps_rng, x0.shape
+  )
+  logits = model.apply(
+      {"params": params}, x_t, schedule.log_snr(t), train=True, rngs={"dropout": drop_rng}
+  )
+  want = 0.0
+  for g, lg in enumerate(logits):
+    lg = np.asarray(lg, np.float64)
+    log_p = lg - lg.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    stated = labels[:, g] >= 0
+    want += -np.mean(log_p[stated, labels[stated, g]])
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert 0.0 <= float(metrics["accuracy/place"]) <= 1.0
 
 
 def test_shapes_source_labels_match_its_scenes():
@@ -45,7 +84,7 @@ def test_classifier_model_shapes_and_resolution_error():
   x, log_snr = jnp.zeros((2, 16, 16, 3)), jnp.zeros((2,))
   params = model.init(jax.random.PRNGKey(0), x, log_snr)
   logits = model.apply(params, x, log_snr)
-  assert [tuple(a.shape) for a in logits] == [(2, 6), (2, 3), (2, 2)]
+  assert [tuple(a.shape) for a in logits] == [(2, 6), (2, 3), (2, 2), (2, 5)]
   with pytest.raises(ValueError, match=r"\[B, 16, 16, 3\].*resolution must match"):
     model.apply(params, jnp.zeros((2, 32, 32, 3)), log_snr)
 
@@ -65,8 +104,8 @@ def test_task_and_model_must_agree():
 
 def test_heads_that_do_not_match_the_label_groups_are_refused():
   c = shapes_config.get_config("stage=classifier,runlocal")
-  c.model.overrides.num_classes = (6, 3)
-  with pytest.raises(ValueError, match=r"heads of \(6, 3\) classes.*colour \(6\), shape \(3\)"):
+  c.model.overrides.num_classes = (6, 3, 2)  # a classifier from before the place group
+  with pytest.raises(ValueError, match=r"heads of \(6, 3, 2\) classes.*size \(2\), place \(5\)"):
     classifier_task.build_classifier(c)
 
 

@@ -19,6 +19,7 @@ from imagen_jax.diffusion.schedules import alpha_sigma_from_log_snr
 from imagen_jax.diffusion.schedules import get_schedule
 from imagen_jax.diffusion.schedules import Schedule
 from imagen_jax.diffusion.schedules import SCHEDULES
+from imagen_jax.diffusion.time_grid import default_time_grid
 from imagen_jax.diffusion.time_grid import TIME_GRIDS
 from imagen_jax.diffusion.steering import classifier_guidance
 from imagen_jax.diffusion.steering import GUIDE_ON

@@ -1,9 +1,10 @@
 """Samplers over any pure ``denoise_fn(x_t, t) -> prediction``.
 
 Every sampler walks a decreasing grid of N evaluation times t_0 > ... > t_{N-1}
-(``time_grid``: see time_grid.py; by default uniform in t, t_k = 1 - k / N, and for
-edm_heun EDM's rho = 7 grid in sigma = sigma_t / alpha_t; "log_snr" is uniform in
-log-SNR). Steps k < N-1 move x from t_k to t_{k+1}; the last evaluation (at t_{N-1})
+(``time_grid``: see time_grid.py; by default uniform in t, t_k = 1 - k / N, for ddpm and
+ddim, uniform in log-SNR down to sigma 0.03 for dpmpp_2m ("trimmed_log_snr"), and for
+edm_heun EDM's rho = 7 grid in
+sigma = sigma_t / alpha_t ("karras")). Steps k < N-1 move x from t_k to t_{k+1}; the last evaluation (at t_{N-1})
 returns its x0 estimate, i.e. the final step goes to zero noise (the "lower order final" /
 set_alpha_to_one convention). Every x0 estimate is thresholded before it is used.
 ``num_steps`` = N is the number of network evaluations, except for edm_heun (2N - 1).

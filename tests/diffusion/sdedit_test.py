@@ -78,10 +78,12 @@ def test_n_evaluations_over_zero_to_start_t(sampler):
   schedule, half = _calls(sampler, num_steps=4, init=init, start_t=0.5)
   assert len(half) == len(ordinary)
   ts = np.unique(half)[::-1]
-  if sampler == "edm_heun":  # karras: from sigma(0.5) down to SIGMA_MIN
+  grid = time_grid.default_time_grid(sampler)
+  if grid != "uniform_t":  # a sigma grid: from sigma(0.5) down to the grid's sigma_min
     np.testing.assert_allclose(ts[0], 0.5, rtol=1e-4)
     sigma = np.exp(-0.5 * np.asarray(schedule.log_snr(ts)))
-    np.testing.assert_allclose(sigma[-1], time_grid.SIGMA_MIN, rtol=1e-3)
+    floor = time_grid.TRIMMED_SIGMA_MIN if grid == "trimmed_log_snr" else time_grid.SIGMA_MIN
+    np.testing.assert_allclose(sigma[-1], floor, rtol=1e-3)
   else:
     np.testing.assert_allclose(half, 0.5 * (1 - np.arange(4) / 4), rtol=1e-6)
 
@@ -104,8 +106,9 @@ def test_time_grids_t_max(grid, name):
 @pytest.mark.parametrize("sampler", diffusion.SAMPLERS)
 def test_start_t_one_from_zero_is_ordinary_sampling(sampler):
   """From init = 0 at s = 1, x_s = sigma(t_0) x_init: uniform_t's t_0 = 1 has sigma = 1 in
-  float32 (cosine), so ddpm/ddim/dpmpp_2m return the ordinary sample bit for bit; edm_heun
-  starts at sigma_VE = 80, where sigma = 0.99992."""
+  float32 (cosine), so ddpm/ddim return the ordinary sample bit for bit; the sigma grids
+  (dpmpp_2m's trimmed_log_snr, edm_heun's karras) start at sigma_VE = 80, where
+  sigma = 0.99992."""
   fn = scalar_denoiser(COSINE)
   x_init = jax.random.normal(jax.random.PRNGKey(3), (64, 1))
   kw = dict(schedule=COSINE, sampler=sampler, num_steps=8, x_init=x_init)
@@ -113,7 +116,7 @@ def test_start_t_one_from_zero_is_ordinary_sampling(sampler):
   edited = diffusion.sample(
       fn, (64, 1), jax.random.PRNGKey(0), init=jnp.zeros((64, 1)), start_t=1.0, **kw
   )
-  if sampler == "edm_heun":
+  if time_grid.default_time_grid(sampler) != "uniform_t":
     np.testing.assert_allclose(edited, ordinary, rtol=1e-3, atol=1e-4)
   else:
     np.testing.assert_array_equal(edited, ordinary)

@@ -192,11 +192,22 @@ class StagePipeline:
       aug_level=0.0,
       time_grid=None,
       steer=None,
+      known=None,
+      mask=None,
+      resample=1,
+      init=None,
+      start_t=None,
   ):
     """Samples images in [-1, 1] for the given text (and low-res input); `time_grid`: see
     `diffusion.sample` (None: the sampler's default). `steer(denoise_fn, schedule,
     prediction) -> denoise_fn` adds a gradient guide (e.g. `diffusion.classifier_guidance`)
-    on top of classifier-free guidance."""
+    on top of classifier-free guidance.
+
+    Image conditioning, passed to `diffusion.sample` as is (see it for the details):
+    RePaint inpainting with `known` (an image in [-1, 1] broadcastable to [B, r, r, 3]),
+    `mask` (True where a pixel of `known` is kept) and `resample` R; SDEdit with `init`
+    ([B, r, r, 3] in [-1, 1]) and `start_t` in (0, 1] (a Python number). Unset, sampling
+    is unchanged."""
     batch = text_emb.shape[0]
     aug_rng, sample_rng = jax.random.split(rng)
     aug_t = None
@@ -222,6 +233,11 @@ class StagePipeline:
         percentile=percentile,
         max_value=max_value,
         time_grid=time_grid,
+        known=known,
+        mask=mask,
+        resample=resample,
+        init=init,
+        start_t=start_t,
     )
 
 

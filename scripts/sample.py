@@ -10,6 +10,10 @@ another path, or gs://...); its embedding width is checked against every stage.
 `--classifier_workdir DIR --classifier_scale S` adds classifier guidance to the base stage
 (a classifier trained with configs/shapes.py:stage=classifier; labels from each prompt).
 
+`--init_image PNG --mask PNG` inpaints the base stage (RePaint; white = keep, black =
+generate; `--resample R` repeats each step R times), `--init_image PNG --strength S` edits
+it with SDEdit from time S; both combine. The SR stages upsample the edited base.
+
 Per-stage settings take one value (all stages) or a comma-separated list with
 one value per stage, e.g. `--guidance_scale 5,1 --sampler ddpm,ddim`.
 Flag names: imagen_jax/sampling/cli_flags.py (`--workdir_sr256`, `--workdir_sr1024` and
@@ -24,6 +28,7 @@ from absl import flags
 
 from imagen_jax import sampling
 from imagen_jax.sampling import cli_flags
+from imagen_jax.sampling import edit as edit_lib
 from imagen_jax.sampling import guides
 from imagen_jax.storage import paths
 
@@ -52,6 +57,27 @@ _CLASSIFIER_SCALE = flags.DEFINE_float(
 _CLASSIFIER_MIN_LOG_SNR = flags.DEFINE_float(
     "classifier_min_log_snr", None, "Guide only steps with log-SNR >= this (default: all)."
 )
+_INIT_IMAGE = flags.DEFINE_string(
+    "init_image",
+    None,
+    "Image to edit in the base stage (PNG/JPEG, local or gs://, exactly the base stage's "
+    "resolution): inpainted with --mask, SDEdited with --strength, or both.",
+)
+_MASK = flags.DEFINE_string(
+    "mask",
+    None,
+    "Inpainting mask PNG, the base stage's resolution: white (grey >= 128) keeps the "
+    "--init_image pixel, black is generated. Needs --init_image.",
+)
+_STRENGTH = flags.DEFINE_float(
+    "strength",
+    None,
+    "SDEdit: the base stage starts from --init_image noised to time S in (0, 1] (small: "
+    "close to the image; 1: nearly ordinary sampling). Default: none (full sampling).",
+)
+_RESAMPLE = flags.DEFINE_integer(
+    "resample", 1, "RePaint: each base-stage step done R times (R x the evaluations); --mask."
+)
 _PER_STAGE = cli_flags.define_per_stage()
 flags.adopt_module_key_flags(cli_flags)  # --help lists them with this script's flags
 
@@ -69,7 +95,19 @@ def main(argv):
   if _NUM.value < 1:
     raise app.UsageError(f"--num_samples={_NUM.value} must be >= 1")
   per = cli_flags.per_stage(_PER_STAGE, len(workdirs))
+  if _INIT_IMAGE.value is None and (_MASK.value or _STRENGTH.value is not None):
+    raise app.UsageError("--mask and --strength edit an image: give --init_image too")
   stages = [sampling.load_stage(w) for w in workdirs]
+  edit, edit_record = None, None
+  if _INIT_IMAGE.value:
+    edit = edit_lib.from_files(
+        _INIT_IMAGE.value,
+        stages[0].pipeline.resolution,
+        mask_path=_MASK.value,
+        strength=_STRENGTH.value,
+        resample=_RESAMPLE.value,
+    )
+    edit_record = {"init_image": _INIT_IMAGE.value, "mask": _MASK.value, **edit.record()}
   settings = cli_flags.stage_settings(stages, per)
   sampler = sampling.CascadeSampler(
       stages, settings, batch_size=_BATCH.value, text_encoder=_TEXT_ENCODER.value
@@ -88,7 +126,11 @@ def main(argv):
     }
   start = time.perf_counter()
   images = sampler.sample(
-      expanded, seed=_SEED.value, guide=guide, guide_scale=_CLASSIFIER_SCALE.value if guide else 0
+      expanded,
+      seed=_SEED.value,
+      guide=guide,
+      guide_scale=_CLASSIFIER_SCALE.value if guide else 0,
+      edit=edit,
   )
   seconds = time.perf_counter() - start
   record = {
@@ -106,6 +148,7 @@ def main(argv):
       ],
       "text_encoder": _TEXT_ENCODER.value,
       "classifier_guidance": guide_record,
+      "edit": edit_record,
       "seconds": seconds,
   }
   sampling.write_samples(_OUT.value, prompts, images[-1], _NUM.value, record)

@@ -6,5 +6,6 @@ from imagen_jax.sampling.cascade import load_stage
 from imagen_jax.sampling.cascade import Stage
 from imagen_jax.sampling.cascade import StageSettings
 from imagen_jax.sampling.cascade import to_uint8
+from imagen_jax.sampling.edit import Edit
 from imagen_jax.sampling.outputs import labelled_grid
 from imagen_jax.sampling.outputs import write_samples

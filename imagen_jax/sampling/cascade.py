@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 from imagen_jax import diffusion
 from imagen_jax import pipeline as pipeline_lib
 from imagen_jax import text as text_lib
+from imagen_jax.sampling import edit as edit_lib
 from imagen_jax.train import checkpoint as ckpt_lib
 from imagen_jax.train.metrics import to_uint8
 
@@ -213,9 +214,10 @@ class CascadeSampler:
       )
     return enc
 
-  def _fn(self, i, st: StageSettings, guide=None):
-    """The jitted sampler of stage i; the guidance scales (CFG and the guide's) are traced,
-    so all guided scales share one compilation."""
+  def _fn(self, i, st: StageSettings, guide=None, edit_key=None):
+    """The jitted sampler of stage i; the guidance scales (CFG and the guide's) and the edit's
+    image and mask are traced, so all guided scales and all images share one compilation.
+    `edit_key`: `Edit.static_key` (inpainting, strength, resample), or None."""
     guided = pipeline_lib.is_guided(float(st.guidance_scale))
     key = (
         guide,
@@ -228,14 +230,24 @@ class CascadeSampler:
         float(st.aug_level),
         st.time_grid,
         guided,
+        edit_key,
     )
     if key not in self._fns:
       pipe = self.stages[i].pipeline
 
-      def run(params, emb, mask, lowres, rng, scale, guide_params, guide_cond, guide_scale):
+      def run(
+          params, emb, mask, lowres, rng, scale, guide_params, guide_cond, guide_scale, image, keep
+      ):
         steer = None
         if guide is not None:
           steer = guide.steer(guide_params, guide_cond, guide_scale)
+        edit_kw = {}
+        if edit_key is not None:
+          inpaint, strength, resample = edit_key
+          if inpaint:
+            edit_kw.update(known=image, mask=keep, resample=resample)
+          if strength is not None:
+            edit_kw.update(init=image, start_t=strength)
         images = pipe.sample(
             params,
             emb,
@@ -251,6 +263,7 @@ class CascadeSampler:
             aug_level=float(st.aug_level),
             time_grid=st.time_grid,
             steer=steer,
+            **edit_kw,
         )
         return jnp.clip(images, -1.0, 1.0)
 
@@ -266,13 +279,15 @@ class CascadeSampler:
       progress: bool = True,
       guide=None,
       guide_scale: float = 0.0,
+      edit: edit_lib.Edit | None = None,
   ) -> list:
     """Images of every stage for `prompts`: a list of uint8 [N, H, W, 3].
 
     `settings` overrides the sampler's per-stage settings for this call. `guide` (e.g.
     `sampling.guides.ClassifierGuide`) steers the base stage with `guide_scale` (0: off):
     `guide.conditions(prompts)` on the host, `guide.steer(params, conditions, scale)` in
-    the jitted sampler, after classifier-free guidance.
+    the jitted sampler, after classifier-free guidance. `edit` (`sampling.Edit`) inpaints
+    and/or SDEdits the base stage (sampling/edit.py); the SR stages upsample its output.
     """
     if settings is None:
       settings = self.settings
@@ -294,6 +309,12 @@ class CascadeSampler:
       guide_params = self._guide_params[id(guide)]
     else:
       guide = None
+    edit_image = edit_keep = None
+    if edit is not None:
+      edit_image, edit_keep = edit.arrays(
+          self.stages[0].pipeline.resolution, n, f"stage 0 ({self.stages[0].workdir})"
+      )
+      edit_image, edit_keep = (_pad_rows(a, len(padded)) for a in (edit_image, edit_keep))
     batch_sharding = NamedSharding(self.mesh, P("data"))
     outputs, lowres_all = [], None
     rng = jax.random.PRNGKey(int(seed))
@@ -314,7 +335,13 @@ class CascadeSampler:
         cond = None
         if g is not None:
           cond = jax.device_put(jnp.asarray(guide_cond[lo : lo + bs]), batch_sharding)
-        fn = self._fn(i, settings[i], g)
+        e = edit if i == 0 else None
+        image = keep = None
+        if e is not None:
+          image = jax.device_put(edit_image[lo : lo + bs], batch_sharding)
+          if edit_keep is not None:
+            keep = jax.device_put(edit_keep[lo : lo + bs], batch_sharding)
+        fn = self._fn(i, settings[i], g, None if e is None else e.static_key)
         out = fn(
             self._params[i],
             emb,
@@ -325,6 +352,8 @@ class CascadeSampler:
             guide_params if g is not None else None,
             cond,
             jnp.float32(guide_scale),
+            image,
+            keep,
         )
         results.append(np.asarray(jax.device_get(out)))
         bar.update(1)
@@ -334,6 +363,13 @@ class CascadeSampler:
       lowres_all = images
       outputs.append(to_uint8(images[:n]))
     return outputs
+
+
+def _pad_rows(a, rows):
+  """`a` [n, ...] with its last row repeated to `rows` rows (as the prompts are padded)."""
+  if a is None:
+    return None
+  return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
 
 
 def _check_guide_scale(scale) -> bool:

@@ -142,6 +142,8 @@ def evaluate(
   captions = [shapes.caption(s) for s in scenes]
   cascade = sampling.CascadeSampler([sampling.load_stage(w) for w in workdirs], batch_size=32)
   results, base_results, finals = {}, {}, {}
+  # The default grids by name, so a cache from before a default changed is not reused.
+  grids = "-".join(sampling.default_time_grid(s) for s in (sampler, sr_sampler))
   for setting in settings:
     cache = eval_dir / (
         setting.label.replace(" ", "_")
@@ -149,7 +151,7 @@ def evaluate(
         .replace("(", "")
         .replace(")", "")
         .replace("=", "")
-        + f"__{sampler}{num_steps}_{sr_sampler}{sr_num_steps}_{time_grid or 'default'}.npz"
+        + f"__{sampler}{num_steps}_{sr_sampler}{sr_num_steps}_{time_grid or grids}.npz"
     )
     if cache.exists():
       with np.load(cache) as saved:

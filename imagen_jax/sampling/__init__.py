@@ -1,5 +1,6 @@
 """Cascade sampling from trained stage workdirs."""
 
+from imagen_jax.diffusion import default_time_grid  # the grid a StageSettings(time_grid=None) uses
 from imagen_jax.sampling.cascade import CascadeSampler
 from imagen_jax.sampling.cascade import check_chain
 from imagen_jax.sampling.cascade import load_stage

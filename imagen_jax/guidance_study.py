@@ -3,8 +3,8 @@ world, scored by how well samples follow held-out captions (`scripts/guidance_st
 
 `run_study(workdir)`:
 1. trains what it needs in `workdir` (or reuses it; each run resumes from its checkpoints):
-   the demo's cascade (`base` 16x16, `sr1` 32x32; `num_stages=1`: the base alone, its
-   samples scored at 32x32 by pixel repetition as the demo scores them), the noise-aware
+   the demo's cascade (`num_stages=1`, the default: the 16x16 base alone, its samples
+   scored at 32x32 by pixel repetition as the demo scores them; `num_stages=2`: base + sr1), the noise-aware
    `classifier`, and the
    noise-aware shapes CLIP (`clip`) where `configs/shapes.py` has that stage;
    `stages_from=DIR` reads an already trained demo's `base`/`sr1` instead;
@@ -19,9 +19,9 @@ world, scored by how well samples follow held-out captions (`scripts/guidance_st
    method's scale) and `guidance_study_grid.png` (held-out captions, a row per method).
 
 Methods: `unguided` (w = 1), `cfg` (w swept), `classifier` (w = 1, classifier scale swept),
-`cfg+classifier` (w = `COMBINED_CFG`, classifier scale swept), `classifier_x0` /
-`cfg+classifier_x0` (the classifier on the denoiser's x0 estimate, the gradient through the
-U-Net), and `clip` / `cfg+clip` alike when a CLIP guide exists. Samples of each (draw, method, scale) are cached in
+`cfg+classifier` (w = `COMBINED_CFG`, classifier scale swept), with `x0_guides=True` also
+`classifier_x0` / `cfg+classifier_x0` (the classifier on the denoiser's x0 estimate, the
+gradient through the U-Net: about 10x the sampling cost, so off by default), and `clip` / `cfg+clip` alike when a CLIP guide exists. Samples of each (draw, method, scale) are cached in
 `workdir/study_eval/`, so a rerun skips them.
 """
 
@@ -49,7 +49,7 @@ from imagen_jax.sampling import line_plot
 COMBINED_CFG = 3.0  # the CFG weight under which cfg+<guide> sweeps the guide's scale
 CFG_SCALES = (1.5, 2.0, 3.0, 5.0)
 GUIDE_SCALES = {
-    "classifier": (0.3, 1.0, 3.0, 10.0),
+    "classifier": (1.0, 3.0, 10.0),
     "classifier_x0": (1.0, 3.0, 10.0, 30.0),
     "clip": (1.0, 3.0, 10.0, 30.0, 100.0),
 }
@@ -180,7 +180,8 @@ def run_study(
     num_eval: int = 48,
     how: Sampling | None = None,
     train: bool = True,
-    num_stages: int = 2,
+    num_stages: int = 1,
+    x0_guides: bool = False,
 ) -> dict:
   """Trains (or reuses) the runs, samples every sweep point, writes the outputs."""
   how = how or Sampling()
@@ -205,7 +206,10 @@ def run_study(
     guides["classifier"] = guides_lib.ClassifierGuide(
         guides_lib.load_classifier(runs["classifier"])
     )
-    guides["classifier_x0"] = guides_lib.ClassifierGuide(guides["classifier"].classifier, on="x0")
+    if x0_guides:  # the gradient through the U-Net: ~10x the cost of a step, opt-in
+      guides["classifier_x0"] = guides_lib.ClassifierGuide(
+          guides["classifier"].classifier, on="x0"
+      )
   if "clip" in configs:
     guides["clip"] = guides_lib.ClipGuide(clip_lib.load_clip(str(runs["clip"])))
   max_objects = int(configs["base"].input.get("max_objects", 1)) if "base" in configs else 1

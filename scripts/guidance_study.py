@@ -2,11 +2,11 @@ r"""The guidance study on the shapes world: CFG, classifier and CLIP guidance, s
 
   python scripts/guidance_study.py --workdir /tmp/guidance_study
 
-Trains what it needs in DIR (the demo's base/sr1 cascade, the noise-aware classifier and
-the noise-aware shapes CLIP; `--guides classifier` for the classifier alone) or
-reuses it (rerunning resumes; `--stages_from /tmp/imagen_demo` reads an already trained
-demo's base and sr1), samples held-out captions under each guidance with its scale swept,
-and writes DIR/guidance_study.json, DIR/guidance_study.png (accuracy vs scale) and
+Trains what it needs in DIR (the demo's base stage, the noise-aware classifier and the
+noise-aware shapes CLIP; `--guides classifier` for the classifier alone) or reuses it
+(rerunning resumes; `--stages_from /tmp/imagen_demo` reads an already trained demo's base;
+`--num_stages 2` adds sr1; `--x0_guides` adds the classifier on x0), samples held-out
+captions under each guidance with its scale swept, and writes DIR/guidance_study.json, DIR/guidance_study.png (accuracy vs scale) and
 DIR/guidance_study_grid.png. The method: imagen_jax/guidance_study.py. Run configs can be
 changed like any config, e.g.
   --classifier_config configs/shapes.py:stage=classifier,steps=3000
@@ -42,7 +42,13 @@ _STAGES_FROM = flags.DEFINE_string(
 )
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Captions per draw (held-out, validation).")
 _NUM_STAGES = flags.DEFINE_integer(
-    "num_stages", 2, "Sample base + sr1 (2) or the base alone (1), scored at 32x32."
+    "num_stages", 1, "Sample the base alone (1; scored at 32x32) or base + sr1 (2)."
+)
+_X0_GUIDES = flags.DEFINE_bool(
+    "x0_guides",
+    False,
+    "Also sweep the classifier on the denoiser's x0 estimate (gradient through the U-Net; "
+    "about 10x the sampling cost of the x_t guide).",
 )
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", -1, "Virtual CPU devices, as scripts/demo.py (-1: one per core)."
@@ -67,6 +73,7 @@ def main(argv):
       stages_from=_STAGES_FROM.value,
       num_eval=_NUM_EVAL.value,
       num_stages=_NUM_STAGES.value,
+      x0_guides=_X0_GUIDES.value,
   )
   print(guidance_study.format_table(record))
   print(f"wall time {record['wall_seconds']:.0f}s; results in {_WORKDIR.value}/guidance_study.json")

@@ -71,6 +71,8 @@ def test_study_script_end_to_end_and_rerun(tmp_path):
       f"--workdir={tmp_path}",
       "--num_eval=2",
       "--guides=classifier",
+      "--num_stages=2",
+      "--x0_guides",
       "--base_config=configs/shapes.py:stage=base,runlocal",
       "--sr1_config=configs/shapes.py:stage=sr1,runlocal",
       "--classifier_config=configs/shapes.py:stage=classifier,runlocal",

@@ -25,6 +25,8 @@ Args (`:k=v,...`):
   annotations  data=coco_json: the captions_*.json (paths local or gs://)
   encoder   the frozen T5 encoder: a local Hugging Face or t5x directory
             (default: t5-v1_1-xxl, a directory you provide) or a built-in name
+  inpaint   GLIDE-style inpainting base: the masked image and the mask as 4 extra
+            input channels, trained on random box masks (config.inpaint)
   inception FID Inception weights (pt_inception-2015-12-05 .pth): adds an
             in-loop FID of the 64x64 samples (evals.fid); none by default
 
@@ -37,6 +39,8 @@ as imagen-pytorch's base stage), EMA decay 0.9999, gradient clipping at 1.0,
 128 text tokens, bfloat16 compute, the FSDP axis size, the sampler step count
 and the default guidance weight (the paper sweeps the guidance weight).
 """
+
+import ml_collections
 
 from imagen_jax import config_check
 from imagen_jax import config_lib
@@ -59,6 +63,7 @@ def get_config(arg=None):
       batch=0,
       encoder="",
       inception="",
+      inpaint=False,
       **config_lib.DATA_ARGS,
   )
   if arg.variant not in _SIZES:
@@ -77,6 +82,9 @@ def get_config(arg=None):
   c.model.variant = arg.variant
   c.model.overrides.text_dim = config_lib.BUILTIN_DIM if tiny_text else config_lib.T5_XXL_DIM
   c.model.overrides.dtype = size["dtype"]
+  if arg.inpaint:
+    c.model.overrides.image_cond_channels = 4
+    c.inpaint = ml_collections.ConfigDict({"mask_box": (0.25, 0.75), "p_nothing_known": 0.1})
 
   c.text.encoder = arg.encoder or (config_lib.BUILTIN_ENCODER if tiny_text else config_lib.T5_XXL)
   c.text.max_length = 128  # tokens (T5) or bytes (built-in ByT5)

@@ -207,9 +207,7 @@ def run_study(
         guides_lib.load_classifier(runs["classifier"])
     )
     if x0_guides:  # the gradient through the U-Net: ~10x the cost of a step, opt-in
-      guides["classifier_x0"] = guides_lib.ClassifierGuide(
-          guides["classifier"].classifier, on="x0"
-      )
+      guides["classifier_x0"] = guides_lib.ClassifierGuide(guides["classifier"].classifier, on="x0")
   if "clip" in configs:
     guides["clip"] = guides_lib.ClipGuide(clip_lib.load_clip(str(runs["clip"])))
   max_objects = int(configs["base"].input.get("max_objects", 1)) if "base" in configs else 1

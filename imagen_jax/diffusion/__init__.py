@@ -21,6 +21,7 @@ from imagen_jax.diffusion.schedules import Schedule
 from imagen_jax.diffusion.schedules import SCHEDULES
 from imagen_jax.diffusion.time_grid import default_time_grid
 from imagen_jax.diffusion.time_grid import TIME_GRIDS
+from imagen_jax.diffusion.train_masks import random_box_masks
 from imagen_jax.diffusion.steering import classifier_guidance
 from imagen_jax.diffusion.steering import GUIDE_ON
 from imagen_jax.diffusion.steering import similarity_guidance

@@ -16,6 +16,11 @@ Layout, with n = `num_res_blocks` and channels `channels * channel_mult[i]`:
           nearest-neighbour x2 + conv upsample except at level 0
   out:    GroupNorm, swish, conv3x3 -> out_channels (float32)
 
+A base stage can also take GLIDE's inpainting input (`image_cond_channels=4`: the masked
+image and the mask, concatenated to x_t) and unCLIP's decoder input (`image_embed_dim`: a
+CLIP image embedding added to the time embedding and projected into extra context tokens);
+models/image_conditioning.py.
+
 The same module also serves as a *standard* super-resolution U-Net (set
 `lowres_resolution`): the low-res image is resized to `resolution`,
 concatenated to x_t and the augmentation level is embedded. The Efficient
@@ -30,6 +35,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from imagen_jax.models import image_conditioning
 from imagen_jax.models import layers
 
 Dtype = Any
@@ -152,7 +158,8 @@ class UNet(nn.Module):
   """Imagen's base U-Net; also a standard SR U-Net when lowres_resolution is set.
 
   __call__(x_t, log_snr, text_emb, text_mask, *, lowres=None,
-  lowres_log_snr=None, train=False) -> float32 prediction shaped like x_t.
+  lowres_log_snr=None, image_cond=None, image_embed=None, train=False)
+  -> float32 prediction shaped like x_t.
   """
 
   resolution: int = 64
@@ -173,6 +180,9 @@ class UNet(nn.Module):
   num_groups: int = 32
   dropout: float = 0.0
   skip_scale: float = 1.0
+  image_cond_channels: int = 0  # GLIDE inpainting: 4 (masked RGB, mask)
+  image_embed_dim: int = 0  # unCLIP decoder: the CLIP image embedding's width
+  num_image_tokens: int = 4
   remat: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -187,9 +197,12 @@ class UNet(nn.Module):
       *,
       lowres=None,
       lowres_log_snr=None,
+      image_cond=None,
+      image_embed=None,
       train: bool = False,
   ):
     layers.validate_inputs(self, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr)
+    image_conditioning.check_image_inputs(self, x_t, image_cond, image_embed)
     levels = len(self.channel_mult)
     if self.resolution % 2 ** (levels - 1):
       raise ValueError(
@@ -198,6 +211,12 @@ class UNet(nn.Module):
     kw, common, emb, context, mask, x = layers.network_setup(
         self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr
     )
+    if image_cond is not None:
+      x = jnp.concatenate([x, image_cond.astype(x.dtype)], axis=-1)
+    if image_embed is not None:
+      emb, context, mask = image_conditioning.ImageEmbedConditioning(
+          self.embed_dim, self.cond_dim, self.num_image_tokens, name="image_embed", **kw
+      )(emb, context, mask, image_embed)
     full = self.remat == "full"
     down_cls = layers.maybe_remat(DownLevel, full)
     mid_cls = layers.maybe_remat(MidLevel, full)

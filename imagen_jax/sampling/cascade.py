@@ -217,7 +217,7 @@ class CascadeSampler:
   def _fn(self, i, st: StageSettings, guide=None, edit_key=None):
     """The jitted sampler of stage i; the guidance scales (CFG and the guide's) and the edit's
     image and mask are traced, so all guided scales and all images share one compilation.
-    `edit_key`: `Edit.static_key` (inpainting, strength, resample), or None."""
+    `edit_key`: `Edit.static_key` (inpainting, strength, resample, paste), or None."""
     guided = pipeline_lib.is_guided(float(st.guidance_scale))
     key = (
         guide,
@@ -243,9 +243,9 @@ class CascadeSampler:
           steer = guide.steer(guide_params, guide_cond, guide_scale)
         edit_kw = {}
         if edit_key is not None:
-          inpaint, strength, resample = edit_key
+          inpaint, strength, resample, paste = edit_key
           if inpaint:
-            edit_kw.update(known=image, mask=keep, resample=resample)
+            edit_kw.update(known=image, mask=keep, resample=resample, paste_known=paste)
           if strength is not None:
             edit_kw.update(init=image, start_t=strength)
         images = pipe.sample(
@@ -311,6 +311,12 @@ class CascadeSampler:
       guide = None
     edit_image = edit_keep = None
     if edit is not None:
+      if not edit.paste and not self.stages[0].pipeline.is_inpainting:
+        raise ValueError(
+            f"Edit.paste=False: stage 0 ({self.stages[0].workdir}) is not an inpainting "
+            "stage (it does not see the known pixels; train one with "
+            "configs/shapes.py:stage=inpaint or configs/base64.py:inpaint=True)"
+        )
       edit_image, edit_keep = edit.arrays(
           self.stages[0].pipeline.resolution, n, f"stage 0 ({self.stages[0].workdir})"
       )

@@ -51,12 +51,16 @@ class Edit:
   mask: None (no inpainting) or bool [H, W] / [N, H, W]: True = keep the image's pixel.
   strength: None (no SDEdit) or SDEdit's start time in (0, 1].
   resample: RePaint's repeats per step, an int >= 1 (> 1 only with a mask).
+  paste: True (default) replaces the known pixels at every step (RePaint); False, only for a
+    stage trained to inpaint (GLIDE-style, `configs/shapes.py:stage=inpaint`), leaves every
+    pixel to the network, which sees the known ones as its extra input.
   """
 
   image: Any
   mask: Any = None
   strength: float | None = None
   resample: int = 1
+  paste: bool = True
 
   def __post_init__(self):
     image = np.asarray(self.image)
@@ -82,6 +86,10 @@ class Edit:
     object.__setattr__(self, "resample", int(resample))
     if self.resample > 1 and self.mask is None:
       raise ValueError(f"Edit.resample={self.resample} needs a mask (it resamples inpainting)")
+    if not isinstance(self.paste, (bool, np.bool_)):
+      raise ValueError(f"Edit.paste={self.paste!r} must be True or False")
+    if not self.paste and self.mask is None:
+      raise ValueError("Edit.paste=False needs a mask (it is an inpainting option)")
     if self.mask is None and self.strength is None:
       raise ValueError(
           "Edit needs a mask (inpainting) or a strength (SDEdit); with neither the image "
@@ -90,8 +98,8 @@ class Edit:
 
   @property
   def static_key(self) -> tuple:
-    """What the jitted sampler is compiled for: (inpainting, strength, resample)."""
-    return (self.mask is not None, self.strength, self.resample)
+    """What the jitted sampler is compiled for: (inpainting, strength, resample, paste)."""
+    return (self.mask is not None, self.strength, self.resample, bool(self.paste))
 
   def arrays(self, resolution: int, num_prompts: int, where: str = "stage 0"):
     """(image float32 [num_prompts, r, r, 3] in [-1, 1], mask bool [num_prompts, r, r, 1]

@@ -21,10 +21,15 @@ STAGES = [
     ),  # with the in-loop FID
     pytest.param("sr256", "variant=tiny,runlocal", marks=pytest.mark.slow),
     pytest.param("sr1024", "variant=tiny,runlocal", marks=pytest.mark.slow),  # as sr256
+    # GLIDE-style inpainting stages: random box masks drawn in the loss, 4 extra channels.
+    pytest.param("shapes", "stage=inpaint,runlocal", marks=pytest.mark.slow),
+    pytest.param("base64", "variant=tiny,runlocal,inpaint=True", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("name,arg", STAGES, ids=["base64", "sr256", "sr1024"])
+@pytest.mark.parametrize(
+    "name,arg", STAGES, ids=["base64", "sr256", "sr1024", "shapes_inpaint", "base64_inpaint"]
+)
 def test_runlocal_config_trains_and_writes_its_metrics(name, arg, tmp_path):
   config = sweep_lib.load_module(ROOT / "configs" / f"{name}.py").get_config(arg)
   if "fid" in config.evals:

@@ -54,7 +54,7 @@ def _by_hand(base, cascade, prompts, edit, seed):
   StagePipeline.sample on one device (the cascade's first chunk key)."""
   emb, mask = cascade.encoder(0).encode(prompts)
   image, keep = edit.arrays(R, len(prompts))
-  inpaint, strength, resample = edit.static_key
+  inpaint, strength, resample, _ = edit.static_key
   kw = {}
   if inpaint:
     kw.update(known=jnp.asarray(image), mask=jnp.asarray(keep), resample=resample)

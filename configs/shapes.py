@@ -16,6 +16,17 @@ And the guide of CLIP guidance, GLIDE's noised CLIP:
               a byte-level text transformer), symmetric InfoNCE between images noised at
               t ~ U[0, 1] and their captions, equal captions as positives
               (`config.task = "clip"`; `imagen_jax.clip.load_clip(workdir)` reads it).
+And the unCLIP diffusion prior, caption -> that CLIP's image embedding:
+  stage=prior  `shapes_prior` (a small transformer, x0 prediction) on the frozen text
+              encoder's tokens and the frozen CLIP of `--config.prior.clip=DIR` (a
+              stage=clip run; required), `config.task = "prior"`;
+              `imagen_jax.sampling.unclip.PriorSampler` samples it.
+And GLIDE's inpainting model:
+  stage=inpaint  the 16x16 base U-Net with the masked image and the mask as 4 extra
+              input channels, trained on random box masks (`config.inpaint`).
+And unCLIP's decoder (the prior above maps a caption to its input):
+  stage=decoder  the 16x16 base U-Net conditioned on the CLIP image embedding of
+              `--config.decoder.clip=DIR` (a stage=clip run; required) and the caption.
 The base works at 16x16 because on two CPU cores a 32x32 step costs 4x as
 much, and the base stage is where the text has to be learned.
 
@@ -24,9 +35,9 @@ much, and the base stage is where the text has to be learned.
   python scripts/train.py --config configs/shapes.py:stage=sr1,runlocal \
       --workdir /tmp/shapes_sr1
 
-Args (`:k=v,...`): stage (base|sr1|sr2|classifier|clip), variant (tiny|small), runlocal
-(shrink to test size), steps (0: the stage's default), objects (max objects
-per scene).
+Args (`:k=v,...`): stage (base|sr1|sr2|classifier|clip|inpaint|prior|decoder), variant
+(tiny|small), runlocal (shrink to test size), steps (0: the stage's default), objects (max
+objects per scene).
 """
 
 import ml_collections
@@ -41,6 +52,9 @@ _STAGES = {
     "sr2": ("shapes_sr64", 64, 32, 400, 16, 1e-3),
     "classifier": ("shapes_classifier16", 16, None, 2500, 64, 1e-3),
     "clip": ("shapes_clip16", 16, None, 1500, 64, 1e-3),
+    "prior": ("shapes_prior", 16, None, 1500, 64, 1e-3),
+    "inpaint": ("shapes_base16", 16, None, 1500, 32, 1e-3),
+    "decoder": ("shapes_base16", 16, None, 1500, 32, 1e-3),
 }
 
 
@@ -114,6 +128,20 @@ def get_config(arg=None):
     c.input.cond_drop_prob = 0.0
     del c.model.overrides["text_dim"]
 
+  if arg.stage == "inpaint":
+    # GLIDE-style inpainting base: the masked image and the mask as 4 extra input
+    # channels, trained on random boxes (pipeline.StagePipeline, diffusion.random_box_masks).
+    c.model.overrides.image_cond_channels = 4
+    c.inpaint = ml_collections.ConfigDict({"mask_box": (0.25, 0.75), "p_nothing_known": 0.1})
+
+  if arg.stage == "decoder":
+    # unCLIP's decoder: the base U-Net conditioned on the frozen shapes CLIP's image
+    # embedding of `--config.decoder.clip=DIR` (a stage=clip run; required), dropped 10%
+    # of the time, and on the caption, dropped 50% (DALL-E 2, section 2.1).
+    c.model.overrides.image_embed_dim = 64  # shapes_clip16's projection_dim
+    c.decoder = ml_collections.ConfigDict({"clip": "", "embed_drop_prob": 0.1})
+    c.input.cond_drop_prob = 0.5
+
   if arg.stage == "clip":
     c.task = "clip"
     c.input.cond_drop_prob = 0.0
@@ -122,6 +150,16 @@ def get_config(arg=None):
     # 1500 steps (12 min on 2 shared cores): low-noise retrieval top-1 0.69 on its training
     # batch; 300 steps gave 0.22, too weak a guide (docs/guidance.md).
     c.checkpoint.every_steps = 500
+
+  if arg.stage == "prior":
+    c.task = "prior"
+    # The CLIP run whose (clean) image embeddings the prior learns; "" until given
+    # (train/prior_task.py refuses to start without it).
+    c.prior = ml_collections.ConfigDict({"clip": ""})
+    c.diffusion.prediction = "x0"  # DALL-E 2's prior predicts the clean embedding
+    c.diffusion.loss_weighting = "none"
+    c.sampling.guidance_scale = 1.0  # untuned; PriorSampler.sample(guidance_scale=) sets it
+    c.sampling.threshold = "none"  # embeddings at unit variance per dim, not in [-1, 1]
 
   if arg.runlocal:
     c.total_steps = 3

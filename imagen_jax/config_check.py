@@ -116,6 +116,8 @@ def _model_task(fields: dict) -> str:
     return "classifier"
   if "projection_dim" in fields:
     return "clip"
+  if "resolution" not in fields:  # the unCLIP prior: embeddings, not images
+    return "prior"
   return "diffusion"
 
 
@@ -128,12 +130,21 @@ def _check_model_and_input(config: Any) -> None:
     if task == "classifier":  # the wording the classifier's callers know
       what = "not a classifier"
     else:
-      what = {"classifier": "a classifier", "clip": "a noise-aware CLIP"}.get(
-          kind, "a diffusion network"
-      )
+      what = {
+          "classifier": "a classifier",
+          "clip": "a noise-aware CLIP",
+          "prior": "a diffusion prior",
+      }.get(kind, "a diffusion network")
     raise ConfigError(
         f"config.task={task!r} but config.model {label} is {what} (a config.task={kind!r} model)"
     )
+  if kind == "prior":  # no image size of its own: the task checks the input against the CLIP
+    if not isinstance(config_lib.get(config_lib.get(config, "prior", {}), "clip"), str):
+      raise ConfigError(
+          "config.prior.clip must be a string: the CLIP run directory "
+          "(configs/shapes.py:stage=clip) or a Hugging Face CLIPModel directory"
+      )
+    return
   res, lowres = int(fields["resolution"]), fields.get("lowres_resolution")
   inp = config.input
   data_res = config_lib.get(inp, "resolution")

@@ -39,6 +39,7 @@ from PIL import Image
 
 from imagen_jax import demo
 from imagen_jax import clip as clip_lib
+from imagen_jax import edit_study
 from imagen_jax import sampling
 from imagen_jax.data import shapes
 from imagen_jax.data import shapes_score
@@ -182,6 +183,7 @@ def run_study(
     train: bool = True,
     num_stages: int = 1,
     x0_guides: bool = False,
+    extras: Sequence[str] = (),
 ) -> dict:
   """Trains (or reuses) the runs, samples every sweep point, writes the outputs."""
   how = how or Sampling()
@@ -195,6 +197,9 @@ def run_study(
   configs = {n: c for n, c in configs.items() if n not in ("base", "sr1") or n in stage_names}
   runs = {n: stage_root / n for n in stage_names}
   runs.update({g: workdir / g for g in configs if g not in ("base", "sr1")})
+  for name in ("prior", "decoder"):  # unCLIP reads the study's own CLIP
+    if name in configs and not configs[name][name].get("clip"):
+      configs[name][name].clip = str(runs["clip"])
   if train:
     to_train = [n for n in configs if not (stages_from and n in ("base", "sr1"))]
     demo.train_stages([configs[n] for n in to_train], workdir, to_train)
@@ -249,6 +254,18 @@ def run_study(
     sweeps.setdefault(p.method, []).append(entry)
 
   chosen = {m: choose(s) for m, s in sweeps.items()}
+  extra_records, extra_grids = {}, {}
+  if "inpaint" in extras:
+    extra_records["inpaint"], inpaint_finals = edit_study.inpaint_study(
+        cascade.stages[0],
+        sampling.load_stage(str(runs["inpaint"])),
+        draws,
+        how,
+        workdir / "study_eval",
+    )
+    extra_grids["guidance_study_edits.png"] = edit_study.edit_grid(
+        draws["heldout"], inpaint_finals, extra_records["inpaint"]
+    )
   timing = time_methods(cascade, guides, captions["heldout"][:16], how)
   record = {
       "chance": chance,
@@ -278,6 +295,11 @@ def run_study(
       "train_seconds": train_seconds,
       "wall_seconds": time.perf_counter() - start,
   }
+  record.update(extra_records)
+  for name, grid in extra_grids.items():
+    Image.fromarray(grid).save(workdir / name)
+    record.setdefault("extra_grids", []).append(name)
+  record["wall_seconds"] = time.perf_counter() - start
   _write_outputs(workdir, record, finals, captions["heldout"], chosen)
   return record
 

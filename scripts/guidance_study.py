@@ -23,7 +23,8 @@ from imagen_jax import demo
 from imagen_jax import guidance_study
 from imagen_jax import log_filter
 
-_RUNS = ("base", "sr1", "classifier", "clip")
+_RUNS = ("base", "sr1", "classifier", "clip", "inpaint", "prior", "decoder")
+_EXTRA_RUNS = {"inpaint": ("inpaint",), "unclip": ("prior", "decoder")}
 _GUIDES = flags.DEFINE_list(
     "guides", ["classifier", "clip"], "Guides to train and sweep (classifier, clip)."
 )
@@ -43,6 +44,12 @@ _STAGES_FROM = flags.DEFINE_string(
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Captions per draw (held-out, validation).")
 _NUM_STAGES = flags.DEFINE_integer(
     "num_stages", 1, "Sample the base alone (1; scored at 32x32) or base + sr1 (2)."
+)
+_EXTRAS = flags.DEFINE_list(
+    "extras",
+    [],
+    "Issue #21's systems, trained and measured beside the guides: inpaint (RePaint of the "
+    "base vs a GLIDE-style inpainting stage), unclip (prior + decoder on the study's CLIP).",
 )
 _X0_GUIDES = flags.DEFINE_bool(
     "x0_guides",
@@ -64,7 +71,15 @@ def main(argv):
   unknown = sorted(set(_GUIDES.value) - {"classifier", "clip"})
   if unknown:
     raise app.UsageError(f"--guides: unknown {', '.join(unknown)}; allowed: classifier, clip")
-  configs = {n: _CONFIGS[n].value for n in _RUNS if n in ("base", "sr1") or n in _GUIDES.value}
+  unknown = sorted(set(_EXTRAS.value) - set(_EXTRA_RUNS))
+  if unknown:
+    raise app.UsageError(f"--extras: unknown {', '.join(unknown)}; allowed: inpaint, unclip")
+  if "unclip" in _EXTRAS.value and "clip" not in _GUIDES.value:
+    raise app.UsageError("--extras=unclip needs the study's CLIP: keep clip in --guides")
+  wanted = {"base", "sr1", *_GUIDES.value}
+  for extra in _EXTRAS.value:
+    wanted.update(_EXTRA_RUNS[extra])
+  configs = {n: _CONFIGS[n].value for n in _RUNS if n in wanted}
   asked = demo.set_cpu_devices([c.batch_size for c in configs.values()], _CPU_DEVICES.value)
   demo.check_cpu_devices(asked)
   record = guidance_study.run_study(
@@ -74,6 +89,7 @@ def main(argv):
       num_eval=_NUM_EVAL.value,
       num_stages=_NUM_STAGES.value,
       x0_guides=_X0_GUIDES.value,
+      extras=_EXTRAS.value,
   )
   print(guidance_study.format_table(record))
   print(f"wall time {record['wall_seconds']:.0f}s; results in {_WORKDIR.value}/guidance_study.json")

@@ -58,7 +58,9 @@ ALLOWED = {
     "launch": {"config_check"},  # the sweep validates each run's config
     "demo": {"sampling", "data", "train", "config_lib", "storage"},
     # The guidance study: the demo's draws and training, sampling with guides, CLIP scores.
-    "guidance_study": {"demo", "sampling", "data", "clip", "evaluation"},
+    "guidance_study": {"demo", "sampling", "data", "clip", "evaluation", "edit_study"},
+    # The inpainting comparison of the study: the demo's scoring, sampling with edits.
+    "edit_study": {"demo", "sampling", "data"},
     "train": {
         "pipeline",
         "data",
@@ -71,6 +73,8 @@ ALLOWED = {
         "sampling",
         "config_check",
         "storage",
+        # train/prior_task.py: the unCLIP prior's frozen CLIP (clip.load_clip).
+        "clip",
     },
     # Benchmark tooling sits on top of the trainer, never under it.
     "perf": {

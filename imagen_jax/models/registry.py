@@ -14,6 +14,8 @@ Names and variants:
   shapes_sr32     tiny, small                   EfficientUNet, 16->32 (CPU demo)
   shapes_classifier16  tiny, small              NoisyClassifier, 16x16 (classifier guidance)
   shapes_clip16   tiny, small                   NoisyClip, 16x16 (noise-aware CLIP guidance)
+  shapes_prior    tiny, small                   DiffusionPrior: caption -> shapes CLIP embedding
+  unclip_prior    paper (~1.2B), small, tiny    DiffusionPrior: T5-XXL -> CLIP ViT-L/14 (768)
 
 `paper` sizes follow App. F / Fig. A.30-A.31 of Saharia et al. 2022; `small`
 is a one-accelerator size of the same shape; `tiny` exists for CPU tests.
@@ -30,6 +32,7 @@ from imagen_jax.models.classifier import NoisyClassifier
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.layers import REMAT_MODES
 from imagen_jax.models.noisy_clip import NoisyClip
+from imagen_jax.models.prior import DiffusionPrior
 from imagen_jax.models.unet import UNet
 
 T5_XXL_DIM = 4096  # Imagen's frozen text encoder (T5-XXL encoder width).
@@ -413,6 +416,22 @@ _SHAPES_CLIP16 = {
     ),
 }
 
+# The unCLIP diffusion prior (models/prior.py): caption -> CLIP image embedding. Shapes:
+# embed_dim is shapes_clip16/tiny's projection_dim (override it for another CLIP), text_dim
+# byt5-tiny-random's (tiny: 0.85M params). unclip_prior/paper: DALL-E 2's prior (Ramesh et
+# al. 2022: ~1B, width 2048, 24 blocks, 32 heads; 1.23B here) over T5-XXL tokens, for CLIP
+# ViT-L/14 embeddings (768).
+_P = dict(embed_dim=_SHAPES_CLIP16["tiny"]["projection_dim"], text_dim=64)
+_SHAPES_PRIOR = {
+    "tiny": dict(_P, width=128, depth=4, num_heads=4),
+    "small": dict(_P, width=256, depth=6, num_heads=8),
+}
+_UNCLIP_PRIOR = {
+    "paper": dict(embed_dim=768, text_dim=T5_XXL_DIM, width=2048, depth=24, num_heads=32),
+    "small": dict(embed_dim=768, text_dim=T5_XXL_DIM, width=512, depth=8, num_heads=8),
+    "tiny": dict(embed_dim=32, text_dim=32, width=32, depth=2, num_heads=2),
+}
+
 _REGISTRY = {
     "shapes_base16": (UNet, _SHAPES_BASE16),
     "shapes_sr32": (EfficientUNet, _SHAPES_SR32),
@@ -423,6 +442,8 @@ _REGISTRY = {
     "shapes_sr64": (EfficientUNet, _SHAPES_SR64),
     "shapes_classifier16": (NoisyClassifier, _SHAPES_CLASSIFIER16),
     "shapes_clip16": (NoisyClip, _SHAPES_CLIP16),
+    "shapes_prior": (DiffusionPrior, _SHAPES_PRIOR),
+    "unclip_prior": (DiffusionPrior, _UNCLIP_PRIOR),
 }
 
 PAPER_PARAMS = {

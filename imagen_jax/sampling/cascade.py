@@ -236,7 +236,18 @@ class CascadeSampler:
       pipe = self.stages[i].pipeline
 
       def run(
-          params, emb, mask, lowres, rng, scale, guide_params, guide_cond, guide_scale, image, keep
+          params,
+          emb,
+          mask,
+          lowres,
+          rng,
+          scale,
+          guide_params,
+          guide_cond,
+          guide_scale,
+          image,
+          keep,
+          image_embed,
       ):
         steer = None
         if guide is not None:
@@ -263,6 +274,7 @@ class CascadeSampler:
             aug_level=float(st.aug_level),
             time_grid=st.time_grid,
             steer=steer,
+            image_embed=image_embed,
             **edit_kw,
         )
         return jnp.clip(images, -1.0, 1.0)
@@ -280,6 +292,7 @@ class CascadeSampler:
       guide=None,
       guide_scale: float = 0.0,
       edit: edit_lib.Edit | None = None,
+      image_embed=None,
   ) -> list:
     """Images of every stage for `prompts`: a list of uint8 [N, H, W, 3].
 
@@ -288,6 +301,8 @@ class CascadeSampler:
     `guide.conditions(prompts)` on the host, `guide.steer(params, conditions, scale)` in
     the jitted sampler, after classifier-free guidance. `edit` (`sampling.Edit`) inpaints
     and/or SDEdits the base stage (sampling/edit.py); the SR stages upsample its output.
+    `image_embed` [N, D]: the CLIP image embeddings an unCLIP decoder stage 0 decodes (from
+    the prior, `sampling.unclip`, or of images for variations), one per prompt.
     """
     if settings is None:
       settings = self.settings
@@ -321,6 +336,26 @@ class CascadeSampler:
           self.stages[0].pipeline.resolution, n, f"stage 0 ({self.stages[0].workdir})"
       )
       edit_image, edit_keep = (_pad_rows(a, len(padded)) for a in (edit_image, edit_keep))
+    decoder_dim = self.stages[0].pipeline.image_embed_dim
+    if decoder_dim and image_embed is None:
+      raise ValueError(
+          f"stage 0 ({self.stages[0].workdir}) is an unCLIP decoder: pass image_embed "
+          f"[{n}, {decoder_dim}] (from the prior, or of images for variations)"
+      )
+    if image_embed is not None:
+      image_embed = np.asarray(image_embed, np.float32)
+      if not decoder_dim:
+        raise ValueError(
+            f"image_embed given but stage 0 ({self.stages[0].workdir}) is not a decoder "
+            "(image_embed_dim=0)"
+        )
+      if image_embed.shape != (n, decoder_dim):
+        raise ValueError(
+            f"image_embed of shape {list(image_embed.shape)}: stage 0 ({self.stages[0].workdir}) "
+            f"decodes [{n}, {decoder_dim}] (one embedding per prompt, image_embed_dim="
+            f"{decoder_dim})"
+        )
+      image_embed = _pad_rows(image_embed, len(padded))
     batch_sharding = NamedSharding(self.mesh, P("data"))
     outputs, lowres_all = [], None
     rng = jax.random.PRNGKey(int(seed))
@@ -347,6 +382,9 @@ class CascadeSampler:
           image = jax.device_put(edit_image[lo : lo + bs], batch_sharding)
           if edit_keep is not None:
             keep = jax.device_put(edit_keep[lo : lo + bs], batch_sharding)
+        z = None
+        if i == 0 and image_embed is not None:
+          z = jax.device_put(image_embed[lo : lo + bs], batch_sharding)
         fn = self._fn(i, settings[i], g, None if e is None else e.static_key)
         out = fn(
             self._params[i],
@@ -360,6 +398,7 @@ class CascadeSampler:
             jnp.float32(guide_scale),
             image,
             keep,
+            z,
         )
         results.append(np.asarray(jax.device_get(out)))
         bar.update(1)

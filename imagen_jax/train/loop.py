@@ -30,6 +30,7 @@ from imagen_jax.train import clip_task
 from imagen_jax.train import flops as flops_lib
 from imagen_jax.train import metrics as metrics_lib
 from imagen_jax.train import optim
+from imagen_jax.train import prior_task
 from imagen_jax.train import stage_task
 from imagen_jax.train import state as state_lib
 from imagen_jax.train import step as step_lib
@@ -120,6 +121,7 @@ def train_and_evaluate(config: Any, workdir: str) -> state_lib.TrainState:
       "diffusion": stage_task.build_stage_task,
       "classifier": classifier_task.build_classifier_task,
       "clip": clip_task.build_clip_task,
+      "prior": prior_task.build_prior_task,
   }
   return train(config, workdir, factories[config_lib.get(config, "task", "diffusion")])
 

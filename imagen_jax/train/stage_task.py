@@ -14,10 +14,18 @@ Periodic samples (`config.sample_prompts`) and `config.evals` read their caption
 embeddings from the cache too; captions it lacks load the encoder then (once, logged), or,
 with no encoder directory, disable the periodic samples (logged) and make `config.evals` an
 error before training.
+
+An unCLIP decoder stage (`model.image_embed_dim > 0`) also runs the frozen CLIP of
+`config.decoder.clip` (`clip.load_clip`: a project-trained noise-aware CLIP run or a Hugging
+Face CLIPModel directory) on each clean image in the preprocess: its conditioning is
+sqrt(D) x the L2-normalised image embedding, the scale unCLIP's prior samples
+(train/prior_task.py). A decoder has no periodic caption grids (it samples from an
+embedding, not a caption).
 """
 
 from __future__ import annotations
 
+import math
 import shlex
 from typing import Any
 
@@ -213,11 +221,47 @@ def _to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 127.5 - 1.0
 
 
+def decoder_clip(config: Any, pipe: Any):
+  """The frozen CLIP of a decoder stage (`config.decoder.clip`), checked against the stage:
+  ValueError naming the values when it is missing, of another width or resolution."""
+  from imagen_jax import clip as clip_lib  # pylint: disable=import-outside-toplevel
+
+  path = str((config.get("decoder") or {}).get("clip") or "")
+  if not path:
+    raise ValueError(
+        f"config.model {config.model.name} is an unCLIP decoder (image_embed_dim="
+        f"{pipe.image_embed_dim}): config.decoder.clip is required, the CLIP whose image "
+        "embeddings condition it (a configs/shapes.py:stage=clip run, or a Hugging Face "
+        "CLIPModel directory)"
+    )
+  clip = clip_lib.load_clip(path)
+  if int(clip.projection_dim) != pipe.image_embed_dim:
+    raise ValueError(
+        f"config.decoder.clip={path!r} gives {clip.projection_dim}-dim image embeddings but "
+        f"the decoder takes image_embed_dim={pipe.image_embed_dim}"
+    )
+  if hasattr(clip, "check_stage"):
+    clip.check_stage(pipe.resolution, f"the decoder stage ({config.model.name})")
+  return clip
+
+
+def image_embedding(clip: Any, clip_params: Any, images: jax.Array) -> jax.Array:
+  """A decoder's conditioning of images in [-1, 1]: sqrt(D) x CLIP's unit embedding."""
+  z = clip.encode_images_fn(clip_params, images)
+  return jax.lax.stop_gradient(z.astype(jnp.float32)) * math.sqrt(z.shape[-1])
+
+
 def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTask:
   """Checks the text cache (before any compile) and wires the stage's pieces; the config
   itself was validated by `config_check` (resolutions included)."""
   del local_batch_size  # the input pipeline derives it from the global batch
   pipe = pipeline_lib.StagePipeline.from_config(config)
+  clip = decoder_clip(config, pipe) if pipe.image_embed_dim else None
+  if clip is not None and config.get("evals"):
+    raise ValueError(
+        f"config.evals={list(config.evals)}: an unCLIP decoder samples from image "
+        "embeddings, not captions; evaluate it through the prior (sampling/unclip.py)"
+    )
 
   cache = encoder = None
   if config.text.get("cache_dir"):
@@ -276,7 +320,8 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
       out["ids"], out["ids_mask"] = encoder.tokenize([str(c) for c in host["caption"]])
     return out
 
-  def preprocess(enc_params: Any, batch: dict) -> dict:
+  def preprocess(frozen: Any, batch: dict) -> dict:
+    enc_params = frozen["text"] if clip is not None else frozen
     if "text_emb" in batch:
       emb, mask = batch["text_emb"], batch["text_mask"]
     else:
@@ -289,18 +334,24 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
     }
     if "lowres" in batch:
       out["lowres"] = _to_float(batch["lowres"])
+    if clip is not None:
+      out["image_embed"] = image_embedding(clip, frozen["clip"], out["image"])
     return out
 
-  sample_fn = None if pipe.is_super_resolution else _CaptionSampler(config, pipe, text, mesh)
+  frozen = None if encoder is None else encoder.params
+  if clip is not None:
+    frozen = {"text": frozen, "clip": jax.device_put(clip.params, sharding_lib.replicated(mesh))}
+  captioned = not (pipe.is_super_resolution or clip is not None)
+  sample_fn = _CaptionSampler(config, pipe, text, mesh) if captioned else None
   return TrainTask(
       init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=max_length),
       loss_fn=pipe.loss_fn,
       iterator=iterator,
       host_to_numeric=host_to_numeric,
       preprocess=preprocess,
-      frozen_params=None if encoder is None else encoder.params,
+      frozen_params=frozen,
       sample_fn=sample_fn,
-      sample_prompts=_grid_prompts(config, pipe, text),
+      sample_prompts=_grid_prompts(config, pipe, text) if captioned else [],
   )
 
 

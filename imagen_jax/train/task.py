@@ -46,9 +46,9 @@ class TrainTask:
 TaskFactory = Callable[[Any, Mesh, int], TrainTask]
 
 # `config.task`: what a stage config trains (loop.train_and_evaluate picks the factory):
-# a cascade diffusion stage (stage_task), a noise-aware classifier (classifier_task) or a
-# noise-aware CLIP (clip_task).
-TASKS = ("diffusion", "classifier", "clip")
+# a cascade diffusion stage (stage_task), a noise-aware classifier (classifier_task), a
+# noise-aware CLIP (clip_task) or the unCLIP diffusion prior (prior_task).
+TASKS = ("diffusion", "classifier", "clip", "prior")
 
 
 class TrainingHalted(FloatingPointError):

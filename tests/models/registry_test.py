@@ -84,7 +84,8 @@ def test_every_name_and_variant_builds_with_attributes():
       "shapes_sr32": (EfficientUNet, 32, 16),
       "shapes_sr64": (EfficientUNet, 64, 32),
   }
-  assert set(model_names()) == set(expected) | {"shapes_classifier16", "shapes_clip16"}
+  others = {"shapes_classifier16", "shapes_clip16", "shapes_prior", "unclip_prior"}
+  assert set(model_names()) == set(expected) | others
   for variant in variants("shapes_classifier16"):
     model = get_model("shapes_classifier16", variant)
     assert isinstance(model, NoisyClassifier) and model.resolution == 16

@@ -40,6 +40,7 @@ from PIL import Image
 from imagen_jax import demo
 from imagen_jax import clip as clip_lib
 from imagen_jax import edit_study
+from imagen_jax import unclip_study
 from imagen_jax import sampling
 from imagen_jax.data import shapes
 from imagen_jax.data import shapes_score
@@ -266,6 +267,15 @@ def run_study(
     extra_grids["guidance_study_edits.png"] = edit_study.edit_grid(
         draws["heldout"], inpaint_finals, extra_records["inpaint"]
     )
+  if "unclip" in extras:
+    extra_records["unclip"], extra_grids["guidance_study_unclip.png"] = unclip_study.unclip_study(
+        runs["prior"],
+        sampling.load_stage(str(runs["decoder"])),
+        guides["clip"].clip,
+        draws,
+        how,
+        workdir / "study_eval",
+    )
   timing = time_methods(cascade, guides, captions["heldout"][:16], how)
   record = {
       "chance": chance,
@@ -296,6 +306,8 @@ def run_study(
       "wall_seconds": time.perf_counter() - start,
   }
   record.update(extra_records)
+  if "unclip" in extra_records:  # one row of the table beside the guides
+    record["accuracy"]["unclip"] = extra_records["unclip"]["accuracy"]
   for name, grid in extra_grids.items():
     Image.fromarray(grid).save(workdir / name)
     record.setdefault("extra_grids", []).append(name)
@@ -334,10 +346,27 @@ def format_table(record) -> str:
   clip = record.get("clip_score") or {}
   lines = [f"{'method':<18} scale  held-out  base stage  CLIP score", "-" * 58]
   for m, acc in record["accuracy"].items():
+    if m not in record["chosen_scale"]:  # unCLIP: its own sweep, below
+      continue
     c = f"{clip[m]:.1f}" if m in clip else "-"
     lines.append(
         f"{m:<18} {record['chosen_scale'][m]:<6g} {acc:.3f}     "
         f"{record['base_stage_accuracy'][m]:.3f}       {c}"
+    )
+  if "unclip" in record:
+    u = record["unclip"]
+    lines.append(
+        f"{'unclip':<18} prior w={u['chosen']['prior_cfg']:g}, decoder w="
+        f"{u['chosen']['decoder_cfg']:g}: {u['accuracy']:.3f} (true embedding: "
+        f"{u['decoder_true_embedding_accuracy']:.3f})"
+    )
+  if "inpaint" in record:
+    i = record["inpaint"]
+    lines.append(
+        f"{'inpaint (hole)':<18} RePaint w={i['chosen_cfg']['repaint']:g}: {i['accuracy']:.3f} "
+        f"(w=1: {i['unguided_accuracy']:.3f}; known-region error "
+        f"{i['known_region_error']:.4f}); GLIDE stage {i['glide_stage_accuracy']:.3f} "
+        f"(error {i['glide_stage_known_region_error']:.4f})"
     )
   lines.append(f"{'chance (unrelated)':<18}        {record['chance']:.3f}")
   lines.append(f"{'ground truth':<18}        {record['ground_truth']:.3f}")

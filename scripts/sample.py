@@ -12,7 +12,13 @@ another path, or gs://...); its embedding width is checked against every stage.
 
 `--init_image PNG --mask PNG` inpaints the base stage (RePaint; white = keep, black =
 generate; `--resample R` repeats each step R times), `--init_image PNG --strength S` edits
-it with SDEdit from time S; both combine. The SR stages upsample the edited base.
+it with SDEdit from time S; both combine. The SR stages upsample the edited base. A
+GLIDE-style inpainting base (configs/shapes.py:stage=inpaint) reads the masked image as its
+input; `--nopaste` leaves the kept pixels to it too.
+
+unCLIP: with a decoder as the base (configs/shapes.py:stage=decoder), `--prior_workdir DIR`
+samples each prompt's CLIP image embedding with the prior (`--prior_guidance_scale`), or
+`--variation_of IMG` decodes that image's embedding (variations; prompts may be "").
 
 Per-stage settings take one value (all stages) or a comma-separated list with
 one value per stage, e.g. `--guidance_scale 5,1 --sampler ddpm,ddim`.
@@ -20,6 +26,7 @@ Flag names: imagen_jax/sampling/cli_flags.py (`--workdir_sr256`, `--workdir_sr10
 `--outdir` are deprecated aliases of `--workdir_sr1`, `--workdir_sr2` and `--output_dir`).
 """
 
+import dataclasses
 import json
 import time
 
@@ -30,6 +37,7 @@ from imagen_jax import sampling
 from imagen_jax.sampling import cli_flags
 from imagen_jax.sampling import edit as edit_lib
 from imagen_jax.sampling import guides
+from imagen_jax.sampling import unclip
 from imagen_jax.storage import paths
 
 _WORKDIRS = cli_flags.define_workdirs()
@@ -78,6 +86,24 @@ _STRENGTH = flags.DEFINE_float(
 _RESAMPLE = flags.DEFINE_integer(
     "resample", 1, "RePaint: each base-stage step done R times (R x the evaluations); --mask."
 )
+_PASTE = flags.DEFINE_bool(
+    "paste",
+    True,
+    "Inpainting: keep the --init_image pixels exactly (RePaint's replacement at every step); "
+    "--nopaste, for an inpainting stage only, leaves them to the network (GLIDE).",
+)
+_PRIOR = flags.DEFINE_string(
+    "prior_workdir", None, "unCLIP: the prior run that maps each prompt to the decoder's input."
+)
+_PRIOR_SCALE = flags.DEFINE_float(
+    "prior_guidance_scale", None, "unCLIP prior's CFG weight (default: its config's)."
+)
+_PRIOR_STEPS = flags.DEFINE_integer(
+    "prior_num_steps", None, "unCLIP prior's sampler steps (default: its config's)."
+)
+_VARIATION = flags.DEFINE_string(
+    "variation_of", None, "unCLIP: decode this image's CLIP embedding (image variations)."
+)
 _PER_STAGE = cli_flags.define_per_stage()
 flags.adopt_module_key_flags(cli_flags)  # --help lists them with this script's flags
 
@@ -107,7 +133,14 @@ def main(argv):
         strength=_STRENGTH.value,
         resample=_RESAMPLE.value,
     )
-    edit_record = {"init_image": _INIT_IMAGE.value, "mask": _MASK.value, **edit.record()}
+    if not _PASTE.value:
+      edit = dataclasses.replace(edit, paste=False)
+    edit_record = {
+        "init_image": _INIT_IMAGE.value,
+        "mask": _MASK.value,
+        "paste": _PASTE.value,
+        **edit.record(),
+    }
   settings = cli_flags.stage_settings(stages, per)
   sampler = sampling.CascadeSampler(
       stages, settings, batch_size=_BATCH.value, text_encoder=_TEXT_ENCODER.value
@@ -124,6 +157,26 @@ def main(argv):
         "scale": _CLASSIFIER_SCALE.value,
         "min_log_snr": _CLASSIFIER_MIN_LOG_SNR.value,
     }
+  image_embed, unclip_record = None, None
+  if stages[0].pipeline.image_embed_dim or _PRIOR.value or _VARIATION.value:
+    try:
+      image_embed = unclip.decoder_embeddings(
+          stages[0],
+          expanded,
+          prior_workdir=_PRIOR.value,
+          variation_image=_VARIATION.value,
+          guidance_scale=_PRIOR_SCALE.value,
+          num_steps=_PRIOR_STEPS.value,
+          seed=_SEED.value,
+      )
+    except ValueError as e:
+      raise app.UsageError(f"{e} (--prior_workdir / --variation_of)") from None
+    unclip_record = {
+        "prior_workdir": _PRIOR.value,
+        "prior_guidance_scale": _PRIOR_SCALE.value,
+        "prior_num_steps": _PRIOR_STEPS.value,
+        "variation_of": _VARIATION.value,
+    }
   start = time.perf_counter()
   images = sampler.sample(
       expanded,
@@ -131,6 +184,7 @@ def main(argv):
       guide=guide,
       guide_scale=_CLASSIFIER_SCALE.value if guide else 0,
       edit=edit,
+      image_embed=image_embed,
   )
   seconds = time.perf_counter() - start
   record = {
@@ -149,6 +203,7 @@ def main(argv):
       "text_encoder": _TEXT_ENCODER.value,
       "classifier_guidance": guide_record,
       "edit": edit_record,
+      "unclip": unclip_record,
       "seconds": seconds,
   }
   sampling.write_samples(_OUT.value, prompts, images[-1], _NUM.value, record)

@@ -102,3 +102,32 @@ def test_study_script_end_to_end_and_rerun(tmp_path):
   assert json.loads((tmp_path / "guidance_study.json").read_text())["accuracy"] == (
       record["accuracy"]
   )
+
+
+@pytest.mark.slow  # trains five runlocal runs (base, CLIP, inpainting stage, prior, decoder)
+def test_study_extras_inpaint_and_unclip_end_to_end(tmp_path):
+  cmd = [
+      sys.executable,
+      str(ROOT / "scripts/guidance_study.py"),
+      f"--workdir={tmp_path}",
+      "--num_eval=2",
+      "--guides=clip",
+      "--extras=inpaint,unclip",
+  ] + [
+      f"--{n}_config=configs/shapes.py:stage={n},runlocal"
+      for n in ("base", "clip", "inpaint", "prior", "decoder")
+  ]
+  subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+  record = json.loads((tmp_path / "guidance_study.json").read_text())
+  assert record["accuracy"]["unclip"] == record["unclip"]["accuracy"]
+  assert len(record["unclip"]["sweeps"]) == 4
+  inpaint = record["inpaint"]
+  assert inpaint["known_region_error"] < 1e-6  # RePaint pastes the known pixels exactly
+  assert 0.0 <= inpaint["glide_stage_known_region_error"] <= 1.0
+  assert set(inpaint["sweeps"]) == {"repaint", "glide", "glide+paste"}
+  for grid in ("guidance_study_edits.png", "guidance_study_unclip.png"):
+    assert grid in record["extra_grids"] and (tmp_path / grid).stat().st_size > 0
+  bad = subprocess.run(
+      cmd[:3] + ["--extras=unclip", "--guides=classifier"], cwd=ROOT, capture_output=True, text=True
+  )
+  assert bad.returncode != 0 and "--extras=unclip needs the study's CLIP" in bad.stderr

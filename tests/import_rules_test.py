@@ -58,7 +58,17 @@ ALLOWED = {
     "launch": {"config_check"},  # the sweep validates each run's config
     "demo": {"sampling", "data", "train", "config_lib", "storage"},
     # The guidance study: the demo's draws and training, sampling with guides, CLIP scores.
-    "guidance_study": {"demo", "sampling", "data", "clip", "evaluation", "edit_study"},
+    "guidance_study": {
+        "demo",
+        "sampling",
+        "data",
+        "clip",
+        "evaluation",
+        "edit_study",
+        "unclip_study",
+    },
+    # unCLIP's prior + decoder in the study: the demo's scoring, the prior's sampler.
+    "unclip_study": {"demo", "sampling", "data"},
     # The inpainting comparison of the study: the demo's scoring, sampling with edits.
     "edit_study": {"demo", "sampling", "data"},
     "train": {

@@ -207,3 +207,51 @@ def embed_images(clip: Any, images) -> np.ndarray:
   prompt: the embedding alone)."""
   z = np.asarray(jax.device_get(clip.encode_images(images)), np.float32)
   return z * math.sqrt(z.shape[-1])
+
+
+def decoder_embeddings(
+    decoder_stage: Any,
+    prompts: Sequence[str],
+    *,
+    prior_workdir: str | None = None,
+    variation_image: str | None = None,
+    guidance_scale: float | None = None,
+    num_steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+  """What an unCLIP decoder stage 0 decodes for `prompts`, [len(prompts), D]: the prior's
+  samples (`prior_workdir`, with its sampling settings), or the embedding of the image file
+  `variation_image` for every prompt (image variations, by the decoder's own CLIP,
+  `config.decoder.clip`). Exactly one of the two; ValueError naming what is wrong."""
+  from imagen_jax import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  from imagen_jax.sampling import edit as edit_lib  # pylint: disable=import-outside-toplevel
+
+  dim = int(decoder_stage.pipeline.image_embed_dim)
+  where = getattr(decoder_stage, "workdir", "stage 0")
+  if not dim:
+    raise ValueError(f"{where} is not an unCLIP decoder (image_embed_dim=0): no embedding")
+  if (prior_workdir is None) == (variation_image is None):
+    raise ValueError(
+        f"{where} is an unCLIP decoder: give a prior (captions -> embeddings) or an image "
+        "to make variations of, exactly one"
+    )
+  if prior_workdir is not None:
+    prior = PriorSampler(load_prior(prior_workdir))
+    if prior.prior.embed_dim != dim:
+      raise ValueError(
+          f"the prior {prior_workdir} samples {prior.prior.embed_dim}-dim embeddings but the "
+          f"decoder {where} takes image_embed_dim={dim}"
+      )
+    return prior.sample(
+        list(prompts),
+        guidance_scale=guidance_scale,
+        num_steps=num_steps,
+        sampler=sampler,
+        seed=seed,
+    )
+  clip = clip_lib.load_clip(str(decoder_stage.config.decoder.clip))
+  size = int(getattr(clip, "resolution", None) or clip.image_size)
+  image = edit_lib.load_image(variation_image, size, resize=True)
+  z = embed_images(clip, image[None])
+  return np.repeat(z, len(prompts), axis=0)

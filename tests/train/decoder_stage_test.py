@@ -63,3 +63,35 @@ def test_decoder_needs_the_clip_width(clip_dir, tmp_path):
   c.model.overrides.image_embed_dim = 32
   with pytest.raises(ValueError, match=r"gives 64-dim image embeddings but the decoder takes "):
     loop.train_and_evaluate(c, str(tmp_path / "b"))
+
+
+@pytest.mark.slow  # the runlocal CLIP, decoder and prior runs, then two sampling scripts
+def test_sample_script_chains_prior_and_decoder_and_makes_variations(clip_dir, tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  root = pathlib.Path(__file__).resolve().parents[2]
+  loop.train_and_evaluate(_decoder_config(clip_dir), str(tmp_path / "decoder"))
+  prior = shapes_config.get_config("stage=prior,runlocal")
+  prior.prior.clip = clip_dir
+  loop.train_and_evaluate(prior, str(tmp_path / "prior"))
+  Image.fromarray(shapes.render(shapes.sample_scene(3, "train"), 16)).save(tmp_path / "v.png")
+  base = [sys.executable, str(root / "scripts/sample.py"), f"--workdir_base={tmp_path}/decoder"]
+  base += ["--sampler=ddim", "--num_steps=3", "--prompt=a small blue square"]
+  runs = {
+      "prior": [f"--prior_workdir={tmp_path}/prior", "--prior_num_steps=3"],
+      "variation": [f"--variation_of={tmp_path}/v.png"],
+  }
+  for name, extra in runs.items():
+    out = tmp_path / f"out_{name}"
+    subprocess.run(
+        base + extra + [f"--output_dir={out}"], check=True, cwd=root, capture_output=True, text=True
+    )
+    record = json.loads((out / "samples.json").read_text())
+    assert record["unclip"]["prior_workdir" if name == "prior" else "variation_of"]
+  bad = subprocess.run(base + ["--output_dir=/tmp/x"], cwd=root, capture_output=True, text=True)
+  assert bad.returncode != 0 and "give a prior (captions -> embeddings) or an image" in bad.stderr

@@ -33,6 +33,7 @@ import time
 from absl import app
 from absl import flags
 
+from imagen_jax import clip as clip_lib
 from imagen_jax import sampling
 from imagen_jax.sampling import cli_flags
 from imagen_jax.sampling import edit as edit_lib
@@ -165,6 +166,9 @@ def main(argv):
           expanded,
           prior_workdir=_PRIOR.value,
           variation_image=_VARIATION.value,
+          clip=clip_lib.load_clip(str(stages[0].config.decoder.clip))
+          if _VARIATION.value and stages[0].pipeline.image_embed_dim
+          else None,
           guidance_scale=_PRIOR_SCALE.value,
           num_steps=_PRIOR_STEPS.value,
           seed=_SEED.value,

@@ -215,6 +215,7 @@ def decoder_embeddings(
     *,
     prior_workdir: str | None = None,
     variation_image: str | None = None,
+    clip: Any = None,
     guidance_scale: float | None = None,
     num_steps: int | None = None,
     sampler: str | None = None,
@@ -222,9 +223,10 @@ def decoder_embeddings(
 ) -> np.ndarray:
   """What an unCLIP decoder stage 0 decodes for `prompts`, [len(prompts), D]: the prior's
   samples (`prior_workdir`, with its sampling settings), or the embedding of the image file
-  `variation_image` for every prompt (image variations, by the decoder's own CLIP,
-  `config.decoder.clip`). Exactly one of the two; ValueError naming what is wrong."""
-  from imagen_jax import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  `variation_image` for every prompt (image variations) by `clip`, the decoder's own CLIP
+  (`clip.load_clip(decoder_stage.config.decoder.clip)`, loaded by the caller: sampling does
+  not import the clip package, which imports it). Exactly one of the two; ValueError naming
+  what is wrong."""
   from imagen_jax.sampling import edit as edit_lib  # pylint: disable=import-outside-toplevel
 
   dim = int(decoder_stage.pipeline.image_embed_dim)
@@ -250,7 +252,11 @@ def decoder_embeddings(
         sampler=sampler,
         seed=seed,
     )
-  clip = clip_lib.load_clip(str(decoder_stage.config.decoder.clip))
+  if clip is None:
+    raise ValueError(
+        f"variations of {variation_image!r}: pass clip=load_clip({decoder_stage.config.decoder.clip!r}),"
+        " the decoder's CLIP"
+    )
   size = int(getattr(clip, "resolution", None) or clip.image_size)
   image = edit_lib.load_image(variation_image, size, resize=True)
   z = embed_images(clip, image[None])

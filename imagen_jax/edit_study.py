@@ -180,11 +180,11 @@ def inpaint_study(
 
 
 def edit_grid(draw_scenes, finals, record, columns: int = 8) -> np.ndarray:
-  """Held-out edits, a row each: the known image (hole grey), then each method at its w."""
+  """Held-out edits, a row each: the known image (hole black), then each method at its w."""
   rows, labels = [], []
   scenes = list(draw_scenes)[:columns]
   images, keep = edit_inputs(scenes, next(iter(finals.values())).shape[1])
-  shown = np.where(keep[..., None], images, np.uint8(128))
+  shown = np.where(keep[..., None], images, np.uint8(0))
   rows += list(shown)
   labels += [f"input: {shapes.caption(s)}" for s in scenes]
   for m in METHODS:

@@ -125,7 +125,7 @@ def unclip_study(
   labels = (
       [f"render: {c}" for c in heldout]
       + [f"unCLIP: {c}" for c in heldout]
-      + ["variation of the render above-above (empty caption)"] * cols
+      + ["variation of the top row's render (empty caption)"] * cols
   )
   grid = sampling.labelled_grid(rows, labels, columns=cols, cell=96, label_lines=5)
   return record, grid

@@ -27,6 +27,11 @@ Args (`:k=v,...`):
             (default: t5-v1_1-xxl, a directory you provide) or a built-in name
   inpaint   GLIDE-style inpainting base: the masked image and the mask as 4 extra
             input channels, trained on random box masks (config.inpaint)
+  decoder_clip  unCLIP's 64x64 decoder: the base U-Net conditioned on this CLIP's image
+            embeddings (a Hugging Face CLIPModel directory, e.g. clip-vit-large-patch14, or
+            with runlocal a configs/shapes.py:stage=clip run); caption dropped 50%, the
+            embedding 10% (DALL-E 2); sample it after configs/unclip.py's prior
+  decoder_dim   the CLIP's projection_dim (768 for ViT-L/14; 64 for a shapes CLIP)
   inception FID Inception weights (pt_inception-2015-12-05 .pth): adds an
             in-loop FID of the 64x64 samples (evals.fid); none by default
 
@@ -64,6 +69,8 @@ def get_config(arg=None):
       encoder="",
       inception="",
       inpaint=False,
+      decoder_clip="",
+      decoder_dim=768,
       **config_lib.DATA_ARGS,
   )
   if arg.variant not in _SIZES:
@@ -82,6 +89,11 @@ def get_config(arg=None):
   c.model.variant = arg.variant
   c.model.overrides.text_dim = config_lib.BUILTIN_DIM if tiny_text else config_lib.T5_XXL_DIM
   c.model.overrides.dtype = size["dtype"]
+  if arg.inpaint and arg.decoder_clip:
+    raise ValueError("inpaint=True and decoder_clip=: one base stage is one or the other")
+  if arg.decoder_clip:
+    c.model.overrides.image_embed_dim = int(arg.decoder_dim)
+    c.decoder = ml_collections.ConfigDict({"clip": arg.decoder_clip, "embed_drop_prob": 0.1})
   if arg.inpaint:
     c.model.overrides.image_cond_channels = 4
     c.inpaint = ml_collections.ConfigDict({"mask_box": (0.25, 0.75), "p_nothing_known": 0.1})
@@ -98,7 +110,7 @@ def get_config(arg=None):
   config_lib.set_dataset(c, arg.data, arg.path, arg.annotations)
   c.input.resolution = 64
   c.input.lowres_resolution = None
-  c.input.cond_drop_prob = 0.1  # 10% caption dropout (CFG)
+  c.input.cond_drop_prob = 0.5 if arg.decoder_clip else 0.1  # caption dropout (CFG)
   c.input.crop = "centre"
   c.input.random_flip = False
 

@@ -58,3 +58,27 @@ def test_base64_fid_needs_a_reference_set():
   coco.input.data_dir = "/data/tfds"  # one override points both the input and the FID at it
   assert coco.evals.fid.data_dir == "/data/tfds"
   assert not module.get_config("variant=small").evals
+
+
+@pytest.mark.slow  # the 64x64 decoder's whole stage compile, with a Hugging Face CLIP inside
+def test_base64_unclip_decoder_trains_on_an_imported_clip(tmp_path):
+  """configs/base64.py:decoder_clip= with a random-weight transformers CLIPModel directory
+  (tests/clip/hf_clip_fixture.py, projection_dim 24, 30 px): the preprocess resizes the
+  64x64 images to the CLIP's size and embeds them, the decoder trains on them."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  pytest.importorskip("transformers")
+  spec = importlib.util.spec_from_file_location(
+      "hf_clip_fixture", ROOT / "tests" / "clip" / "hf_clip_fixture.py"
+  )
+  fixture = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(fixture)
+  _, clip_dir = fixture.write_clip_dir(tmp_path / "clip")
+  module = sweep_lib.load_module(ROOT / "configs" / "base64.py")
+  config = module.get_config(f"variant=tiny,runlocal,decoder_clip={clip_dir},decoder_dim=24")
+  loop.train_and_evaluate(config, str(tmp_path / "decoder"))
+  final = json.loads((tmp_path / "decoder" / "final_metrics.json").read_text())
+  assert final["step"] == 3 and np.isfinite(final["loss"])
+  wrong = module.get_config(f"variant=tiny,runlocal,decoder_clip={clip_dir}")  # 768 default
+  with pytest.raises(ValueError, match="gives 24-dim image embeddings but the decoder takes"):
+    loop.train_and_evaluate(wrong, str(tmp_path / "wrong"))

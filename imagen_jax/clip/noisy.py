@@ -31,7 +31,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import meta
 
 from imagen_jax.models import noisy_clip
 from imagen_jax.sampling import cascade
@@ -169,35 +168,19 @@ class NoisyClipModel:
 def load_noisy_clip(workdir, *, step: int | None = None, use_ema: bool = True):
   """The noise-aware CLIP trained in `workdir` (EMA params by default); ValueError for a
   run of another task (a diffusion stage, a classifier)."""
-  built = []
-
-  def abstract(config):
-    if config.get("task") != "clip":
-      raise ValueError(
-          f"{str(workdir)!r} holds a config.task={config.get('task', 'diffusion')!r} run, not "
-          "a noise-aware CLIP (config.task='clip'); load_clip reads a Hugging Face CLIPModel "
-          "directory or a clip workdir"
-      )
-    model, schedule = clip_task.build_clip(config)
-    built.append((model, schedule))
-    r, length = int(model.resolution), int(model.max_length)
-    return jax.eval_shape(
-        lambda: meta.unbox(
-            model.init(
-                jax.random.PRNGKey(0),
-                jnp.zeros((1, r, r, model.in_channels)),
-                jnp.zeros((1,)),
-                jnp.full((1, length), noisy_clip.EOS_ID, jnp.int32),
-            )["params"]
-        )
-    )
-
-  config, params, step = cascade.restore_run(
-      str(workdir),
-      abstract,
+  (model, schedule), config, params, step = cascade.restore_task_run(
+      workdir,
+      "clip",
+      clip_task.build_clip,
+      lambda m: (
+          jnp.zeros((1, int(m.resolution), int(m.resolution), m.in_channels)),
+          jnp.zeros((1,)),
+          jnp.full((1, int(m.max_length)), noisy_clip.EOS_ID, jnp.int32),
+      ),
+      not_what="a noise-aware CLIP (config.task='clip'); load_clip reads a Hugging Face "
+      "CLIPModel directory or a clip workdir",
       step=step,
       use_ema=use_ema,
       train_hint="train the noise-aware CLIP first (--config configs/shapes.py:stage=clip)",
   )
-  model, schedule = built[0]
   return NoisyClipModel(model, params, config, step, schedule, str(workdir))

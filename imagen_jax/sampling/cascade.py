@@ -112,6 +112,33 @@ def restore_run(
   return config, params, int(step)
 
 
+def restore_task_run(
+    workdir, task: str, build, dummy_inputs, *, not_what: str, step=None, use_ema=True, train_hint
+):
+  """(build(config), config, params, step) of a run whose `config.task` is `task` (the
+  classifier, the noise-aware CLIP, the unCLIP prior): `build(config)` gives the model (or a
+  tuple starting with it), `dummy_inputs(model)` its init arguments. ValueError, "holds a
+  config.task=... run, not {not_what}", for a run of another task."""
+  built = []
+
+  def abstract(config):
+    if config.get("task") != task:
+      raise ValueError(
+          f"{str(workdir)!r} holds a config.task={config.get('task', 'diffusion')!r} run, not "
+          f"{not_what}"
+      )
+    built.append(build(config))
+    model = built[0][0] if isinstance(built[0], tuple) else built[0]
+    return jax.eval_shape(
+        lambda: meta.unbox(model.init(jax.random.PRNGKey(0), *dummy_inputs(model))["params"])
+    )
+
+  config, params, step = restore_run(
+      str(workdir), abstract, step=step, use_ema=use_ema, train_hint=train_hint
+  )
+  return built[0], config, params, step
+
+
 def load_stage(workdir: str, *, step: int | None = None, use_ema: bool = True) -> Stage:
   """Rebuilds a stage from its workdir's checkpoint (EMA params by default)."""
   pipes = []

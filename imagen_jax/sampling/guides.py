@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import meta
 
 from imagen_jax import diffusion
 from imagen_jax.data import shapes_world
@@ -195,28 +194,14 @@ def _gated(guided_with, scale, schedule, min_log_snr):
 
 def load_classifier(workdir: str, *, step: int | None = None, use_ema: bool = True):
   """The classifier trained in `workdir` (EMA params by default)."""
-  models = []
-
-  def abstract(config):
-    if config.get("task") != "classifier":
-      raise ValueError(
-          f"{workdir!r} holds a config.task={config.get('task', 'diffusion')!r} run, not a "
-          "classifier (config.task='classifier')"
-      )
-    model, _ = classifier_task.build_classifier(config)
-    models.append(model)
-    r = int(model.resolution)
-    return jax.eval_shape(
-        lambda: meta.unbox(
-            model.init(jax.random.PRNGKey(0), jnp.zeros((1, r, r, 3)), jnp.zeros((1,)))["params"]
-        )
-    )
-
-  config, params, step = cascade.restore_run(
+  (model, _), config, params, step = cascade.restore_task_run(
       workdir,
-      abstract,
+      "classifier",
+      classifier_task.build_classifier,
+      lambda m: (jnp.zeros((1, int(m.resolution), int(m.resolution), 3)), jnp.zeros((1,))),
+      not_what="a classifier (config.task='classifier')",
       step=step,
       use_ema=use_ema,
       train_hint="train the classifier first (--config configs/shapes.py:stage=classifier)",
   )
-  return Classifier(models[0], params, config, step)
+  return Classifier(model, params, config, step)

@@ -31,7 +31,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import meta
 
 from imagen_jax import diffusion
 from imagen_jax import pipeline as pipeline_lib
@@ -65,37 +64,21 @@ class Prior:
 def load_prior(workdir, *, step: int | None = None, use_ema: bool = True) -> Prior:
   """The prior trained in `workdir` (EMA params by default); ValueError for a run of another
   task."""
-  built = []
-
-  def abstract(config):
-    if config.get("task") != "prior":
-      raise ValueError(
-          f"{str(workdir)!r} holds a config.task={config.get('task', 'diffusion')!r} run, not "
-          "a diffusion prior (config.task='prior', configs/shapes.py:stage=prior)"
-      )
-    model, schedule = prior_task.build_prior(config)
-    built.append((model, schedule))
-    e, d = int(model.embed_dim), int(model.text_dim)
-    return jax.eval_shape(
-        lambda: meta.unbox(
-            model.init(
-                jax.random.PRNGKey(0),
-                jnp.zeros((1, e)),
-                jnp.zeros((1,)),
-                jnp.zeros((1, 1, d)),
-                jnp.ones((1, 1), bool),
-            )["params"]
-        )
-    )
-
-  config, params, step = cascade.restore_run(
-      str(workdir),
-      abstract,
+  (model, schedule), config, params, step = cascade.restore_task_run(
+      workdir,
+      "prior",
+      prior_task.build_prior,
+      lambda m: (
+          jnp.zeros((1, int(m.embed_dim))),
+          jnp.zeros((1,)),
+          jnp.zeros((1, 1, int(m.text_dim))),
+          jnp.ones((1, 1), bool),
+      ),
+      not_what="a diffusion prior (config.task='prior', configs/shapes.py:stage=prior)",
       step=step,
       use_ema=use_ema,
       train_hint="train the prior first (--config configs/shapes.py:stage=prior)",
   )
-  model, schedule = built[0]
   return Prior(model, params, config, step, schedule, str(workdir))
 
 

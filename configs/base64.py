@@ -82,7 +82,7 @@ def get_config(arg=None):
   c.total_steps = arg.steps or size["steps"]
   c.batch_size = arg.batch or size["batch"]
   c.log_every_steps = 100
-  c.sample_every_steps = 0
+  c.sample_every_steps = config_lib.grid_every(c.total_steps)  # grids of sample_prompts
   c.nonfinite = "skip" if arg.variant == "paper" else "halt"
 
   c.model.name = "imagen_base64"
@@ -173,6 +173,7 @@ def get_config(arg=None):
     c.model.overrides.dtype = "float32"
     c.sampling.num_steps = 4
     c.sample_prompts = ()
+    c.sample_every_steps = 0
     c.input.num_workers = 0
     c.input.prefetch_batches = 1
     for name in c.evals:

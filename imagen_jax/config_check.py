@@ -249,6 +249,9 @@ def _check_diffusion(d: Any) -> None:
     raise ConfigError(
         f"config.diffusion.log_snr_min={lo} must be below config.diffusion.log_snr_max={hi}"
     )
+  shift = float(config_lib.get(d, "log_snr_shift", 0.0))
+  if not math.isfinite(shift):
+    raise ConfigError(f"config.diffusion.log_snr_shift={shift} must be finite")
   aug = tuple(config_lib.get(d, "aug_range", (0.0, 1.0)))
   if len(aug) != 2 or not 0.0 <= float(aug[0]) <= float(aug[1]) <= 1.0:
     raise ConfigError(

@@ -126,8 +126,10 @@ def stage_defaults():
           min_snr_gamma=5.0,
           log_snr_min=-20.0,
           log_snr_max=20.0,
+          log_snr_shift=0.0,  # diffusion.get_schedule(shift=): + 2 log(r_ref / r)
           aug_schedule="cosine",
           aug_range=(0.0, 1.0),
+          lowres_blur=(0.0, 0.0),  # SR stages: Gaussian blur of the low-res input (pipeline)
       )
   )
 
@@ -262,6 +264,12 @@ def set_dataset(c, data, path="", annotations=""):
     raise ValueError(f"data={data!r}; expected {DATA_HELP}")
 
 
+def grid_every(total_steps: int) -> int:
+  """The default `sample_every_steps` of a run of `total_steps`: about ten grids per run,
+  at least 500 and at most 10,000 steps apart."""
+  return min(10_000, max(500, int(total_steps) // 10))
+
+
 # SR stages, per variant: global batch, total steps, warm-up, FSDP size, dtype.
 SR_SIZES = {
     "paper": dict(batch=2048, steps=2_500_000, warmup=10_000, fsdp=4, dtype="bfloat16"),
@@ -288,7 +296,8 @@ def imagen_sr_config(
   c.total_steps = arg.steps or size["steps"]
   c.batch_size = arg.batch or size["batch"]
   c.log_every_steps = 100
-  c.sample_every_steps = 0  # SR stages sample only in the cascade
+  # A grid of fixed low-res inputs and their samples (train/stage_samples.py).
+  c.sample_every_steps = grid_every(c.total_steps)
   c.nonfinite = "skip" if arg.variant == "paper" else "halt"
 
   c.model.name = model
@@ -337,6 +346,7 @@ def imagen_sr_config(
 
   if arg.runlocal:
     set_dataset(c, "shapes")
+    c.sample_every_steps = 0
     c.input.max_objects = 1
     c.input.crop_size = 64
     c.total_steps = arg.steps or 3

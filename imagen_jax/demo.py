@@ -46,12 +46,18 @@ def cpu_device_count(batch_sizes: Sequence[int], cores: int) -> int:
 
 
 DEVICES_FLAG = "--xla_force_host_platform_device_count"
+# XLA:CPU's concurrency-optimized scheduler can order one device's in-process all-reduce
+# after work the other device waits on: the rendezvous then times out after 40 s and aborts
+# the process (seen on 2 virtual devices in the shapes base and prior train steps, 2026-12).
+# Off, the same runs finish, at the same train img/s (ebase32: 171 vs 146 with it on).
+SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def set_cpu_devices(batch_sizes: Sequence[int], requested: int = -1) -> int:
   """Sets XLA_FLAGS for `requested` virtual CPU devices (-1: `cpu_device_count` of this
-  machine's cores). Call it before JAX starts its backends (the first device query), not
-  after. Returns the count asked for, 0 where nothing was set (XLA_FLAGS already sets it)."""
+  machine's cores), with SCHEDULER_FLAG where there are several. Call it before JAX starts
+  its backends (the first device query), not after. Returns the count asked for, 0 where
+  nothing was set (XLA_FLAGS already sets it)."""
   xla_flags = os.environ.get("XLA_FLAGS", "")
   if DEVICES_FLAG in xla_flags:
     return 0
@@ -60,7 +66,8 @@ def set_cpu_devices(batch_sizes: Sequence[int], requested: int = -1) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     n = cpu_device_count(batch_sizes, cores or 1)
   if n > 1:
-    os.environ["XLA_FLAGS"] = f"{xla_flags} {DEVICES_FLAG}={n}".strip()
+    scheduler = "" if SCHEDULER_FLAG.split("=")[0] in xla_flags else f" {SCHEDULER_FLAG}"
+    os.environ["XLA_FLAGS"] = f"{xla_flags} {DEVICES_FLAG}={n}{scheduler}".strip()
     return n
   return 0
 
@@ -97,9 +104,27 @@ DEFAULT_SETTINGS = (
 )
 
 
-def heldout_scenes(num: int, seed: int, max_objects: int):
+HELDOUT_SEED = 1234  # the held-out draw every report uses
+VALIDATION_SEED = 4321  # the validation draw (training pairs) settings are chosen on
+
+
+def heldout_scenes(num: int, seed: int = HELDOUT_SEED, max_objects: int = 1):
   rng = np.random.default_rng(seed)
   return [shapes.sample_scene(rng, "heldout", max_objects=max_objects) for _ in range(num)]
+
+
+def validation_scenes(num: int, seed: int = VALIDATION_SEED, max_objects: int = 1):
+  """Scenes of training colour/shape pairs (not training images: a separate draw) on which
+  the demo and the guidance study choose their settings, so the held-out draw is reported
+  once, untuned."""
+  rng = np.random.default_rng(seed)
+  return [shapes.sample_scene(rng, "train", max_objects=max_objects) for _ in range(num)]
+
+
+def choose(validation: dict) -> str:
+  """The setting with the best validation accuracy (ties: the first listed)."""
+  best = max(v["accuracy"] for v in validation.values())
+  return next(k for k, v in validation.items() if v["accuracy"] == best)
 
 
 def scorer_reference(scenes, resolution):
@@ -134,10 +159,12 @@ def evaluate(
     sr_sampler: str,
     seed: int = 0,
     time_grid: str | None = None,
+    draw: str = "",
 ):
-  """Per setting: cascade images for the scenes' captions and their scores. Samples are
-  cached per setting and sampler settings (`time_grid`: every stage's; None: the
-  samplers' defaults)."""
+  """Per setting: cascade images for the scenes' captions and their scores (with each
+  image's background noise, `shapes_score.background_noise`). Samples are cached per
+  setting, sampler settings (`time_grid`: every stage's; None: the samplers' defaults) and
+  `draw` (a tag of the scenes: "" for the held-out draw)."""
   eval_dir.mkdir(parents=True, exist_ok=True)
   captions = [shapes.caption(s) for s in scenes]
   cascade = sampling.CascadeSampler([sampling.load_stage(w) for w in workdirs], batch_size=32)
@@ -151,7 +178,8 @@ def evaluate(
         .replace("(", "")
         .replace(")", "")
         .replace("=", "")
-        + f"__{sampler}{num_steps}_{sr_sampler}{sr_num_steps}_{time_grid or grids}.npz"
+        + f"__{sampler}{num_steps}_{sr_sampler}{sr_num_steps}_{time_grid or grids}"
+        + f"{draw}.npz"
     )
     if cache.exists():
       with np.load(cache) as saved:
@@ -181,7 +209,12 @@ def evaluate(
       images = cascade.sample(captions, seed=seed, settings=stage_settings, progress=False)
       np.savez(cache, images=np.stack(images[-1]), base=np.stack(images[0]))
       images, base = list(images[-1]), list(images[0])
-    scores = shapes_score.mean_scores([shapes.score(img, sc) for img, sc in zip(images, scenes)])
+    scores = shapes_score.mean_scores(
+        [
+            dict(shapes.score(img, sc), background_noise=shapes_score.background_noise(img, sc))
+            for img, sc in zip(images, scenes)
+        ]
+    )
     base_scores = shapes_score.mean_scores(
         [shapes.score(at_least(img, MIN_SCORE_RES), sc) for img, sc in zip(base, scenes)]
     )
@@ -206,6 +239,27 @@ def at_least(image, size):
   return np.repeat(np.repeat(image, factor, 0), factor, 1)
 
 
+def pretrain_text_encoder(workdir: pathlib.Path, steps: int = 0) -> tuple[pathlib.Path, dict]:
+  """The embedded encoder pretrained on text alone (`encoder_pretrain`; `steps` 0: its
+  default), in `workdir/text_encoder`: trained on the first run, reused after."""
+  from imagen_jax import encoder_pretrain  # pylint: disable=import-outside-toplevel
+
+  out = workdir / "text_encoder"
+  start = time.perf_counter()
+  logging.info("demo: text encoder, pretrained on shapes-world text alone, in %s", out)
+  kw = {"steps": int(steps)} if steps else {}
+  metrics = encoder_pretrain.pretrain_encoder(out, encoder_pretrain.PretrainConfig(**kw))
+  logging.info("demo: text encoder ready in %.0fs", time.perf_counter() - start)
+  return out, metrics
+
+
+def use_text_encoder(configs: Sequence, directory: pathlib.Path, max_length: int) -> None:
+  """Points every stage config at the encoder in `directory` (in place)."""
+  for c in configs:
+    c.text.encoder = str(directory)
+    c.text.max_length = int(max_length)
+
+
 def run_demo(
     configs,
     workdir,
@@ -218,43 +272,73 @@ def run_demo(
     sr_sampler: str = "ddim",
     settings: Sequence[Setting] = DEFAULT_SETTINGS,
     time_grid: str | None = None,
+    pretrained_encoder: bool = False,
+    encoder_steps: int = 0,
+    encoder_max_length: int = 32,
 ) -> dict:
-  """Trains the stages, evaluates, writes demo_results.json and a grid."""
+  """Trains the stages (after pretraining their text encoder on text alone, with
+  `pretrained_encoder`, which points every config at it), chooses the setting on the
+  validation draw, evaluates the held-out draw, writes demo_results.json, the grid and
+  the plot."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  from imagen_jax import demo_figures  # pylint: disable=import-outside-toplevel
+
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
+  encoder = {"name": str(configs[0].text.encoder), "pretrained": False}
+  if pretrained_encoder:
+    directory, metrics = pretrain_text_encoder(workdir, encoder_steps)
+    use_text_encoder(configs, directory, encoder_max_length)
+    after = metrics["after"]["heldout_split"]
+    encoder = {
+        "name": str(directory),
+        "pretrained": True,
+        "masked_word_accuracy": {
+            "colour": after["colour_accuracy"],
+            "shape": after["shape_accuracy"],
+            "all": after["accuracy"],
+        },
+        "pretrain_seconds": metrics.get("total_seconds"),
+    }
   train_stages(configs, workdir, names)
   train_seconds = time.perf_counter() - start
   max_objects = int(configs[0].input.get("max_objects", 3))
-  scenes = heldout_scenes(num_eval, seed=1234, max_objects=max_objects)
+  scenes = heldout_scenes(num_eval, max_objects=max_objects)
   final_res = configs[-1].input.resolution
   chance, ceiling = scorer_reference(scenes, final_res)
-  results, base_results, finals, captions = evaluate(
-      [workdir / n for n in names],
-      scenes,
-      settings,
-      workdir / "eval",
+  how = dict(
       num_steps=num_steps,
       sampler=sampler,
       sr_num_steps=sr_num_steps,
       sr_sampler=sr_sampler,
       time_grid=time_grid,
   )
+  stage_dirs = [workdir / n for n in names]
+  validation, _, _, _ = evaluate(
+      stage_dirs,
+      validation_scenes(num_eval, max_objects=max_objects),
+      settings,
+      workdir / "eval",
+      draw="_validation",
+      **how,
+  )
+  chosen = choose({k: v for k, v in validation.items()})
+  results, base_results, finals, captions = evaluate(
+      stage_dirs, scenes, settings, workdir / "eval", **how
+  )
   wall = time.perf_counter() - start
-
-  cols = min(8, len(scenes))
-  rows, labels = [], []
-  for s in settings:
-    rows += finals[s.label][:cols]
-    labels += [f"{s.label}: {c}" for c in captions[:cols]]
-  grid = sampling.labelled_grid(rows, labels, columns=cols, cell=96, label_lines=4)
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  Image.fromarray(grid).save(workdir / "demo_grid.png")
 
   record = {
       "accuracy": {k: v["accuracy"] for k, v in results.items()},
       "per_attribute": results,
+      "chosen_setting": chosen,
+      "chosen": results[chosen],
+      "selection": "the setting with the best accuracy on a validation draw of "
+      f"{num_eval} training-pair captions (seed {VALIDATION_SEED}); held-out reported once",
+      "validation_accuracy": {k: v["accuracy"] for k, v in validation.items()},
+      "validation_per_attribute": validation,
       "base_stage_accuracy": {k: v["accuracy"] for k, v in base_results.items()},
       "base_stage_per_attribute": base_results,
       "chance": chance,
@@ -264,6 +348,9 @@ def run_demo(
       "num_eval_captions": len(scenes),
       "eval_split": "heldout",
       "resolution": final_res,
+      "background_noise": "mean |pixel - background| (0-255) outside the objects' boxes "
+      "(shapes_score.background_noise); 0 for a render",
+      "text_encoder": encoder,
       "base_sampling": {"sampler": sampler, "num_steps": num_steps, "time_grid": time_grid},
       "sr_sampling": {
           "sampler": sr_sampler,
@@ -275,23 +362,36 @@ def run_demo(
       "stages": {
           n: {
               "model": f"{c.model.name}/{c.model.variant}",
+              "resolution": int(c.input.resolution),
               "steps": int(c.total_steps),
               "batch_size": int(c.batch_size),
           }
           for n, c in zip(names, configs)
       },
       "grid": "demo_grid.png",
+      "plot": "demo_plot.png",
   }
+  Image.fromarray(demo_figures.grid(finals, captions)).save(workdir / "demo_grid.png")
+  plot = demo_figures.plot(record, dict(zip(names, stage_dirs)))
+  Image.fromarray(plot).save(workdir / "demo_plot.png")
   (workdir / "demo_results.json").write_text(json.dumps(record, indent=2))
   return record
 
 
 def format_table(record) -> str:
-  base = record.get("base_stage_accuracy", {})
-  lines = [f"{'setting':<22} cascade  base stage", "-" * 41]
-  for label, acc in record["accuracy"].items():
-    b = f"{base[label]:.3f}" if label in base else "-"
-    lines.append(f"{label:<22} {acc:.3f}    {b}")
-  lines.append(f"{'chance (unrelated)':<22} {record['chance']:.3f}")
-  lines.append(f"{'ground-truth renders':<22} {record['ground_truth']:.3f}")
+  """Per setting: validation and held-out accuracy, the held-out attributes and the
+  background noise; the chosen setting starred."""
+  cols = ("colour", "shape", "size", "place", "count", "all_correct")
+  head = f"{'setting':<20} {'val.':>6} {'held-out':>8} " + " ".join(f"{c[:7]:>7}" for c in cols)
+  lines = [head + "  bg noise", "-" * (len(head) + 10)]
+  val = record.get("validation_accuracy", {})
+  for label, scores in record["per_attribute"].items():
+    star = "*" if label == record.get("chosen_setting") else " "
+    v = f"{val[label]:.3f}" if label in val else "-"
+    attrs = " ".join(f"{scores.get(c, float('nan')):>7.3f}" for c in cols)
+    noise = scores.get("background_noise", float("nan"))
+    lines.append(f"{star}{label:<19} {v:>6} {scores['accuracy']:>8.3f} {attrs}  {noise:8.1f}")
+  lines.append(f" {'chance (unrelated)':<19} {'':>6} {record['chance']:>8.3f}")
+  lines.append(f" {'ground-truth renders':<19} {'':>6} {record['ground_truth']:>8.3f}")
+  lines.append(" * chosen on the validation draw")
   return "\n".join(lines)

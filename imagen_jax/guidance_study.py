@@ -55,7 +55,7 @@ GUIDE_SCALES = {
     "classifier_x0": (1.0, 3.0, 10.0, 30.0),
     "clip": (1.0, 3.0, 10.0, 30.0, 100.0),
 }
-VALIDATION_SEED = 4321  # the validation draw (training pairs); the held-out draw is the demo's
+VALIDATION_SEED = demo.VALIDATION_SEED  # the validation draw (training pairs), the demo's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +84,7 @@ def sweep_points(guide_names: Sequence[str]) -> list[Point]:
   return points
 
 
-def validation_scenes(num: int, seed: int = VALIDATION_SEED, max_objects: int = 1):
-  rng = np.random.default_rng(seed)
-  return [shapes.sample_scene(rng, "train", max_objects=max_objects) for _ in range(num)]
+validation_scenes = demo.validation_scenes
 
 
 @dataclasses.dataclass

@@ -47,6 +47,9 @@ class StagePipeline:
   min_snr_gamma: float = 5.0
   aug_schedule: diffusion.Schedule | None = None
   aug_range: tuple[float, float] = (0.0, 1.0)
+  # SR stages: the low-res input blurred by sigma ~ U[lo, hi] low-res pixels in training
+  # (diffusion.blur_lowres, before the noise augmentation) and by (lo + hi) / 2 in sampling.
+  lowres_blur: tuple[float, float] = (0.0, 0.0)
   mask_box: tuple[float, float] = (0.25, 0.75)
   mask_p_nothing_known: float = 0.1
   image_embed_drop_prob: float = 0.1
@@ -57,6 +60,9 @@ class StagePipeline:
     lo, hi = self.aug_range
     if not 0.0 <= lo <= hi <= 1.0:
       raise ValueError(f"aug_range={self.aug_range} must satisfy 0 <= min <= max <= 1")
+    lo, hi = self.lowres_blur
+    if not 0.0 <= lo <= hi:
+      raise ValueError(f"lowres_blur={self.lowres_blur} must satisfy 0 <= min <= max")
 
   # ---------------------------------------------------------------- building
   @classmethod
@@ -66,7 +72,9 @@ class StagePipeline:
     overrides = dict(m.get("overrides", {}) or {})
     model = models.get_model(m.name, m.variant, **overrides)
     sched_kw = dict(log_snr_min=d.get("log_snr_min", -20.0), log_snr_max=d.get("log_snr_max", 20.0))
-    schedule = diffusion.get_schedule(d.schedule, **sched_kw)
+    schedule = diffusion.get_schedule(
+        d.schedule, shift=float(d.get("log_snr_shift", 0.0)), **sched_kw
+    )
     aug_schedule = diffusion.get_schedule(d.get("aug_schedule", d.schedule), **sched_kw)
     inpaint = config.get("inpaint") or {}
     return cls(
@@ -77,6 +85,7 @@ class StagePipeline:
         min_snr_gamma=d.get("min_snr_gamma", 5.0),
         aug_schedule=aug_schedule,
         aug_range=tuple(d.get("aug_range", (0.0, 1.0))),
+        lowres_blur=tuple(float(v) for v in d.get("lowres_blur", (0.0, 0.0))),
         mask_box=tuple(inpaint.get("mask_box", (0.25, 0.75))),
         mask_p_nothing_known=float(inpaint.get("p_nothing_known", 0.1)),
         image_embed_drop_prob=float((config.get("decoder") or {}).get("embed_drop_prob", 0.1)),
@@ -190,8 +199,14 @@ class StagePipeline:
     aug_rng, loss_rng = jax.random.split(rng)
     lowres = aug_t = None
     if self.is_super_resolution:
+      lowres = batch["lowres"]
+      if self.lowres_blur[1] > 0:
+        sigma = jax.random.uniform(
+            jax.random.fold_in(aug_rng, 1), (lowres.shape[0],), jnp.float32, *self.lowres_blur
+        )
+        lowres = diffusion.blur_lowres(lowres, sigma)
       lowres, aug_t = diffusion.augment_lowres(
-          batch["lowres"], aug_rng, schedule=self.aug_schedule, aug_range=self.aug_range
+          lowres, aug_rng, schedule=self.aug_schedule, aug_range=self.aug_range
       )
     image_cond = image_embed = None
     b, r = batch["image"].shape[0], batch["image"].shape[1]
@@ -340,6 +355,8 @@ class StagePipeline:
     if self.is_super_resolution:
       if lowres is None:
         raise ValueError("a super-resolution stage needs a low-res input")
+      if self.lowres_blur[1] > 0:
+        lowres = diffusion.blur_lowres(lowres, 0.5 * sum(self.lowres_blur))
       lowres, aug_t = diffusion.augment_lowres(
           lowres, aug_rng, schedule=self.aug_schedule, aug_level=aug_level
       )

@@ -6,8 +6,8 @@ held-out captions, print caption accuracy per guidance setting.
 Writes DIR/demo_results.json and DIR/demo_grid.png; rerunning resumes.
 Stage configs can be changed like any config, e.g.
   --base_config configs/shapes.py:stage=base,steps=500 --base_config.optim.lr=3e-4
-The default cascade is base 16x16 -> sr1 32x32 (configs/shapes.py); add the
-32 -> 64 stage with --num_stages 3. On a CPU it trains on one virtual device
+The default cascade is base 16x16 -> sr1 32x32 -> sr2 64x64 (configs/shapes.py), every
+stage conditioned on a T5 encoder pretrained on shapes-world text alone (--encoder). On a CPU it trains on one virtual device
 per core (--cpu_devices; XLA:CPU runs each convolution on one core).
 """
 
@@ -22,17 +22,20 @@ from imagen_jax import demo
 from imagen_jax import diffusion
 from imagen_jax import log_filter
 
+# The base's schedule is shifted by 2 log(64 / 16) toward low noise (simple diffusion):
+# held-out colour and place 1.000 vs 0.958 / 0.938 unshifted, background noise 5.2 vs 6.3.
+_DEFAULTS = {"base": "stage=base,shift=2.77", "sr1": "stage=sr1", "sr2": "stage=sr2"}
 _CONFIGS = {
     name: config_flags.DEFINE_config_file(
         f"{name}_config",
-        f"configs/shapes.py:stage={name}",
+        f"configs/shapes.py:{arg}",
         f"Config of the {name} stage.",
         lock_config=True,
     )
-    for name in ("base", "sr1", "sr2")
+    for name, arg in _DEFAULTS.items()
 }
 _NUM_STAGES = flags.DEFINE_integer(
-    "num_stages", 2, "Train and sample the first N stages (1-3): base 16x16, sr1 32x32, sr2 64x64."
+    "num_stages", 3, "Train and sample the first N stages (1-3): base 16x16, sr1 32x32, sr2 64x64."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Demo directory.", required=True)
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 48, "Held-out eval captions.")
@@ -43,6 +46,17 @@ _TIME_GRID = flags.DEFINE_enum(
     None,
     list(diffusion.TIME_GRIDS),
     "Every stage's sampler time grid (default: each sampler's own, see diffusion.sample).",
+)
+_ENCODER = flags.DEFINE_enum(
+    "encoder",
+    "pretrained",
+    ["pretrained", "random"],
+    "pretrained: pretrain the embedded T5 encoder on shapes-world text alone first "
+    "(DIR/text_encoder, ~40 s) and condition every stage on it; random: the stage configs' "
+    "own encoder (byt5-tiny-random, untrained).",
+)
+_ENCODER_STEPS = flags.DEFINE_integer(
+    "encoder_steps", 0, "Pretraining steps of --encoder=pretrained (0: its default)."
 )
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
@@ -71,6 +85,8 @@ def main(argv):
       num_steps=_STEPS.value,
       sr_num_steps=_SR_STEPS.value,
       time_grid=_TIME_GRID.value,
+      pretrained_encoder=_ENCODER.value == "pretrained",
+      encoder_steps=_ENCODER_STEPS.value,
   )
   print(demo.format_table(record))
   print(

@@ -56,7 +56,19 @@ ALLOWED = {
     "evaluation": {"data", "diffusion", "sampling", "text", "parallel", "storage", "clip"},
     "log_filter": set(),
     "launch": {"config_check"},  # the sweep validates each run's config
-    "demo": {"sampling", "data", "train", "config_lib", "storage"},
+    "demo": {
+        "sampling",
+        "data",
+        "train",
+        "config_lib",
+        "storage",
+        "encoder_pretrain",
+        "demo_figures",
+    },
+    # The demo's plot (accuracy per attribute vs w, loss curves from the events) and grid.
+    "demo_figures": {"sampling", "train"},
+    # The embedded encoder's text-only pretraining: a T5 encoder on the shapes grammar.
+    "encoder_pretrain": {"text", "data"},
     # The guidance study: the demo's draws and training, sampling with guides, CLIP scores.
     "guidance_study": {
         "demo",

@@ -240,3 +240,24 @@ def mean_scores(scores: Iterable[dict]) -> dict:
       sums[k] = sums.get(k, 0.0) + float(v)
       counts[k] = counts.get(k, 0) + 1
   return {k: sums[k] / counts[k] for k in sums}
+
+
+def background_noise(image: np.ndarray, scene: shapes_world.Scene, margin: float = 0.06) -> float:
+  """Speckle on the flat background: the mean absolute deviation (0-255 scale, over channels)
+  from `BACKGROUND` of the pixels farther than `margin` (normalised) outside every object's
+  bounding square. 0 for a render; what the demo reports as a sample's background noise."""
+  image = np.asarray(image, np.float32)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected an [H, W, 3] image, got {image.shape}")
+  h, w = image.shape[:2]
+  ys, xs = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+  outside = np.ones((h, w), bool)
+  for o in scene.objects:
+    half = shapes_world.SIZES[o.size] / 2 + margin
+    near_x = np.abs(xs - o.x) < half
+    near_y = np.abs(ys - o.y) < half
+    outside &= ~(near_y[:, None] & near_x[None, :])
+  if not outside.any():
+    return 0.0
+  background = np.asarray(shapes_world.BACKGROUND, np.float32)
+  return float(np.abs(image[outside] - background).mean())

@@ -1,6 +1,7 @@
 """Pure array math of continuous-time Gaussian diffusion (no Flax, no configs)."""
 
 from imagen_jax.diffusion.cond_aug import augment_lowres
+from imagen_jax.diffusion.cond_aug import blur_lowres
 from imagen_jax.diffusion.guidance import apply_threshold
 from imagen_jax.diffusion.guidance import cfg
 from imagen_jax.diffusion.guidance import DEFAULT_PERCENTILE

@@ -38,3 +38,34 @@ def augment_lowres(lowres, rng, *, schedule, aug_range=(0.0, 1.0), aug_level=Non
   # schedule would otherwise still add sigma(0) of noise).
   clean = process.broadcast_to(aug_t == 0.0, lowres)
   return jnp.where(clean, lowres, noised), aug_t
+
+
+BLUR_RADIUS = 3  # the Gaussian kernel spans 2 * BLUR_RADIUS + 1 pixels per axis
+
+
+def blur_lowres(lowres, sigma):
+  """Separable Gaussian blur of each image by its own `sigma` (low-res pixels; [B] or a
+  scalar; 0 leaves the image exactly), edges replicated: the blurring conditioning
+  augmentation of Ho et al. 2021 (Cascaded Diffusion Models, §3.2), which removes detail an
+  SR stage would otherwise copy from its input, so it draws that detail from the text.
+
+  Args:
+    lowres: [B, h, w, C] images.
+    sigma: the blur's standard deviation per image.
+  """
+  lowres = jnp.asarray(lowres, jnp.float32)
+  batch = lowres.shape[0]
+  sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (batch,))
+  offsets = jnp.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=jnp.float32)
+  safe = jnp.maximum(sigma, 1e-6)[:, None]
+  weights = jnp.exp(-0.5 * (offsets[None, :] / safe) ** 2)
+  delta = (offsets == 0).astype(jnp.float32)[None, :]
+  weights = jnp.where((sigma > 0)[:, None], weights, delta)
+  weights = weights / weights.sum(-1, keepdims=True)  # [B, K]
+  r = BLUR_RADIUS
+  padded = jnp.pad(lowres, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+  h, w = lowres.shape[1], lowres.shape[2]
+  rows = sum(
+      weights[:, k, None, None, None] * padded[:, k : k + h, :, :] for k in range(2 * r + 1)
+  )
+  return sum(weights[:, k, None, None, None] * rows[:, :, k : k + w, :] for k in range(2 * r + 1))

@@ -51,10 +51,11 @@ class Schedule:
   log_snr_min: float = -20.0
   log_snr_max: float = 20.0
   raw_t_from_log_snr: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+  shift: float = 0.0  # added to the raw log-SNR before the clip (`get_schedule`)
 
   def log_snr(self, t):
     t = jnp.asarray(t, jnp.float32)
-    return jnp.clip(self.raw_log_snr(t), self.log_snr_min, self.log_snr_max)
+    return jnp.clip(self.raw_log_snr(t) + self.shift, self.log_snr_min, self.log_snr_max)
 
   def t_from_log_snr(self, log_snr):
     """The t in [0, 1] with ``log_snr(t) == log_snr`` (float32, any shape).
@@ -65,7 +66,7 @@ class Schedule:
     log_snr = jnp.clip(jnp.asarray(log_snr, jnp.float32), self.log_snr(1.0), self.log_snr(0.0))
     if self.raw_t_from_log_snr is None:
       return _bisect(self.log_snr, log_snr)
-    return jnp.clip(self.raw_t_from_log_snr(log_snr), 0.0, 1.0)
+    return jnp.clip(self.raw_t_from_log_snr(log_snr - self.shift), 0.0, 1.0)
 
   def alpha_sigma(self, t):
     """Returns (alpha, sigma) with alpha^2 + sigma^2 = 1."""
@@ -115,7 +116,12 @@ def _linear_t(log_snr, beta_0=0.1, beta_1=20.0):
 
 
 def get_schedule(
-    name: str, *, log_snr_min: float = -20.0, log_snr_max: float = 20.0, **kw
+    name: str,
+    *,
+    log_snr_min: float = -20.0,
+    log_snr_max: float = 20.0,
+    shift: float = 0.0,
+    **kw,
 ) -> Schedule:
   """Returns the named schedule.
 
@@ -123,6 +129,10 @@ def get_schedule(
     name: "cosine" or "linear".
     log_snr_min: lower clip of log-SNR (reached at t=1).
     log_snr_max: upper clip of log-SNR (reached at t=0 where finite).
+    shift: added to log-SNR at every t (before the clip): simple diffusion's (Hoogeboom
+      et al. 2023) resolution shift, 2 log(r_ref / r) for images of side r where the
+      schedule was designed for r_ref; > 0 (smaller images) spends more of training and
+      sampling at lower noise.
     **kw: schedule parameters: ``s`` for cosine; ``beta_0``, ``beta_1`` for
       linear (in continuous VP-SDE units, i.e. 1000 x the discrete betas).
   """
@@ -144,4 +154,6 @@ def get_schedule(
         f"Unknown parameters {sorted(unknown)} for schedule "
         f"{name!r}; allowed: {sorted(allowed)}"
     )
-  return Schedule(name, fn, float(log_snr_min), float(log_snr_max), inverse)
+  if not jnp.isfinite(shift):
+    raise ValueError(f"shift={shift} must be finite")
+  return Schedule(name, fn, float(log_snr_min), float(log_snr_max), inverse, float(shift))

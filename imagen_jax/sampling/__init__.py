@@ -9,4 +9,5 @@ from imagen_jax.sampling.cascade import StageSettings
 from imagen_jax.sampling.cascade import to_uint8
 from imagen_jax.sampling.edit import Edit
 from imagen_jax.sampling.outputs import labelled_grid
+from imagen_jax.sampling.outputs import legend_grid
 from imagen_jax.sampling.outputs import write_samples

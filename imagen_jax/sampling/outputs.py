@@ -43,6 +43,49 @@ def labelled_grid(
   return np.asarray(canvas)
 
 
+def legend_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    row_labels: Sequence[str],
+    captions: Sequence[str],
+    *,
+    cell: int = 96,
+    label_width: int = 150,
+) -> np.ndarray:
+  """Rows of uint8 images (a row per setting, a column per caption), each upscaled to `cell`
+  px: the row's label at its left, the column's number above it and, below the grid, a
+  legend with every caption in full ("3: a large cyan square at the top"), wrapped to the
+  grid's width, so no caption is cut."""
+  if len(rows) != len(row_labels):
+    raise ValueError(f"{len(rows)} rows but {len(row_labels)} row labels")
+  columns = len(captions)
+  for i, row in enumerate(rows):
+    if len(row) != columns:
+      raise ValueError(f"row {i} ({row_labels[i]!r}) has {len(row)} images for {columns} captions")
+  line_h, char_w, head = 11, 6, 14
+  width = label_width + columns * cell
+  legend = [
+      line
+      for k, c in enumerate(captions)
+      for line in textwrap.wrap(f"{k + 1}: {c}", max(20, (width - 8) // char_w))
+  ]
+  height = head + len(rows) * cell + 6 + len(legend) * line_h + 4
+  canvas = Image.new("RGB", (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for c in range(columns):
+    draw.text((label_width + c * cell + cell // 2 - 3, 1), str(c + 1), fill=(0, 0, 0))
+  for r, (row, label) in enumerate(zip(rows, row_labels)):
+    y = head + r * cell
+    for j, line in enumerate(textwrap.wrap(str(label), max(8, (label_width - 6) // char_w))[:6]):
+      draw.text((3, y + 3 + j * line_h), line, fill=(0, 0, 0))
+    for c, img in enumerate(row):
+      tile = Image.fromarray(np.asarray(img, np.uint8)).resize((cell, cell), Image.NEAREST)
+      canvas.paste(tile, (label_width + c * cell, y))
+  y0 = head + len(rows) * cell + 6
+  for j, line in enumerate(legend):
+    draw.text((4, y0 + j * line_h), line, fill=(0, 0, 0))
+  return np.asarray(canvas)
+
+
 def _png(image: np.ndarray) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")

@@ -170,6 +170,17 @@ class _Run:
       )
       self.watcher = ckpt_lib.PreemptionWatcher(reached_preemption=self.ckpt.reached_preemption)
       self.writer = metrics_lib.MetricWriter(workdir)
+      every = int(config.get("sample_every_steps") or 0)
+      grids = self.task.grid_fn is not None or (
+          self.task.sample_fn is not None and bool(self.task.sample_prompts)
+      )
+      logging.info(
+          "TensorBoard: tensorboard --logdir %s (scalars%s)",
+          workdir,
+          f"; sample grids every {every} steps, also as PNGs in {self.workdir / 'samples'}"
+          if every and grids
+          else "",
+      )
     except BaseException:
       self.close()
       raise
@@ -314,15 +325,17 @@ class _Run:
 
   def write_samples(self, step: int, state: Any) -> None:
     prompts = list(self.task.sample_prompts)
-    if (
-        self.task.sample_fn is None
-        or not prompts
-        or not _every(step, self.config.get("sample_every_steps"), self.total_steps)
-    ):
+    grid_fn = self.task.grid_fn
+    if grid_fn is None and self.task.sample_fn is not None and prompts:
+      grid_fn = lambda params, rng: self.task.sample_fn(params, prompts, rng)  # noqa: E731
+    if grid_fn is None or not _every(step, self.config.get("sample_every_steps"), self.total_steps):
       return
     ema = self.placement.unplaced(state.ema_params)
     rng = jax.random.fold_in(self._sample_rng, step)
-    grid = metrics_lib.image_grid(_host_uint8(self.task.sample_fn(ema, prompts, rng)))
+    images = _host_uint8(grid_fn(ema, rng))
+    factor = max(1, GRID_MIN_SIDE // images.shape[1])  # small images, nearest-upscaled
+    images = np.repeat(np.repeat(images, factor, 1), factor, 2)
+    grid = metrics_lib.image_grid(images, ncols=min(8, len(images)))
     if multihost.is_primary():
       out = self.workdir / "samples"
       out.mkdir(parents=True, exist_ok=True)
@@ -356,6 +369,9 @@ class _Run:
         self.task.iterator.close()
     finally:
       self.lock.release()
+
+
+GRID_MIN_SIDE = 64  # sample grids show each image at least this many pixels wide
 
 
 def _host_uint8(images: Any) -> np.ndarray:

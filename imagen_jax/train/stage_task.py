@@ -41,6 +41,7 @@ from imagen_jax.data import input_pipeline
 from imagen_jax.parallel import multihost
 from imagen_jax.parallel import sharding as sharding_lib
 from imagen_jax.text import encoder as encoder_lib
+from imagen_jax.train import stage_samples
 from imagen_jax.train.task import TrainTask
 
 PRECOMPUTE_SCRIPT = "scripts/precompute_text_embeddings.py"
@@ -342,7 +343,12 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
   if clip is not None:
     frozen = {"text": frozen, "clip": jax.device_put(clip.params, sharding_lib.replicated(mesh))}
   captioned = not (pipe.is_super_resolution or clip is not None)
-  sample_fn = _CaptionSampler(config, pipe, text, mesh) if captioned else None
+  sample_fn = stage_samples.CaptionSampler(config, pipe, text, mesh) if captioned else None
+  grid_fn = None
+  if pipe.is_super_resolution and clip is None and config.get("sample_every_steps"):
+    grid_fn = stage_samples.LowresGrid(
+        config, pipe, text, mesh, *stage_samples.fixed_lowres_inputs(config, pipe)
+    )
   return TrainTask(
       init_variables=lambda rng: pipe.init(rng, batch_size=1, text_len=max_length),
       loss_fn=pipe.loss_fn,
@@ -351,81 +357,6 @@ def build_stage_task(config: Any, mesh: Mesh, local_batch_size: int) -> TrainTas
       preprocess=preprocess,
       frozen_params=frozen,
       sample_fn=sample_fn,
-      sample_prompts=_grid_prompts(config, pipe, text) if captioned else [],
+      sample_prompts=stage_samples.grid_prompts(config, pipe, text) if captioned else [],
+      grid_fn=grid_fn,
   )
-
-
-def _sample_images(config: Any, pipe: Any, emb, mask, params, rng):
-  s = config.sampling
-  images = pipe.sample(
-      params,
-      emb,
-      mask,
-      rng,
-      sampler=s.sampler,
-      num_steps=int(s.num_steps),
-      guidance_scale=float(s.guidance_scale),
-      threshold=s.threshold,
-      percentile=float(s.percentile),
-  )
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
-class _CaptionSampler:
-  """(params, captions, rng) -> uint8 images with `config.sampling`: the stage's one sampler,
-  for the periodic grids and the evaluators (base stages: an SR stage needs a low-res input).
-
-  Cached embeddings when the cache has every caption, else the encoder (`_Text.encoder`,
-  loaded on first need). Each of the two jitted programs is built once and compiles once
-  per batch size.
-  """
-
-  def __init__(self, config, pipe, text, mesh):
-    self.config, self.pipe, self.text = config, pipe, text
-    self._rep = sharding_lib.replicated(mesh)
-    self._from_emb = self._from_ids = None
-
-  def __call__(self, params, captions, rng):
-    captions = [str(c) for c in captions]
-    # One decision for all processes: hosts whose cache views differ (opened while a
-    # precompute still writes) must not take different programs (a collective deadlock).
-    if not multihost.any_process(not self.text.cached(captions)):
-      emb, mask = self.text.cache.get_many(captions)
-      if self._from_emb is None:
-        self._from_emb = jax.jit(
-            lambda params, emb, mask, rng: _sample_images(
-                self.config, self.pipe, emb, mask, params, rng
-            ),
-            out_shardings=self._rep,
-        )
-      emb, mask = jax.device_put((emb, mask), self._rep)
-      return self._from_emb(params, emb, mask, rng)
-    enc = self.text.encoder(f"{len(captions)} captions to sample are not all in the text cache")
-    if self._from_ids is None:
-
-      def from_ids(params, enc_params, ids, ids_mask, rng):
-        emb, mask = enc.encode_fn(enc_params, ids, ids_mask)
-        return _sample_images(self.config, self.pipe, emb, mask, params, rng)
-
-      self._from_ids = jax.jit(from_ids, out_shardings=self._rep)
-    ids, ids_mask = enc.tokenize(captions)
-    ids, ids_mask = jax.device_put((np.asarray(ids), np.asarray(ids_mask)), self._rep)
-    return self._from_ids(params, enc.params, ids, ids_mask, rng)
-
-
-def _grid_prompts(config: Any, pipe: Any, text: _Text) -> list[str]:
-  """`config.sample_prompts` for the periodic grids (base stages; none when a cache lacks
-  them and there is no encoder to encode them with)."""
-  prompts = [str(p) for p in (config.get("sample_prompts") or ())]
-  if not prompts or pipe.is_super_resolution:
-    return []
-  if text.cache is not None and not text.can_load and not text.cached(prompts):
-    logging.warning(
-        "text: config.sample_prompts are not all in the cache %s and the "
-        "encoder %s is not a directory: no periodic samples (precompute from "
-        "the config caches them)",
-        text.cache.root,
-        text.config.text.encoder,
-    )
-    return []
-  return prompts

@@ -31,6 +31,9 @@ class TrainTask:
     in [-1, 1]), N = len(captions): the one sampler of the periodic grids and of the
     `config.evals` evaluators (imagen_jax.evaluation.evaluators).
   sample_prompts: the periodic grids' captions (none: no grids).
+  grid_fn: optional (ema_params, rng) -> images: the periodic grid of a stage that does not
+    sample from captions alone (an SR stage's fixed low-res inputs); used instead of
+    sample_fn + sample_prompts.
   """
 
   init_variables: Callable[[jax.Array], Any]
@@ -41,6 +44,7 @@ class TrainTask:
   frozen_params: Any = None
   sample_fn: Callable[[Any, Sequence[str], jax.Array], Any] | None = None
   sample_prompts: Sequence[str] = ()
+  grid_fn: Callable[[Any, jax.Array], Any] | None = None
 
 
 TaskFactory = Callable[[Any, Mesh, int], TrainTask]

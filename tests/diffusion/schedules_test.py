@@ -59,3 +59,19 @@ def test_unknown_schedule_names_allowed():
     diffusion.get_schedule("quadratic")
   with pytest.raises(ValueError, match="beta_0"):
     diffusion.get_schedule("linear", s=0.1)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_shift_adds_to_log_snr_and_the_inverse_follows(name):
+  plain = diffusion.get_schedule(name)
+  shifted = diffusion.get_schedule(name, shift=2.0 * np.log(4.0))
+  t = jnp.linspace(0.05, 0.95, 19)
+  # float64 closed form of the shifted cosine: log_snr(t) = -log(tan^2(angle)) + shift.
+  if name == "cosine":
+    angle = 0.5 * np.pi * (np.asarray(t, np.float64) + 0.008) / 1.008
+    ref = -2.0 * np.log(np.tan(angle)) + 2.0 * np.log(4.0)
+    np.testing.assert_allclose(shifted.log_snr(t), ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(shifted.log_snr(t), plain.log_snr(t) + 2.0 * np.log(4.0), atol=1e-5)
+  np.testing.assert_allclose(shifted.t_from_log_snr(shifted.log_snr(t)), t, atol=1e-5)
+  with pytest.raises(ValueError, match="shift=inf"):
+    diffusion.get_schedule(name, shift=float("inf"))

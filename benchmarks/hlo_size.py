@@ -4,14 +4,15 @@ Lowers four programs for one stage config at a small batch, on one device:
   init     the train state's initialiser (a threefry hash per parameter tensor);
   forward  the training loss;
   grad     the loss and its gradient (forward + backward);
-  step     the trainer's whole step (grad, clipping, optimizer, EMA, non-finite guard);
+  step     the trainer's whole step (grad, clipping, optimizer, EMA, non-finite guard; on
+           flat buffers with --config.optim.fused_update=auto, train/fused_update.py);
 and prints for each its StableHLO op count (every call to a jitted helper inlined, as XLA
 does), the convolutions and dot_generals (with how many distinct signatures, which is what
 GPU autotuning sees), the most common ops, and with --compile the XLA compile time on this
 machine. The differences between the rows say what the backward pass and the optimizer add.
 
   python benchmarks/hlo_size.py --config configs/base64.py:variant=small,data=shapes \
-      --config.optim.name=adam [--batch 2] [--compile] [--json OUT]
+      --config.optim.name=adam [--batch 2] [--compile] [--json OUT] [--programs step]
 """
 
 import json
@@ -30,6 +31,15 @@ _BATCH = flags.DEFINE_integer("batch", 2, "Batch the programs are lowered at.")
 _COMPILE = flags.DEFINE_bool("compile", False, "Also time XLA's compile of each program.")
 _TOP = flags.DEFINE_integer("top", 8, "Most common ops listed per program.")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures here.")
+_PROGRAMS = flags.DEFINE_list(
+    "programs", ["init", "forward", "grad", "step"], "The programs to lower (and compile)."
+)
+_INIT_KEY = flags.DEFINE_enum(
+    "init_key",
+    "threefry",
+    ["threefry", "rbg", "unsafe_rbg"],
+    "PRNG implementation the init program draws the params with (the trainer: threefry).",
+)
 flags.mark_flag_as_required("config")
 
 
@@ -49,7 +59,12 @@ def main(argv):
   text_len = int(config.text.max_length)
   tx, lr_schedule = optim.make_optimizer(config.optim, int(config.total_steps))
   rng = jax.random.PRNGKey(0)
-  init_params = lambda r: meta.unbox(pipe.init(r, batch_size=1, text_len=text_len)["params"])
+
+  def init_params(r):
+    if _INIT_KEY.value != "threefry":  # rbg keys hold 4 words: the raw key's 2, twice
+      r = jax.random.wrap_key_data(jnp.concatenate([r, r]), impl=_INIT_KEY.value)
+    return meta.unbox(pipe.init(r, batch_size=1, text_len=text_len)["params"])
+
   init_state = lambda r: state_lib.create_train_state(init_params(r), tx, r)
   params = jax.eval_shape(init_params, rng)
   state = jax.eval_shape(init_state, rng)
@@ -70,7 +85,6 @@ def main(argv):
       tx,
       ema_decay=float(config.ema.decay),
       ema_warmup=bool(config.ema.warmup),
-      nonfinite=config.nonfinite,
       lr_schedule=lr_schedule,
   )
   programs = {
@@ -81,20 +95,26 @@ def main(argv):
   }
   rows = {}
   for name, (fn, args) in programs.items():
+    if name not in _PROGRAMS.value:
+      continue
     start = time.perf_counter()
     lowered = jax.jit(fn).lower(*args)
     row = {"lower_seconds": time.perf_counter() - start}
     row.update(program_size.op_stats(lowered.as_text(), _TOP.value))
     if _COMPILE.value:
       start = time.perf_counter()
-      lowered.compile()
+      compiled = lowered.compile()
       row["compile_seconds"] = time.perf_counter() - start
+      memory = compiled.memory_analysis()
+      if memory is not None:
+        row["temp_mb"] = memory.temp_size_in_bytes / 2**20
     rows[name] = row
     print(
         f"{name:8s} {row['ops']:7,d} ops  convolutions {row['convolutions']:4d} "
         f"({row['distinct_convolutions']} distinct)  dot_generals {row['dot_generals']:4d} "
         f"({row['distinct_dot_generals']} distinct)  lowered in {row['lower_seconds']:.1f} s"
-        + (f", compiled in {row['compile_seconds']:.1f} s" if _COMPILE.value else ""),
+        + (f", compiled in {row['compile_seconds']:.1f} s" if _COMPILE.value else "")
+        + (f", temp {row['temp_mb']:.0f} MiB" if "temp_mb" in row else ""),
         flush=True,
     )
     print("         " + ", ".join(f"{op} {n:,d}" for op, n in row["top"]), flush=True)
@@ -105,6 +125,7 @@ def main(argv):
       "param_tensors": n_tensors,
       "dtype": str(jnp.dtype(pipe.model.dtype)),
       "optimizer": str(config.optim.name),
+      "fused_update": optim.fused_update_mode(tx),
       "backend": jax.default_backend(),
       "jax": jax.__version__,
       "programs": rows,

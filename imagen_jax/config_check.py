@@ -10,12 +10,12 @@ Checked: the model name, variant and overrides (through the registry); the
 resolution chain (input resolution and low-res resolution against the model,
 divisibility by the network's downsampling, the `crop_size` crop); positive
 step counts and batch size; batch size against the fixed data mesh axes;
-known schedule, prediction, loss weighting, sampler, threshold, optimizer and
-decay names; the noise-augmentation range; the parallel mode and mesh; the
+known schedule, prediction, loss weighting, sampler, threshold, optimizer,
+fused-update and decay names; the noise-augmentation range; the parallel mode and mesh; the
 caption dropout probability and the input dataset form; the evals entries.
 
 Each name table is read from its owner, so there is one gate per name:
-optimizer and decay names from `train.optim`, nonfinite policies from
+optimizer, fused-update and decay names from `train.optim`, nonfinite policies from
 `train.step`, parallel modes (and aliases) from `parallel.placement`, data mesh
 axes from `parallel.mesh`, evaluator types from `evaluation.evaluators`,
 dataset names from `data.input_pipeline`, bad-caption policies from
@@ -296,6 +296,14 @@ def _check_optim(o: Any, ema: Any) -> None:
   _positive("optim.warmup_steps", config_lib.get(o, "warmup_steps", 0), allow_zero=True)
   if config_lib.get(o, "name") == "adam" and float(config_lib.get(o, "weight_decay", 0.0)):
     raise ConfigError("config.optim.weight_decay is set for optim.name='adam'; use 'adamw'")
+  fused = config_lib.get(o, "fused_update", "off")
+  _one_of("optim.fused_update", fused, optim.FUSED_UPDATE_MODES)
+  if fused == "on" and config_lib.get(o, "name") not in optim.ELEMENTWISE_OPTIMIZERS:
+    raise ConfigError(
+        f"config.optim.fused_update='on' needs optim.name in "
+        f"{', '.join(optim.ELEMENTWISE_OPTIMIZERS)} (elementwise); "
+        f"{config_lib.get(o, 'name')!r} is not: use 'auto' or 'off'"
+    )
   if float(config_lib.get(o, "grad_clip_norm", 0.0)) < 0:
     raise ConfigError(
         f"config.optim.grad_clip_norm={config_lib.get(o, 'grad_clip_norm')} must be >= 0"

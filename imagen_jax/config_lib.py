@@ -170,6 +170,10 @@ def stage_defaults():
           eps=1e-8,
           weight_decay=0.0,
           grad_clip_norm=1.0,
+          # "off" | "auto" | "on": the step's update on flat buffers, not tensor by tensor
+          # (train/fused_update.py; Adam/AdamW, replicated params; the same values). Off: on
+          # XLA:CPU it compiles slower, with several times the temp memory (BENCHMARKS.md).
+          fused_update="off",
       )
   )
   c.ema = ml_collections.ConfigDict(dict(decay=0.9999, warmup=True))

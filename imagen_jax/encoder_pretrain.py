@@ -286,8 +286,11 @@ def _train(t5_config, params, vocab, train_ids, eval_sets, config, seed) -> _Tra
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, inputs, mask), targets)
     return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
+  # optax counts the warm-up inside `decay_steps`: a run shorter than its warm-up warms up
+  # over half of it and still decays (a zero-length cosine raises).
+  warmup = min(config.warmup_steps, config.steps // 2)
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.lr, min(config.warmup_steps, config.steps), config.steps, config.lr * 0.05
+      0.0, config.lr, warmup, max(config.steps, warmup + 1), config.lr * 0.05
   )
   decay_mask = jax.tree.map(lambda x: x.ndim == 2, state_params)
   tx = optax.chain(

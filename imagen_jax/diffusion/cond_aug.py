@@ -65,7 +65,5 @@ def blur_lowres(lowres, sigma):
   r = BLUR_RADIUS
   padded = jnp.pad(lowres, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
   h, w = lowres.shape[1], lowres.shape[2]
-  rows = sum(
-      weights[:, k, None, None, None] * padded[:, k : k + h, :, :] for k in range(2 * r + 1)
-  )
+  rows = sum(weights[:, k, None, None, None] * padded[:, k : k + h, :, :] for k in range(2 * r + 1))
   return sum(weights[:, k, None, None, None] * rows[:, :, k : k + w, :] for k in range(2 * r + 1))

@@ -116,12 +116,7 @@ def _linear_t(log_snr, beta_0=0.1, beta_1=20.0):
 
 
 def get_schedule(
-    name: str,
-    *,
-    log_snr_min: float = -20.0,
-    log_snr_max: float = 20.0,
-    shift: float = 0.0,
-    **kw,
+    name: str, *, log_snr_min: float = -20.0, log_snr_max: float = 20.0, shift: float = 0.0, **kw
 ) -> Schedule:
   """Returns the named schedule.
 

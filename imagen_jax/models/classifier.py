@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from imagen_jax.models import layers
+from imagen_jax.models import remat as remat_lib
 from imagen_jax.models.unet import DownLevel
 from imagen_jax.models.unet import MidLevel
 
@@ -106,13 +107,14 @@ class NoisyEncoder(nn.Module):
   num_groups: int = 32
   dropout: float = 0.0
   remat: str = "none"
+  remat_policy: str | None = None  # a jax.checkpoint_policies name (models/remat.py)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_t, log_snr, *, train: bool = False):
     _check_inputs(self, x_t, log_snr)
-    layers.check_remat(self.remat)
+    remat_lib.check_remat(self.remat, self.remat_policy)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     common = dict(
         per_head_channels=self.per_head_channels,
@@ -120,12 +122,13 @@ class NoisyEncoder(nn.Module):
         dropout=self.dropout,
         deterministic=not train,
         remat_blocks=self.remat == "block",
+        remat_policy=self.remat_policy,
         **kw,
     )
     emb = layers.TimeMLP(self.embed_dim, self.freq_dim, self.param_dtype, name="time")(log_snr)
     full = self.remat == "full"
-    down_cls = layers.maybe_remat(DownLevel, full)
-    mid_cls = layers.maybe_remat(MidLevel, full)
+    down_cls = remat_lib.maybe_remat(DownLevel, full, self.remat_policy)
+    mid_cls = remat_lib.maybe_remat(MidLevel, full, self.remat_policy)
     levels = len(self.channel_mult)
     x = layers.conv(self.channels * self.channel_mult[0], name="in_conv", **kw)(
         x_t.astype(self.dtype)

@@ -31,7 +31,8 @@ text cross-attention only where `cross_attention[i]` (paper: lowest level),
 self-attention where `self_attention[i]`.
 
 remat: "block" rematerialises every ResBlock and Attention layer, "full"
-every DBlock / UBlock (only block inputs/outputs are kept).
+every DBlock / UBlock (only block inputs/outputs are kept); `remat_policy` names a
+jax.checkpoint_policies policy for them (models/remat.py).
 """
 
 from typing import Any, Sequence
@@ -40,6 +41,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from imagen_jax.models import layers
+from imagen_jax.models import remat as remat_lib
 
 Dtype = Any
 
@@ -57,14 +59,15 @@ class DBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   remat_blocks: bool = False
+  remat_policy: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, context, context_mask):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    res_cls = layers.maybe_remat(layers.ResBlock, self.remat_blocks)
-    attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
+    res_cls = remat_lib.maybe_remat(layers.ResBlock, self.remat_blocks, self.remat_policy)
+    attn_cls = remat_lib.maybe_remat(layers.Attention, self.remat_blocks, self.remat_policy)
     x = layers.conv(self.features, 3, self.strides, name="downsample", **kw)(x)
     for i in range(self.num_res_blocks):
       x = res_cls(
@@ -97,14 +100,15 @@ class UBlock(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   remat_blocks: bool = False
+  remat_policy: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, skip, emb, context, context_mask):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    res_cls = layers.maybe_remat(layers.ResBlock, self.remat_blocks)
-    attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
+    res_cls = remat_lib.maybe_remat(layers.ResBlock, self.remat_blocks, self.remat_policy)
+    attn_cls = remat_lib.maybe_remat(layers.Attention, self.remat_blocks, self.remat_policy)
     x = x.astype(self.dtype)
     if skip is not None:
       x = jnp.concatenate([x, skip.astype(self.dtype) * self.skip_scale], -1)
@@ -159,6 +163,7 @@ class EfficientUNet(nn.Module):
   dropout: float = 0.0
   skip_scale: float = 2**-0.5
   remat: str = "none"
+  remat_policy: str | None = None  # a jax.checkpoint_policies name (models/remat.py)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -204,8 +209,8 @@ class EfficientUNet(nn.Module):
         self, train, x_t, log_snr, text_emb, text_mask, lowres, lowres_log_snr
     )
     full = self.remat == "full"
-    dblock_cls = layers.maybe_remat(DBlock, full)
-    ublock_cls = layers.maybe_remat(UBlock, full)
+    dblock_cls = remat_lib.maybe_remat(DBlock, full, self.remat_policy)
+    ublock_cls = remat_lib.maybe_remat(UBlock, full, self.remat_policy)
 
     x = layers.conv(self.init_channels, name="in_conv", **kw)(x)
     full_res = x
@@ -227,7 +232,7 @@ class EfficientUNet(nn.Module):
     # or the input's finest detail. One ResBlock at init_channels over the
     # in_conv features (scaled like every skip) keeps it cheap.
     x = jnp.concatenate([x, full_res * self.skip_scale], -1)
-    x = layers.maybe_remat(layers.ResBlock, self.remat == "block")(
+    x = remat_lib.maybe_remat(layers.ResBlock, self.remat == "block", self.remat_policy)(
         self.init_channels, self.num_groups, self.dropout, not train, name="out_res", **kw
     )(x, emb)
     return layers.output_head(

@@ -40,11 +40,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagen_jax.models import remat as remat_lib
+
 Dtype = Any
 
 LOG_SNR_SCALE = 50.0
 MAX_PERIOD = 10000.0
-REMAT_MODES = ("none", "block", "full")
 
 _f32 = jnp.float32
 
@@ -55,17 +56,6 @@ def _part(init, names):
 
 def _kernel_init():
   return nn.initializers.lecun_normal()
-
-
-def check_remat(remat: str) -> str:
-  if remat not in REMAT_MODES:
-    raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
-  return remat
-
-
-def maybe_remat(cls, enabled: bool):
-  """`nn.remat(cls)` when enabled (activations recomputed in the backward)."""
-  return nn.remat(cls) if enabled else cls
 
 
 def conv(
@@ -499,11 +489,11 @@ def network_setup(net, train: bool, x_t, log_snr, text_emb, text_mask, lowres, l
   """The start both U-Nets share, called inside their compact `__call__`.
 
   Returns (kw, common, emb, context, mask, x): `kw` the dtype kwargs; `common`
-  the kwargs of every block (attention heads, norm groups, dropout, remat);
+  the kwargs of every block (attention heads, norm groups, dropout, remat and its policy);
   the conditioning (`Conditioning`, scope "cond") and the network input (x_t,
   with the up-sampled low-res image for SR stages).
   """
-  check_remat(net.remat)
+  remat_lib.check_remat(net.remat, net.remat_policy)
   kw = dict(dtype=net.dtype, param_dtype=net.param_dtype)
   common = dict(
       per_head_channels=net.per_head_channels,
@@ -511,6 +501,7 @@ def network_setup(net, train: bool, x_t, log_snr, text_emb, text_mask, lowres, l
       dropout=net.dropout,
       deterministic=not train,
       remat_blocks=net.remat == "block",
+      remat_policy=net.remat_policy,
       **kw,
   )
   emb, context, mask = Conditioning(

@@ -2,7 +2,7 @@
 
 Each name has one table of variants; a variant is a dict of the network
 class's dataclass fields. `overrides` replace any field (e.g. `dtype`,
-`remat`, `text_dim`, `resolution`); an unknown field is an error.
+`remat`, `remat_policy`, `text_dim`, `resolution`); an unknown field is an error.
 
 Names and variants:
   imagen_base64   paper (~2B), small, tiny      UNet, 64x64
@@ -10,7 +10,6 @@ Names and variants:
   imagen_sr1024   paper (~400M), small, tiny    EfficientUNet, 256->1024
   shapes_base32   tiny, small                   UNet, 32x32 (CPU demo)
   shapes_sr64     tiny, small                   EfficientUNet, 32->64 (CPU demo)
-  shapes_unet32   tiny, small                   UNet, 32x32 (the CPU demo's base)
   shapes_base16   tiny, small                   UNet, 16x16 (CPU demo)
   shapes_sr32     tiny, small                   EfficientUNet, 16->32 (CPU demo)
   shapes_classifier16  tiny, small              NoisyClassifier, 16x16 (classifier guidance)
@@ -31,9 +30,9 @@ import jax.numpy as jnp
 
 from imagen_jax.models.classifier import NoisyClassifier
 from imagen_jax.models.efficient_unet import EfficientUNet
-from imagen_jax.models.layers import REMAT_MODES
 from imagen_jax.models.noisy_clip import NoisyClip
 from imagen_jax.models.prior import DiffusionPrior
+from imagen_jax.models import remat as remat_lib
 from imagen_jax.models import shapes_variants as sv
 from imagen_jax.models.unet import UNet
 
@@ -217,7 +216,6 @@ _REGISTRY = {
     "imagen_sr1024": (EfficientUNet, _SR1024),
     "shapes_base32": (UNet, sv.SHAPES_BASE32),
     "shapes_sr64": (EfficientUNet, sv.SHAPES_SR64),
-    "shapes_unet32": (UNet, sv.SHAPES_UNET32),
     "shapes_classifier16": (NoisyClassifier, sv.SHAPES_CLASSIFIER16),
     "shapes_clip16": (NoisyClip, sv.SHAPES_CLIP16),
     "shapes_prior": (DiffusionPrior, sv.SHAPES_PRIOR),
@@ -265,8 +263,11 @@ def model_config(name: str, variant: str, **overrides) -> dict[str, Any]:
         raise ValueError(
             f"{key}={config[key]!r} is not a dtype name (e.g. 'float32', 'bfloat16')"
         ) from None
-  if "remat" in config and config["remat"] not in REMAT_MODES:
-    raise ValueError(f"remat={config['remat']!r}; expected one of {REMAT_MODES}")
+  if "remat" in config and config["remat"] not in remat_lib.REMAT_MODES:
+    raise ValueError(f"remat={config['remat']!r}; expected one of {remat_lib.REMAT_MODES}")
+  if config.get("remat_policy") is not None:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    remat_lib.check_remat(config.get("remat", defaults["remat"]), config["remat_policy"])
   return config
 
 

@@ -217,39 +217,6 @@ SHAPES_CLIP16 = {
     ),
 }
 
-# Shapes-world CPU demo, base 32x32 (the embedded default's): 32 -> 16 -> 8 -> 4 with few
-# channels where the image is large, one ResBlock per level, self + text attention at 8x8 and
-# 4x4. tiny: 1.36M params and about the train img/s of shapes_base16/tiny on two CPU cores
-# (128 vs 127-139 img/s, batch 32), where shapes_base32/tiny (32 channels at 32x32) runs 58.
-SHAPES_UNET32 = {
-    "tiny": dict(
-        resolution=32,
-        text_dim=64,
-        channels=16,
-        channel_mult=(1, 2, 4, 4),
-        num_res_blocks=1,
-        attention_resolutions=(8, 4),
-        per_head_channels=32,
-        embed_dim=128,
-        cond_dim=64,
-        freq_dim=32,
-        num_groups=8,
-    ),
-    "small": dict(
-        resolution=32,
-        text_dim=64,
-        channels=32,
-        channel_mult=(1, 2, 4, 4),
-        num_res_blocks=2,
-        attention_resolutions=(8, 4),
-        per_head_channels=32,
-        embed_dim=256,
-        cond_dim=128,
-        freq_dim=64,
-        num_groups=16,
-    ),
-}
-
 # The unCLIP diffusion prior (models/prior.py): caption -> CLIP image embedding. Shapes:
 # embed_dim is shapes_clip16/tiny's projection_dim (override it for another CLIP), text_dim
 # byt5-tiny-random's (tiny: 0.85M params). unclip_prior/paper: DALL-E 2's prior (Ramesh et

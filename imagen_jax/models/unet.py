@@ -27,7 +27,8 @@ concatenated to x_t and the augmentation level is embedded. The Efficient
 U-Net benchmark compares against it.
 
 remat: "block" rematerialises every ResBlock and Attention layer, "full"
-every resolution level (only level inputs/outputs are kept).
+every resolution level (only level inputs/outputs are kept); `remat_policy` names a
+jax.checkpoint_policies policy for them (models/remat.py).
 """
 
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 
 from imagen_jax.models import image_conditioning
 from imagen_jax.models import layers
+from imagen_jax.models import remat as remat_lib
 
 Dtype = Any
 
@@ -54,14 +56,15 @@ class DownLevel(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   remat_blocks: bool = False
+  remat_policy: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, context, context_mask):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    res_cls = layers.maybe_remat(layers.ResBlock, self.remat_blocks)
-    attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
+    res_cls = remat_lib.maybe_remat(layers.ResBlock, self.remat_blocks, self.remat_policy)
+    attn_cls = remat_lib.maybe_remat(layers.Attention, self.remat_blocks, self.remat_policy)
     skips = []
     for i in range(self.num_res_blocks):
       x = res_cls(
@@ -93,14 +96,15 @@ class MidLevel(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   remat_blocks: bool = False
+  remat_policy: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, context, context_mask):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    res_cls = layers.maybe_remat(layers.ResBlock, self.remat_blocks)
-    attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
+    res_cls = remat_lib.maybe_remat(layers.ResBlock, self.remat_blocks, self.remat_policy)
+    attn_cls = remat_lib.maybe_remat(layers.Attention, self.remat_blocks, self.remat_policy)
     x = res_cls(
         self.features, self.num_groups, self.dropout, self.deterministic, name="res_0", **kw
     )(x, emb)
@@ -125,14 +129,15 @@ class UpLevel(nn.Module):
   dropout: float = 0.0
   deterministic: bool = True
   remat_blocks: bool = False
+  remat_policy: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, skips, emb, context, context_mask):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    res_cls = layers.maybe_remat(layers.ResBlock, self.remat_blocks)
-    attn_cls = layers.maybe_remat(layers.Attention, self.remat_blocks)
+    res_cls = remat_lib.maybe_remat(layers.ResBlock, self.remat_blocks, self.remat_policy)
+    attn_cls = remat_lib.maybe_remat(layers.Attention, self.remat_blocks, self.remat_policy)
     for i, skip in enumerate(skips):
       skip = skip.astype(self.dtype) * self.skip_scale
       x = jnp.concatenate([x.astype(self.dtype), skip], axis=-1)
@@ -184,6 +189,7 @@ class UNet(nn.Module):
   image_embed_dim: int = 0  # unCLIP decoder: the CLIP image embedding's width
   num_image_tokens: int = 4
   remat: str = "none"
+  remat_policy: str | None = None  # a jax.checkpoint_policies name (models/remat.py)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -218,9 +224,9 @@ class UNet(nn.Module):
           self.embed_dim, self.cond_dim, self.num_image_tokens, name="image_embed", **kw
       )(emb, context, mask, image_embed)
     full = self.remat == "full"
-    down_cls = layers.maybe_remat(DownLevel, full)
-    mid_cls = layers.maybe_remat(MidLevel, full)
-    up_cls = layers.maybe_remat(UpLevel, full)
+    down_cls = remat_lib.maybe_remat(DownLevel, full, self.remat_policy)
+    mid_cls = remat_lib.maybe_remat(MidLevel, full, self.remat_policy)
+    up_cls = remat_lib.maybe_remat(UpLevel, full, self.remat_policy)
 
     x = layers.conv(self.channels * self.channel_mult[0], name="in_conv", **kw)(x)
     skips = [x]

@@ -13,6 +13,7 @@ for the state, the compiled step, batches on devices, the state as checkpoints s
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -79,9 +80,14 @@ class JitPlacement:
   def lower_step(
       self, step_body: Callable[..., Any], state_shardings: Any, state: Any, batch: Any
   ) -> Any:
-    """The lowered `step_body(state, batch) -> (state, metrics)`, state donated."""
+    """The lowered `step_body(state, batch) -> (state, metrics)`, state donated.
+
+    `step_body` (`train.step.train_step_body`) gets the params' shardings as
+    `param_shardings=`: its fused update packs only the replicated ones (a sharded tensor
+    packed into a flat buffer would be gathered on every device).
+    """
     step_fn = jax.jit(
-        step_body,
+        functools.partial(step_body, param_shardings=state_shardings.params),
         in_shardings=(state_shardings, self.batch_sharding),
         out_shardings=(state_shardings, self.replicated),
         donate_argnums=(0,),

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from imagen_jax import config_lib
+from imagen_jax.train import fused_update
 
 OPTIMIZERS = ("adam", "adamw", "adafactor")
 DECAYS = ("cosine", "constant")
+FUSED_UPDATE_MODES = fused_update.MODES
+# Elementwise but for global norms, so the step may run them on flat buffers (fused_update).
+ELEMENTWISE_OPTIMIZERS = ("adam", "adamw")
+
+
+class ElementwiseTransformation(NamedTuple):
+  """An optax transformation that acts on each element alone, but for global norms (clipping
+  by the global norm, Adam, AdamW without a mask), and `config.optim.fused_update`: "auto" or
+  "on" let the train step run it on a few flat buffers instead of tensor by tensor
+  (imagen_jax.train.fused_update). Used as any optax transformation otherwise."""
+
+  init: optax.TransformInitFn
+  update: optax.TransformUpdateFn
+  fused_update: str
+
+
+def fused_update_mode(tx: Any) -> str:
+  """How the step may pack `tx`'s work: "auto"/"on" for an `ElementwiseTransformation`,
+  "off" for any other transformation."""
+  return tx.fused_update if isinstance(tx, ElementwiseTransformation) else "off"
 
 
 def make_lr_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
@@ -40,10 +61,28 @@ def make_lr_schedule(optim_cfg: Any, total_steps: int) -> optax.Schedule:
 def make_optimizer(
     optim_cfg: Any, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns `(tx, lr_schedule)`; clipping by global norm comes first when configured."""
+  """Returns `(tx, lr_schedule)`; clipping by global norm comes first when configured.
+
+  `config.optim.fused_update` ("off" by default, "auto", "on"): for Adam and AdamW, "auto" and
+  "on" return an `ElementwiseTransformation`, whose update the step runs on flat buffers
+  (imagen_jax.train.fused_update: the same values and a third of the HLO ops, but on XLA:CPU
+  a slower compile and several times the temp memory, hence off; BENCHMARKS.md, "Compile time").
+  Adafactor is not elementwise (its factored moments depend on each tensor's shape): "auto"
+  keeps it tensor by tensor, "on" is a ValueError.
+  """
   name = optim_cfg.name
   if name not in OPTIMIZERS:
     raise ValueError(f"config.optim.name={name!r}; expected one of {OPTIMIZERS}.")
+  fused = config_lib.get(optim_cfg, "fused_update", "off")
+  if fused not in FUSED_UPDATE_MODES:
+    raise ValueError(
+        f"config.optim.fused_update={fused!r}; expected one of {', '.join(FUSED_UPDATE_MODES)}."
+    )
+  if fused == "on" and name not in ELEMENTWISE_OPTIMIZERS:
+    raise ValueError(
+        f"config.optim.fused_update='on' needs an elementwise optimizer "
+        f"({', '.join(ELEMENTWISE_OPTIMIZERS)}); {name!r} is not. Use 'auto' or 'off'."
+    )
   schedule = make_lr_schedule(optim_cfg, total_steps)
   b1 = float(config_lib.get(optim_cfg, "b1", 0.9))
   b2 = float(config_lib.get(optim_cfg, "b2", 0.999))
@@ -68,6 +107,8 @@ def make_optimizer(
     )
   clip = float(config_lib.get(optim_cfg, "grad_clip_norm", 0.0))
   tx = optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+  if fused != "off" and name in ELEMENTWISE_OPTIMIZERS:
+    tx = ElementwiseTransformation(tx.init, tx.update, fused)
   return tx, schedule
 
 

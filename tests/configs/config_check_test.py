@@ -57,6 +57,12 @@ BAD = [
     ("sr256", {"optim.eps": 0.0}, r"config.optim.eps=0.0 must be positive"),
     ("sr256", {"optim.lr": float("inf")}, r"config.optim.lr=inf must be positive and finite"),
     ("sr256", {"optim.lr": 1e39}, r"config.optim.lr=1e\+39 must be positive and finite"),
+    (
+        "sr256",
+        {"optim.fused_update": "yes"},
+        r"config.optim.fused_update='yes'; expected one of auto, on, off",
+    ),
+    ("base64", {"optim.fused_update": "on"}, r"fused_update='on' needs optim.name in adam, adamw"),
     ("sr256", {"parallel.mode": "shard_map"}, r"config.parallel.mode='shard_map'"),
     (
         "sr256",

@@ -45,6 +45,18 @@ def test_remat_reaches_the_network(spec, remat):
 
 
 @pytest.mark.parametrize("spec", ["base64.py:variant=tiny", "sr256.py:variant=tiny"])
+def test_remat_policy_reaches_the_network(spec):
+  config = _parse(
+      spec,
+      "--config.model.overrides.remat=block",
+      "--config.model.overrides.remat_policy=dots_saveable",
+  )
+  config_check.validate(config)
+  model = pipeline_lib.StagePipeline.from_config(config).model
+  assert (model.remat, model.remat_policy) == ("block", "dots_saveable")
+
+
+@pytest.mark.parametrize("spec", ["base64.py:variant=tiny", "sr256.py:variant=tiny"])
 def test_every_field_is_exposed_and_typed(spec):
   config = _parse(spec)
   assert set(registry.override_types(config.model.name)) <= set(config.model.overrides)
@@ -61,8 +73,20 @@ def test_bad_values_are_named():
   config = _parse("base64.py:variant=tiny", "--config.model.overrides.remat=blocks")
   with pytest.raises(config_check.ConfigError, match=r"remat='blocks'.*'block'"):
     config_check.validate(config)
+  config = _parse(
+      "sr256.py:variant=tiny",
+      "--config.model.overrides.remat=full",
+      "--config.model.overrides.remat_policy=dots",
+  )
+  with pytest.raises(config_check.ConfigError, match=r"remat_policy.*'dots'.*'dots_saveable'"):
+    config_check.validate(config)
+  config = _parse("base64.py:variant=tiny", "--config.model.overrides.remat_policy=dots_saveable")
+  with pytest.raises(config_check.ConfigError, match="no effect with remat='none'"):
+    config_check.validate(config)
   config = _parse("base64.py:variant=tiny", "--config.model.overrides.dtype=float33")
   with pytest.raises(config_check.ConfigError, match="float33"):
     config_check.validate(config)
   with pytest.raises(AttributeError, match="remmat"):
     _parse("base64.py:variant=tiny", "--config.model.overrides.remmat=block")
+  with pytest.raises(AttributeError, match="remat_polcy"):
+    _parse("base64.py:variant=tiny", "--config.model.overrides.remat_polcy=dots_saveable")

@@ -142,10 +142,3 @@ def test_num_heads_for():
   assert layers.num_heads_for(16, 64) == (1, 16)
   with pytest.raises(ValueError, match="per_head_channels"):
     layers.num_heads_for(96, 64)
-
-
-def test_check_remat():
-  for mode in layers.REMAT_MODES:
-    assert layers.check_remat(mode) == mode
-  with pytest.raises(ValueError, match="remat"):
-    layers.check_remat("sometimes")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -171,14 +171,11 @@ class _Run:
       self.watcher = ckpt_lib.PreemptionWatcher(reached_preemption=self.ckpt.reached_preemption)
       self.writer = metrics_lib.MetricWriter(workdir)
       every = int(config.get("sample_every_steps") or 0)
-      grids = self.task.grid_fn is not None or (
-          self.task.sample_fn is not None and bool(self.task.sample_prompts)
-      )
       logging.info(
           "TensorBoard: tensorboard --logdir %s (scalars%s)",
           workdir,
           f"; sample grids every {every} steps, also as PNGs in {self.workdir / 'samples'}"
-          if every and grids
+          if every and self._grid_fn() is not None
           else "",
       )
     except BaseException:
@@ -323,11 +320,17 @@ class _Run:
           ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
       )
 
-  def write_samples(self, step: int, state: Any) -> None:
+  def _grid_fn(self) -> Callable[[Any, jax.Array], Any] | None:
+    """The task's `grid_fn`, else its `sample_fn` on its `sample_prompts`; None: no grids."""
+    if self.task.grid_fn is not None:
+      return self.task.grid_fn
     prompts = list(self.task.sample_prompts)
-    grid_fn = self.task.grid_fn
-    if grid_fn is None and self.task.sample_fn is not None and prompts:
-      grid_fn = lambda params, rng: self.task.sample_fn(params, prompts, rng)  # noqa: E731
+    if self.task.sample_fn is None or not prompts:
+      return None
+    return lambda params, rng: self.task.sample_fn(params, prompts, rng)
+
+  def write_samples(self, step: int, state: Any) -> None:
+    grid_fn = self._grid_fn()
     if grid_fn is None or not _every(step, self.config.get("sample_every_steps"), self.total_steps):
       return
     ema = self.placement.unplaced(state.ema_params)
